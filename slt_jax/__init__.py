@@ -1,0 +1,31 @@
+"""slt_jax: SGLD posterior sampling for singular learning theory, in pure JAX.
+
+See README.md for the conventions (SCIENCE.md §1-§4) and a quickstart.
+"""
+
+# --- core (issue 2) ---
+from slt_jax import kernels, theory
+from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
+from slt_jax.llc import LLCResult, estimate_llc
+from slt_jax.sampler import (
+    Accumulator,
+    ChainsOutput,
+    DivergenceError,
+    as_key,
+    batch_nbeta,
+    compile_count,
+    default_nbeta,
+    full_data_loss,
+    run_chains,
+    sample,
+)
+
+# --- adapters, masks, models, tasks (issue 3) ---
+
+# --- susceptibilities, BIF, patterning (issue 4) ---
+
+# --- calibration, diagnostics, plots, io (issue 5) ---
+
+__version__ = "0.1.0"
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,825 @@
+"""Multi-chain localized SGLD: one compiled program, vmapped over configurations and chains.
+
+Layout of every array the sampler returns: ``(num_configs, num_chains, num_draws, ...)``. A
+"configuration" is one setting of hyperparameters and mask; ``run_chains`` vmaps over a stack of
+them (hyperparameter grids, component masks), ``sample`` is the single-configuration wrapper.
+
+Design (STYLE.md habits 1-2):
+
+* One compiled program per run shape: ``vmap`` (configs) of ``vmap`` (chains) of ``lax.scan``
+  (draws) of ``lax.scan`` (steps between draws). Hyperparameters, masks, data, keys and the step
+  offset are traced inputs, so changing any of their VALUES never recompiles.
+* The run executes in chunks of draws, each chunk a call of the same compiled executable; between
+  chunks the host reads one small array (which chains diverged) and advances a tqdm bar.
+* Randomness is keyed per step: the noise and the minibatch indices of step ``t`` of chain ``c`` are
+  drawn from ``fold_in(key_c, t)``, generated in bulk for a whole chunk (one vectorised RNG call,
+  far cheaper on CPU than one small call per step). Results therefore do not depend on the chunk
+  size, the device count, or on whether a run was resumed.
+* Minibatches are drawn WITH replacement (i.i.d. uniform indices), gathered on device.
+* Per-draw observables and on-device accumulators (``observe`` / ``accumulator``) are evaluated
+  inside the same program; full traces of observables are kept only when asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from slt_jax import kernels
+from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
+from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PRNGKey, PyTree
+
+__all__ = [
+    "Accumulator",
+    "ChainsOutput",
+    "DivergenceError",
+    "sample",
+    "run_chains",
+    "full_data_loss",
+    "default_nbeta",
+    "batch_nbeta",
+    "as_key",
+    "compile_count",
+]
+
+# Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
+_NOISE_BUDGET_BYTES = 128 * 2**20
+# Target number of chunks for progress reporting and early divergence detection.
+_TARGET_CHUNKS = 10
+
+
+class DivergenceError(RuntimeError):
+    """Raised when every chain diverged; ``.result`` holds what was sampled."""
+
+    def __init__(self, message: str, result: Any = None):
+        super().__init__(message)
+        self.result = result
+
+
+class Accumulator(NamedTuple):
+    """An on-device streaming statistic of per-draw observables (carried in the scan).
+
+    Attributes:
+        init: ``init(example_values) -> state`` where ``example_values`` is one draw's observables.
+        update: ``update(state, values) -> state``, called once per draw, per chain.
+    """
+
+    init: Callable[[PyTree], PyTree]
+    update: Callable[[PyTree, PyTree], PyTree]
+
+
+class _Carry(NamedTuple):
+    state: SGLDState
+    accumulator: PyTree
+    diverged_at: Array  # int32, first step whose loss was non-finite, -1 if none
+
+
+class _DrawRecord(NamedTuple):
+    info: SGLDInfo
+    mala_acceptance: Array
+    full_loss: Array
+    observed: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainsOutput:
+    """What ``run_chains`` returns. Leading axes ``(num_configs, num_chains)``; numpy on host.
+
+    Attributes:
+        loss: ``(G, C, D)`` minibatch loss at each draw (the batch of that step's gradient).
+        grad_norm, localization_norm, noise_norm, distance: ``(G, C, D)`` per-draw diagnostics
+            (see ``SGLDInfo``).
+        mala_acceptance: ``(G, C, D)`` MALA acceptance probability, NaN at draws where it was not
+            evaluated (every ``mala_every``-th draw is).
+        full_loss: ``(G, C, D)`` full-data loss, NaN where not evaluated, or None.
+        observed: pytree of ``(G, C, D, ...)`` observable traces, or None.
+        accumulator: pytree of ``(G, C, ...)`` accumulator states, or None.
+        diverged: ``(G, C)`` bool, the chain's loss went non-finite.
+        diverged_at: ``(G, C)`` int, first non-finite step (-1 if none).
+        init_loss: L_n(w*) on the full data.
+        final_state: the ``SGLDState`` after the last step, leaves ``(G, C, ...)`` (device arrays).
+        num_steps: total steps taken per chain.
+        compile_seconds: time spent compiling in this call.
+        sampling_seconds: wall time of the sampling itself (excluding compilation).
+        settings: the run's settings (JSON-serialisable dict).
+    """
+
+    loss: np.ndarray
+    grad_norm: np.ndarray
+    localization_norm: np.ndarray
+    noise_norm: np.ndarray
+    distance: np.ndarray
+    mala_acceptance: np.ndarray
+    full_loss: np.ndarray | None
+    observed: PyTree | None
+    accumulator: PyTree | None
+    diverged: np.ndarray
+    diverged_at: np.ndarray
+    init_loss: float
+    final_state: SGLDState
+    num_steps: int
+    compile_seconds: float
+    sampling_seconds: float
+    settings: dict
+
+
+# ---------------------------------------------------------------------------------------------
+# nβ conventions
+
+
+def default_nbeta(n: int) -> float:
+    """Watanabe's nβ* = n / log n (β* = 1/log n), the library default."""
+    n = _check_positive_int(n, "n")
+    if n < 2:
+        raise ValueError(f"n={n}: default_nbeta needs n >= 2 (log 1 = 0); pass nbeta explicitly.")
+    return n / math.log(n)
+
+
+def batch_nbeta(batch_size: int) -> float:
+    """The batch-size variant B / log B (devinterp 1.x's default). Never picked silently."""
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    if batch_size < 2:
+        raise ValueError(f"batch_size={batch_size}: batch_nbeta needs batch_size >= 2.")
+    return batch_size / math.log(batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation (all in Python, before anything compiles)
+
+
+def _check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}.")
+    return int(value)
+
+
+def _check_scalar_grid(value, name: str, *, allow_zero: bool, fix: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number (or a 1-D array of numbers for a grid), got {value!r}.") from None
+    if array.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D grid, got shape {array.shape}.")
+    bad = ~np.isfinite(array) | (array < 0) | ((array == 0) & (not allow_zero))
+    if np.any(bad):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name}={value!r} must be finite and {bound}. {fix}")
+    return array
+
+
+def as_key(key: KeyLike) -> PRNGKey:
+    """Accepts an int seed, a typed key (``jax.random.key``) or a raw uint32[2] key."""
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return jax.random.key(int(key))
+    if isinstance(key, jax.Array):
+        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+            if key.shape != ():
+                raise ValueError(f"key must be a single PRNG key, got a batch of shape {key.shape}.")
+            return key
+        if key.dtype == jnp.uint32 and key.shape == (2,):
+            return jax.random.wrap_key_data(key)
+    raise TypeError(f"key must be an int seed or a JAX PRNG key (jax.random.key(0)), got {key!r}.")
+
+
+def _check_data(data: Batch) -> int:
+    leaves = jax.tree.leaves(data)
+    if not leaves:
+        raise ValueError("data is empty: pass a pytree of arrays sharing a leading axis n.")
+    lengths = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
+        shape = np.shape(leaf)
+        name = jax.tree_util.keystr(path) or "data"
+        if len(shape) == 0:
+            raise ValueError(f"data{name} is a scalar; every data array needs a leading example axis n.")
+        lengths[name] = shape[0]
+        if np.issubdtype(np.asarray(leaf).dtype, np.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
+            raise ValueError(f"data{name} contains NaN or inf values; clean or drop those examples first.")
+    if len(set(lengths.values())) != 1:
+        raise ValueError(
+            f"data arrays have different lengths along axis 0: {lengths}. Every leaf of data must share "
+            "the leading example axis n."
+        )
+    n = next(iter(lengths.values()))
+    if n < 1:
+        raise ValueError("data has zero examples.")
+    return n
+
+
+def _check_params(params: Params) -> None:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if not leaves:
+        raise ValueError("params is empty: pass the pytree of parameter arrays at w*.")
+    for path, leaf in leaves:
+        array = np.asarray(leaf)
+        if not np.issubdtype(array.dtype, np.floating):
+            raise TypeError(
+                f"params{jax.tree_util.keystr(path)} has dtype {array.dtype}; SGLD needs floating-point "
+                "parameters (split integer state out of params)."
+            )
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"params{jax.tree_util.keystr(path)} contains NaN or inf; w* must be finite.")
+
+
+def _check_masks(masks: Mask | None, params: Params, num_configs: int | None, name: str = "mask") -> Mask | None:
+    """Validates a mask (``num_configs=None``) or a stack of masks and broadcasts leaves to full shape."""
+    if masks is None:
+        return None
+    if callable(masks):
+        masks = masks(params)
+    params_structure = jax.tree.structure(params)
+    try:
+        mask_structure = jax.tree.structure(masks)
+    except Exception:  # pragma: no cover - defensive
+        mask_structure = None
+    if mask_structure != params_structure:
+        raise ValueError(
+            f"{name} must be a bool pytree with the same structure as params.\n  params: {params_structure}\n"
+            f"  {name}:   {mask_structure}\nBuild it with jax.tree.map(lambda p: <bool or bool array>, params) "
+            "or slt_jax.component_mask."
+        )
+    out = []
+    for (path, leaf), param in zip(jax.tree_util.tree_flatten_with_path(masks)[0], jax.tree.leaves(params)):
+        array = np.asarray(leaf)
+        where = f"{name}{jax.tree_util.keystr(path)}"
+        if array.dtype != np.bool_:
+            raise TypeError(f"{where} has dtype {array.dtype}; masks are bool (True = sampled).")
+        param_shape = np.shape(param)
+        lead = () if num_configs is None else (num_configs,)
+        if num_configs is not None and (array.ndim == 0 or array.shape[0] != num_configs):
+            raise ValueError(f"{where}: a stack of {num_configs} masks needs a leading axis of {num_configs}, got shape {array.shape}.")
+        inner = array.shape[len(lead):]
+        if inner not in ((), param_shape):
+            raise ValueError(
+                f"{where} has shape {inner} but the parameter has shape {param_shape}; a mask leaf is a "
+                "scalar bool or an array of the parameter's shape."
+            )
+        if inner == ():
+            array = array.reshape(lead + (1,) * len(param_shape))
+        out.append(np.broadcast_to(array, lead + param_shape))
+    mask_arrays = jax.tree.unflatten(params_structure, [jnp.asarray(m) for m in out])
+    if not any(bool(np.any(m)) for m in out):
+        raise ValueError(f"{name} selects no coordinate at all; at least one parameter must be sampled.")
+    return mask_arrays
+
+
+def _check_loss_fn(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> None:
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {loss_fn!r}.")
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size,) + np.shape(x)[1:], np.asarray(x).dtype), data)
+    try:
+        out = jax.eval_shape(loss_fn, params, batch)
+    except Exception as error:
+        raise ValueError(f"loss_fn(params, batch) failed on a batch of {batch_size} examples: {error}") from error
+    if not isinstance(out, jax.ShapeDtypeStruct):
+        raise ValueError(f"loss_fn must return one array of losses, got a {type(out).__name__}: {out}.")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"loss_fn must return floating losses, got dtype {out.dtype}.")
+    if out.shape != () and out.shape[0] != batch_size:
+        raise ValueError(
+            f"loss_fn returned shape {out.shape} for a batch of {batch_size}; it must return per-example "
+            f"losses of shape ({batch_size},) (or ({batch_size}, seq) per token), or a scalar mean."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# full-data loss
+
+
+def _tree_take(data: Batch, indices: Array) -> Batch:
+    return jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
+
+
+def _batched_mean(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> Array:
+    n = jax.tree.leaves(data)[0].shape[0]
+    num_full = n // batch_size
+    remainder = n - num_full * batch_size
+    total = jnp.zeros((), jnp.float32)
+    if num_full:
+        head = jax.tree.map(lambda x: x[: num_full * batch_size].reshape((num_full, batch_size) + x.shape[1:]), data)
+        means = jax.lax.map(lambda b: kernels.mean_loss(loss_fn, params, b), head)
+        total = total + jnp.sum(means) * batch_size
+    if remainder:
+        tail = jax.tree.map(lambda x: x[num_full * batch_size :], data)
+        total = total + kernels.mean_loss(loss_fn, params, tail) * remainder
+    return total / n
+
+
+_batched_mean_jit = jax.jit(_batched_mean, static_argnums=(0, 3))
+
+
+def full_data_loss(loss_fn: LossFn, params: Params, data: Batch, batch_size: int | None = None) -> Array:
+    """L_n(params): the exact mean loss over all n examples, evaluated in batches of ``batch_size``.
+
+    Every example (and token) carries equal weight; a last partial batch is weighted by its size.
+    """
+    n = _check_data(data)
+    batch_size = n if batch_size is None else min(_check_positive_int(batch_size, "batch_size"), n)
+    return _batched_mean_jit(loss_fn, params, data, batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# the compiled chunk
+
+
+def _chain_chunk(
+    carry: _Carry,
+    chain_key: PRNGKey,
+    data: Batch,
+    center: Params,
+    hyper: Hyperparameters,
+    mask: Mask | None,
+    step_offset: Array,
+    draw_offset: Array,
+    *,
+    loss_fn: LossFn,
+    preconditioner: Preconditioner,
+    batch_size: int,
+    num_draws: int,
+    steps_per_draw: int,
+    observe: Callable | None,
+    accumulator: Accumulator | None,
+    keep_traces: bool,
+    full_loss_every: int,
+    full_loss_batch_size: int,
+    mala_every: int,
+):
+    """Runs ``num_draws * steps_per_draw`` steps of ONE chain; vmapped twice by the caller."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    num_steps = num_draws * steps_per_draw
+    noise_key, batch_key = jax.random.split(chain_key)
+    steps = step_offset + jnp.arange(num_steps, dtype=jnp.int32)
+    position = carry.state.position
+
+    # Bulk randomness for the whole chunk, keyed per step (see module docstring).
+    noise = jax.vmap(lambda t: kernels.tree_normal(jax.random.fold_in(noise_key, t), position))(steps)
+    indices = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(batch_key, t), (batch_size,), 0, n))(steps)
+    reshape = lambda x: x.reshape((num_draws, steps_per_draw) + x.shape[1:])
+    noise = jax.tree.map(reshape, noise)
+    indices = reshape(indices)
+    steps = reshape(steps)
+
+    value_and_grad = jax.value_and_grad(lambda p, b: kernels.mean_loss(loss_fn, p, b))
+
+    def one_step(state, diverged_at, step_noise, step_indices, step):
+        batch = _tree_take(data, step_indices)
+        loss, grad = value_and_grad(state.position, batch)
+        new_state, info = kernels.sgld_update(state, loss, grad, step_noise, center, hyper, mask, preconditioner)
+        diverged_at = jnp.where((diverged_at < 0) & ~jnp.isfinite(loss), step, diverged_at)
+        return new_state, info, diverged_at, batch, grad
+
+    def mala(state, new_state, info, batch, grad):
+        step_sizes, _ = kernels._step_sizes(preconditioner, state.second_moment, grad, state.count, hyper.step_size)
+        step_sizes = kernels._per_leaf(step_sizes, state.position)
+        potential_grad = lambda p, g: jax.tree.map(
+            lambda gi, w, c: hyper.nbeta * gi + hyper.localization * (w - c) + hyper.weight_decay * w, g, p, center
+        )
+        proposal = new_state.position
+        proposal_loss, proposal_grad = value_and_grad(proposal, batch)
+        log_accept = kernels.mala_log_acceptance(
+            state.position,
+            kernels.potential(info.loss, state.position, center, hyper, mask),
+            potential_grad(state.position, grad),
+            proposal,
+            kernels.potential(proposal_loss, proposal, center, hyper, mask),
+            potential_grad(proposal, proposal_grad),
+            step_sizes,
+            mask,
+        )
+        return jnp.exp(log_accept)
+
+    def draw(carry: _Carry, xs):
+        draw_noise, draw_indices, draw_steps, draw_index = xs
+        state = carry.state
+        first_noise = jax.tree.map(lambda x: x[0], draw_noise)
+        new_state, info, diverged_at, batch, grad = one_step(
+            state, carry.diverged_at, first_noise, draw_indices[0], draw_steps[0]
+        )
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        if mala_every:
+            acceptance = jax.lax.cond(
+                draw_index % mala_every == 0,
+                lambda: mala(state, new_state, info, batch, grad).astype(jnp.float32),
+                lambda: nan,
+            )
+        else:
+            acceptance = nan
+        if full_loss_every:
+            full_loss = jax.lax.cond(
+                draw_index % full_loss_every == 0,
+                lambda: _batched_mean(loss_fn, state.position, data, full_loss_batch_size).astype(jnp.float32),
+                lambda: nan,
+            )
+        else:
+            full_loss = nan
+        observed = observe(state.position, info) if observe is not None else None
+        acc = carry.accumulator
+        if accumulator is not None:
+            acc = accumulator.update(acc, observed)
+
+        def inner(inner_carry, inner_xs):
+            inner_state, inner_diverged = inner_carry
+            step_noise, step_indices, step = inner_xs
+            inner_state, _, inner_diverged, _, _ = one_step(inner_state, inner_diverged, step_noise, step_indices, step)
+            return (inner_state, inner_diverged), None
+
+        if steps_per_draw > 1:
+            rest = (jax.tree.map(lambda x: x[1:], draw_noise), draw_indices[1:], draw_steps[1:])
+            (new_state, diverged_at), _ = jax.lax.scan(inner, (new_state, diverged_at), rest)
+        record = _DrawRecord(info, acceptance, full_loss, observed if keep_traces else None)
+        return _Carry(new_state, acc, diverged_at), record
+
+    draw_indices = draw_offset + jnp.arange(num_draws, dtype=jnp.int32)
+    return jax.lax.scan(draw, carry, (noise, indices, steps, draw_indices))
+
+
+_STATIC = (
+    "loss_fn",
+    "preconditioner",
+    "batch_size",
+    "num_draws",
+    "steps_per_draw",
+    "observe",
+    "accumulator",
+    "keep_traces",
+    "full_loss_every",
+    "full_loss_batch_size",
+    "mala_every",
+    "masked",
+)
+
+_COMPILE_COUNT = [0]
+_COMPILED: dict = {}
+
+
+def compile_count() -> int:
+    """How many times the sampler's chunk program has been compiled in this process."""
+    return _COMPILE_COUNT[0]
+
+
+def _chunk(carry, chain_keys, data, center, hyper, masks, step_offset, draw_offset, **static):
+    masked = static.pop("masked")
+    per_chain = jax.vmap(
+        lambda c, k, h, m: _chain_chunk(c, k, data, center, h, m, step_offset, draw_offset, **static),
+        in_axes=(0, 0, None, None),
+    )
+    per_config = jax.vmap(per_chain, in_axes=(0, None, 0, 0 if masked else None))
+    return per_config(carry, chain_keys, hyper, masks)
+
+
+_chunk_jit = jax.jit(_chunk, static_argnames=_STATIC, donate_argnums=(0,))
+
+
+def _signature(args, static) -> tuple:
+    leaves, treedef = jax.tree.flatten(args)
+    shapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x))), str(getattr(x, "sharding", None))) for x in leaves)
+    return (treedef, shapes, tuple(sorted(static.items(), key=lambda kv: kv[0])))
+
+
+def _compiled_chunk(args, static) -> tuple[Callable, float]:
+    """AOT-compiles the chunk program once per signature; returns (executable, seconds spent)."""
+    signature = _signature(args, static)
+    if signature in _COMPILED:
+        return _COMPILED[signature], 0.0
+    start = time.perf_counter()
+    executable = _chunk_jit.lower(*args, **static).compile()
+    _COMPILE_COUNT[0] += 1
+    _COMPILED[signature] = executable
+    return executable, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------
+# the driver
+
+
+def _chain_sharding(num_chains: int):
+    devices = jax.devices()
+    if len(devices) == 1:
+        return None
+    if num_chains % len(devices):
+        warnings.warn(
+            f"num_chains={num_chains} is not a multiple of the {len(devices)} devices; chains are not "
+            "sharded. Use a multiple of the device count to spread chains across devices.",
+            stacklevel=3,
+        )
+        return None
+    mesh = Mesh(np.array(devices), ("chain",))
+    return NamedSharding(mesh, PartitionSpec(None, "chain")), NamedSharding(mesh, PartitionSpec())
+
+
+def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, requested: int | None) -> list[int]:
+    if total_draws == 0:
+        return []
+    if requested is not None:
+        size = requested
+    else:
+        size = max(1, math.ceil(total_draws / _TARGET_CHUNKS))
+        size = max(1, min(size, _NOISE_BUDGET_BYTES // max(1, per_step_bytes * steps_per_draw)))
+    lengths = [size] * (total_draws // size)
+    if total_draws % size:
+        lengths.append(total_draws % size)
+    return lengths
+
+
+def run_chains(
+    loss_fn: LossFn,
+    params: Params,
+    data: Batch,
+    *,
+    key: KeyLike,
+    step_size,
+    nbeta,
+    localization,
+    weight_decay=0.0,
+    num_chains: int = 4,
+    num_draws: int,
+    num_burnin: int = 0,
+    num_steps_between_draws: int = 1,
+    batch_size: int,
+    sampler: str | Preconditioner = "sgld",
+    masks: Mask | None = None,
+    observe: Callable[[Params, SGLDInfo], PyTree] | None = None,
+    accumulator: Accumulator | None = None,
+    keep_traces: bool = False,
+    full_loss_every: int = 0,
+    mala_every: int = 20,
+    init_loss: float | None = None,
+    progress: bool = True,
+    chunk_draws: int | None = None,
+    description: str = "SGLD",
+) -> ChainsOutput:
+    """Runs ``num_chains`` localized SGLD chains for each of G configurations, as one program.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch)`` -> per-example ``(batch,)``, per-token ``(batch, seq)``
+            or scalar mean losses.
+        params: pytree at w* (the localization centre and every chain's start).
+        data: pytree of arrays with a shared leading axis n.
+        key: int seed or JAX PRNG key. Chain c uses ``split(key, num_chains)[c]`` in every
+            configuration, so configurations differ only by their settings.
+        step_size, nbeta, localization, weight_decay: scalars or 1-D grids of length G (broadcast
+            together). ``nbeta`` may be 0 (the negative control), the others must be > 0 / >= 0.
+        num_chains, num_draws, num_burnin, num_steps_between_draws: the schedule. Draw d is taken at
+            step ``num_burnin + d * num_steps_between_draws``.
+        batch_size: minibatch size m <= n, drawn with replacement.
+        sampler: ``"sgld"``, ``"rmsprop_sgld"``, ``"rmsprop_sgld_devinterp"`` or a ``Preconditioner``.
+        masks: None, one bool mask pytree (shared by all configurations), or a stack of G masks
+            (leaves with a leading axis G) when no hyperparameter is a grid longer than 1 or G
+            matches.
+        observe: ``observe(position, info) -> pytree`` evaluated at every draw (at the draw's
+            position, before that step moves it).
+        accumulator: streaming statistics of ``observe``'s values carried on device.
+        keep_traces: keep every draw's ``observe`` values (memory grows with num_draws).
+        full_loss_every: evaluate the full-data loss every this many draws (0 = never).
+        mala_every: MALA acceptance every this many draws (0 = never); costs one extra gradient.
+        init_loss: L_n(w*) if already known (skips one full-data pass).
+        progress: show a tqdm bar.
+        chunk_draws: draws per compiled chunk (default: about a tenth of the run, within a noise
+            memory budget).
+
+    Returns:
+        A ``ChainsOutput`` with leading axes ``(G, num_chains)``.
+    """
+    # ---- validation, all before compiling anything
+    n = _check_data(data)
+    _check_params(params)
+    num_chains = _check_positive_int(num_chains, "num_chains")
+    num_draws = _check_positive_int(num_draws, "num_draws")
+    num_burnin = _check_positive_int(num_burnin, "num_burnin", minimum=0)
+    num_steps_between_draws = _check_positive_int(num_steps_between_draws, "num_steps_between_draws")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    if batch_size > n:
+        raise ValueError(f"batch_size={batch_size} is larger than the dataset (n={n}); use batch_size <= {n}.")
+    full_loss_every = _check_positive_int(full_loss_every, "full_loss_every", minimum=0)
+    mala_every = _check_positive_int(mala_every, "mala_every", minimum=0)
+    if chunk_draws is not None:
+        chunk_draws = _check_positive_int(chunk_draws, "chunk_draws")
+    preconditioner = kernels.get_preconditioner(sampler)
+    grids = {
+        "step_size": _check_scalar_grid(step_size, "step_size", allow_zero=False, fix="Try step_size=1e-4 and calibrate (see README)."),
+        "nbeta": _check_scalar_grid(nbeta, "nbeta", allow_zero=True, fix="The default is n / log n (slt_jax.default_nbeta)."),
+        "localization": _check_scalar_grid(localization, "localization", allow_zero=True, fix="Typical values are 1 to 1000."),
+        "weight_decay": _check_scalar_grid(weight_decay, "weight_decay", allow_zero=True, fix="Use 0 for none."),
+    }
+    lengths = {len(v) for v in grids.values() if v.ndim == 1}
+    if len(lengths) > 1:
+        raise ValueError(f"hyperparameter grids have different lengths {sorted(lengths)}; grids must share one length G.")
+    num_configs = lengths.pop() if lengths else None
+    stacked_masks = False
+    if masks is not None and not callable(masks):
+        first = jax.tree.leaves(masks)
+        mask_leading = {np.ndim(m) for m in first}
+        # A stack of masks: every leaf has one more axis than its parameter.
+        stacked_masks = len(first) == len(jax.tree.leaves(params)) and all(
+            np.ndim(m) == np.ndim(p) + 1 for m, p in zip(first, jax.tree.leaves(params))
+        ) and bool(mask_leading)
+    if stacked_masks:
+        num_mask_configs = np.shape(jax.tree.leaves(masks)[0])[0]
+        if num_configs is not None and num_configs != num_mask_configs:
+            raise ValueError(f"masks stack {num_mask_configs} masks but the hyperparameter grids have length {num_configs}.")
+        num_configs = num_mask_configs
+        masks = _check_masks(masks, params, num_configs, name="masks")
+    else:
+        masks = _check_masks(masks, params, None, name="mask")
+    num_configs = num_configs or 1
+    _check_loss_fn(loss_fn, params, data, batch_size)
+
+    # ---- device inputs
+    params = jax.tree.map(jnp.asarray, params)
+    data = jax.tree.map(jnp.asarray, data)
+    dtype = jnp.result_type(jax.tree.leaves(params)[0])
+    hyper = Hyperparameters(
+        *(jnp.broadcast_to(jnp.asarray(grids[f], dtype), (num_configs,)) for f in Hyperparameters._fields)
+    )
+    if masks is not None and not stacked_masks:
+        masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (num_configs,) + m.shape), masks)
+    key = as_key(key)
+    chain_keys = jax.random.split(key, num_chains)
+
+    if init_loss is None:
+        init_loss = float(full_data_loss(loss_fn, params, data, batch_size))
+    if not np.isfinite(init_loss):
+        raise ValueError(f"the full-data loss at w* is {init_loss}; loss_fn(params, data) must be finite at w*.")
+
+    state = kernels.init(params, preconditioner)
+    state = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_configs, num_chains) + jnp.shape(x)), state)
+    if observe is not None and accumulator is not None:
+        example_info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
+        example = jax.eval_shape(observe, params, example_info)
+        acc_single = accumulator.init(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example))
+        acc = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_configs, num_chains) + jnp.shape(x)), acc_single)
+    else:
+        acc = None
+    carry = _Carry(state, acc, jnp.full((num_configs, num_chains), -1, jnp.int32))
+    carry = jax.tree.map(jnp.array, carry)  # own buffers (the chunk program donates its carry)
+
+    sharding = _chain_sharding(num_chains)
+    if sharding is not None:
+        chain_sharded, replicated = sharding
+        carry = jax.device_put(carry, chain_sharded)
+        chain_keys = jax.device_put(chain_keys, NamedSharding(chain_sharded.mesh, PartitionSpec("chain")))
+        data, params, hyper = jax.device_put((data, params, hyper), replicated)
+        if masks is not None:
+            masks = jax.device_put(masks, replicated)
+
+    static = dict(
+        loss_fn=loss_fn,
+        preconditioner=preconditioner,
+        batch_size=batch_size,
+        observe=observe,
+        accumulator=accumulator,
+        keep_traces=keep_traces,
+        full_loss_every=full_loss_every,
+        full_loss_batch_size=batch_size,
+        mala_every=mala_every,
+        masked=masks is not None,
+    )
+    per_step_bytes = num_configs * num_chains * sum(int(np.prod(np.shape(p))) * 4 for p in jax.tree.leaves(params))
+    schedule = [(length, 1, False) for length in _chunk_lengths(num_burnin, 1, per_step_bytes, chunk_draws)]
+    schedule += [(length, num_steps_between_draws, True) for length in _chunk_lengths(num_draws, num_steps_between_draws, per_step_bytes, chunk_draws)]
+    total_steps = num_burnin + num_draws * num_steps_between_draws
+
+    records: list[_DrawRecord] = []
+    compile_seconds = 0.0
+    sampling_seconds = 0.0
+    step_offset = 0
+    draw_offset = 0
+    stopped_early = False
+    with tqdm(total=total_steps, desc=description, disable=not progress, unit="step", leave=False) as bar:
+        for length, steps_per_draw, recorded in schedule:
+            chunk_static = dict(static, num_draws=length, steps_per_draw=steps_per_draw)
+            if not recorded:
+                chunk_static.update(observe=None, accumulator=None, keep_traces=False, full_loss_every=0, mala_every=0)
+            # Burn-in records nothing and carries no accumulator.
+            chunk_carry = carry if recorded else carry._replace(accumulator=None)
+            args = (
+                chunk_carry,
+                chain_keys,
+                data,
+                params,
+                hyper,
+                masks,
+                jnp.asarray(step_offset, jnp.int32),
+                jnp.asarray(draw_offset if recorded else 0, jnp.int32),
+            )
+            executable, seconds = _compiled_chunk(args, chunk_static)
+            compile_seconds += seconds
+            start = time.perf_counter()
+            new_carry, record = executable(*args)
+            if recorded:
+                carry = new_carry
+                records.append(record)
+                draw_offset += length
+            else:
+                carry = new_carry._replace(accumulator=carry.accumulator)
+            diverged_at = np.asarray(carry.diverged_at)  # the one host sync per chunk
+            sampling_seconds += time.perf_counter() - start
+            step_offset += length * steps_per_draw
+            bar.update(length * steps_per_draw)
+            if np.all(diverged_at >= 0):
+                stopped_early = step_offset < total_steps
+                break
+
+    output = _assemble(records, num_configs, num_chains, num_draws, keep_traces, full_loss_every)
+    settings = dict(
+        step_size=grids["step_size"].tolist(),
+        nbeta=grids["nbeta"].tolist(),
+        localization=grids["localization"].tolist(),
+        weight_decay=grids["weight_decay"].tolist(),
+        num_chains=num_chains,
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        num_steps_between_draws=num_steps_between_draws,
+        batch_size=batch_size,
+        n=n,
+        sampler=preconditioner._asdict(),
+        num_configs=num_configs,
+        masked=masks is not None,
+        full_loss_every=full_loss_every,
+        mala_every=mala_every,
+        minibatches="with replacement",
+        stopped_early=stopped_early,
+    )
+    return ChainsOutput(
+        **output,
+        accumulator=None if carry.accumulator is None else jax.tree.map(np.asarray, carry.accumulator),
+        diverged=diverged_at >= 0,
+        diverged_at=diverged_at,
+        init_loss=float(init_loss),
+        final_state=carry.state,
+        num_steps=step_offset,
+        compile_seconds=compile_seconds,
+        sampling_seconds=sampling_seconds,
+        settings=settings,
+    )
+
+
+def _assemble(records, num_configs, num_chains, num_draws, keep_traces, full_loss_every) -> dict:
+    """Concatenates chunk records on device, pads an early stop with NaN, moves to host once."""
+    if records:
+        joined = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=2), *records)
+    else:
+        joined = None
+    done = 0 if joined is None else joined.info.loss.shape[2]
+
+    def host(x):
+        x = np.asarray(x)
+        if done < num_draws:
+            pad = np.full(x.shape[:2] + (num_draws - done,) + x.shape[3:], np.nan, dtype=np.float32 if x.dtype.kind != "f" else x.dtype)
+            x = np.concatenate([x.astype(pad.dtype), pad], axis=2) if x.size or done else pad
+        return x
+
+    if joined is None:
+        empty = np.full((num_configs, num_chains, num_draws), np.nan, np.float32)
+        info = {f: empty for f in SGLDInfo._fields}
+        return dict(**info, mala_acceptance=empty, full_loss=empty if full_loss_every else None, observed=None)
+    info = {f: host(getattr(joined.info, f)) for f in SGLDInfo._fields}
+    return dict(
+        **info,
+        mala_acceptance=host(joined.mala_acceptance),
+        full_loss=host(joined.full_loss) if full_loss_every else None,
+        observed=jax.tree.map(host, joined.observed) if keep_traces and joined.observed is not None else None,
+    )
+
+
+def sample(
+    loss_fn: LossFn,
+    params: Params,
+    data: Batch,
+    *,
+    key: KeyLike,
+    step_size: float,
+    nbeta: float | None = None,
+    localization: float,
+    mask: Mask | None = None,
+    **kwargs,
+) -> ChainsOutput:
+    """Single-configuration ``run_chains``: outputs have leading axes ``(num_chains, ...)``.
+
+    ``nbeta=None`` uses ``default_nbeta(n)``. See ``run_chains`` for every other argument.
+    """
+    for name, value in (("step_size", step_size), ("nbeta", nbeta), ("localization", localization)):
+        if value is not None and np.ndim(value) != 0:
+            raise ValueError(f"{name} must be a scalar in sample(); use run_chains for grids.")
+    if nbeta is None:
+        nbeta = default_nbeta(_check_data(data))
+    out = run_chains(loss_fn, params, data, key=key, step_size=step_size, nbeta=nbeta, localization=localization, masks=mask, **kwargs)
+    squeeze = lambda x: x[0] if x is not None else None
+    fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
+    for name in ("loss", "grad_norm", "localization_norm", "noise_norm", "distance", "mala_acceptance", "full_loss", "diverged", "diverged_at"):
+        fields[name] = squeeze(fields[name])
+    for name in ("observed", "accumulator", "final_state"):
+        if fields[name] is not None:
+            fields[name] = jax.tree.map(lambda x: x[0], fields[name])
+    return ChainsOutput(**fields)
