@@ -342,6 +342,7 @@ def _chain_chunk(
     mask: Mask | None,
     step_offset: Array,
     draw_offset: Array,
+    observe_data: PyTree,
     *,
     loss_fn: LossFn,
     preconditioner: Preconditioner,
@@ -423,7 +424,8 @@ def _chain_chunk(
             )
         else:
             full_loss = nan
-        observed = observe(state.position, info) if observe is not None else None
+        observe_args = () if observe_data is None else (observe_data,)
+        observed = observe(state.position, info, *observe_args) if observe is not None else None
         acc = carry.accumulator
         if accumulator is not None:
             acc = accumulator.update(acc, observed)
@@ -468,10 +470,10 @@ def compile_count() -> int:
     return _COMPILE_COUNT[0]
 
 
-def _chunk(carry, chain_keys, data, center, hyper, masks, step_offset, draw_offset, **static):
+def _chunk(carry, chain_keys, data, center, hyper, masks, step_offset, draw_offset, observe_data, **static):
     masked = static.pop("masked")
     per_chain = jax.vmap(
-        lambda c, k, h, m: _chain_chunk(c, k, data, center, h, m, step_offset, draw_offset, **static),
+        lambda c, k, h, m: _chain_chunk(c, k, data, center, h, m, step_offset, draw_offset, observe_data, **static),
         in_axes=(0, 0, None, None),
     )
     per_config = jax.vmap(per_chain, in_axes=(0, None, 0, 0 if masked else None))
@@ -550,6 +552,7 @@ def run_chains(
     sampler: str | Preconditioner = "sgld",
     masks: Mask | None = None,
     observe: Callable[[Params, SGLDInfo], PyTree] | None = None,
+    observe_data: PyTree | None = None,
     accumulator: Accumulator | None = None,
     keep_traces: bool = False,
     full_loss_every: int = 0,
@@ -579,6 +582,9 @@ def run_chains(
             matches.
         observe: ``observe(position, info) -> pytree`` evaluated at every draw (at the draw's
             position, before that step moves it).
+        observe_data: optional pytree of arrays (e.g. probe datasets) passed to ``observe`` as a
+            third argument, ``observe(position, info, observe_data)``; a traced input, so new values
+            of the same shapes never recompile (a closure would bake them into the program).
         accumulator: streaming statistics of ``observe``'s values carried on device.
         keep_traces: keep every draw's ``observe`` values (memory grows with num_draws).
         full_loss_every: evaluate the full-data loss every this many draws (0 = never).
@@ -634,10 +640,13 @@ def run_chains(
         masks = _check_masks(masks, params, None, name="mask")
     num_configs = num_configs or 1
     _check_loss_fn(loss_fn, params, data, batch_size)
+    if observe_data is not None and observe is None:
+        raise ValueError("observe_data was given without observe; pass observe(position, info, observe_data).")
 
     # ---- device inputs
     params = jax.tree.map(jnp.asarray, params)
     data = jax.tree.map(jnp.asarray, data)
+    observe_data = jax.tree.map(jnp.asarray, observe_data)
     dtype = jnp.result_type(jax.tree.leaves(params)[0])
     hyper = Hyperparameters(
         *(jnp.broadcast_to(jnp.asarray(grids[f], dtype), (num_configs,)) for f in Hyperparameters._fields)
@@ -656,7 +665,7 @@ def run_chains(
     state = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_configs, num_chains) + jnp.shape(x)), state)
     if observe is not None and accumulator is not None:
         example_info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
-        example = jax.eval_shape(observe, params, example_info)
+        example = jax.eval_shape(observe, params, example_info, *(() if observe_data is None else (observe_data,)))
         acc_single = accumulator.init(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example))
         acc = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_configs, num_chains) + jnp.shape(x)), acc_single)
     else:
@@ -669,7 +678,7 @@ def run_chains(
         chain_sharded, replicated = sharding
         carry = jax.device_put(carry, chain_sharded)
         chain_keys = jax.device_put(chain_keys, NamedSharding(chain_sharded.mesh, PartitionSpec("chain")))
-        data, params, hyper = jax.device_put((data, params, hyper), replicated)
+        data, params, hyper, observe_data = jax.device_put((data, params, hyper, observe_data), replicated)
         if masks is not None:
             masks = jax.device_put(masks, replicated)
 
@@ -712,6 +721,7 @@ def run_chains(
                 masks,
                 jnp.asarray(step_offset, jnp.int32),
                 jnp.asarray(draw_offset if recorded else 0, jnp.int32),
+                observe_data if recorded else None,
             )
             executable, seconds = _compiled_chunk(args, chunk_static)
             compile_seconds += seconds
