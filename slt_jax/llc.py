@@ -32,7 +32,8 @@ class LLCResult:
         llc_std: sample std (ddof=1) over non-diverged chains (NaN with one chain).
         llc_per_chain: ``(num_chains,)``; NaN for diverged chains.
         llc_trace: ``(num_chains, num_draws)`` running mean over draws of nβ(L - L*).
-        loss_trace: ``(num_chains, num_draws)`` minibatch loss at each draw.
+        loss_trace: ``(num_chains, num_draws)`` the loss entering λ̂ at each draw (the minibatch
+            loss by default; see ``loss_estimator``).
         init_loss: L_n(w*), full-data mean loss at w*.
         nbeta: nβ used.
         ess: effective sample size of the loss trace (numpyro), over non-diverged chains.
@@ -133,7 +134,7 @@ def estimate_llc(
     sampler: str = "sgld",
     mask: Mask | None = None,
     progress: bool = True,
-    use_full_loss: bool = False,
+    loss_estimator: str = "minibatch",
     **kwargs,
 ) -> LLCResult:
     """Estimates the local learning coefficient at ``params`` with multi-chain localized SGLD.
@@ -152,8 +153,12 @@ def estimate_llc(
         sampler: ``"sgld"``, ``"rmsprop_sgld"`` or ``"rmsprop_sgld_devinterp"``.
         mask: bool pytree (True = sampled) for a restricted (weight-refined) LLC.
         progress: tqdm progress bar.
-        use_full_loss: average the full-data loss at each draw instead of the minibatch loss (one
-            full pass per draw).
+        loss_estimator: which loss L_{c,d} enters λ̂ (all unbiased for L_n(w_d)):
+            ``"minibatch"`` (default, SCIENCE.md §2): the minibatch loss of that step's gradient;
+            ``"paired"``: L_B(w_d) - L_B(w*) + L_n(w*) on the same minibatch B, a control variate
+            that cancels the minibatch noise (one extra forward pass per draw; recommended when
+            nβ is large, where nβ·L_B's batch noise swamps λ);
+            ``"full"``: the full-data loss at each draw (one full pass per draw).
         **kwargs: passed to ``slt_jax.sample`` (``weight_decay``, ``mala_every``, ``chunk_draws``, ...).
 
     Returns:
@@ -171,8 +176,12 @@ def estimate_llc(
         raise ValueError(f"nbeta={nbeta!r} must be a finite number > 0 for an LLC (None uses n / log n).")
     if sampler_lib._check_positive_int(num_chains, "num_chains") < 2:
         warnings.warn("num_chains=1: llc_std and R-hat need at least 2 chains and will be NaN.", stacklevel=2)
-    if use_full_loss:
+    if loss_estimator not in ("minibatch", "paired", "full"):
+        raise ValueError(f"loss_estimator={loss_estimator!r}; use 'minibatch', 'paired' or 'full'.")
+    if loss_estimator == "full":
         kwargs["full_loss_every"] = 1
+    if loss_estimator == "paired":
+        kwargs["center_loss"] = True
     chains = sampler_lib.sample(
         loss_fn,
         params,
@@ -192,7 +201,12 @@ def estimate_llc(
         **kwargs,
     )
     nbeta_used = chains.settings["nbeta"]
-    trace = chains.full_loss if use_full_loss else chains.loss
+    if loss_estimator == "full":
+        trace = chains.full_loss
+    elif loss_estimator == "paired":
+        trace = chains.loss - chains.center_loss + chains.init_loss
+    else:
+        trace = chains.loss
     result = llc_from_chains(trace, chains.init_loss, float(nbeta_used), chains.diverged, chains)
     report_divergence(chains.diverged_at, result)
     return result

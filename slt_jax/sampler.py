@@ -88,6 +88,7 @@ class _DrawRecord(NamedTuple):
     info: SGLDInfo
     mala_acceptance: Array
     full_loss: Array
+    center_loss: Array
     observed: PyTree
 
 
@@ -102,6 +103,8 @@ class ChainsOutput:
         mala_acceptance: ``(G, C, D)`` MALA acceptance probability, NaN at draws where it was not
             evaluated (every ``mala_every``-th draw is).
         full_loss: ``(G, C, D)`` full-data loss, NaN where not evaluated, or None.
+        center_loss: ``(G, C, D)`` minibatch loss AT w* on each draw's batch (``center_loss=True``),
+            the control variate of the paired LLC estimator, or None.
         observed: pytree of ``(G, C, D, ...)`` observable traces, or None.
         accumulator: pytree of ``(G, C, ...)`` accumulator states, or None.
         diverged: ``(G, C)`` bool, the chain's loss went non-finite.
@@ -121,6 +124,7 @@ class ChainsOutput:
     distance: np.ndarray
     mala_acceptance: np.ndarray
     full_loss: np.ndarray | None
+    center_loss: np.ndarray | None
     observed: PyTree | None
     accumulator: PyTree | None
     diverged: np.ndarray
@@ -355,6 +359,7 @@ def _chain_chunk(
     full_loss_every: int,
     full_loss_batch_size: int,
     mala_every: int,
+    center_loss: bool,
 ):
     """Runs ``num_draws * steps_per_draw`` steps of ONE chain; vmapped twice by the caller."""
     n = jax.tree.leaves(data)[0].shape[0]
@@ -425,6 +430,10 @@ def _chain_chunk(
         else:
             full_loss = nan
         observe_args = () if observe_data is None else (observe_data,)
+        if center_loss:
+            at_center = kernels.mean_loss(loss_fn, center, batch).astype(jnp.float32)
+        else:
+            at_center = nan
         observed = observe(state.position, info, *observe_args) if observe is not None else None
         acc = carry.accumulator
         if accumulator is not None:
@@ -439,7 +448,7 @@ def _chain_chunk(
         if steps_per_draw > 1:
             rest = (jax.tree.map(lambda x: x[1:], draw_noise), draw_indices[1:], draw_steps[1:])
             (new_state, diverged_at), _ = jax.lax.scan(inner, (new_state, diverged_at), rest)
-        record = _DrawRecord(info, acceptance, full_loss, observed if keep_traces else None)
+        record = _DrawRecord(info, acceptance, full_loss, at_center, observed if keep_traces else None)
         return _Carry(new_state, acc, diverged_at), record
 
     draw_indices = draw_offset + jnp.arange(num_draws, dtype=jnp.int32)
@@ -458,6 +467,7 @@ _STATIC = (
     "full_loss_every",
     "full_loss_batch_size",
     "mala_every",
+    "center_loss",
     "masked",
 )
 
@@ -557,6 +567,7 @@ def run_chains(
     keep_traces: bool = False,
     full_loss_every: int = 0,
     mala_every: int = 20,
+    center_loss: bool = False,
     init_loss: float | None = None,
     progress: bool = True,
     chunk_draws: int | None = None,
@@ -589,6 +600,8 @@ def run_chains(
         keep_traces: keep every draw's ``observe`` values (memory grows with num_draws).
         full_loss_every: evaluate the full-data loss every this many draws (0 = never).
         mala_every: MALA acceptance every this many draws (0 = never); costs one extra gradient.
+        center_loss: also evaluate the loss at w* on every draw's minibatch (one forward pass per
+            draw), the control variate of the paired LLC estimator.
         init_loss: L_n(w*) if already known (skips one full-data pass).
         progress: show a tqdm bar.
         chunk_draws: draws per compiled chunk (default: about a tenth of the run, within a noise
@@ -692,6 +705,7 @@ def run_chains(
         full_loss_every=full_loss_every,
         full_loss_batch_size=batch_size,
         mala_every=mala_every,
+        center_loss=bool(center_loss),
         masked=masks is not None,
     )
     per_step_bytes = num_configs * num_chains * sum(int(np.prod(np.shape(p))) * 4 for p in jax.tree.leaves(params))
@@ -709,7 +723,7 @@ def run_chains(
         for length, steps_per_draw, recorded in schedule:
             chunk_static = dict(static, num_draws=length, steps_per_draw=steps_per_draw)
             if not recorded:
-                chunk_static.update(observe=None, accumulator=None, keep_traces=False, full_loss_every=0, mala_every=0)
+                chunk_static.update(observe=None, accumulator=None, keep_traces=False, full_loss_every=0, mala_every=0, center_loss=False)
             # Burn-in records nothing and carries no accumulator.
             chunk_carry = carry if recorded else carry._replace(accumulator=None)
             args = (
@@ -741,7 +755,7 @@ def run_chains(
                 stopped_early = step_offset < total_steps
                 break
 
-    output = _assemble(records, num_configs, num_chains, num_draws, keep_traces, full_loss_every)
+    output = _assemble(records, num_configs, num_chains, num_draws, keep_traces, full_loss_every, center_loss)
     settings = dict(
         step_size=grids["step_size"].tolist(),
         nbeta=grids["nbeta"].tolist(),
@@ -758,6 +772,7 @@ def run_chains(
         masked=masks is not None,
         full_loss_every=full_loss_every,
         mala_every=mala_every,
+        center_loss=bool(center_loss),
         minibatches="with replacement",
         stopped_early=stopped_early,
     )
@@ -775,7 +790,7 @@ def run_chains(
     )
 
 
-def _assemble(records, num_configs, num_chains, num_draws, keep_traces, full_loss_every) -> dict:
+def _assemble(records, num_configs, num_chains, num_draws, keep_traces, full_loss_every, center_loss) -> dict:
     """Concatenates chunk records on device, pads an early stop with NaN, moves to host once."""
     if records:
         joined = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=2), *records)
@@ -793,12 +808,19 @@ def _assemble(records, num_configs, num_chains, num_draws, keep_traces, full_los
     if joined is None:
         empty = np.full((num_configs, num_chains, num_draws), np.nan, np.float32)
         info = {f: empty for f in SGLDInfo._fields}
-        return dict(**info, mala_acceptance=empty, full_loss=empty if full_loss_every else None, observed=None)
+        return dict(
+            **info,
+            mala_acceptance=empty,
+            full_loss=empty if full_loss_every else None,
+            center_loss=empty if center_loss else None,
+            observed=None,
+        )
     info = {f: host(getattr(joined.info, f)) for f in SGLDInfo._fields}
     return dict(
         **info,
         mala_acceptance=host(joined.mala_acceptance),
         full_loss=host(joined.full_loss) if full_loss_every else None,
+        center_loss=host(joined.center_loss) if center_loss else None,
         observed=jax.tree.map(host, joined.observed) if keep_traces and joined.observed is not None else None,
     )
 
@@ -827,7 +849,7 @@ def sample(
     out = run_chains(loss_fn, params, data, key=key, step_size=step_size, nbeta=nbeta, localization=localization, masks=mask, **kwargs)
     squeeze = lambda x: x[0] if x is not None else None
     fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
-    for name in ("loss", "grad_norm", "localization_norm", "noise_norm", "distance", "mala_acceptance", "full_loss", "diverged", "diverged_at"):
+    for name in ("loss", "grad_norm", "localization_norm", "noise_norm", "distance", "mala_acceptance", "full_loss", "center_loss", "diverged", "diverged_at"):
         fields[name] = squeeze(fields[name])
     for name in ("observed", "accumulator", "final_state"):
         if fields[name] is not None:
