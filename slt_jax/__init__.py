@@ -21,6 +21,19 @@ from slt_jax.sampler import (
 )
 
 # --- adapters, masks, models, tasks (issue 3) ---
+from slt_jax import adapters, components, masks, models, tasks, training
+from slt_jax.adapters import from_linen, from_nnx, to_nnx
+from slt_jax.components import ComponentLLCResult, estimate_llc_per_component
+from slt_jax.masks import (
+    component_mask,
+    describe_mask,
+    head_mask,
+    leaf_paths,
+    mask_complement,
+    mask_intersection,
+    mask_union,
+)
+from slt_jax.training import TrainResult, train
 
 # --- susceptibilities, BIF, patterning (issue 4) ---
 
