@@ -74,7 +74,7 @@ class Preconditioner(NamedTuple):
 
     name: str
     alpha: float = 0.99
-    eps: float = 1e-8
+    eps: float = 0.1
     initial_second_moment: float = 1.0
     bias_correction: bool = True
 
@@ -85,7 +85,10 @@ class Preconditioner(NamedTuple):
 
 PRECONDITIONERS: dict[str, Preconditioner] = {
     "sgld": Preconditioner("sgld"),
-    "rmsprop_sgld": Preconditioner("rmsprop_sgld", 0.99, 1e-8, 1.0, True),
+    # eps = 0.1 caps any coordinate's step at 10ε: a coordinate whose loss gradient is exactly zero
+    # (a dead ReLU unit, an unused weight) has v̂_t -> 0, and a tiny eps would give it a step of
+    # ε/eps that the localization term cannot stabilise (measured: divergence after ~2.5k steps).
+    "rmsprop_sgld": Preconditioner("rmsprop_sgld", 0.99, 0.1, 1.0, True),
     "rmsprop_sgld_devinterp": Preconditioner("rmsprop_sgld_devinterp", 0.99, 0.1, 0.0, False),
 }
 

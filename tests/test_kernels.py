@@ -1,0 +1,122 @@
+"""Kernel-level checks of the SGLD update (SCIENCE.md §1), by hand."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from slt_jax import kernels
+
+
+def _update(position, grad, noise, center, hyper, mask=None, sampler="sgld", second_moment=None, count=0):
+    pre = kernels.get_preconditioner(sampler)
+    state = kernels.init(position, pre)
+    if second_moment is not None:
+        state = state._replace(second_moment=second_moment)
+    state = state._replace(count=jnp.asarray(count, jnp.int32))
+    loss = jnp.zeros(())
+    return kernels.sgld_update(state, loss, grad, noise, center, hyper, mask, pre)
+
+
+def test_sgld_update_matches_formula():
+    w = jnp.array([1.0, -2.0, 0.5])
+    center = jnp.array([0.5, 0.0, 0.5])
+    g = jnp.array([0.3, 0.1, -0.2])
+    xi = jnp.array([0.7, -1.1, 0.2])
+    hyper = kernels.hyperparameters(step_size=0.01, nbeta=50.0, localization=3.0, weight_decay=0.1)
+    state, info = _update(w, g, xi, center, hyper)
+    expected = w - 0.005 * (50.0 * g + 3.0 * (w - center) + 0.1 * w) + np.sqrt(0.01) * xi
+    np.testing.assert_allclose(state.position, expected, rtol=1e-6)
+    np.testing.assert_allclose(info.grad_norm, np.linalg.norm(g), rtol=1e-6)
+    np.testing.assert_allclose(info.localization_norm, np.linalg.norm(3.0 * (w - center)), rtol=1e-6)
+    np.testing.assert_allclose(info.noise_norm, np.linalg.norm(0.1 * xi), rtol=1e-6)
+    np.testing.assert_allclose(info.distance, np.linalg.norm(w - center), rtol=1e-6)
+    assert int(state.count) == 1
+
+
+def test_masked_coordinate_never_moves_even_with_inf_gradient():
+    w = {"a": jnp.array([1.0, 2.0]), "b": jnp.array([[3.0, 4.0]])}
+    g = {"a": jnp.array([jnp.inf, 1.0]), "b": jnp.array([[jnp.nan, 1.0]])}
+    xi = jax.tree.map(jnp.ones_like, w)
+    mask = {"a": jnp.array([False, True]), "b": jnp.array([[False, True]])}
+    hyper = kernels.hyperparameters(0.1, 1.0, 1.0)
+    state, _ = _update(w, g, xi, jax.tree.map(jnp.zeros_like, w), hyper, mask=mask)
+    assert float(state.position["a"][0]) == 1.0
+    assert float(state.position["b"][0, 0]) == 3.0
+    assert float(state.position["a"][1]) != 2.0
+
+
+def test_rmsprop_devinterp_first_step_from_science():
+    # SCIENCE.md §1: w=(3,4), g=(3,4), ε=1, nβ=2, γ=0, noise off, α=0.99 -> G=(2.5,2), w=(-4.5,-4).
+    w = jnp.array([3.0, 4.0])
+    hyper = kernels.hyperparameters(step_size=1.0, nbeta=2.0, localization=0.0)
+    state, _ = _update(w, jnp.array([3.0, 4.0]), jnp.zeros(2), jnp.zeros(2), hyper, sampler="rmsprop_sgld_devinterp")
+    np.testing.assert_allclose(state.position, [-4.5, -4.0], rtol=1e-6)
+    np.testing.assert_allclose(state.second_moment, [0.09, 0.16], rtol=1e-5)
+
+
+def test_rmsprop_hitchcock_hoogland_two_steps_by_hand():
+    alpha, step, nbeta, gamma = 0.99, 0.01, 10.0, 2.0
+    eps = kernels.PRECONDITIONERS["rmsprop_sgld"].eps
+    w0 = np.array([0.5, -1.0])
+    center = np.array([0.0, 0.0])
+    g0, g1 = np.array([0.2, -0.4]), np.array([1.0, 0.1])
+    xi0, xi1 = np.array([0.3, -0.2]), np.array([-0.5, 0.8])
+    # by hand, v_{-1} = 1, bias correction 1 - α^{t+1}
+    v = np.ones(2)
+    w = w0.copy()
+    for t, (g, xi) in enumerate([(g0, xi0), (g1, xi1)]):
+        v = alpha * v + (1 - alpha) * g**2
+        vhat = v / (1 - alpha ** (t + 1))
+        e = step / (np.sqrt(vhat) + eps)
+        w = w - e / 2 * (nbeta * g + gamma * (w - center)) + np.sqrt(e) * xi
+    hyper = kernels.hyperparameters(step, nbeta, gamma)
+    pre = kernels.get_preconditioner("rmsprop_sgld")
+    state = kernels.init(jnp.asarray(w0, jnp.float32), pre)
+    for g, xi in [(g0, xi0), (g1, xi1)]:
+        state, _ = kernels.sgld_update(
+            state, jnp.zeros(()), jnp.asarray(g, jnp.float32), jnp.asarray(xi, jnp.float32), jnp.asarray(center, jnp.float32), hyper, None, pre
+        )
+    np.testing.assert_allclose(state.position, w, rtol=1e-5)
+    np.testing.assert_allclose(state.second_moment, v, rtol=1e-5)
+
+
+def test_rmsprop_statistics_ignore_localization():
+    # Same loss gradient, different distances from w*: identical second moments.
+    hyper = kernels.hyperparameters(0.01, 1.0, 100.0)
+    g = jnp.array([0.5, 0.5])
+    s1, _ = _update(jnp.array([0.0, 0.0]), g, jnp.zeros(2), jnp.zeros(2), hyper, sampler="rmsprop_sgld")
+    s2, _ = _update(jnp.array([5.0, -5.0]), g, jnp.zeros(2), jnp.zeros(2), hyper, sampler="rmsprop_sgld")
+    chex.assert_trees_all_close(s1.second_moment, s2.second_moment)
+
+
+def test_build_kernel_runs_and_is_jittable():
+    loss_fn = lambda w, batch: 0.5 * (batch - w) ** 2
+    kernel = jax.jit(kernels.build_kernel(loss_fn, jnp.zeros(()), sampler="rmsprop_sgld"))
+    state = kernels.init(jnp.zeros(()), "rmsprop_sgld")
+    hyper = kernels.hyperparameters(1e-2, 10.0, 1.0)
+    state, info = kernel(jax.random.key(0), state, jnp.ones((5,)), hyper)
+    chex.assert_shape(state.position, ())
+    chex.assert_tree_all_finite((state, info))
+    np.testing.assert_allclose(info.loss, 0.5, rtol=1e-6)
+
+
+def test_mala_acceptance_is_one_for_exact_gaussian_limit_and_drops_with_step():
+    # Exact formula on a 1-D Gaussian: U = a w²/2; check against a direct numpy computation.
+    a = 4.0
+    w, xi = 0.3, 0.9
+    for eps in (1e-3, 1e-1, 0.4):
+        prop = w - eps / 2 * a * w + np.sqrt(eps) * xi
+        log_q = lambda to, frm: -((to - frm + eps / 2 * a * frm) ** 2) / (2 * eps)
+        direct = min(0.0, -a * prop**2 / 2 + a * w**2 / 2 + log_q(w, prop) - log_q(prop, w))
+        got = kernels.mala_log_acceptance(
+            jnp.asarray(w), jnp.asarray(a * w**2 / 2), jnp.asarray(a * w), jnp.asarray(prop),
+            jnp.asarray(a * prop**2 / 2), jnp.asarray(a * prop), jnp.asarray(eps), None,
+        )
+        np.testing.assert_allclose(float(got), direct, rtol=1e-4, atol=1e-6)
+
+
+def test_unknown_sampler_is_rejected():
+    with pytest.raises(ValueError, match="sampler='adam'"):
+        kernels.get_preconditioner("adam")

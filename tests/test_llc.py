@@ -1,0 +1,140 @@
+"""Known-answer tests of the LLC estimator (SCIENCE.md §2).
+
+Every tolerance is Z standard errors of the mean over independent chains (Z = 4), plus, where the
+closed form is not exact for the discretised dynamics, an explicitly computed bias bound.
+"""
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import dln_teacher, linear_regression, standard_error
+
+import slt_jax as sj
+from slt_jax import theory
+
+Z = 4.0
+EIGENVALUES = [1.0, 0.5, 0.1, 0.0]
+
+
+def test_quadratic_full_batch_matches_step_corrected_closed_form():
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
+    result = sj.estimate_llc(
+        loss_fn, w_star, data, key=0, step_size=1e-3, nbeta=200.0, localization=1.0,
+        num_chains=8, num_draws=4000, num_burnin=200, batch_size=1000, progress=False,
+    )
+    expected = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0, step_size=1e-3)  # 1.5104
+    se = standard_error(result)
+    chex.assert_shape(result.llc_per_chain, (8,))
+    chex.assert_shape(result.loss_trace, (8, 4000))
+    chex.assert_shape(result.llc_trace, (8, 4000))
+    assert abs(result.llc_mean - expected) < Z * se, (result.llc_mean, expected, se)
+    # The step-size correction is resolved: the uncorrected value is further than the estimate's s.e.
+    assert abs(theory.quadratic_llc(EIGENVALUES, 200.0, 1.0) - expected) > se
+    assert result.init_loss == pytest.approx(float(jnp.mean(loss_fn(w_star, data))), rel=1e-5)
+    np.testing.assert_allclose(result.llc_trace[:, -1], result.llc_per_chain, rtol=1e-6)
+
+
+def test_quadratic_minibatch_matches_exact_closed_form():
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
+    step = 1e-4
+    result = sj.estimate_llc(
+        loss_fn, w_star, data, key=1, step_size=step, nbeta=200.0, localization=1.0,
+        num_chains=8, num_draws=3000, num_steps_between_draws=5, num_burnin=1000, batch_size=100,
+        progress=False, loss_estimator="paired",
+    )
+    exact = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0)
+    bias_bound = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0, step_size=step) - exact  # discretisation
+    se = standard_error(result)
+    assert abs(result.llc_mean - exact) < Z * se + bias_bound, (result.llc_mean, exact, se, bias_bound)
+
+
+def test_separable_potential_gives_three_quarters():
+    loss_fn = lambda w, batch: w[0] ** 2 + w[1] ** 4  # scalar loss is accepted
+    result = sj.estimate_llc(
+        loss_fn, jnp.zeros(2), jnp.zeros((1, 1)), key=2, step_size=1e-3, nbeta=10.0, localization=0.0,
+        num_chains=32, num_draws=2000, num_steps_between_draws=5, num_burnin=1000, batch_size=1,
+        progress=False, mala_every=0,
+    )
+    expected = theory.separable_llc([2, 4])
+    se = standard_error(result)
+    # Discretisation bias of the quadratic coordinate, from the closed form (the quartic one is smaller).
+    bias_bound = 2 * (theory.quadratic_llc([2.0], 10.0, 0.0, step_size=1e-3) - 0.5)
+    assert abs(result.llc_mean - expected) < Z * se + bias_bound, (result.llc_mean, se)
+
+
+@pytest.mark.parametrize(
+    "exponents,nbeta,reference",
+    [((1, 1), 10.0, 0.2903), ((1, 1), 100.0, 0.3542), ((1, 2), 10.0, 0.1734), ((1, 2), 100.0, 0.2057)],
+)
+def test_normal_crossing_matches_finite_nbeta_table(exponents, nbeta, reference):
+    k1, k2 = exponents
+    assert theory.NORMAL_CROSSING_REFERENCE[exponents][nbeta] == reference
+    loss_fn = lambda w, batch: w[0] ** (2 * k1) * w[1] ** (2 * k2)
+    result = sj.estimate_llc(
+        loss_fn, jnp.zeros(2), jnp.zeros((1, 1)), key=3, step_size=1e-3 if nbeta == 10.0 else 3e-4,
+        nbeta=nbeta, localization=1.0, num_chains=32, num_draws=2000, num_steps_between_draws=10,
+        num_burnin=2000, batch_size=1, progress=False, mala_every=0,
+    )
+    se = standard_error(result)
+    assert abs(result.llc_mean - reference) < Z * se, (result.llc_mean, reference, se)
+
+
+# Settings measured to be good for these DLNs (n = 10^4, nβ = n/log n): see README "Choosing".
+DLN_RELATIVE_TOLERANCE = 0.15
+
+
+@pytest.mark.parametrize(
+    "widths,rank",
+    [([3, 3], 0), ([4, 2, 4], 1), ([5, 3, 5], 0), ([6, 4, 8, 3], 2), ([10, 10, 10], 5)],
+)
+def test_deep_linear_network_within_stated_relative_error(widths, rank):
+    lam, _ = theory.dln_learning_coefficient(widths, rank)
+    loss_fn, params, data = dln_teacher(widths, rank, n=10_000)
+    result = sj.estimate_llc(
+        loss_fn, params, data, key=0, step_size=1e-4, localization=100.0, num_chains=4, num_draws=2000,
+        num_burnin=500, batch_size=500, progress=False, loss_estimator="paired", mala_every=0,
+    )
+    assert not result.diverged.any()
+    assert abs(result.llc_mean - lam) / lam < DLN_RELATIVE_TOLERANCE, (widths, rank, result.llc_mean, lam)
+    assert result.rhat < 1.1
+
+
+def test_restricted_llc_of_separable_potential_sums_sampled_coordinates():
+    loss_fn = lambda w, batch: w[0] ** 2 + w[1] ** 4 + jnp.abs(w[2]) ** 3
+    kwargs = dict(
+        step_size=1e-3, nbeta=10.0, localization=0.0, num_chains=32, num_draws=2000, num_steps_between_draws=5,
+        num_burnin=1000, batch_size=1, progress=False, mala_every=0,
+    )
+    for mask, expected in [(jnp.array([True, False, True]), 0.5 + 1 / 3), (jnp.array([False, True, False]), 0.25)]:
+        result = sj.estimate_llc(loss_fn, jnp.zeros(3), jnp.zeros((1, 1)), key=4, mask=mask, **kwargs)
+        frozen = ~np.asarray(mask)
+        np.testing.assert_array_equal(np.asarray(result.chains.final_state.position)[:, frozen], 0.0)
+        se = standard_error(result)
+        bias_bound = 2 * (theory.quadratic_llc([2.0], 10.0, 0.0, step_size=1e-3) - 0.5) if mask[0] else 0.01
+        assert abs(result.llc_mean - expected) < Z * se + bias_bound, (mask, result.llc_mean, expected, se)
+
+
+def test_samplers_agree_on_quadratic():
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
+    exact = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0)
+    for sampler, step in [("rmsprop_sgld", 2e-5), ("rmsprop_sgld_devinterp", 2e-4)]:
+        result = sj.estimate_llc(
+            loss_fn, w_star, data, key=5, step_size=step, nbeta=200.0, localization=1.0, num_chains=8,
+            num_draws=2000, num_steps_between_draws=5, num_burnin=2000, batch_size=1000, sampler=sampler,
+            progress=False, mala_every=0,
+        )
+        se = standard_error(result)
+        # Preconditioned SGLD is only approximately stationary at the target; allow 5% on top.
+        assert abs(result.llc_mean - exact) < Z * se + 0.05 * exact, (sampler, result.llc_mean, exact, se)
+
+
+def test_nbeta_default_and_batch_variant():
+    assert sj.default_nbeta(10_000) == pytest.approx(10_000 / np.log(10_000))
+    assert sj.batch_nbeta(500) == pytest.approx(500 / np.log(500))
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
+    result = sj.estimate_llc(
+        loss_fn, w_star, data, key=0, step_size=1e-4, localization=1.0, num_draws=10, batch_size=10, progress=False
+    )
+    assert result.nbeta == pytest.approx(1000 / np.log(1000))
+    assert result.settings["nbeta"] == pytest.approx(1000 / np.log(1000))
