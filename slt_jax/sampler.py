@@ -538,6 +538,9 @@ def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, r
     else:
         size = max(1, math.ceil(total_draws / _TARGET_CHUNKS))
         size = max(1, min(size, _NOISE_BUDGET_BYTES // max(1, per_step_bytes * steps_per_draw)))
+        # Prefer a size that divides the run: a remainder chunk is one more compilation.
+        divisors = [d for d in range(max(1, size // 2), size + 1) if total_draws % d == 0]
+        size = divisors[-1] if divisors else size
     lengths = [size] * (total_draws // size)
     if total_draws % size:
         lengths.append(total_draws % size)
@@ -572,6 +575,7 @@ def run_chains(
     progress: bool = True,
     chunk_draws: int | None = None,
     description: str = "SGLD",
+    checkpoint_dir=None,
 ) -> ChainsOutput:
     """Runs ``num_chains`` localized SGLD chains for each of G configurations, as one program.
 
@@ -606,6 +610,9 @@ def run_chains(
         progress: show a tqdm bar.
         chunk_draws: draws per compiled chunk (default: about a tenth of the run, within a noise
             memory budget).
+        checkpoint_dir: a directory to write the run's state to after every chunk; a restarted run
+            with the same settings resumes from it and ends bitwise identical to an uninterrupted
+            one (``slt_jax.checkpoint``).
 
     Returns:
         A ``ChainsOutput`` with leading axes ``(G, num_chains)``.
@@ -719,8 +726,23 @@ def run_chains(
     step_offset = 0
     draw_offset = 0
     stopped_early = False
+    checkpoint, chunks_done = None, 0
+    if checkpoint_dir is not None:
+        checkpoint, restored = _open_checkpoint(
+            checkpoint_dir, carry, params, data, masks, observe_data, chain_keys, static, schedule, grids, init_loss
+        )
+        if restored is not None:
+            carry, records, step_offset, draw_offset, chunks_done = restored
+            carry = jax.tree.map(jnp.asarray, carry) if sharding is None else jax.device_put(carry, sharding[0])
+    diverged_at = np.asarray(carry.diverged_at)
     with tqdm(total=total_steps, desc=description, disable=not progress, unit="step", leave=False) as bar:
-        for length, steps_per_draw, recorded in schedule:
+        bar.update(step_offset)
+        for index, (length, steps_per_draw, recorded) in enumerate(schedule):
+            if index < chunks_done:
+                continue
+            if np.all(diverged_at >= 0):  # a resumed run that had stopped early
+                stopped_early = True
+                break
             chunk_static = dict(static, num_draws=length, steps_per_draw=steps_per_draw)
             if not recorded:
                 chunk_static.update(observe=None, accumulator=None, keep_traces=False, full_loss_every=0, mala_every=0, center_loss=False)
@@ -750,6 +772,8 @@ def run_chains(
             diverged_at = np.asarray(carry.diverged_at)  # the one host sync per chunk
             sampling_seconds += time.perf_counter() - start
             step_offset += length * steps_per_draw
+            if checkpoint is not None:
+                checkpoint.save(index, carry, record if recorded else None, step_offset, draw_offset)
             bar.update(length * steps_per_draw)
             if np.all(diverged_at >= 0):
                 stopped_early = step_offset < total_steps
@@ -788,6 +812,29 @@ def run_chains(
         sampling_seconds=sampling_seconds,
         settings=settings,
     )
+
+
+def _open_checkpoint(directory, carry, params, data, masks, observe_data, chain_keys, static, schedule, grids, init_loss):
+    """Builds the run's ``RunCheckpoint`` and restores it if present (see ``slt_jax.checkpoint``)."""
+    from slt_jax import checkpoint as checkpoint_lib
+
+    observed = None
+    if static["observe"] is not None and static["keep_traces"]:
+        example_info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
+        observed = jax.eval_shape(static["observe"], params, example_info, *(() if observe_data is None else (observe_data,)))
+    zero = np.zeros(())
+    record_like = _DrawRecord(SGLDInfo(*(zero for _ in SGLDInfo._fields)), zero, zero, zero, observed)
+    settings = dict(
+        {k: v for k, v in static.items() if k != "preconditioner"},
+        preconditioner=static["preconditioner"]._asdict(),
+        schedule=[list(chunk) for chunk in schedule],
+        grids={k: v.tolist() for k, v in grids.items()},
+        init_loss=float(init_loss),
+    )
+    arrays = dict(params=params, data=data, masks=masks, observe_data=observe_data, chain_keys=chain_keys)
+    key = checkpoint_lib.fingerprint(settings, arrays)
+    run_checkpoint = checkpoint_lib.RunCheckpoint(directory, key, carry, record_like)
+    return run_checkpoint, run_checkpoint.restore()
 
 
 def _assemble(records, num_configs, num_chains, num_draws, keep_traces, full_loss_every, center_loss) -> dict:
