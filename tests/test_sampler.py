@@ -103,19 +103,19 @@ def test_sharding_over_four_devices_gives_the_same_results():
 
 
 def _cliff_loss(w, batch):
-    # Finite near 0, NaN beyond |w| > 3.3: a chain that wanders too far diverges.
+    # Finite near 0, NaN beyond |w| > 3.6: a chain that wanders too far diverges (6 of 16 here).
     base = 0.5 * w**2 * jnp.ones(batch.shape[0])
-    return jnp.where(jnp.abs(w) > 3.3, jnp.nan, base)
+    return jnp.where(jnp.abs(w) > 3.6, jnp.nan, base)
 
 
 def test_partial_divergence_is_reported_excluded_and_warned():
     with pytest.warns(RuntimeWarning, match=r"chains \[") as record:
         result = sj.estimate_llc(
             _cliff_loss, jnp.zeros(()), jnp.zeros((4, 1)), key=0, step_size=1.0, nbeta=1.0, localization=0.0,
-            num_chains=8, num_draws=300, batch_size=4, progress=False,
+            num_chains=16, num_draws=300, batch_size=4, progress=False,
         )
     diverged = np.flatnonzero(result.diverged).tolist()
-    assert 0 < len(diverged) < 8
+    assert 2 <= len(diverged) <= 14
     assert str(diverged) in str(record[0].message)
     assert "reduce step_size" in str(record[0].message)
     assert np.isfinite(result.llc_mean) and np.isfinite(result.llc_std)
