@@ -22,6 +22,7 @@ Design (STYLE.md habits 1-2):
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import time
@@ -473,7 +474,10 @@ _STATIC = (
 )
 
 _COMPILE_COUNT = [0]
-_COMPILED: dict = {}
+# Executables by signature, least recently used first; bounded so that notebooks redefining their
+# loss functions do not accumulate executables without limit.
+_COMPILED: collections.OrderedDict = collections.OrderedDict()
+_MAX_COMPILED = 64
 
 
 def compile_count() -> int:
@@ -504,11 +508,14 @@ def _compiled_chunk(args, static) -> tuple[Callable, float]:
     """AOT-compiles the chunk program once per signature; returns (executable, seconds spent)."""
     signature = _signature(args, static)
     if signature in _COMPILED:
+        _COMPILED.move_to_end(signature)
         return _COMPILED[signature], 0.0
     start = time.perf_counter()
     executable = _chunk_jit.lower(*args, **static).compile()
     _COMPILE_COUNT[0] += 1
     _COMPILED[signature] = executable
+    while len(_COMPILED) > _MAX_COMPILED:
+        _COMPILED.popitem(last=False)
     return executable, time.perf_counter() - start
 
 
