@@ -36,6 +36,11 @@ from slt_jax.masks import (
 from slt_jax.training import TrainResult, train
 
 # --- susceptibilities, BIF, patterning (issue 4) ---
+from slt_jax import stats
+from slt_jax.bif import BIFResult, estimate_bif
+from slt_jax.patterning import attach_weights, pattern, reweighted_loss
+from slt_jax.stats import CovarianceState, Observables, ProbeLabels, covariance_accumulator, observables
+from slt_jax.susceptibility import ResponsePCA, SusceptibilityResult, estimate_susceptibilities
 
 # --- calibration, diagnostics, plots, io (issue 5) ---
 

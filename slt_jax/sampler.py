@@ -431,7 +431,7 @@ def _chain_chunk(
             )
         else:
             full_loss = nan
-        observe_args = () if observe_data is None else (observe_data,)
+        observe_args = () if observe_data is None else (observe_data, batch)
         if center_loss:
             at_center = kernels.mean_loss(loss_fn, center, batch).astype(jnp.float32)
         else:
@@ -605,9 +605,10 @@ def run_chains(
             matches.
         observe: ``observe(position, info) -> pytree`` evaluated at every draw (at the draw's
             position, before that step moves it).
-        observe_data: optional pytree of arrays (e.g. probe datasets) passed to ``observe`` as a
-            third argument, ``observe(position, info, observe_data)``; a traced input, so new values
-            of the same shapes never recompile (a closure would bake them into the program).
+        observe_data: optional pytree of arrays (e.g. probe datasets); with it ``observe`` is called
+            as ``observe(position, info, observe_data, batch)``, ``batch`` being the draw's minibatch
+            (the batch of ``info.loss``, drawn independently of ``position``). A traced input, so new
+            values of the same shapes never recompile (a closure would bake them into the program).
         accumulator: streaming statistics of ``observe``'s values carried on device.
         keep_traces: keep every draw's ``observe`` values (memory grows with num_draws).
         full_loss_every: evaluate the full-data loss every this many draws (0 = never).
@@ -669,7 +670,7 @@ def run_chains(
     num_configs = num_configs or 1
     _check_loss_fn(loss_fn, params, data, batch_size)
     if observe_data is not None and observe is None:
-        raise ValueError("observe_data was given without observe; pass observe(position, info, observe_data).")
+        raise ValueError("observe_data was given without observe; pass observe(position, info, observe_data, batch).")
 
     # ---- device inputs
     params = jax.tree.map(jnp.asarray, params)
@@ -693,7 +694,9 @@ def run_chains(
     state = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_configs, num_chains) + jnp.shape(x)), state)
     if observe is not None and accumulator is not None:
         example_info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
-        example = jax.eval_shape(observe, params, example_info, *(() if observe_data is None else (observe_data,)))
+        example_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size,) + x.shape[1:], x.dtype), data)
+        example_args = () if observe_data is None else (observe_data, example_batch)
+        example = jax.eval_shape(observe, params, example_info, *example_args)
         acc_single = accumulator.init(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example))
         acc = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_configs, num_chains) + jnp.shape(x)), acc_single)
     else:
