@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-DEMO_WIDTHS = (8, 12, 12, 8)
-DEMO_RANK = 3
+DEMO_WIDTHS = (10, 10, 10)
+DEMO_RANK = 5
 
 
 def _dln_problem(widths, rank, n, seed):
@@ -82,14 +82,13 @@ def demo(args) -> int:
 
 
 def _save_plot(result, lam, output):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import slt_jax as sj
+    from slt_jax import plots
 
     os.makedirs(output, exist_ok=True)
     path = os.path.abspath(os.path.join(output, "llc_traces.png"))
-    figure = sj.plot_llc_traces(result, reference=lam, reference_label="Aoyagi λ")
+    figure = plots.plot_traces(result, title="slt-jax demo: deep linear network")
+    figure.axes[1].axhline(lam, color="k", ls="--", lw=1.2, label=f"Aoyagi λ = {lam:g}")
+    figure.axes[1].legend(loc="lower right", fontsize=8)
     figure.savefig(path, dpi=120)
     return path
 
