@@ -43,6 +43,11 @@ from slt_jax.stats import CovarianceState, Observables, ProbeLabels, covariance_
 from slt_jax.susceptibility import ResponsePCA, SusceptibilityResult, estimate_susceptibilities
 
 # --- calibration, diagnostics, plots, io (issue 5) ---
+from slt_jax import calibration, checkpoint, diagnostics, io, plots
+from slt_jax.calibration import CalibrationResult, calibrate, default_step_sizes
+from slt_jax.diagnostics import HealthReport, NegativeControlResult, negative_control, ou_variance
+from slt_jax.io import load, save, to_arviz, to_xarray
+from slt_jax.plots import plot_calibration, plot_llc_checkpoints, plot_response_pca, plot_traces
 
 __version__ = "0.1.0"
 

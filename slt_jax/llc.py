@@ -58,6 +58,12 @@ class LLCResult:
     def settings(self) -> dict:
         return self.chains.settings
 
+    def summary(self, **kwargs):
+        """Health summary naming what looks wrong and what to change (``slt_jax.diagnostics.summary``)."""
+        from slt_jax import diagnostics
+
+        return diagnostics.summary(self, **kwargs)
+
     def __repr__(self) -> str:
         return (
             f"LLCResult(llc={self.llc_mean:.4g} ± {self.llc_std:.2g} (std over chains), "
@@ -123,7 +129,7 @@ def estimate_llc(
     data: Batch,
     *,
     key: KeyLike,
-    step_size: float,
+    step_size: float | str,
     nbeta: float | None = None,
     localization: float,
     num_chains: int = 4,
@@ -145,7 +151,9 @@ def estimate_llc(
         params: pytree at w*.
         data: pytree of arrays sharing a leading axis n.
         key: int seed or JAX PRNG key.
-        step_size: ε in the update (SCIENCE.md §1).
+        step_size: ε in the update (SCIENCE.md §1), or ``"auto"``: ``slt_jax.calibrate`` chooses it at
+            this nβ and γ first (short chains with an independent key; its reason and grid are in
+            ``result.settings["calibration"]``).
         nbeta: nβ; None uses n / log n (``default_nbeta``). It must be > 0.
         localization: γ, the pull toward w*.
         num_chains, num_draws, num_burnin, num_steps_between_draws: the schedule.
@@ -178,6 +186,17 @@ def estimate_llc(
         warnings.warn("num_chains=1: llc_std and R-hat need at least 2 chains and will be NaN.", stacklevel=2)
     if loss_estimator not in ("minibatch", "paired", "full"):
         raise ValueError(f"loss_estimator={loss_estimator!r}; use 'minibatch', 'paired' or 'full'.")
+    calibration = None
+    if isinstance(step_size, str):
+        if step_size != "auto":
+            raise ValueError(f"step_size={step_size!r}: pass a number or 'auto'.")
+        from slt_jax.calibration import auto_step_size
+
+        step_size, calibration = auto_step_size(
+            loss_fn, params, data, key=key, nbeta=nbeta, localization=localization, batch_size=batch_size,
+            num_chains=num_chains, num_burnin=num_burnin, num_steps=num_burnin + num_draws * num_steps_between_draws, sampler=sampler,
+            mask=mask, progress=progress, weight_decay=kwargs.get("weight_decay", 0.0),
+        )
     if loss_estimator == "full":
         kwargs["full_loss_every"] = 1
     if loss_estimator == "paired":
@@ -208,6 +227,8 @@ def estimate_llc(
     else:
         trace = chains.loss
     result = llc_from_chains(trace, chains.init_loss, float(nbeta_used), chains.diverged, chains)
+    if calibration is not None:
+        chains.settings["calibration"] = {"reason": calibration.reason, "step_sizes": calibration.step_size.tolist()}
     report_divergence(chains.diverged_at, result)
     return result
 

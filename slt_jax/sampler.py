@@ -832,7 +832,9 @@ def _open_checkpoint(directory, carry, params, data, masks, observe_data, chain_
     observed = None
     if static["observe"] is not None and static["keep_traces"]:
         example_info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
-        observed = jax.eval_shape(static["observe"], params, example_info, *(() if observe_data is None else (observe_data,)))
+        example_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((static["batch_size"],) + x.shape[1:], x.dtype), data)
+        example_args = () if observe_data is None else (observe_data, example_batch)
+        observed = jax.eval_shape(static["observe"], params, example_info, *example_args)
     zero = np.zeros(())
     record_like = _DrawRecord(SGLDInfo(*(zero for _ in SGLDInfo._fields)), zero, zero, zero, observed)
     settings = dict(

@@ -1,0 +1,174 @@
+"""Does step_size="auto" estimate the LLC as accurately as the best hand-tuned step size? (issue 5)
+
+Deep linear networks x -> x @ K_1 @ ... @ K_L with teachers of a chosen product rank
+(``slt_jax.tasks.dln_teacher``), n = 10,000 examples with unit label noise, w* = the teacher trained
+to convergence on the data (full-batch Adam), nβ = n / log n, batch 100, 4 chains, the paired loss
+estimator, and a fixed budget of num_burnin + num_draws steps per chain. The known λ is Aoyagi's
+(``slt_jax.theory.dln_learning_coefficient``).
+
+  hand-tuned: one ``run_chains`` call over a log grid of step sizes (1e-7 ... 1e-4, 13 values) at the
+              same schedule; "best" is the ORACLE choice, the step size whose estimate is closest
+              to λ (a user cannot make that choice without knowing λ).
+  auto:       ``estimate_llc(step_size="auto")``: ``calibrate`` picks the step size (an independent
+              key), then the main run uses the same schedule.
+
+Reported per network and localization γ: λ, the hand-tuned range, the oracle-best hand-tuned
+estimate, the auto estimate (± standard error over chains), relative errors and timings.
+
+Usage: python benchmarks/bench_calibration.py [--quick] [--out benchmarks/results/bench_calibration.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import slt_jax as sj
+
+NETWORKS = [([5, 5, 5], 1), ([6, 4, 8, 3], 2), ([10, 10, 10], 5), ([10, 10, 10, 10], 5), ([20, 5, 20], 3)]
+
+
+def loss_fn(kernels, batch):
+    out = batch["inputs"]
+    for kernel in kernels:
+        out = out @ kernel
+    return 0.5 * jnp.sum((batch["targets"] - out) ** 2, axis=-1)
+
+
+def problem(widths, rank, n, seed=0):
+    """(w* trained from the teacher, data, λ, multiplicity)."""
+    teacher = sj.tasks.dln_teacher(seed, widths, rank)
+    data = {k: jnp.asarray(v) for k, v in sj.tasks.dln_regression(seed + 1, teacher, n).items()}
+    params = [jnp.asarray(k) for k in teacher]
+    objective = lambda p: jnp.mean(loss_fn(p, data))
+
+    def fit(params, learning_rate, steps):
+        optimizer = optax.adam(learning_rate)
+
+        def step(carry, _):
+            p, state = carry
+            grad = jax.grad(objective)(p)
+            updates, state = optimizer.update(grad, state, p)
+            return (optax.apply_updates(p, updates), state), None
+
+        return jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)[0][0]
+
+    params = jax.jit(fit, static_argnums=(1, 2))(params, 1e-2, 3000)
+    params = jax.jit(fit, static_argnums=(1, 2))(params, 1e-3, 3000)
+    lam, multiplicity = sj.theory.dln_learning_coefficient(widths, rank)
+    return params, data, lam, multiplicity, float(optax.tree.norm(jax.grad(objective)(params)))
+
+
+def paired_llc(chains, nbeta):
+    """(G, C) per-chain LLC of the paired estimator, NaN for diverged chains."""
+    shifted = nbeta * (np.asarray(chains.loss, np.float64) - np.asarray(chains.center_loss, np.float64))
+    return np.where(chains.diverged, np.nan, shifted.mean(axis=-1))
+
+
+def stats(per_chain):
+    good = per_chain[np.isfinite(per_chain)]
+    if good.size < 2:
+        return float("nan"), float("nan")
+    return float(good.mean()), float(good.std(ddof=1) / math.sqrt(good.size))
+
+
+def run(widths, rank, localization, schedule, step_grid, seed=0):
+    n, batch_size, num_chains = 10_000, 100, 4
+    params, data, lam, multiplicity, grad_norm = problem(widths, rank, n, seed)
+    nbeta = sj.default_nbeta(n)
+    common = dict(nbeta=nbeta, localization=localization, num_chains=num_chains, batch_size=batch_size, progress=False, **schedule)
+
+    start = time.perf_counter()
+    hand = sj.run_chains(loss_fn, params, data, key=seed, step_size=step_grid, center_loss=True, **common)
+    hand_seconds = time.perf_counter() - start
+    per_setting = [stats(row) for row in paired_llc(hand, nbeta)]
+    errors = np.array([abs(m - lam) if np.isfinite(m) else np.inf for m, _ in per_setting])
+    best = int(np.argmin(errors))
+
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        auto = sj.estimate_llc(loss_fn, params, data, key=seed, step_size="auto", loss_estimator="paired", **common)
+    auto_seconds = time.perf_counter() - start
+    auto_step = float(auto.settings["step_size"])
+    auto_mean, auto_stderr = stats(auto.llc_per_chain)
+    predicted_bias = auto.summary().metrics["predicted_bias"]
+    return {
+        "widths": widths,
+        "rank": rank,
+        "num_parameters": int(sum(a * b for a, b in zip(widths[:-1], widths[1:]))),
+        "lambda": lam,
+        "multiplicity": multiplicity,
+        "localization": localization,
+        "nbeta": nbeta,
+        "w_star_grad_norm": grad_norm,
+        "hand_tuned": [
+            {"step_size": float(e), "llc": m, "stderr": s, "diverged": int(np.sum(d))}
+            for e, (m, s), d in zip(step_grid, per_setting, hand.diverged)
+        ],
+        "best_hand_tuned": {"step_size": float(step_grid[best]), "llc": per_setting[best][0], "stderr": per_setting[best][1],
+                            "relative_error": per_setting[best][0] / lam - 1},
+        "auto": {
+            "step_size": auto_step,
+            "llc": auto_mean,
+            "stderr": auto_stderr,
+            "relative_error": auto_mean / lam - 1,
+            "predicted_bias": predicted_bias,
+            "bias_corrected_llc": auto_mean - predicted_bias,
+            "bias_corrected_relative_error": (auto_mean - predicted_bias) / lam - 1,
+            "reason": auto.settings["calibration"]["reason"],
+            "warnings": [str(w.message) for w in caught],
+            "health": [f"{f.check}: {f.message}" for f in auto.summary().findings],
+        },
+        "seconds": {"hand_tuned_grid": hand_seconds, "auto_total": auto_seconds},
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two small networks, shorter chains")
+    parser.add_argument("--localizations", type=float, nargs="+", default=[1.0, 100.0])
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_calibration.json"))
+    args = parser.parse_args()
+    networks = NETWORKS[:2] if args.quick else NETWORKS
+    schedule = dict(num_burnin=1000, num_draws=2000) if args.quick else dict(num_burnin=4000, num_draws=8000)
+    step_grid = np.geomspace(1e-7, 1e-4, 13)
+    rows = []
+    for widths, rank in networks:
+        for localization in args.localizations:
+            row = run(widths, rank, localization, schedule, step_grid)
+            rows.append(row)
+            b, a = row["best_hand_tuned"], row["auto"]
+            print(
+                f"{str(widths):18} r={rank} γ={localization:<5g} λ={row['lambda']:<6g} "
+                f"best hand ε={b['step_size']:.2g}: {b['llc']:.2f}±{b['stderr']:.2f} ({b['relative_error']:+.1%})  "
+                f"auto ε={a['step_size']:.2g}: {a['llc']:.2f}±{a['stderr']:.2f} ({a['relative_error']:+.1%})  "
+                f"[{row['seconds']['auto_total']:.0f}s auto, {row['seconds']['hand_tuned_grid']:.0f}s grid]",
+                flush=True,
+            )
+    result = {
+        "benchmark": "bench_calibration",
+        "settings": {"n": 10_000, "batch_size": 100, "num_chains": 4, "loss_estimator": "paired", **schedule,
+                     "step_grid": step_grid.tolist(), "nbeta": "n / log n"},
+        "environment": {"jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
+                        "python": platform.python_version(), "slt_jax": sj.__version__},
+        "rows": rows,
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as file:
+        json.dump(result, file, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

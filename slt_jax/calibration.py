@@ -1,0 +1,565 @@
+"""Choosing ε, nβ and γ: a grid of short chains as ONE compiled program, and a stated rule.
+
+``calibrate`` runs every (nβ, γ, ε) setting of a grid with ``run_chains`` (the grid is vmapped,
+chunked only when memory requires), measures each setting's health (``slt_jax.diagnostics``) and
+recommends one.
+
+The rule (``RULE``). A setting is a CANDIDATE when no chain diverged, there are no loss spikes, at
+most half of the draws lie below L(w*), the mean MALA acceptance is >= ``mala_threshold`` (0.9) and
+the predicted step-size bias (ε/8)·nβ²·E||g_B||² is <= ``bias_tolerance`` (5%) of the group's
+reference LLC. It is EQUILIBRATED when, in addition, the loss rose clearly above L(w*), levelled
+off within the calibration burn-in (no significant trend afterwards) and the chains agree (split
+R-hat <= 1.1). The reference LLC of an (nβ, γ) group is the median bias-corrected LLC (LLC minus
+predicted bias) of its equilibrated settings. Among groups with a candidate and an equilibrated
+setting, the rule takes
+
+1. nβ closest (in log) to ``target_nbeta`` (default n / log n): nβ defines the estimand, so it is
+   the user's choice, not a tuning knob;
+2. the smallest γ: localization biases the LLC downwards (½ nβh/(nβh + γ) per direction), so γ is
+   raised only as far as needed for the chains to level off (no climb) and not diverge;
+3. the largest candidate ε: at a fixed number of steps the chains mix faster and the estimate is
+   less noisy with a larger ε, while the bias grows linearly in ε, so the largest ε within the bias
+   tolerance is the best trade-off. On a factor-2 grid its bias lies in [tol/2, tol].
+
+Equilibration is not required of the chosen ε itself: short calibration chains cannot show that a
+small ε levels off, and the relaxation time scales as 1/ε. Instead the result recommends a burn-in
+(``recommended_settings["num_burnin"]``): the calibration burn-in scaled by ε_eq/ε, where ε_eq is the
+smallest step size of the group that levelled off within it.
+
+Why a gradient-based bias and not only MALA: the MALA acceptance (Lau et al.) is computed on one
+minibatch, so it measures the discretization error alone. With minibatches the gradient noise
+inflates the posterior spread by a factor ~nβ/m more than the discretization does, which MALA
+cannot see (on deep linear networks with nβ/m ≈ 10 the acceptance stays above 0.999 while the LLC
+is 40% too high). The predicted bias (``slt_jax.diagnostics``) includes both and is exact to first
+order for quadratic losses. For RMSProp samplers (no single ε) the empirical Richardson estimate
+from neighbouring step sizes (same chain keys, paired over chains) replaces it.
+
+A divergent setting is never recommended. When no setting passes, the non-divergent setting with
+the fewest failed checks is recommended with a warning naming what failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from slt_jax import diagnostics, kernels
+from slt_jax import sampler as sampler_lib
+from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
+
+__all__ = ["CalibrationResult", "calibrate", "default_step_sizes", "auto_step_size", "RULE"]
+
+RULE = (
+    "Candidates: no divergence, no spikes, <= 50% of draws below L(w*), MALA acceptance >= {mala:.2f} and predicted "
+    "step-size bias <= {bias:.0%} of the reference LLC. Among (nbeta, localization) groups with a candidate and a "
+    "setting that levels off within the burn-in: nbeta closest to {target:.4g}, then the smallest localization, "
+    "then the largest candidate step size, with a burn-in scaled by 1/step_size."
+)
+# Checks a setting must pass to be recommended (short calibration chains have a low ESS by design).
+_REQUIRED = ("divergence", "spikes", "below_init", "mala", "bias")
+# Checks that show the chains levelled off within the calibration run (equilibration time ∝ 1/ε).
+_EQUILIBRIUM = ("divergence", "rise", "rhat", "plateau", "equilibration")
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationResult:
+    """A calibration grid with per-setting health and the recommended setting.
+
+    Attributes:
+        step_size, nbeta, localization: ``(G,)`` the settings, grouped by (nβ, γ), ε ascending.
+        metrics: dict of ``(G,)`` arrays from ``diagnostics.trace_metrics`` (post burn-in), plus
+            ``empirical_bias`` (relative Richardson estimate vs. the next smaller ε of the group).
+        llc_per_chain: ``(G, num_chains)``, NaN for diverged chains.
+        diverged: ``(G, num_chains)`` bool.
+        problems: per setting, the names of the failed checks.
+        passed: ``(G,)`` bool, a candidate: no divergence, spikes, draws below L(w*), low MALA
+            acceptance or predicted bias above the tolerance.
+        equilibrated: ``(G,)`` bool, the chains rose, levelled off within the burn-in and agree.
+        recommended: index of the recommended setting, -1 if every setting diverged.
+        reason: why it was chosen.
+        init_loss: L_n(w*).
+        burnin_draws: leading draws of each chain excluded from the metrics.
+        chains: the grid's ``ChainsOutput`` (leading axes ``(G, num_chains)``).
+        settings: the rule's parameters and the run's settings.
+    """
+
+    step_size: np.ndarray
+    nbeta: np.ndarray
+    localization: np.ndarray
+    metrics: dict
+    llc_per_chain: np.ndarray
+    diverged: np.ndarray
+    problems: list
+    passed: np.ndarray
+    equilibrated: np.ndarray
+    recommended: int
+    reason: str
+    init_loss: float
+    burnin_draws: int
+    chains: sampler_lib.ChainsOutput
+    settings: dict
+
+    xarray_dims = {"llc_per_chain": ("setting", "chain"), "diverged": ("setting", "chain")}
+
+    @property
+    def recommended_settings(self) -> dict:
+        """``{"step_size", "nbeta", "localization"}`` of the recommended setting (KeyError if none)."""
+        if self.recommended < 0:
+            raise KeyError(f"no setting can be recommended: {self.reason}")
+        i = self.recommended
+        return {
+            "step_size": float(self.step_size[i]),
+            "nbeta": float(self.nbeta[i]),
+            "localization": float(self.localization[i]),
+            "num_burnin": int(self.settings["recommended_num_burnin"]),
+        }
+
+    def table(self) -> str:
+        """One line per setting (``*`` recommended, ``=`` equilibrated, ``x`` divergent) with its health figures."""
+        m = self.metrics
+        lines = [f"{'':2}{'step_size':>10} {'nbeta':>9} {'gamma':>8} {'llc':>9} {'±se':>7} {'rhat':>6} {'mala':>6} "
+                 f"{'bias':>7} {'below':>6}  problems"]
+        for i in range(self.step_size.size):
+            mark = "*" if i == self.recommended else ("x" if self.diverged[i].any() else ("=" if self.equilibrated[i] else " "))
+            lines.append(
+                f"{mark:2}{self.step_size[i]:10.3g} {self.nbeta[i]:9.4g} {self.localization[i]:8.3g} "
+                f"{m['llc_mean'][i]:9.4g} {m['llc_stderr'][i]:7.2g} {m['rhat'][i]:6.3f} {m['mala_acceptance'][i]:6.3f} "
+                f"{m['relative_bias'][i]:7.1%} {m['fraction_below'][i]:6.0%}  {','.join(self.problems[i]) or 'ok'}"
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        """The table and the recommendation with its reason."""
+        return f"{self.table()}\n\n{self.reason}"
+
+    def plot(self, path=None):
+        """``slt_jax.plots.plot_calibration(self, path=path)``."""
+        from slt_jax import plots
+
+        return plots.plot_calibration(self, path=path)
+
+    def __repr__(self) -> str:
+        if self.recommended < 0:
+            return f"CalibrationResult({self.step_size.size} settings, none recommended: {self.reason})"
+        s = self.recommended_settings
+        return (
+            f"CalibrationResult({self.step_size.size} settings; recommended step_size={s['step_size']:.3g}, "
+            f"nbeta={s['nbeta']:.4g}, localization={s['localization']:.3g}, "
+            f"llc={self.metrics['llc_mean'][self.recommended]:.4g})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# the default step-size grid
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_iterations"))
+def _curvature_and_gradient(loss_fn, params, batch, batches, mask, start, num_iterations):
+    flat, unravel = ravel_pytree(params)
+    flat_mask = jnp.ones_like(flat) if mask is None else ravel_pytree(jax.tree.map(lambda m, p: jnp.broadcast_to(m, p.shape).astype(p.dtype), mask, params))[0]
+    mean_loss = lambda v, b: kernels.mean_loss(loss_fn, unravel(v), b)
+    hvp = lambda v: flat_mask * jax.jvp(jax.grad(lambda w: mean_loss(w, batch)), (flat,), (flat_mask * v,))[1]
+
+    def power(_, v):
+        w = hvp(v)
+        return w / (jnp.linalg.norm(w) + 1e-30)
+
+    v = jax.lax.fori_loop(0, num_iterations, power, start / jnp.linalg.norm(start))
+    top = jnp.abs(jnp.vdot(v, hvp(v)))
+    squared = jax.lax.map(lambda b: jnp.sum((flat_mask * jax.grad(mean_loss)(flat, b)) ** 2), batches)
+    return top, jnp.mean(squared)
+
+
+def default_step_sizes(
+    loss_fn: LossFn,
+    params: Params,
+    data: Batch,
+    *,
+    key: KeyLike,
+    nbeta: float,
+    localization: float,
+    batch_size: int,
+    mask: Mask | None = None,
+    num_step_sizes: int = 10,
+    bias_tolerance: float = 0.05,
+) -> np.ndarray:
+    """A factor-2 grid of step sizes, ascending, anchored on the posterior's scales at w*.
+
+    The top is the smaller of 1/a_max (a_max = nβ h_max + γ, h_max the top Hessian eigenvalue from
+    power iteration; at ε a_max = 1 the stiffest direction's variance is 33% too large) and twice
+    the largest ε whose gradient-noise bias (ε/8)·nβ²·E||g_B(w*)||² could stay within
+    ``bias_tolerance`` of the largest possible LLC, d/2. The grid descends by factors of 2.
+
+    Returns:
+        ``(num_step_sizes,)`` ascending.
+    """
+    n = sampler_lib._check_data(data)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(sampler_lib.as_key(key))).ravel())
+    subset = rng.choice(n, size=min(n, max(batch_size, 1024)), replace=False)
+    batch = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[subset]), data)
+    num_batches = 8
+    indices = rng.integers(0, n, size=(num_batches, batch_size))
+    batches = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[indices]), data)
+    flat = ravel_pytree(params)[0]
+    start = jnp.asarray(rng.normal(size=flat.shape), flat.dtype)
+    if mask is not None:
+        mask = mask(params) if callable(mask) else mask
+        num_coordinates = int(sum(np.sum(np.broadcast_to(np.asarray(m), np.shape(p))) for m, p in zip(jax.tree.leaves(mask), jax.tree.leaves(params))))
+    else:
+        num_coordinates = int(flat.size)
+    top, squared = _curvature_and_gradient(loss_fn, params, batch, batches, mask, start, 30)
+    a_max = nbeta * float(top) + localization
+    if not a_max > 0:
+        raise ValueError("the loss has no curvature at w* and localization is 0: pass step_sizes explicitly.")
+    largest = 1.0 / a_max
+    if float(squared) > 0:
+        largest = min(largest, 2.0 * 8.0 * bias_tolerance * (num_coordinates / 2.0) / (nbeta**2 * float(squared)))
+    return largest * 2.0 ** -np.arange(num_step_sizes)[::-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# calibrate
+
+
+def _concat_outputs(outputs: list) -> sampler_lib.ChainsOutput:
+    if len(outputs) == 1:
+        return outputs[0]
+    fields = {}
+    for f in dataclasses.fields(sampler_lib.ChainsOutput):
+        values = [getattr(o, f.name) for o in outputs]
+        if f.name in ("init_loss", "num_steps", "settings"):
+            fields[f.name] = values[0]
+        elif f.name in ("compile_seconds", "sampling_seconds"):
+            fields[f.name] = float(sum(values))
+        elif values[0] is None:
+            fields[f.name] = None
+        else:
+            fields[f.name] = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=0), *values)
+    return sampler_lib.ChainsOutput(**fields)
+
+
+def _empirical_bias(step_size, groups, llc_per_chain, llc_mean) -> np.ndarray:
+    """Relative Richardson bias estimate of each ε from the next smaller ε of its group (paired)."""
+    out = np.full(step_size.shape, np.nan)
+    for members in groups.values():
+        for smaller, larger in zip(members[:-1], members[1:]):
+            paired = llc_per_chain[larger] - llc_per_chain[smaller]
+            paired = paired[np.isfinite(paired)]
+            if paired.size and step_size[larger] > step_size[smaller]:
+                ratio = step_size[larger] / (step_size[larger] - step_size[smaller])
+                out[larger] = paired.mean() * ratio / max(abs(llc_mean[larger]), 1e-12)
+    return out
+
+
+def _too_slow(groups, llc_per_chain, predicted_bias, bias_tolerance) -> list[int]:
+    """Settings whose chains had not levelled off: their bias-corrected LLC falls significantly short
+    of the next larger step size's (paired over chains). Equilibration time scales as 1/ε, so every
+    smaller step size of the group is too slow as well."""
+    slow = []
+    for members in groups.values():
+        for k in range(len(members) - 2, -1, -1):
+            i, j = members[k], members[k + 1]
+            difference = (llc_per_chain[j] - predicted_bias[j]) - (llc_per_chain[i] - predicted_bias[i])
+            difference = difference[np.isfinite(difference)]
+            if difference.size < 2:
+                continue
+            excess = difference.mean()
+            stderr = difference.std(ddof=1) / math.sqrt(difference.size)
+            level = abs(np.nanmean(llc_per_chain[j]) - predicted_bias[j])
+            if not predicted_bias[j] <= 0.2 * level:
+                continue  # beyond first order in ε the predicted bias is too low: no fair comparison
+            if excess > max(2.0 * stderr, bias_tolerance * level):
+                slow += members[: k + 1]
+                break
+    return slow
+
+
+def _check_fraction(value, name: str, low: float, high: float) -> float:
+    if np.ndim(value) != 0 or not low < value < high:
+        raise ValueError(f"{name}={value!r} must be a number in ({low}, {high}).")
+    return float(value)
+
+
+def calibrate(
+    loss_fn: LossFn,
+    params: Params,
+    data: Batch,
+    *,
+    key: KeyLike,
+    batch_size: int,
+    step_sizes=None,
+    nbetas=None,
+    localizations=(1.0, 10.0, 100.0),
+    num_chains: int = 4,
+    num_draws: int = 1000,
+    num_steps_between_draws: int = 1,
+    burnin_fraction: float = 0.5,
+    sampler: str = "sgld",
+    mask: Mask | None = None,
+    mala_threshold: float = 0.9,
+    bias_tolerance: float = 0.05,
+    target_nbeta: float | None = None,
+    num_step_sizes: int = 10,
+    max_configs_per_run: int | None = None,
+    mala_every: int = 10,
+    loss_estimator: str = "paired",
+    progress: bool = True,
+    **kwargs,
+) -> CalibrationResult:
+    """Runs a grid of short chains as one program and recommends a setting (see the module docstring).
+
+    Args:
+        loss_fn, params, data, key, batch_size, sampler, mask: as in ``slt_jax.sample``.
+        step_sizes: ε values (tried with every (nβ, γ)), or None for ``default_step_sizes`` per (nβ, γ).
+        nbetas: nβ values; None uses [n / log n].
+        localizations: γ values.
+        num_chains, num_draws, num_steps_between_draws: the (short) chains of every setting.
+        burnin_fraction: leading fraction of the draws treated as burn-in by the metrics.
+        mala_threshold: minimum mean MALA acceptance of a passing setting.
+        bias_tolerance: maximum predicted relative step-size bias of a passing setting.
+        target_nbeta: the nβ to prefer (default n / log n).
+        num_step_sizes: grid length when ``step_sizes`` is None.
+        max_configs_per_run: settings per compiled run (default: as many as fit in ~1 GiB of chain state).
+        mala_every: MALA acceptance every this many draws.
+        loss_estimator: ``"paired"`` (default: L_B(w) - L_B(w*) + L_n(w*), which cancels the batch
+            noise that otherwise swamps short chains; one extra forward pass per draw) or
+            ``"minibatch"`` (see ``estimate_llc``).
+        progress: tqdm progress bar.
+        **kwargs: passed to ``run_chains`` (e.g. ``weight_decay``).
+
+    Returns:
+        A ``CalibrationResult``; ``.recommended_settings`` holds the choice, ``.reason`` why.
+    """
+    n = sampler_lib._check_data(data)
+    sampler_lib._check_params(params)
+    batch_size = sampler_lib._check_positive_int(batch_size, "batch_size")
+    num_chains = sampler_lib._check_positive_int(num_chains, "num_chains")
+    num_draws = sampler_lib._check_positive_int(num_draws, "num_draws", minimum=8)
+    if num_chains < 2:
+        raise ValueError(f"num_chains={num_chains}: calibration compares chains (R-hat); use num_chains >= 2.")
+    burnin_fraction = _check_fraction(burnin_fraction, "burnin_fraction", -1e-12, 0.9)
+    mala_threshold = _check_fraction(mala_threshold, "mala_threshold", 0.0, 1.0)
+    bias_tolerance = _check_fraction(bias_tolerance, "bias_tolerance", 0.0, 1.0)
+    nbetas = [sampler_lib.default_nbeta(n)] if nbetas is None else nbetas
+    nbetas = sampler_lib._check_scalar_grid(nbetas, "nbetas", allow_zero=False, fix="The LLC needs nbeta > 0; the default is n / log n.")
+    localizations = sampler_lib._check_scalar_grid(localizations, "localizations", allow_zero=True, fix="Typical values are 1 to 1000.")
+    target_nbeta = sampler_lib.default_nbeta(n) if target_nbeta is None else float(target_nbeta)
+    if step_sizes is not None:
+        step_sizes = np.sort(sampler_lib._check_scalar_grid(step_sizes, "step_sizes", allow_zero=False, fix="Or pass None for an automatic grid."))
+    if loss_estimator not in ("paired", "minibatch"):
+        raise ValueError(f"loss_estimator={loss_estimator!r}; use 'paired' or 'minibatch'.")
+    key = sampler_lib.as_key(key)
+
+    rows = []
+    for nbeta, localization in itertools.product(np.atleast_1d(nbetas), np.atleast_1d(localizations)):
+        grid = step_sizes if step_sizes is not None else default_step_sizes(
+            loss_fn, params, data, key=key, nbeta=float(nbeta), localization=float(localization), batch_size=batch_size,
+            mask=mask, num_step_sizes=num_step_sizes, bias_tolerance=bias_tolerance,
+        )
+        rows += [(float(e), float(nbeta), float(localization)) for e in np.atleast_1d(grid)]
+    step_size, nbeta, localization = (np.array(column) for column in zip(*rows))
+    num_settings = step_size.size
+    if max_configs_per_run is None:
+        num_parameters = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+        max_configs_per_run = max(1, 2**30 // (16 * num_chains * num_parameters))
+    max_configs_per_run = sampler_lib._check_positive_int(max_configs_per_run, "max_configs_per_run")
+
+    init_loss = kwargs.pop("init_loss", None)
+    if init_loss is None:
+        init_loss = float(sampler_lib.full_data_loss(loss_fn, params, data, batch_size))
+    outputs = []
+    for start in range(0, num_settings, max_configs_per_run):
+        part = slice(start, start + max_configs_per_run)
+        outputs.append(sampler_lib.run_chains(
+            loss_fn, params, data, key=key, step_size=step_size[part], nbeta=nbeta[part], localization=localization[part],
+            num_chains=num_chains, num_draws=num_draws, num_burnin=0, num_steps_between_draws=num_steps_between_draws,
+            batch_size=batch_size, sampler=sampler, masks=mask, mala_every=mala_every, init_loss=init_loss,
+            center_loss=loss_estimator == "paired",
+            progress=progress, description="calibration", **kwargs,
+        ))
+    chains = _concat_outputs(outputs)
+    loss = np.asarray(chains.loss, np.float64)
+    if loss_estimator == "paired":
+        loss = loss - np.asarray(chains.center_loss, np.float64) + init_loss
+
+    burnin_draws = int(burnin_fraction * num_draws)
+    adaptive = kernels.get_preconditioner(sampler).adaptive
+    per_setting = [
+        diagnostics.trace_metrics(
+            loss[i], init_loss, nbeta[i], diverged=chains.diverged[i], mala_acceptance=chains.mala_acceptance[i],
+            grad_norm=chains.grad_norm[i], step_size=None if adaptive else step_size[i], burnin_draws=burnin_draws,
+        )
+        for i in range(num_settings)
+    ]
+    metrics = {k: np.array([m[k] for m in per_setting]) for k in per_setting[0]}
+    shifted = nbeta[:, None, None] * (loss[:, :, burnin_draws:] - init_loss)
+    llc_per_chain = np.where(chains.diverged, np.nan, shifted.mean(axis=2))
+    groups: dict = {}
+    for i in np.argsort(step_size, kind="stable"):
+        groups.setdefault((nbeta[i], localization[i]), []).append(int(i))
+    metrics["empirical_bias"] = _empirical_bias(step_size, groups, llc_per_chain, metrics["llc_mean"])
+    if adaptive:
+        metrics["relative_bias"] = metrics["empirical_bias"].copy()
+
+    # Bias relative to the group's reference LLC (the median bias-corrected LLC of its equilibrated
+    # settings): the LLC of a step too small to level off within the calibration is itself too low.
+    thresholds = {"mala": mala_threshold, "bias": bias_tolerance}
+    problems = []
+    for i in range(num_settings):
+        found = [f.check for f in diagnostics.problems({k: metrics[k][i] for k in metrics}, thresholds=thresholds)]
+        if metrics["plateau_fraction"][i] > max(burnin_fraction, 0.1) and "plateau" not in found:
+            found.append("plateau")
+        problems.append(found)
+    if not adaptive:
+        for i in _too_slow(groups, llc_per_chain, metrics["predicted_bias"], bias_tolerance):
+            problems[i].append("equilibration")
+    equilibrated = np.array([not set(p) & set(_EQUILIBRIUM) for p in problems])
+    if not adaptive:
+        reference = np.full(num_settings, np.nan)
+        for members in groups.values():
+            members = np.array(members)
+            good = members[equilibrated[members]]
+            pool = good if good.size else members[np.isfinite(metrics["llc_mean"][members])]
+            if pool.size:
+                corrected = metrics["llc_mean"][pool] - metrics["predicted_bias"][pool]
+                reference[members] = np.median(corrected)
+        metrics["reference_llc"] = reference
+        metrics["relative_bias"] = metrics["predicted_bias"] / np.maximum(np.abs(reference), 1e-12)
+        for i in range(num_settings):
+            over = metrics["relative_bias"][i] > bias_tolerance
+            problems[i] = [p for p in problems[i] if p != "bias"] + (["bias"] if over else [])
+    passed = np.array([not set(p) & set(_REQUIRED) for p in problems])
+    divergent = np.asarray(chains.diverged).any(axis=1)
+    burnin_steps = burnin_draws * num_steps_between_draws
+    recommended, reason, num_burnin = _recommend(
+        step_size, nbeta, localization, metrics, problems, passed, equilibrated, divergent, groups, target_nbeta,
+        mala_threshold, bias_tolerance, burnin_steps,
+    )
+    settings = dict(
+        chains.settings,
+        rule=RULE.format(mala=mala_threshold, bias=bias_tolerance, target=target_nbeta),
+        mala_threshold=mala_threshold,
+        bias_tolerance=bias_tolerance,
+        burnin_fraction=burnin_fraction,
+        loss_estimator=loss_estimator,
+        target_nbeta=target_nbeta,
+        step_size_grid="given" if step_sizes is not None else "default_step_sizes",
+        step_size=step_size.tolist(),
+        nbeta=nbeta.tolist(),
+        localization=localization.tolist(),
+        recommended_num_burnin=num_burnin,
+    )
+    return CalibrationResult(
+        step_size=step_size, nbeta=nbeta, localization=localization, metrics=metrics, llc_per_chain=llc_per_chain,
+        diverged=np.asarray(chains.diverged), problems=problems, passed=passed, equilibrated=equilibrated,
+        recommended=int(recommended), reason=reason, init_loss=float(init_loss), burnin_draws=burnin_draws,
+        chains=chains, settings=settings,
+    )
+
+
+def _recommend(step_size, nbeta, localization, metrics, problems, passed, equilibrated, divergent, groups, target_nbeta,
+               mala_threshold, bias_tolerance, burnin_steps):
+    """Returns (index or -1, reason, burn-in steps the chosen step size needs)."""
+    distance = np.abs(np.log(nbeta) - math.log(target_nbeta))
+    eligible = [g for g, members in groups.items() if passed[members].any() and equilibrated[members].any()]
+    if eligible:
+        best = min(distance[groups[g][0]] for g in eligible)
+        eligible = [g for g in eligible if np.isclose(distance[groups[g][0]], best)]
+        group = min(eligible, key=lambda g: g[1])
+        members = np.array(groups[group])
+        choice = int(members[passed[members]][np.argmax(step_size[members[passed[members]]])])
+        m = {k: v[choice] for k, v in metrics.items()}
+        smallest_equilibrated = step_size[members[equilibrated[members]]].min()
+        if equilibrated[choice]:
+            num_burnin = burnin_steps
+            levelled = f"its chains level off within the calibration's {burnin_steps} burn-in steps"
+        else:
+            num_burnin = int(math.ceil(burnin_steps * smallest_equilibrated / step_size[choice]))
+            levelled = (
+                f"it levels off more slowly than this short calibration shows (failed: "
+                f"{', '.join(sorted(set(problems[choice]) & set(_EQUILIBRIUM)))}); the equilibration time scales as "
+                f"1/step_size, so use num_burnin >= {num_burnin} (step_size {smallest_equilibrated:.3g} levelled off "
+                f"within {burnin_steps} steps)"
+            )
+        reason = (
+            f"Recommended step_size={step_size[choice]:.3g}, nbeta={nbeta[choice]:.4g}, localization={localization[choice]:.3g}: "
+            f"the largest step size with no divergence, no spikes, {m['fraction_below']:.0%} of draws below L(w*), MALA "
+            f"acceptance {m['mala_acceptance']:.3f} >= {mala_threshold} and predicted step-size bias "
+            f"{m['relative_bias']:.1%} <= {bias_tolerance:.0%} of the reference LLC {m.get('reference_llc', np.nan):.4g}; "
+            f"{levelled}."
+        )
+        if np.unique(localization).size > 1:
+            reason += " It is at the smallest localization whose chains level off."
+        if np.unique(nbeta).size > 1:
+            reason += f" Its nbeta is the one closest to {target_nbeta:.4g}."
+        return choice, reason, num_burnin
+    usable = np.flatnonzero(~divergent & np.isfinite(metrics["llc_mean"]))
+    if not usable.size:
+        reason = "Every setting diverged: no recommendation. Try smaller step sizes and larger localizations."
+        warnings.warn(reason, RuntimeWarning, stacklevel=3)
+        return -1, reason, 0
+    checks = set(_REQUIRED) | set(_EQUILIBRIUM)
+    failures = np.array([len(set(problems[i]) & checks) for i in usable])
+    bias = np.nan_to_num(metrics["relative_bias"][usable], nan=np.inf)
+    order = np.lexsort((step_size[usable], bias, failures))
+    choice = int(usable[order[0]])
+    failed = sorted(set(problems[choice]) & checks)
+    reason = (
+        f"No setting passed every check. Fallback: step_size={step_size[choice]:.3g}, nbeta={nbeta[choice]:.4g}, "
+        f"localization={localization[choice]:.3g}, a non-divergent setting with the fewest failed checks ({', '.join(failed)}). "
+        "Extend the grid (smaller step sizes, larger localizations, longer chains) before trusting it."
+    )
+    warnings.warn(reason, RuntimeWarning, stacklevel=3)
+    return choice, reason, burnin_steps
+
+
+def auto_step_size(
+    loss_fn: LossFn,
+    params: Params,
+    data: Batch,
+    *,
+    key: KeyLike,
+    nbeta: float | None,
+    localization: float,
+    batch_size: int,
+    num_chains: int,
+    num_burnin: int,
+    num_steps: int,
+    sampler: str = "sgld",
+    mask: Mask | None = None,
+    progress: bool = True,
+    weight_decay: float = 0.0,
+) -> tuple[float, CalibrationResult]:
+    """``estimate_llc(step_size="auto")``: calibrates ε at the given nβ and γ and returns it.
+
+    The calibration mimics the main run: ``clip(num_steps, 500, 2000)`` draws per chain with the
+    main run's burn-in fraction (clipped to [0.2, 0.5]), and a key independent of the main run's (so
+    the choice does not select on the main run's noise). Warns when ``num_burnin`` is shorter than
+    the burn-in the chosen step size needs (``recommended_settings["num_burnin"]``).
+    """
+    calibration_key = jax.random.fold_in(sampler_lib.as_key(key), 0x5EED)
+    result = calibrate(
+        loss_fn, params, data, key=calibration_key, batch_size=batch_size, nbetas=None if nbeta is None else [nbeta],
+        localizations=[localization], num_chains=max(int(num_chains), 2), num_draws=int(np.clip(num_steps, 500, 2000)),
+        burnin_fraction=float(np.clip(num_burnin / max(num_steps, 1), 0.2, 0.5)), sampler=sampler, mask=mask,
+        progress=progress, weight_decay=weight_decay,
+    )
+    if result.recommended < 0:
+        raise sampler_lib.DivergenceError("step_size='auto': every calibration setting diverged. " + result.reason, result)
+    chosen = result.recommended_settings
+    if chosen["num_burnin"] > num_burnin:
+        warnings.warn(
+            f"step_size='auto' chose {chosen['step_size']:.3g}, whose chains need about {chosen['num_burnin']} burn-in "
+            f"steps to level off; num_burnin={num_burnin} is shorter, so the LLC may be underestimated. Increase num_burnin.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return chosen["step_size"], result

@@ -1,0 +1,505 @@
+"""Health checks for SGLD runs: trace-shape criteria, step-size bias, summaries, negative control.
+
+SCIENCE.md §4: a trustworthy loss trace rises above L_n(w*), levels off quickly, has no large spikes,
+and its chains level off at the same value (R-hat ≈ 1). Everything here reads the per-draw records
+that every run already has (``ChainsOutput``: loss, grad_norm, noise_norm, mala_acceptance, ...), so
+it costs nothing extra on device.
+
+Step-size bias. For a locally quadratic posterior (A = nβH + γI) one SGLD step with step ε inflates
+the variance along eigendirection i by a factor 1/(1 - ε a_i/4) (discretization) plus, with
+minibatches of size m and per-example gradient covariance V, by ε nβ² v_i/(4 m a_i)... (gradient
+noise). Both enter the LLC with weight ½ nβh_i/a_i, and to first order in ε their sum is
+
+    bias(ε) ≈ (ε/8) · E[ ||nβ g_B||² ]                         (``predicted_bias``)
+
+where g_B is the minibatch loss gradient at the draws (``grad_norm``): E||nβ g_B||² = nβ² tr(H²Σ) +
+nβ² tr(V)/m. The estimate is exact to first order for full-batch quadratics when γ ≪ nβh_i, and an
+upper bound otherwise. Unlike the MALA acceptance (which, evaluated on one minibatch, is blind to
+gradient noise), it sees both sources of bias; ``calibrate`` uses it to choose the step size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import jax
+import numpy as np
+from numpyro import diagnostics as numpyro_diagnostics
+
+from slt_jax import sampler as sampler_lib
+from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
+
+__all__ = [
+    "THRESHOLDS",
+    "Finding",
+    "HealthReport",
+    "NegativeControlResult",
+    "trace_metrics",
+    "problems",
+    "summary",
+    "negative_control",
+    "ou_variance",
+]
+
+THRESHOLDS: dict[str, float] = {
+    "rhat": 1.1,  # split R-hat of the loss trace above this: chains disagree
+    "ess": 100.0,  # ESS of the loss trace below this: too few effective draws for a stable mean
+    "trend": 0.1,  # second half of the draws above the first by this fraction of the LLC: still climbing
+    "trend_z": 2.0,  # ... and by this many standard errors (paired over chains)
+    "spike_mads": 10.0,  # a draw this many robust standard deviations above its chain's median is a spike
+    "spike_fraction": 0.005,  # more spikes than this fraction of draws is a problem
+    "below_minibatch": 0.5,  # draws below L(w*), minibatch-loss trace (batch noise alone gives up to ~0.5)
+    "below_full": 0.1,  # draws below L(w*), full-data-loss trace (a local minimum gives 0)
+    "mala": 0.9,  # mean MALA acceptance below this: ε is far from the continuous dynamics
+    "bias": 0.05,  # predicted relative step-size bias above this
+    "noise": 0.2,  # standard error of the LLC above this fraction of it: the signal is buried in noise
+}
+"""Default thresholds of every check (shared by ``summary`` and ``calibrate``)."""
+
+
+def _finite_mean(x) -> float:
+    x = np.asarray(x, np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def trace_metrics(
+    loss_trace,
+    init_loss: float,
+    nbeta: float,
+    *,
+    diverged=None,
+    mala_acceptance=None,
+    grad_norm=None,
+    step_size: float | None = None,
+    burnin_draws: int = 0,
+) -> dict[str, float]:
+    """Every health metric of one setting's chains, from its per-draw records (numpy, host).
+
+    Args:
+        loss_trace: ``(num_chains, num_draws)`` loss at each draw.
+        init_loss: L_n(w*).
+        nbeta: nβ.
+        diverged: ``(num_chains,)`` bool; diverged chains are excluded from every metric.
+        mala_acceptance: ``(num_chains, num_draws)``, NaN where not evaluated.
+        grad_norm: ``(num_chains, num_draws)`` loss-gradient norm at each draw.
+        step_size: ε of plain SGLD (None, e.g. for RMSProp, leaves ``predicted_bias`` NaN).
+        burnin_draws: leading draws to discard (calibration runs record their burn-in).
+
+    Returns:
+        A dict of floats: ``llc_mean``, ``llc_std`` (over chains, ddof=1), ``llc_stderr``, ``ess``,
+        ``rhat``, ``trend`` (relative rise of the second half over the first), ``trend_z``,
+        ``late_trend`` (same, fourth quarter over third), ``plateau_fraction`` (first draw, as a
+        fraction of all draws, at which the chain-mean trace reaches its final level),
+        ``spike_fraction``, ``fraction_below`` (draws below L(w*)), ``mala_acceptance``,
+        ``predicted_bias`` (absolute, see the module docstring), ``relative_bias``,
+        ``num_chains``, ``num_diverged``.
+    """
+    loss_trace = np.asarray(loss_trace, np.float64)
+    if loss_trace.ndim != 2:
+        raise ValueError(f"loss_trace must have shape (num_chains, num_draws), got {loss_trace.shape}.")
+    num_chains, num_draws = loss_trace.shape
+    if not 0 <= burnin_draws < num_draws:
+        raise ValueError(f"burnin_draws={burnin_draws} must lie in [0, num_draws={num_draws}).")
+    diverged = np.zeros(num_chains, bool) if diverged is None else np.asarray(diverged, bool)
+    good = ~diverged
+    shifted_all = nbeta * (loss_trace[good] - init_loss)
+    shifted = shifted_all[:, burnin_draws:]
+    out: dict[str, float] = {"num_chains": float(num_chains), "num_diverged": float(diverged.sum())}
+    nan = float("nan")
+    if not good.any():
+        keys = ("llc_mean", "llc_std", "llc_stderr", "ess", "rhat", "trend", "trend_z", "late_trend", "plateau_fraction",
+                "spike_fraction", "fraction_below", "mala_acceptance", "predicted_bias", "relative_bias")
+        return out | {k: nan for k in keys}
+    per_chain = shifted.mean(axis=1)
+    count = per_chain.size
+    out["llc_mean"] = float(per_chain.mean())
+    out["llc_std"] = float(per_chain.std(ddof=1)) if count >= 2 else nan
+    out["llc_stderr"] = out["llc_std"] / math.sqrt(count) if count >= 2 else nan
+    length = shifted.shape[1]
+    if length >= 4:
+        out["ess"] = float(numpyro_diagnostics.effective_sample_size(shifted))
+        out["rhat"] = float(numpyro_diagnostics.split_gelman_rubin(shifted)) if count >= 2 else nan
+    else:
+        out["ess"] = out["rhat"] = nan
+    scale = max(abs(out["llc_mean"]), 1e-12)
+    half, quarter = length // 2, length // 4
+    if half >= 1:
+        difference = shifted[:, half:].mean(axis=1) - shifted[:, :half].mean(axis=1)
+        out["trend"] = float(difference.mean() / scale)
+        out["trend_z"] = float(difference.mean() / (difference.std(ddof=1) / math.sqrt(count))) if count >= 2 else nan
+    else:
+        out["trend"] = out["trend_z"] = nan
+    if quarter >= 1:
+        late = shifted[:, length - quarter :].mean(axis=1) - shifted[:, length - 2 * quarter : length - quarter].mean(axis=1)
+        out["late_trend"] = float(late.mean() / scale)
+    else:
+        out["late_trend"] = nan
+    # Plateau: the first draw where the (smoothed, chain-mean) trace reaches the level of the last half.
+    mean_trace = shifted_all.mean(axis=0)
+    window = max(1, num_draws // 20)
+    smoothed = np.convolve(mean_trace, np.ones(window) / window, mode="valid")
+    level = mean_trace[num_draws // 2 :].mean()
+    reached = np.flatnonzero(smoothed >= level)
+    out["plateau_fraction"] = float((reached[0] + window - 1) / num_draws) if reached.size else 1.0
+    median = np.median(shifted, axis=1, keepdims=True)
+    mad = 1.4826 * np.median(np.abs(shifted - median), axis=1, keepdims=True)
+    spikes = shifted > median + THRESHOLDS["spike_mads"] * np.maximum(mad, 1e-12)
+    out["spike_fraction"] = float(spikes.mean())
+    out["fraction_below"] = float((shifted < 0).mean())
+    if mala_acceptance is not None:
+        out["mala_acceptance"] = _finite_mean(np.asarray(mala_acceptance)[good][:, burnin_draws:])
+    else:
+        out["mala_acceptance"] = nan
+    if grad_norm is not None and step_size is not None:
+        squared = np.asarray(grad_norm, np.float64)[good][:, burnin_draws:] ** 2
+        out["predicted_bias"] = float(step_size / 8.0 * nbeta**2 * _finite_mean(squared))
+        out["relative_bias"] = out["predicted_bias"] / scale
+    else:
+        out["predicted_bias"] = out["relative_bias"] = nan
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One problem found in a run.
+
+    Attributes:
+        check: short name (``"divergence"``, ``"rhat"``, ``"ess"``, ``"plateau"``, ``"spikes"``,
+            ``"below_init"``, ``"mala"``, ``"bias"``, ``"noise"``, ``"rise"``).
+        severity: ``"error"`` (the estimate is unusable) or ``"warning"`` (probably biased or noisy).
+        message: what looks wrong, with the numbers.
+        fix: what to change.
+    """
+
+    check: str
+    severity: str
+    message: str
+    fix: str
+
+
+def problems(metrics: dict[str, float], *, full_loss: bool = False, thresholds: dict | None = None) -> list[Finding]:
+    """The ``Finding``s implied by ``trace_metrics`` output (empty when healthy)."""
+    t = THRESHOLDS | (thresholds or {})
+    found: list[Finding] = []
+    m = metrics
+    num_good = m["num_chains"] - m["num_diverged"]
+    if m["num_diverged"]:
+        found.append(Finding(
+            "divergence", "error",
+            f"{int(m['num_diverged'])} of {int(m['num_chains'])} chains diverged (loss became NaN/inf).",
+            "Reduce step_size (3-10x) or increase localization; slt_jax.calibrate chooses both.",
+        ))
+    if num_good == 0:
+        return found
+    llc, stderr = m["llc_mean"], m["llc_stderr"]
+    if not llc > 0 or (np.isfinite(stderr) and llc < 2 * stderr):
+        found.append(Finding(
+            "rise", "error",
+            f"the loss does not rise clearly above L(w*): LLC {llc:.4g} ± {stderr:.2g} (standard error).",
+            "If w* is trained, the step size may be too small to move in this many draws: raise step_size "
+            "or num_draws; if the trace is flat but noisy, raise nbeta or batch_size.",
+        ))
+    elif np.isfinite(stderr) and stderr > t["noise"] * llc:
+        found.append(Finding(
+            "noise", "warning",
+            f"noisy estimate: standard error {stderr:.2g} is {stderr / llc:.0%} of the LLC {llc:.4g}.",
+            "Run more draws or chains, or raise nbeta or batch_size for a clearer signal.",
+        ))
+    if m["rhat"] > t["rhat"]:
+        found.append(Finding(
+            "rhat", "warning",
+            f"chains disagree: split R-hat {m['rhat']:.3f} > {t['rhat']}.",
+            "Run longer (more num_burnin and num_draws); if chains settle at different levels, w* sits in a "
+            "multimodal region: increase localization.",
+        ))
+    if m["ess"] < t["ess"]:
+        found.append(Finding(
+            "ess", "warning",
+            f"low effective sample size of the loss trace: {m['ess']:.0f} < {t['ess']:.0f}.",
+            "Increase num_draws (or num_chains); a larger step_size mixes faster if its bias allows.",
+        ))
+    if m["trend"] > t["trend"] and not (m["trend_z"] < t["trend_z"]):
+        late = m["late_trend"] > t["trend"] / 2
+        found.append(Finding(
+            "plateau", "warning",
+            f"the loss is still climbing: the second half of the draws is {m['trend']:.0%} above the first"
+            + (" and still rising at the end." if late else ", then levels off."),
+            "Increase localization (γ) or lower nbeta: the chain escapes the neighbourhood of w*."
+            if late else "Increase num_burnin: the chains had not reached the plateau when recording began.",
+        ))
+    if m["spike_fraction"] > t["spike_fraction"]:
+        found.append(Finding(
+            "spikes", "warning",
+            f"loss spikes: {m['spike_fraction']:.1%} of the draws lie more than {t['spike_mads']:.0f} robust "
+            "standard deviations above their chain's median.",
+            "Reduce step_size, or increase batch_size (spikes are often gradient noise).",
+        ))
+    limit = t["below_full"] if full_loss else t["below_minibatch"]
+    if m["fraction_below"] > limit:
+        found.append(Finding(
+            "below_init", "error",
+            f"{m['fraction_below']:.0%} of the draws lie below L(w*) (limit {limit:.0%}): w* is not a local "
+            "minimum, so the LLC is not meaningful.",
+            "Train w* to convergence (or start from a better minimum) before estimating; a larger "
+            "localization hides but does not fix this.",
+        ))
+    if m["mala_acceptance"] < t["mala"]:
+        found.append(Finding(
+            "mala", "warning",
+            f"low MALA acceptance {m['mala_acceptance']:.3f} < {t['mala']}: the step size is large relative to "
+            "the posterior's curvature.",
+            "Reduce step_size (slt_jax.calibrate).",
+        ))
+    if m["relative_bias"] > t["bias"]:
+        found.append(Finding(
+            "bias", "warning",
+            f"predicted step-size bias {m['predicted_bias']:.3g} ({m['relative_bias']:.0%} of the LLC; "
+            "discretization plus gradient noise, (ε/8)·nβ²·E||g||²).",
+            f"Reduce step_size by about {m['relative_bias'] / t['bias']:.1f}x, or raise batch_size (gradient noise).",
+        ))
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthReport:
+    """What ``summary`` returns; prints as a short human-readable report.
+
+    Attributes:
+        headline: the estimate and the run's shape.
+        findings: the problems, most severe first; empty when the run looks healthy.
+        metrics: every number the checks used (see ``trace_metrics``).
+    """
+
+    headline: str
+    findings: tuple[Finding, ...]
+    metrics: dict
+
+    @property
+    def ok(self) -> bool:
+        """True when no check failed."""
+        return not self.findings
+
+    def __str__(self) -> str:
+        lines = [self.headline]
+        m = self.metrics
+        lines.append(
+            f"  ESS {m['ess']:.0f}, R-hat {m['rhat']:.3f}, MALA acceptance {m['mala_acceptance']:.3f}, "
+            f"draws below L(w*) {m['fraction_below']:.0%}, predicted step-size bias {m['relative_bias']:.1%}"
+        )
+        if self.ok:
+            lines.append("  No problems found.")
+        for finding in self.findings:
+            lines.append(f"  [{finding.severity}] {finding.check}: {finding.message}\n      fix: {finding.fix}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def summary(result, *, burnin_draws: int = 0, thresholds: dict | None = None) -> HealthReport:
+    """One-call health summary of an ``LLCResult``: what looks wrong and what to change.
+
+    Args:
+        result: an ``LLCResult`` (``estimate_llc``'s output).
+        burnin_draws: extra leading draws to ignore (the sampler's ``num_burnin`` steps are never
+            recorded, so the default uses every draw).
+        thresholds: overrides of ``THRESHOLDS``.
+
+    Returns:
+        A ``HealthReport``; ``print(report)`` for the text, ``report.findings`` for the checks.
+    """
+    chains = result.chains
+    settings = chains.settings
+    adaptive = settings.get("sampler", {}).get("name", "sgld") != "sgld"
+    # estimate_llc(use_full_loss=True) averages the full-data loss, recorded at every draw.
+    full_loss = chains.full_loss is not None and np.array_equal(
+        np.asarray(result.loss_trace, np.float64), np.asarray(chains.full_loss, np.float64), equal_nan=True
+    )
+    step_size = None if adaptive else float(np.ravel(settings["step_size"])[0])
+    metrics = trace_metrics(
+        result.loss_trace,
+        result.init_loss,
+        result.nbeta,
+        diverged=result.diverged,
+        mala_acceptance=chains.mala_acceptance,
+        grad_norm=chains.grad_norm,
+        step_size=step_size,
+        burnin_draws=burnin_draws,
+    )
+    found = problems(metrics, full_loss=full_loss, thresholds=thresholds)
+    order = {"error": 0, "warning": 1}
+    found.sort(key=lambda f: order.get(f.severity, 2))
+    num_chains, num_draws = result.loss_trace.shape
+    headline = (
+        f"LLC {result.llc_mean:.4g} ± {result.llc_std:.2g} (std over chains) from {num_chains} chains × {num_draws} "
+        f"draws; step_size={settings['step_size']}, nbeta={result.nbeta:.4g}, localization={settings['localization']}, "
+        f"batch_size={settings['batch_size']}."
+    )
+    return HealthReport(headline, tuple(found), metrics)
+
+
+# ---------------------------------------------------------------------------------------------
+# the nβ = 0 negative control
+
+
+def ou_variance(step_size: float, localization: float) -> float:
+    """Stationary per-coordinate variance of SGLD at nβ = 0: 1/(γ(1 - εγ/4)) (an OU process)."""
+    if not 0 < step_size * localization < 4:
+        raise ValueError(
+            f"step_size*localization={step_size * localization:.3g} must lie in (0, 4) for a stationary "
+            "OU chain; reduce step_size."
+        )
+    return 1.0 / (localization * (1.0 - step_size * localization / 4.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class NegativeControlResult:
+    """The nβ = 0 control: chains must be an OU process around w* with a known variance.
+
+    Attributes:
+        measured_variance: mean over draws and chains of ||M(w - w*)||² / d.
+        expected_variance: 1/(γ(1 - εγ/4)) for plain SGLD (1/γ, the continuous limit, for RMSProp).
+        stderr: standard error of ``measured_variance`` (from the trace's ESS).
+        z_score: (measured - expected) / stderr.
+        relative_error: measured / expected - 1.
+        num_coordinates: d, the number of sampled coordinates.
+        variance_trace: ``(num_chains, num_draws)`` ||M(w - w*)||² / d at each draw.
+        chains: the raw ``ChainsOutput``.
+    """
+
+    measured_variance: float
+    expected_variance: float
+    stderr: float
+    z_score: float
+    relative_error: float
+    num_coordinates: int
+    variance_trace: np.ndarray
+    chains: sampler_lib.ChainsOutput
+
+    @property
+    def passed(self) -> bool:
+        """Whether the measured variance agrees with the expected one within 4 standard errors."""
+        return bool(abs(self.z_score) < 4.0)
+
+    def __repr__(self) -> str:
+        verdict = "PASS" if self.passed else "FAIL: the sampler's noise or localization is wrong"
+        return (
+            f"NegativeControlResult(measured variance {self.measured_variance:.5g} ± {self.stderr:.2g}, "
+            f"expected {self.expected_variance:.5g} (relative error {self.relative_error:+.2%}, "
+            f"z = {self.z_score:+.2f}) over {self.num_coordinates} coordinates: {verdict})"
+        )
+
+
+def negative_control(
+    loss_fn: LossFn,
+    params: Params,
+    data: Batch,
+    *,
+    key: KeyLike,
+    step_size: float,
+    localization: float,
+    batch_size: int,
+    num_chains: int = 4,
+    num_draws: int = 400,
+    num_burnin: int | None = None,
+    num_steps_between_draws: int | None = None,
+    mask: Mask | None = None,
+    sampler: str = "sgld",
+    progress: bool = True,
+    **kwargs,
+) -> NegativeControlResult:
+    """Runs the sampler with nβ = 0 and compares the spread of the chains with the OU variance.
+
+    With nβ = 0 the loss drops out and each sampled coordinate is an Ornstein-Uhlenbeck process
+    around w* with variance 1/(γ(1 - εγ/4)) (SCIENCE.md §3). A mismatch means the noise scale,
+    mask or localization of the sampler (or of a custom kernel) is wrong.
+
+    Args:
+        loss_fn, params, data, key, step_size, localization, batch_size, mask, sampler: as in
+            ``slt_jax.sample``.
+        num_chains, num_draws: the schedule.
+        num_burnin: defaults to 5/(εγ) steps (the OU relaxation time is 1/(εγ)).
+        num_steps_between_draws: defaults to 1/(2εγ) steps (nearly independent draws).
+        **kwargs: passed to ``slt_jax.sample``.
+
+    Returns:
+        A ``NegativeControlResult``; ``.passed`` says whether it agrees within 4 standard errors.
+
+    >>> import jax.numpy as jnp, slt_jax as sj
+    >>> loss_fn = lambda w, batch: jnp.sum(w ** 2) * jnp.ones(batch.shape[0])
+    >>> control = sj.negative_control(loss_fn, jnp.zeros(3), jnp.zeros((8, 1)), key=0, step_size=0.01,
+    ...                               localization=10.0, batch_size=8, progress=False)
+    >>> control.passed
+    True
+    """
+    for name, value in (("step_size", step_size), ("localization", localization)):
+        if np.ndim(value) != 0 or not np.isfinite(value) or value <= 0:
+            raise ValueError(f"{name}={value!r} must be a finite number > 0 for the negative control.")
+    rate = step_size * localization
+    if rate >= 4:
+        raise ValueError(f"step_size*localization={rate:.3g} >= 4: the OU chain is unstable; reduce step_size.")
+    if num_burnin is None:
+        num_burnin = math.ceil(5.0 / rate)
+    if num_steps_between_draws is None:
+        num_steps_between_draws = max(1, math.ceil(0.5 / rate))
+    total = num_burnin + num_draws * num_steps_between_draws
+    if total > 10_000_000:
+        raise ValueError(
+            f"step_size*localization={rate:.3g} needs {total} steps to relax and decorrelate; raise step_size or "
+            "localization (or pass num_burnin and num_steps_between_draws explicitly)."
+        )
+    chains = sampler_lib.sample(
+        loss_fn,
+        params,
+        data,
+        key=key,
+        step_size=step_size,
+        nbeta=0.0,
+        localization=localization,
+        mask=mask,
+        num_chains=num_chains,
+        num_draws=num_draws,
+        num_burnin=num_burnin,
+        num_steps_between_draws=num_steps_between_draws,
+        batch_size=batch_size,
+        sampler=sampler,
+        progress=progress,
+        **kwargs,
+    )
+    if mask is None:
+        num_coordinates = sum(int(np.size(p)) for p in jax.tree.leaves(params))
+    else:
+        resolved = mask(params) if callable(mask) else mask
+        num_coordinates = sum(
+            int(np.sum(np.broadcast_to(np.asarray(m), np.shape(p)))) for m, p in zip(jax.tree.leaves(resolved), jax.tree.leaves(params))
+        )
+    variance_trace = np.asarray(chains.distance, np.float64) ** 2 / num_coordinates
+    good = ~np.asarray(chains.diverged)
+    if not good.any():
+        raise sampler_lib.DivergenceError("every chain of the negative control diverged; reduce step_size.", chains)
+    trace = variance_trace[good]
+    measured = float(trace.mean())
+    ess = float(numpyro_diagnostics.effective_sample_size(trace)) if trace.shape[1] >= 4 else float(trace.size)
+    stderr = float(trace.std(ddof=1) / math.sqrt(max(ess, 1.0)))
+    adaptive = sampler != "sgld"
+    expected = 1.0 / localization if adaptive else ou_variance(step_size, localization)
+    if adaptive:
+        warnings.warn(
+            "negative_control with an adaptive sampler compares against 1/γ, the continuous-time variance; the "
+            "per-coordinate step sizes make the exact discrete variance differ slightly.",
+            UserWarning,
+            stacklevel=2,
+        )
+    return NegativeControlResult(
+        measured_variance=measured,
+        expected_variance=float(expected),
+        stderr=stderr,
+        z_score=float((measured - expected) / stderr) if stderr > 0 else float("inf"),
+        relative_error=float(measured / expected - 1.0),
+        num_coordinates=int(num_coordinates),
+        variance_trace=variance_trace,
+        chains=chains,
+    )
+
