@@ -15,8 +15,9 @@ for the named losses that need them); ``inputs=`` overrides how the model's inpu
 
 Named losses (per example ``(batch,)`` or per token ``(batch, seq)``; the sampler averages):
 
-* ``"mse"``: ``0.5 * ||y - f(x)||²`` summed over the output dimensions, the negative
-  log-likelihood of unit-variance Gaussian noise up to a constant.
+* ``"mse"``: ``0.5 * ||y - f(x)||²`` summed over every non-batch axis of the outputs, the
+  negative log-likelihood of unit-variance Gaussian noise up to a constant. Targets of another
+  shape but the same size (``(batch,)`` for outputs ``(batch, 1)``) are reshaped.
 * ``"cross_entropy"``: softmax cross-entropy of logits ``(..., classes)`` against integer labels
   ``(...)`` (``optax.losses.softmax_cross_entropy_with_integer_labels``); with logits
   ``(batch, seq, vocab)`` and labels ``(batch, seq)`` it is per token.

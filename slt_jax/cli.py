@@ -87,7 +87,7 @@ def _save_plot(result, lam, output):
     os.makedirs(output, exist_ok=True)
     path = os.path.abspath(os.path.join(output, "llc_traces.png"))
     figure = plots.plot_traces(result, title="slt-jax demo: deep linear network")
-    figure.axes[1].axhline(lam, color="k", ls="--", lw=1.2, label=f"Aoyagi λ = {lam:g}")
+    figure.axes[1].axhline(lam, color="C3", ls="-.", lw=1.4, label=f"Aoyagi λ = {lam:g}")
     figure.axes[1].legend(loc="lower right", fontsize=8)
     figure.savefig(path, dpi=120)
     return path

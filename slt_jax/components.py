@@ -33,17 +33,7 @@ __all__ = ["ComponentLLCResult", "estimate_llc_per_component"]
 _RUN_BUDGET_BYTES = 1 << 30
 _COPIES_PER_CHAIN = 8  # rough number of parameter-sized buffers per chain inside a step
 
-_PER_CONFIG_FIELDS = (
-    "loss",
-    "grad_norm",
-    "localization_norm",
-    "noise_norm",
-    "distance",
-    "mala_acceptance",
-    "full_loss",
-    "diverged",
-    "diverged_at",
-)
+_PYTREE_FIELDS = ("observed", "accumulator", "final_state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,16 +80,25 @@ class ComponentLLCResult:
         return f"ComponentLLCResult({len(self.names)} components)\n" + self.table()
 
 
-def _select_config(out: ChainsOutput, index: int, settings: dict) -> ChainsOutput:
+def _select_config(out: ChainsOutput, index: int, num_configs: int, settings: dict) -> ChainsOutput:
+    """Configuration ``index`` of a ``run_chains`` output, shaped like ``sample``'s."""
     fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
-    for name in _PER_CONFIG_FIELDS:
-        if fields[name] is not None:
-            fields[name] = fields[name][index]
-    for name in ("observed", "accumulator", "final_state"):
-        if fields[name] is not None:
-            fields[name] = jax.tree.map(lambda x: x[index], fields[name])
+    for name, value in fields.items():
+        if name in _PYTREE_FIELDS and value is not None:
+            fields[name] = jax.tree.map(lambda x: x[index], value)
+        elif isinstance(value, np.ndarray) and value.ndim >= 2 and value.shape[0] == num_configs:
+            fields[name] = value[index]  # every (G, C, ...) array
     fields["settings"] = settings
     return ChainsOutput(**fields)
+
+
+def _loss_trace(chains: ChainsOutput, loss_estimator: str) -> np.ndarray:
+    """The ``(num_chains, num_draws)`` loss trace of ``estimate_llc``'s ``loss_estimator``."""
+    if loss_estimator == "full":
+        return chains.full_loss
+    if loss_estimator == "paired":
+        return chains.loss - chains.center_loss + chains.init_loss
+    return chains.loss
 
 
 def estimate_llc_per_component(
@@ -119,7 +118,7 @@ def estimate_llc_per_component(
     batch_size: int,
     sampler: str = "sgld",
     progress: bool = True,
-    use_full_loss: bool = False,
+    loss_estimator: str = "minibatch",
     components_per_run: int | None = None,
     **kwargs,
 ) -> ComponentLLCResult:
@@ -131,8 +130,8 @@ def estimate_llc_per_component(
             sampled), e.g. from ``component_mask`` or ``head_mask``.
         key: int seed or PRNG key; every component uses the chain keys ``estimate_llc`` would.
         step_size, nbeta, localization, num_chains, num_draws, num_burnin,
-            num_steps_between_draws, batch_size, sampler, progress, use_full_loss: as for
-            ``estimate_llc`` (shared by all components).
+            num_steps_between_draws, batch_size, sampler, progress, loss_estimator: as for
+            ``estimate_llc`` (shared by all components; ``step_size`` must be a number).
         components_per_run: how many components share one compiled run (default: all of them,
             unless the chains' state would pass about 1 GiB). The last group is padded with a
             repeated mask so every run reuses the same executable.
@@ -169,8 +168,13 @@ def estimate_llc_per_component(
     if np.ndim(nbeta) != 0 or not np.isfinite(nbeta) or nbeta <= 0:
         raise ValueError(f"nbeta={nbeta!r} must be a finite number > 0 for an LLC (None uses n / log n).")
     for name, value in (("step_size", step_size), ("localization", localization)):
-        if np.ndim(value) != 0:
-            raise ValueError(f"{name} must be a scalar here; components share the hyperparameters.")
+        if isinstance(value, str) or np.ndim(value) != 0:
+            raise ValueError(
+                f"{name}={value!r} must be a number here (components share the hyperparameters); calibrate "
+                "the step size on the full model or the largest component first."
+            )
+    if loss_estimator not in ("minibatch", "paired", "full"):
+        raise ValueError(f"loss_estimator={loss_estimator!r}; use 'minibatch', 'paired' or 'full'.")
     names = [str(name) for name in components]
     masks = []
     for name, mask in components.items():
@@ -185,8 +189,10 @@ def estimate_llc_per_component(
         components_per_run = max(1, min(num_components, _RUN_BUDGET_BYTES // max(1, per_component)))
     else:
         components_per_run = min(sampler_lib._check_positive_int(components_per_run, "components_per_run"), num_components)
-    if use_full_loss:
+    if loss_estimator == "full":
         kwargs["full_loss_every"] = 1
+    if loss_estimator == "paired":
+        kwargs["center_loss"] = True
     init_loss = kwargs.pop("init_loss", None)
     if init_loss is None:
         init_loss = float(sampler_lib.full_data_loss(loss_fn, params, data, batch_size))
@@ -223,15 +229,17 @@ def estimate_llc_per_component(
         outputs.extend((out, index) for index in range(min(components_per_run, num_components - start)))
 
     results: dict[str, LLCResult] = {}
+    messages = []
     for name, (out, index) in zip(names, outputs):
-        chains = _select_config(out, index, dict(out.settings, num_configs=1, component=name))
-        trace = chains.full_loss if use_full_loss else chains.loss
+        chains = _select_config(out, index, components_per_run, dict(out.settings, num_configs=1, component=name))
+        trace = _loss_trace(chains, loss_estimator)
         results[name] = llc_lib.llc_from_chains(trace, chains.init_loss, float(nbeta), chains.diverged, chains)
         if np.any(chains.diverged):
-            message = llc_lib.divergence_message(chains.diverged_at, num_chains)
-            warnings.warn(f"component {name!r}: {message}", RuntimeWarning, stacklevel=2)
+            messages.append(f"component {name!r}: " + llc_lib.divergence_message(chains.diverged_at, num_chains))
     if all(np.all(r.diverged) for r in results.values()):
-        raise DivergenceError("Every chain of every component diverged; no estimate.", results)
+        raise DivergenceError("Every chain of every component diverged; no estimate.\n" + "\n".join(messages), results)
+    for message in messages:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
     return ComponentLLCResult(
         names=names,
         llc_mean=np.array([results[n].llc_mean for n in names]),
