@@ -1,0 +1,140 @@
+"""Tests for slt_jax.tasks: seeded, correct synthetic data."""
+
+import chex
+import numpy as np
+import pytest
+
+import slt_jax as sj
+from slt_jax.tasks import BOOLEAN_TOKENS
+
+
+def _same(a, b):
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("widths, rank", [([4, 3, 5], 0), ([4, 3, 5], 2), ([5, 5, 5], 5), ([6, 4, 8, 3], 2)])
+def test_dln_teacher_has_the_chosen_product_rank(widths, rank):
+    kernels = sj.tasks.dln_teacher(7, widths, rank)
+    assert [k.shape for k in kernels] == [(widths[j], widths[j + 1]) for j in range(len(widths) - 1)]
+    product = kernels[0]
+    for kernel in kernels[1:]:
+        product = product @ kernel
+    assert sj.theory.matrix_rank(product, rtol=1e-5) == rank
+    with pytest.raises(ValueError, match="rank"):
+        sj.tasks.dln_teacher(0, widths, min(widths) + 1)
+
+
+def test_dln_regression():
+    kernels = sj.tasks.dln_teacher(0, [3, 4, 2], 2)
+    clean = sj.tasks.dln_regression(1, kernels, 50, noise_std=0.0)
+    chex.assert_shape([clean["inputs"], clean["targets"]], [(50, 3), (50, 2)])
+    np.testing.assert_allclose(clean["targets"], clean["inputs"] @ kernels[0] @ kernels[1], rtol=1e-5, atol=1e-5)
+    noisy = sj.tasks.dln_regression(1, kernels, 4000, noise_std=0.5)
+    residual = noisy["targets"] - noisy["inputs"] @ kernels[0] @ kernels[1]
+    assert abs(residual.std() - 0.5) < 0.02
+    assert _same(noisy, sj.tasks.dln_regression(1, kernels, 4000, noise_std=0.5))
+
+
+def test_modular_addition_covers_every_pair():
+    data = sj.tasks.modular_addition(7, seed=3)
+    chex.assert_shape([data["inputs"], data["targets"], data["operands"]], [(49, 14), (49,), (49, 2)])
+    a, b = data["operands"].T
+    np.testing.assert_array_equal(data["targets"], (a + b) % 7)
+    np.testing.assert_array_equal(data["inputs"][:, :7].argmax(1), a)
+    np.testing.assert_array_equal(data["inputs"][:, 7:].argmax(1), b)
+    assert len({(x, y) for x, y in data["operands"]}) == 49
+    assert not np.array_equal(data["operands"], sj.tasks.modular_addition(7, seed=4)["operands"])
+    train, test = sj.tasks.train_test_split(data, 0.6, seed=0)
+    assert len(train["targets"]) == 29 and len(test["targets"]) == 20
+    assert not {tuple(x) for x in train["operands"]} & {tuple(x) for x in test["operands"]}
+
+
+def test_repeated_tokens():
+    data = sj.tasks.repeated_tokens(0, 10, vocab_size=5, prefix_length=4, num_repeats=3)
+    tokens = data["inputs"]
+    chex.assert_shape(tokens, (10, 12))
+    assert tokens.dtype == np.int32 and tokens.min() >= 0 and tokens.max() < 5
+    np.testing.assert_array_equal(tokens[:, 4:8], tokens[:, :4])
+    np.testing.assert_array_equal(tokens[:, 8:], tokens[:, :4])
+    assert _same(data, sj.tasks.repeated_tokens(0, 10, 5, 4, 3))
+    assert not _same(data, sj.tasks.repeated_tokens(1, 10, 5, 4, 3))
+
+
+@pytest.mark.parametrize("num_tasks", [None, 3])
+def test_in_context_regression(num_tasks):
+    dim, context = 3, 6
+    data = sj.tasks.in_context_regression(0, 40, dim, context, num_tasks=num_tasks)
+    chex.assert_shape([data["inputs"], data["targets"], data["task_index"]], [(40, 2 * context, dim + 1), (40, context), (40,)])
+    xs, ys = data["inputs"][:, 0::2, 1:], data["inputs"][:, 1::2, 0]
+    np.testing.assert_array_equal(ys, data["targets"])
+    assert not np.any(data["inputs"][:, 0::2, 0]) and not np.any(data["inputs"][:, 1::2, 1:])
+    # Noise-free: each sequence's task vector is recovered exactly by least squares.
+    tasks = np.stack([np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(xs, ys)])
+    if num_tasks is None:
+        assert np.all(data["task_index"] == -1)
+        assert len(np.unique(tasks.round(3), axis=0)) == 40
+    else:
+        assert set(data["task_index"].tolist()) <= set(range(num_tasks))
+        assert len(np.unique(tasks.round(3), axis=0)) <= num_tasks
+        # Another seed with the same task_seed shares the pool.
+        other = sj.tasks.in_context_regression(1, 40, dim, context, num_tasks=num_tasks)
+        other_tasks = np.stack([np.linalg.lstsq(x, y, rcond=None)[0] for x, y in zip(other["inputs"][:, 0::2, 1:], other["targets"])])
+        for index in range(num_tasks):
+            mine, theirs = tasks[data["task_index"] == index], other_tasks[other["task_index"] == index]
+            if len(mine) and len(theirs):
+                np.testing.assert_allclose(mine[0], theirs[0], rtol=1e-3, atol=1e-4)
+
+
+def _balanced(string):
+    depth = 0
+    for symbol in string:
+        depth += 1 if symbol == 0 else -1
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def test_balanced_parentheses():
+    data = sj.tasks.balanced_parentheses(0, 101, 8)
+    chex.assert_shape([data["inputs"], data["targets"]], [(101, 8), (101,)])
+    np.testing.assert_array_equal(data["targets"], [int(_balanced(s)) for s in data["inputs"]])
+    assert data["targets"].sum() == 51
+    np.testing.assert_array_equal(data["inputs"].sum(axis=1), 4)  # hard negatives: equal counts
+    assert _same(data, sj.tasks.balanced_parentheses(0, 101, 8))
+    with pytest.raises(ValueError, match="even"):
+        sj.tasks.balanced_parentheses(0, 10, 7)
+
+
+def _evaluate_prefix(tokens, assignment):
+    """Independent stack evaluator: scan the prefix formula from the right."""
+    stack = []
+    for token in reversed([t for t in tokens if t != BOOLEAN_TOKENS["pad"]]):
+        if token >= BOOLEAN_TOKENS["x0"]:
+            stack.append(bool(assignment[token - BOOLEAN_TOKENS["x0"]]))
+        elif token == BOOLEAN_TOKENS["not"]:
+            stack.append(not stack.pop())
+        else:
+            left, right = stack.pop(), stack.pop()
+            stack.append(left and right if token == BOOLEAN_TOKENS["and"] else left or right)
+    assert len(stack) == 1
+    return stack[0]
+
+
+def test_boolean_formulas():
+    depth, num_variables = 3, 3
+    data = sj.tasks.boolean_formulas(0, 60, num_variables, depth)
+    length = 2 ** (depth + 1) - 1
+    chex.assert_shape([data["inputs"], data["targets"]], [(60, length + 1 + num_variables), (60,)])
+    assert data["targets"].sum() == 30
+    for row, target in zip(data["inputs"], data["targets"]):
+        assert row[length] == BOOLEAN_TOKENS["sep"]
+        assignment = row[length + 1:] == BOOLEAN_TOKENS["true"]
+        assert _evaluate_prefix(row[:length], assignment) == bool(target)
+    assert _same(data, sj.tasks.boolean_formulas(0, 60, num_variables, depth))
+
+
+def test_seeds_are_validated():
+    with pytest.raises(TypeError, match="seed"):
+        sj.tasks.repeated_tokens(1.5, 4, 3, 2)
+    with pytest.raises(ValueError, match="train_fraction"):
+        sj.tasks.train_test_split({"x": np.zeros(3)}, 0.0)
