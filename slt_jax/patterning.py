@@ -6,7 +6,8 @@ training examples, SCIENCE.md §3). The minimum-norm reweighting toward a target
 
     ρ = 1 + α χᵀ (χ χᵀ)^{-1} dμ          (χ⁺ dμ, least squares when χ lacks full row rank)
 
-so that χ (ρ - 1) / α = dμ and the posterior moves by ≈ α β dμ. Sampling or training then uses the
+so that χ (ρ - 1) / α = dμ and the posterior moves by ≈ α β dμ (to first order in α; with χ̂ from
+SGLD at step ε, up to its O(εA/4) covariance inflation, see ``slt_jax.susceptibility``). Sampling or training then uses the
 normalized reweighted loss Σ_j ρ_j l_j / Σ_j ρ_j. The weights reach a minibatch as a data leaf:
 ``attach_weights(data, ρ)`` pairs every example with its weight, so the sampler's and the
 trainer's minibatch gathers carry them along.

@@ -208,10 +208,8 @@ def _check_probes(loss_fn: LossFn, params: Params, probes, per_token: bool, name
         try:
             out = jax.eval_shape(loss_fn, params, spec)
         except Exception as error:
-            raise ValueError(
-                f"{name}[{probe_name!r}]: loss_fn(params, probe) failed: {error}. {name} is a dict {{name: probe_data}}; "
-                f"to pass one dataset write {name}={{'probe': data}}."
-            ) from error
+            hint = f" {name} is a dict {{name: probe_data}}; to pass one dataset write {name}={{'probe': data}}." if name == "probes" else ""
+            raise ValueError(f"{name}[{probe_name!r}]: loss_fn(params, probe) failed: {error}.{hint}") from error
         if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim == 0 or out.shape[0] != num_examples:
             shape = getattr(out, "shape", out)
             raise ValueError(

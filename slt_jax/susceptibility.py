@@ -24,6 +24,11 @@ factors: evaluating φ AND the centering term on the same minibatch adds +E[Var(
   the probe rows; they equal the ``"full"`` values when the probes are the training set, and
   otherwise differ from them by one constant per column (which z-scoring removes).
 
+Step size. The identities hold for the sampled distribution; SGLD at step ε samples a slightly
+wider law than the posterior (for a quadratic loss the covariance is (A(I - εA/4))^{-1}, A = nβH + γI,
+while the mean is exact), so χ̂ is inflated by O(εA/4) relative to the exact posterior's linear
+response (e.g. what ``slt_jax.pattern`` relies on). Calibrate ε small when the values matter.
+
 ``method="two_chain"`` is devinterp 2.x's estimator: the products and E[φ] come from the restricted
 chain, the centering mean E[l_xy - L] from the full chain,
 
