@@ -11,6 +11,8 @@ estimator, and a fixed budget of num_burnin + num_draws steps per chain. The kno
               to λ (a user cannot make that choice without knowing λ).
   auto:       ``estimate_llc(step_size="auto")``: ``calibrate`` picks the step size (an independent
               key), then the main run uses the same schedule.
+  calibrate(ε, γ): ``calibrate`` over step sizes and γ in {1, 10, 100}; its rule also picks γ (the
+              smallest whose chains level off), then the main run at the recommended setting.
 
 Reported per network and localization γ: λ, the hand-tuned range, the oracle-best hand-tuned
 estimate, the auto estimate (± standard error over chains), relative errors and timings.
@@ -134,6 +136,34 @@ def run(widths, rank, localization, schedule, step_grid, seed=0):
     }
 
 
+def run_full_calibration(widths, rank, schedule, localizations=(1.0, 10.0, 100.0), seed=0):
+    """``calibrate`` over step sizes AND localizations (its rule picks γ too), then the main run."""
+    n, batch_size, num_chains = 10_000, 100, 4
+    params, data, lam, _, _ = problem(widths, rank, n, seed)
+    total = schedule["num_burnin"] + schedule["num_draws"]
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calibration = sj.calibrate(
+            loss_fn, params, data, key=jax.random.fold_in(jax.random.key(seed), 0x5EED), batch_size=batch_size,
+            localizations=localizations, num_chains=num_chains, num_draws=min(total, 2000),
+            burnin_fraction=max(0.2, min(0.5, schedule["num_burnin"] / total)), progress=False,
+        )
+        chosen = calibration.recommended_settings
+        result = sj.estimate_llc(
+            loss_fn, params, data, key=seed, step_size=chosen["step_size"], localization=chosen["localization"],
+            nbeta=chosen["nbeta"], num_chains=num_chains, batch_size=batch_size, loss_estimator="paired", progress=False,
+            **schedule,
+        )
+    mean, stderr = stats(result.llc_per_chain)
+    return {
+        "widths": widths, "rank": rank, "lambda": lam, "localizations": list(localizations),
+        "step_size": chosen["step_size"], "localization": chosen["localization"], "llc": mean, "stderr": stderr,
+        "relative_error": mean / lam - 1, "reason": calibration.reason, "warnings": [str(w.message) for w in caught],
+        "seconds": time.perf_counter() - start,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two small networks, shorter chains")
@@ -143,7 +173,7 @@ def main():
     networks = NETWORKS[:2] if args.quick else NETWORKS
     schedule = dict(num_burnin=1000, num_draws=2000) if args.quick else dict(num_burnin=4000, num_draws=8000)
     step_grid = np.geomspace(1e-7, 1e-4, 13)
-    rows = []
+    rows, full_rows = [], []
     for widths, rank in networks:
         for localization in args.localizations:
             row = run(widths, rank, localization, schedule, step_grid)
@@ -156,6 +186,13 @@ def main():
                 f"[{row['seconds']['auto_total']:.0f}s auto, {row['seconds']['hand_tuned_grid']:.0f}s grid]",
                 flush=True,
             )
+        full = run_full_calibration(widths, rank, schedule)
+        full_rows.append(full)
+        print(
+            f"{str(widths):18} r={rank} calibrate(ε, γ∈{{1,10,100}}) -> ε={full['step_size']:.2g}, γ={full['localization']:g}: "
+            f"{full['llc']:.2f}±{full['stderr']:.2f} ({full['relative_error']:+.1%}) [{full['seconds']:.0f}s]",
+            flush=True,
+        )
     result = {
         "benchmark": "bench_calibration",
         "settings": {"n": 10_000, "batch_size": 100, "num_chains": 4, "loss_estimator": "paired", **schedule,
@@ -163,6 +200,7 @@ def main():
         "environment": {"jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
                         "python": platform.python_version(), "slt_jax": sj.__version__},
         "rows": rows,
+        "calibrate_step_and_localization": full_rows,
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as file:

@@ -190,13 +190,15 @@ def default_step_sizes(
     mask: Mask | None = None,
     num_step_sizes: int = 10,
     bias_tolerance: float = 0.05,
+    sampler: str = "sgld",
 ) -> np.ndarray:
     """A factor-2 grid of step sizes, ascending, anchored on the posterior's scales at w*.
 
     The top is the smaller of 1/a_max (a_max = nβ h_max + γ, h_max the top Hessian eigenvalue from
     power iteration; at ε a_max = 1 the stiffest direction's variance is 33% too large) and twice
     the largest ε whose gradient-noise bias (ε/8)·nβ²·E||g_B(w*)||² could stay within
-    ``bias_tolerance`` of the largest possible LLC, d/2. The grid descends by factors of 2.
+    ``bias_tolerance`` of the largest possible LLC, d/2. The grid descends by factors of 2. For an
+    RMSProp ``sampler`` it is multiplied by sqrt(E[g_i²]) + eps, the typical preconditioner scale.
 
     Returns:
         ``(num_step_sizes,)`` ascending.
@@ -222,6 +224,11 @@ def default_step_sizes(
     largest = 1.0 / a_max
     if float(squared) > 0:
         largest = min(largest, 2.0 * 8.0 * bias_tolerance * (num_coordinates / 2.0) / (nbeta**2 * float(squared)))
+    preconditioner = kernels.get_preconditioner(sampler)
+    if preconditioner.adaptive:
+        # RMSProp steps are ε / (sqrt(v) + eps) per coordinate, v ≈ E[g²] at the start: rescale the
+        # grid so that the typical effective step matches the plain-SGLD anchor.
+        largest *= math.sqrt(float(squared) / num_coordinates) + preconditioner.eps
     return largest * 2.0 ** -np.arange(num_step_sizes)[::-1]
 
 
@@ -362,7 +369,7 @@ def calibrate(
     for nbeta, localization in itertools.product(np.atleast_1d(nbetas), np.atleast_1d(localizations)):
         grid = step_sizes if step_sizes is not None else default_step_sizes(
             loss_fn, params, data, key=key, nbeta=float(nbeta), localization=float(localization), batch_size=batch_size,
-            mask=mask, num_step_sizes=num_step_sizes, bias_tolerance=bias_tolerance,
+            mask=mask, num_step_sizes=num_step_sizes, bias_tolerance=bias_tolerance, sampler=sampler,
         )
         rows += [(float(e), float(nbeta), float(localization)) for e in np.atleast_1d(grid)]
     step_size, nbeta, localization = (np.array(column) for column in zip(*rows))
@@ -492,9 +499,11 @@ def _recommend(step_size, nbeta, localization, metrics, problems, passed, equili
         reason = (
             f"Recommended step_size={step_size[choice]:.3g}, nbeta={nbeta[choice]:.4g}, localization={localization[choice]:.3g}: "
             f"the largest step size with no divergence, no spikes, {m['fraction_below']:.0%} of draws below L(w*), MALA "
-            f"acceptance {m['mala_acceptance']:.3f} >= {mala_threshold} and predicted step-size bias "
-            f"{m['relative_bias']:.1%} <= {bias_tolerance:.0%} of the reference LLC {m.get('reference_llc', np.nan):.4g}; "
-            f"{levelled}."
+            f"acceptance {m['mala_acceptance']:.3f} >= {mala_threshold} and "
+            + (f"predicted step-size bias {m['relative_bias']:.1%} <= {bias_tolerance:.0%} of the reference LLC "
+               f"{m['reference_llc']:.4g}; " if "reference_llc" in m else
+               f"empirical (Richardson) step-size bias {m['relative_bias']:.1%} <= {bias_tolerance:.0%}; ")
+            + f"{levelled}."
         )
         if np.unique(localization).size > 1:
             reason += " It is at the smallest localization whose chains level off."

@@ -326,6 +326,8 @@ def to_arviz(result, *, config: int | None = None):
             raise ValueError("this ChainsOutput holds a grid of configurations: pass config=<index>.")
         select = (lambda x: np.asarray(x)[config]) if grid else (lambda x: x)
         loss = select(chains.loss)
+        if isinstance(result, CalibrationResult) and result.settings.get("loss_estimator") == "paired":
+            loss = np.asarray(loss, np.float64) - np.asarray(select(chains.center_loss), np.float64) + chains.init_loss
         nbeta = float(np.ravel(chains.settings["nbeta"])[config if grid and np.size(chains.settings["nbeta"]) > 1 else 0])
     else:
         raise TypeError(f"to_arviz needs an LLCResult, ChainsOutput or CalibrationResult, got {type(result).__name__}.")
