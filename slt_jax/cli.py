@@ -20,32 +20,22 @@ DEMO_WIDTHS = (10, 10, 10)
 DEMO_RANK = 5
 
 
-def _dln_problem(widths, rank, n, seed):
+def _dln_problem(widths, rank, n, seed, train_steps):
+    """A DLN teacher of product rank ``rank``, its data, and w* = the teacher trained on the data."""
+    import flax.nnx as nnx
     import jax.numpy as jnp
+    import optax
 
-    from slt_jax import theory
+    import slt_jax as sj
 
-    rng = np.random.default_rng(seed)
-    weights = [rng.normal(size=(a, b)) / math.sqrt(a) for a, b in zip(widths[:-1], widths[1:])]
-    u, s, vt = np.linalg.svd(weights[0], full_matrices=False)
-    s[rank:] = 0.0
-    weights[0] = (u * s) @ vt
-    product = weights[0]
-    for w in weights[1:]:
-        product = product @ w
-    true_rank = theory.matrix_rank(product)
-    x = rng.normal(size=(n, widths[0]))
-    y = x @ product + rng.normal(size=(n, widths[-1]))
-
-    def loss_fn(params, batch):
-        out = batch["x"]
-        for w in params:
-            out = out @ w
-        return 0.5 * jnp.sum((batch["y"] - out) ** 2, axis=-1)
-
-    params = [jnp.asarray(w, jnp.float32) for w in weights]
-    data = {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(y, jnp.float32)}
-    return loss_fn, params, data, true_rank
+    kernels = sj.tasks.dln_teacher(seed, widths, rank)
+    data = {k: jnp.asarray(v) for k, v in sj.tasks.dln_regression(seed + 1, kernels, n).items()}
+    model = sj.models.DeepLinearNetwork(widths, rngs=nnx.Rngs(seed), kernels=kernels)
+    params, loss_fn = sj.from_nnx(model, "mse")
+    # w* must be a local minimum of L_n: the teacher is not (finite n), so train it to convergence.
+    trained = sj.train(loss_fn, params, data, optimizer=optax.adam(3e-3), num_steps=train_steps)
+    product = np.linalg.multi_dot([np.asarray(k, np.float64) for k in kernels])
+    return loss_fn, trained.params, data, sj.theory.matrix_rank(product, rtol=1e-5)
 
 
 def demo(args) -> int:
@@ -56,11 +46,12 @@ def demo(args) -> int:
 
     start = time.perf_counter()
     widths = tuple(args.widths)
-    loss_fn, params, data, rank = _dln_problem(widths, args.rank, args.n, args.seed)
+    loss_fn, params, data, rank = _dln_problem(widths, args.rank, args.n, args.seed, args.train_steps)
     lam, multiplicity = theory.dln_learning_coefficient(widths, rank)
-    d = sum(int(np.prod(p.shape)) for p in params)
+    d = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(params))
     print(f"slt_jax {sj.__version__} on {jax.default_backend()} ({jax.device_count()} device(s))")
     print(f"Deep linear network, widths {list(widths)}, teacher product rank {rank}, d = {d} parameters, n = {args.n}")
+    print(f"w* = the teacher trained {args.train_steps} full-batch Adam steps on the data")
     print(f"Aoyagi's learning coefficient: lambda = {lam:g} (multiplicity {multiplicity}); regular models would give d/2 = {d / 2:g}")
     settings = dict(
         step_size=args.step_size, localization=args.localization, num_chains=args.chains, num_draws=args.draws,
@@ -100,12 +91,13 @@ def main(argv=None) -> int:
     p.add_argument("--widths", type=int, nargs="+", default=list(DEMO_WIDTHS))
     p.add_argument("--rank", type=int, default=DEMO_RANK)
     p.add_argument("--n", type=int, default=10_000)
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--draws", type=int, default=2000)
-    p.add_argument("--burnin", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--step-size", type=float, default=1e-4)
-    p.add_argument("--localization", type=float, default=100.0)
+    p.add_argument("--chains", type=int, default=8)
+    p.add_argument("--draws", type=int, default=8000)
+    p.add_argument("--burnin", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--step-size", type=float, default=3e-6)
+    p.add_argument("--localization", type=float, default=1.0)
+    p.add_argument("--train-steps", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="slt_jax_demo_output")
     args = parser.parse_args(argv)

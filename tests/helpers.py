@@ -3,7 +3,6 @@
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import theory
 
 
 def linear_regression(eigenvalues, n=1000, seed=0):
@@ -26,34 +25,6 @@ def linear_regression(eigenvalues, n=1000, seed=0):
     loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
     data = {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(y, jnp.float32)}
     return loss_fn, jnp.asarray(w_star, jnp.float32), data
-
-
-def dln_teacher(widths, rank, n, seed=0, noise=1.0):
-    """A deep linear network teacher with product rank ``rank`` and Gaussian regression data.
-
-    Returns:
-        (loss_fn, params list of (H_i, H_{i+1}) matrices, data {"x": (n, H_1), "y": (n, H_{L+1})}).
-    """
-    rng = np.random.default_rng(seed)
-    weights = [rng.normal(size=(a, b)) / np.sqrt(a) for a, b in zip(widths[:-1], widths[1:])]
-    u, s, vt = np.linalg.svd(weights[0], full_matrices=False)
-    s[rank:] = 0.0
-    weights[0] = (u * s) @ vt
-    product = weights[0]
-    for w in weights[1:]:
-        product = product @ w
-    assert theory.matrix_rank(product) == rank
-    x = rng.normal(size=(n, widths[0]))
-    y = x @ product + noise * rng.normal(size=(n, widths[-1]))
-
-    def loss_fn(params, batch):
-        out = batch["x"]
-        for w in params:
-            out = out @ w
-        return 0.5 * jnp.sum((batch["y"] - out) ** 2, axis=-1)
-
-    params = [jnp.asarray(w, jnp.float32) for w in weights]
-    return loss_fn, params, {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(y, jnp.float32)}
 
 
 def standard_error(result):

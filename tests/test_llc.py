@@ -8,7 +8,8 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import dln_teacher, linear_regression, standard_error
+from helpers import linear_regression, standard_error
+from issue5_problems import dln, dln_loss
 
 import slt_jax as sj
 from slt_jax import theory
@@ -80,20 +81,24 @@ def test_normal_crossing_matches_finite_nbeta_table(exponents, nbeta, reference)
     assert abs(result.llc_mean - reference) < Z * se, (result.llc_mean, reference, se)
 
 
-# Settings measured to be good for these DLNs (n = 10^4, nβ = n/log n): see README "Choosing".
-DLN_RELATIVE_TOLERANCE = 0.15
+# DLNs with w* = the teacher trained to convergence (tests/issue5_problems.dln), n = 10^4,
+# nβ = n/log n, γ = 1 (localization bias negligible), ε = 3e-6, batch 100, 4000 + 8000 steps, paired
+# estimator. Measured relative errors with these settings: -4.2%, +2.1%, +0.7%, +4.5%, +0.5% for the
+# shapes below (8 chains, key 0); the stated tolerance is 10%.
+DLN_RELATIVE_TOLERANCE = 0.10
 
 
 @pytest.mark.parametrize(
     "widths,rank",
-    [([3, 3], 0), ([4, 2, 4], 1), ([5, 3, 5], 0), ([6, 4, 8, 3], 2), ([10, 10, 10], 5)],
+    [((4, 2, 4), 1), ((5, 5, 5), 1), ((6, 4, 8, 3), 2), ((10, 10, 10), 5), ((20, 5, 20), 3)],
 )
 def test_deep_linear_network_within_stated_relative_error(widths, rank):
+    params, data, product_rank = dln(widths, rank, 10_000)
+    assert product_rank == rank
     lam, _ = theory.dln_learning_coefficient(widths, rank)
-    loss_fn, params, data = dln_teacher(widths, rank, n=10_000)
     result = sj.estimate_llc(
-        loss_fn, params, data, key=0, step_size=1e-4, localization=100.0, num_chains=4, num_draws=2000,
-        num_burnin=500, batch_size=500, progress=False, loss_estimator="paired", mala_every=0,
+        dln_loss, params, data, key=0, step_size=3e-6, localization=1.0, num_chains=8, num_draws=8000,
+        num_burnin=4000, batch_size=100, progress=False, loss_estimator="paired", mala_every=0,
     )
     assert not result.diverged.any()
     assert abs(result.llc_mean - lam) / lam < DLN_RELATIVE_TOLERANCE, (widths, rank, result.llc_mean, lam)
