@@ -287,7 +287,8 @@ def estimate_susceptibilities(
             ``"component/name"`` next to the component's loss observable φ_C.
         method: ``"covariance"`` (Baker et al., default) or ``"two_chain"`` (devinterp 2.x; needs
             the ``"full"`` component).
-        centering: ``"full"`` (exact L_n per draw) or ``"probe"`` (free); see the module docstring.
+        centering: ``"full"`` (exact L_n, one data pass per draw) or ``"probe"`` (paired minibatch
+            φ, one extra forward of the batch; centred on the probe mean); see the module docstring.
         include_full: add the unrestricted component ``"full"`` first if absent.
         per_token: rows per token for sequence losses (False: per sequence).
         probe_batch_size: evaluate probes in chunks of this many examples.

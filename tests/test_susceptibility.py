@@ -162,6 +162,18 @@ def test_two_chain_variant():
     assert covariance.llc["x0"] < covariance.llc["full"]
 
 
+def test_new_probe_values_and_hyperparameters_do_not_recompile():
+    lg.chi_run()
+    before = sj.compile_count()
+    shifted = {"x": lg.train["x"][::-1], "y": lg.train["y"][::-1] + 1.0}  # same shapes, new values
+    result = sj.estimate_susceptibilities(
+        lg.loss_fn, lg.w_star, lg.data, probes={"train": shifted}, key=9, step_size=lg.EPS / 2, nbeta=lg.NBETA / 2,
+        localization=lg.GAMMA, observables=lg.OBSERVABLES, **lg.RUN,
+    )
+    assert sj.compile_count() == before
+    assert np.all(np.isfinite(result.chi))
+
+
 def test_result_methods_and_exports():
     result = lg.chi_run()
     z = result.zscored()
