@@ -97,7 +97,7 @@ def test_summary_names_problems_and_fixes():
         num_draws=4000, num_burnin=2000, batch_size=8, progress=False,
     )
     report = healthy.summary()
-    assert isinstance(report, sj.HealthReport)
+    assert isinstance(report, sj.diagnostics.HealthReport)
     assert report.ok, str(report)
     assert "No problems found" in str(report) and "LLC" in report.headline
     biased = sj.estimate_llc(

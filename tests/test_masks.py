@@ -41,7 +41,7 @@ def test_globs_select_subtrees(mlp_params):
     assert _count(sj.component_mask(mlp_params, "**"), mlp_params) == 30
     union = sj.component_mask(mlp_params, ["layers/1/**", "head"])
     assert _count(union, mlp_params) == 14
-    assert sj.leaf_paths(mlp_params) == ["head/mlp/kernel", "layers/0/bias", "layers/0/kernel", "layers/1/bias", "layers/1/kernel"]
+    assert sj.masks.leaf_paths(mlp_params) == ["head/mlp/kernel", "layers/0/bias", "layers/0/kernel", "layers/1/bias", "layers/1/kernel"]
     excluded = sj.component_mask(mlp_params, "layers/**", exclude="**/bias")
     assert _count(excluded, mlp_params) == 20
     chex.assert_trees_all_equal_structs(excluded, mlp_params)
