@@ -8,9 +8,12 @@ Workloads (issue 2):
 
 Reported per workload: compile time (separate), sampling time, chain-steps per second, and the floor
 ratio = sampling time / (steps x floor), where the floor is the time of one value_and_grad of the mean
-minibatch loss for all chains at once (vmapped), measured two ways:
-  floor_call: one jitted call per step (includes dispatch, as a hand-written Python loop would pay);
-  floor_scan: the same gradient iterated inside one jitted lax.scan (pure compute, the strict floor).
+minibatch loss for all chains at once (vmapped), measured three ways:
+  floor_call: one jitted call per step on one shared batch (includes dispatch, as a Python loop pays);
+  floor_scan: the same gradient iterated inside one jitted lax.scan (pure compute, the strict floor);
+  floor_scan_per_chain_batches: as floor_scan, but each chain with its own batch, as the sampler must.
+Timings on a shared CPU drift between runs, so floor and sampler are measured interleaved, five
+times, and the medians of the paired ratios are reported.
 
 Usage: python benchmarks/bench_llc.py [--quick] [--out benchmarks/results/bench_llc.json]
 """
@@ -83,67 +86,85 @@ def _block(x):
     return jax.tree.map(lambda a: a.block_until_ready(), x)
 
 
-def measure_floor(loss_fn, params, data, batch_size, num_chains, repeats=200):
-    batch = jax.tree.map(lambda x: x[:batch_size], data)
+def measure_floor(loss_fn, params, data, batch_size, num_chains, repeats=100, per_chain_batches=False):
+    """Seconds of one chain-vmapped value_and_grad of the mean minibatch loss: (per call, in a scan).
+
+    ``per_chain_batches=False`` is the issue's floor: ONE batch shared by all chains (XLA can then
+    merge the chains' matmuls). ``True`` gives each chain its own batch, as the sampler must (shared
+    minibatches would correlate the chains' noise and make their spread understate the error).
+    """
+    if per_chain_batches:
+        batch = jax.tree.map(lambda x: jnp.stack([x[c * batch_size : (c + 1) * batch_size] for c in range(num_chains)]), data)
+        batch_axis = 0
+    else:
+        batch = jax.tree.map(lambda x: x[:batch_size], data)
+        batch_axis = None
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_chains,) + p.shape) + 0.0, params)
-    value_and_grad = jax.vmap(jax.value_and_grad(lambda p, b: jnp.mean(loss_fn(p, b))), in_axes=(0, None))
+    value_and_grad = jax.vmap(jax.value_and_grad(lambda p, b: jnp.mean(loss_fn(p, b))), in_axes=(0, batch_axis))
     call = jax.jit(value_and_grad)
     _block(call(stacked, batch))
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            out = call(stacked, batch)
-        _block(out)
-        times.append((time.perf_counter() - start) / repeats)
-    floor_call = statistics.median(times)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = call(stacked, batch)
+    _block(out)
+    floor_call = (time.perf_counter() - start) / repeats
 
     @jax.jit
     def scanned(p, b):
-        def body(p, _):
-            _, g = value_and_grad(p, b)
-            # A tiny dependent update keeps XLA from hoisting the gradient out of the loop.
-            return jax.tree.map(lambda a, d: a - 1e-12 * d, p, g), None
+        def body(carry, _):
+            p, total = carry
+            value, g = value_and_grad(p, b)
+            # A tiny dependent update keeps XLA from hoisting the gradient out of the loop, and the
+            # value is kept (summed) so that XLA cannot drop the loss computation either.
+            return (jax.tree.map(lambda a, d: a - 1e-12 * d, p, g), total + value), None
 
-        return jax.lax.scan(body, p, None, length=repeats)[0]
+        return jax.lax.scan(body, (p, jnp.zeros(num_chains)), None, length=repeats)[0]
 
     _block(scanned(stacked, batch))
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        _block(scanned(stacked, batch))
-        times.append((time.perf_counter() - start) / repeats)
-    return floor_call, statistics.median(times)
+    start = time.perf_counter()
+    _block(scanned(stacked, batch))
+    return floor_call, (time.perf_counter() - start) / repeats
 
 
-def run_workload(name, workload, quick=False):
+def run_workload(name, workload, quick=False, repeats=5):
+    """Interleaves floor and sampler measurements (timings on a shared CPU drift by ±15% between
+    runs); reports medians of the paired ratios."""
     loss_fn, params, data, settings = workload()
     if quick:
         settings["num_draws"] = max(20, settings["num_draws"] // 10)
-    sample_kwargs = dict(settings)
-    first = sj.estimate_llc(loss_fn, params, data, key=0, progress=False, **sample_kwargs)
-    # Second run: compiled program cached, so this is pure sampling (plus the L_n(w*) pass).
-    start = time.perf_counter()
-    result = sj.estimate_llc(loss_fn, params, data, key=1, progress=False, **sample_kwargs)
-    wall = time.perf_counter() - start
-    chains = result.chains
-    steps = chains.num_steps
-    floor_call, floor_scan = measure_floor(loss_fn, params, data, settings["batch_size"], settings["num_chains"])
-    sampling = chains.sampling_seconds
-    first_compile = first.chains.compile_seconds
+        repeats = 2
+    first = sj.estimate_llc(loss_fn, params, data, key=0, progress=False, **settings)
+    rows = []
+    for repeat in range(repeats):
+        floor_call, floor_scan = measure_floor(loss_fn, params, data, settings["batch_size"], settings["num_chains"])
+        _, floor_scan_own = measure_floor(loss_fn, params, data, settings["batch_size"], settings["num_chains"], per_chain_batches=True)
+        start = time.perf_counter()
+        result = sj.estimate_llc(loss_fn, params, data, key=repeat + 1, progress=False, **settings)
+        wall = time.perf_counter() - start
+        steps = result.chains.num_steps
+        sampling = result.chains.sampling_seconds
+        rows.append(dict(
+            sampling_seconds=sampling, wall_seconds=wall, floor_call_seconds=floor_call, floor_scan_seconds=floor_scan,
+            floor_scan_per_chain_batches_seconds=floor_scan_own,
+            floor_ratio_vs_call=sampling / (steps * floor_call), floor_ratio_vs_scan=sampling / (steps * floor_scan),
+            floor_ratio_vs_scan_per_chain_batches=sampling / (steps * floor_scan_own),
+        ))
+    median = lambda key: statistics.median(r[key] for r in rows)
     return {
         "workload": name,
         "settings": {k: (float(v) if isinstance(v, float) else v) for k, v in settings.items()},
         "num_parameters": int(sum(np.prod(p.shape) for p in jax.tree.leaves(params))),
         "steps_per_chain": steps,
-        "compile_seconds_first_run": first_compile,
-        "sampling_seconds": sampling,
-        "wall_seconds_cached_run": wall,
-        "chain_steps_per_second": settings["num_chains"] * steps / sampling,
-        "floor_call_seconds": floor_call,
-        "floor_scan_seconds": floor_scan,
-        "floor_ratio_vs_call": sampling / (steps * floor_call),
-        "floor_ratio_vs_scan": sampling / (steps * floor_scan),
+        "compile_seconds_first_run": first.chains.compile_seconds,
+        "sampling_seconds": median("sampling_seconds"),
+        "chain_steps_per_second": settings["num_chains"] * steps / median("sampling_seconds"),
+        "floor_call_seconds": median("floor_call_seconds"),
+        "floor_scan_seconds": median("floor_scan_seconds"),
+        "floor_scan_per_chain_batches_seconds": median("floor_scan_per_chain_batches_seconds"),
+        "floor_ratio_vs_call": median("floor_ratio_vs_call"),
+        "floor_ratio_vs_scan": median("floor_ratio_vs_scan"),
+        "floor_ratio_vs_scan_per_chain_batches": median("floor_ratio_vs_scan_per_chain_batches"),
+        "repeats": rows,
         "llc_mean": result.llc_mean,
         "llc_std": result.llc_std,
         "diverged": int(result.diverged.sum()),
@@ -164,7 +185,7 @@ def main():
         record["compiles"] = sj.compile_count() - compiles_before
         record["total_seconds"] = time.perf_counter() - start
         records.append(record)
-        print(json.dumps(record, indent=1))
+        print(json.dumps({k: v for k, v in record.items() if k != "repeats"}, indent=1))
     report = {
         "benchmark": "bench_llc",
         "jax": jax.__version__,

@@ -232,12 +232,13 @@ def sgld_update(
     scaled_noise = jax.tree.map(lambda e, xi: jnp.sqrt(e) * xi, step_sizes, noise)
     increment = jax.tree.map(lambda e, dr, xi: -0.5 * e * dr + xi, step_sizes, drift, scaled_noise)
     new_position = jax.tree.map(lambda w, u: w + u, position, _where_mask(mask, increment))
+    distance = optax.tree.norm(_where_mask(mask, displacement))
     info = SGLDInfo(
         loss=loss,
         grad_norm=optax.tree.norm(_where_mask(mask, grad)),
-        localization_norm=optax.tree.norm(_where_mask(mask, localization_force)),
+        localization_norm=hyper.localization * distance,  # ||M⊙γ(w - w*)|| exactly, no extra pass
         noise_norm=optax.tree.norm(_where_mask(mask, scaled_noise)),
-        distance=optax.tree.norm(_where_mask(mask, displacement)),
+        distance=distance,
     )
     if second_moment is not None and mask is not None:
         # Statistics of a frozen coordinate are irrelevant; keep them unchanged for clarity.
