@@ -52,6 +52,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from slt_jax import diagnostics, kernels
+from slt_jax import llc as llc_lib
 from slt_jax import sampler as sampler_lib
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
@@ -389,13 +390,10 @@ def calibrate(
             loss_fn, params, data, key=key, step_size=step_size[part], nbeta=nbeta[part], localization=localization[part],
             num_chains=num_chains, num_draws=num_draws, num_burnin=0, num_steps_between_draws=num_steps_between_draws,
             batch_size=batch_size, sampler=sampler, masks=mask, mala_every=mala_every, init_loss=init_loss,
-            center_loss=loss_estimator == "paired",
-            progress=progress, description="calibration", **kwargs,
+            progress=progress, description="calibration", **llc_lib.loss_estimator_options(loss_estimator), **kwargs,
         ))
     chains = _concat_outputs(outputs)
-    loss = np.asarray(chains.loss, np.float64)
-    if loss_estimator == "paired":
-        loss = loss - np.asarray(chains.center_loss, np.float64) + init_loss
+    loss = llc_lib.loss_trace(chains, loss_estimator)
 
     burnin_draws = int(burnin_fraction * num_draws)
     adaptive = kernels.get_preconditioner(sampler).adaptive

@@ -92,15 +92,6 @@ def _select_config(out: ChainsOutput, index: int, num_configs: int, settings: di
     return ChainsOutput(**fields)
 
 
-def _loss_trace(chains: ChainsOutput, loss_estimator: str) -> np.ndarray:
-    """The ``(num_chains, num_draws)`` loss trace of ``estimate_llc``'s ``loss_estimator``."""
-    if loss_estimator == "full":
-        return chains.full_loss
-    if loss_estimator == "paired":
-        return chains.loss - chains.center_loss + chains.init_loss
-    return chains.loss
-
-
 def estimate_llc_per_component(
     loss_fn: LossFn,
     params: Params,
@@ -173,8 +164,7 @@ def estimate_llc_per_component(
                 f"{name}={value!r} must be a number here (components share the hyperparameters); calibrate "
                 "the step size on the full model or the largest component first."
             )
-    if loss_estimator not in ("minibatch", "paired", "full"):
-        raise ValueError(f"loss_estimator={loss_estimator!r}; use 'minibatch', 'paired' or 'full'.")
+    kwargs.update(llc_lib.loss_estimator_options(loss_estimator))
     names = [str(name) for name in components]
     masks = []
     for name, mask in components.items():
@@ -189,10 +179,6 @@ def estimate_llc_per_component(
         components_per_run = max(1, min(num_components, _RUN_BUDGET_BYTES // max(1, per_component)))
     else:
         components_per_run = min(sampler_lib._check_positive_int(components_per_run, "components_per_run"), num_components)
-    if loss_estimator == "full":
-        kwargs["full_loss_every"] = 1
-    if loss_estimator == "paired":
-        kwargs["center_loss"] = True
     init_loss = kwargs.pop("init_loss", None)
     if init_loss is None:
         init_loss = float(sampler_lib.full_data_loss(loss_fn, params, data, batch_size))
@@ -232,7 +218,7 @@ def estimate_llc_per_component(
     messages = []
     for name, (out, index) in zip(names, outputs):
         chains = _select_config(out, index, components_per_run, dict(out.settings, num_configs=1, component=name))
-        trace = _loss_trace(chains, loss_estimator)
+        trace = llc_lib.loss_trace(chains, loss_estimator)
         results[name] = llc_lib.llc_from_chains(trace, chains.init_loss, float(nbeta), chains.diverged, chains)
         if np.any(chains.diverged):
             messages.append(f"component {name!r}: " + llc_lib.divergence_message(chains.diverged_at, num_chains))

@@ -123,6 +123,26 @@ def llc_from_chains(
     )
 
 
+LOSS_ESTIMATORS = ("minibatch", "paired", "full")
+
+
+def loss_estimator_options(loss_estimator: str) -> dict:
+    """The ``run_chains`` keyword arguments a ``loss_estimator`` needs (validated)."""
+    if loss_estimator not in LOSS_ESTIMATORS:
+        raise ValueError(f"loss_estimator={loss_estimator!r}; use one of {', '.join(map(repr, LOSS_ESTIMATORS))}.")
+    return {"full": {"full_loss_every": 1}, "paired": {"center_loss": True}, "minibatch": {}}[loss_estimator]
+
+
+def loss_trace(chains: ChainsOutput, loss_estimator: str) -> np.ndarray:
+    """The loss entering λ̂ at each draw, shaped like ``chains.loss`` (see ``estimate_llc``)."""
+    if loss_estimator == "full":
+        return np.asarray(chains.full_loss, np.float64)
+    loss = np.asarray(chains.loss, np.float64)
+    if loss_estimator == "paired":
+        return loss - np.asarray(chains.center_loss, np.float64) + chains.init_loss
+    return loss
+
+
 def estimate_llc(
     loss_fn: LossFn,
     params: Params,
@@ -184,8 +204,7 @@ def estimate_llc(
         raise ValueError(f"nbeta={nbeta!r} must be a finite number > 0 for an LLC (None uses n / log n).")
     if sampler_lib._check_positive_int(num_chains, "num_chains") < 2:
         warnings.warn("num_chains=1: llc_std and R-hat need at least 2 chains and will be NaN.", stacklevel=2)
-    if loss_estimator not in ("minibatch", "paired", "full"):
-        raise ValueError(f"loss_estimator={loss_estimator!r}; use 'minibatch', 'paired' or 'full'.")
+    kwargs.update(loss_estimator_options(loss_estimator))
     calibration = None
     if isinstance(step_size, str):
         if step_size != "auto":
@@ -197,10 +216,6 @@ def estimate_llc(
             num_chains=num_chains, num_burnin=num_burnin, num_steps=num_burnin + num_draws * num_steps_between_draws, sampler=sampler,
             mask=mask, progress=progress, weight_decay=kwargs.get("weight_decay", 0.0),
         )
-    if loss_estimator == "full":
-        kwargs["full_loss_every"] = 1
-    if loss_estimator == "paired":
-        kwargs["center_loss"] = True
     chains = sampler_lib.sample(
         loss_fn,
         params,
@@ -220,13 +235,7 @@ def estimate_llc(
         **kwargs,
     )
     nbeta_used = chains.settings["nbeta"]
-    if loss_estimator == "full":
-        trace = chains.full_loss
-    elif loss_estimator == "paired":
-        trace = chains.loss - chains.center_loss + chains.init_loss
-    else:
-        trace = chains.loss
-    result = llc_from_chains(trace, chains.init_loss, float(nbeta_used), chains.diverged, chains)
+    result = llc_from_chains(loss_trace(chains, loss_estimator), chains.init_loss, float(nbeta_used), chains.diverged, chains)
     if calibration is not None:
         chains.settings["calibration"] = {"reason": calibration.reason, "step_sizes": calibration.step_size.tolist()}
     report_divergence(chains.diverged_at, result)
