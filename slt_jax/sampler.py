@@ -15,7 +15,8 @@ Design (STYLE.md habits 1-2):
   drawn from ``fold_in(key_c, t)``, generated in bulk for a whole chunk (one vectorised RNG call,
   far cheaper on CPU than one small call per step). Results therefore do not depend on the chunk
   size, the device count, or on whether a run was resumed.
-* Minibatches are drawn WITH replacement (i.i.d. uniform indices), gathered on device.
+* Minibatches are drawn WITH replacement (i.i.d. uniform indices), gathered on device; with
+  ``batch_size == n`` every step uses the whole dataset (exact full-batch SGLD, not a bootstrap).
 * Per-draw observables and on-device accumulators (``observe`` / ``accumulator``) are evaluated
   inside the same program; full traces of observables are kept only when asked.
 """
@@ -382,7 +383,10 @@ def _chain_chunk(
         noise = jax.vmap(lambda t: kernels.tree_normal(jax.random.fold_in(noise_key, t), position))(steps)
     else:
         noise = None  # drawn inside the step from the same per-step key (see _BULK_NOISE_MAX_PARAMETERS)
-    indices = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(batch_key, t), (batch_size,), 0, n))(steps)
+    if batch_size == n:
+        indices = jnp.zeros((num_steps, 0), jnp.int32)  # full batch: every step sees all the data
+    else:
+        indices = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(batch_key, t), (batch_size,), 0, n))(steps)
     reshape = lambda x: x.reshape((num_draws, steps_per_draw) + x.shape[1:])
     noise = jax.tree.map(reshape, noise)
     indices = reshape(indices)
@@ -393,7 +397,7 @@ def _chain_chunk(
     def one_step(state, diverged_at, step_noise, step_indices, step):
         if step_noise is None:
             step_noise = kernels.tree_normal(jax.random.fold_in(noise_key, step), state.position)
-        batch = _tree_take(data, step_indices)
+        batch = data if batch_size == n else _tree_take(data, step_indices)
         loss, grad = value_and_grad(state.position, batch)
         new_state, info = kernels.sgld_update(state, loss, grad, step_noise, center, hyper, mask, preconditioner)
         diverged_at = jnp.where((diverged_at < 0) & ~jnp.isfinite(loss), step, diverged_at)
@@ -615,7 +619,8 @@ def run_chains(
             together). ``nbeta`` may be 0 (the negative control), the others must be > 0 / >= 0.
         num_chains, num_draws, num_burnin, num_steps_between_draws: the schedule. Draw d is taken at
             step ``num_burnin + d * num_steps_between_draws``.
-        batch_size: minibatch size m <= n, drawn with replacement.
+        batch_size: minibatch size m <= n, drawn with replacement; m = n means full batch (every
+            step sees all the data, exactly once).
         sampler: ``"sgld"``, ``"rmsprop_sgld"``, ``"rmsprop_sgld_devinterp"`` or a ``Preconditioner``.
         masks: None, one bool mask pytree (shared by all configurations), or a stack of G masks
             (leaves with a leading axis G) when no hyperparameter is a grid longer than 1 or G
@@ -828,7 +833,7 @@ def run_chains(
         full_loss_every=full_loss_every,
         mala_every=mala_every,
         center_loss=bool(center_loss),
-        minibatches="with replacement",
+        minibatches="full batch" if batch_size == n else "with replacement",
         stopped_early=stopped_early,
     )
     return ChainsOutput(

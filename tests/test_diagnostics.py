@@ -2,6 +2,7 @@
 closed form (exact ULA on a quadratic), the health summary and the nβ = 0 negative control."""
 
 import chex
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -85,7 +86,11 @@ def test_llc_and_predicted_bias_match_closed_form(exact_grid):
         # (ε/8)·nβ²·E||g||² is the first-order bias: between nβh/a (≈ 0.5 for the flattest direction
         # here) and 1 times the exact bias λ̂_ε - λ̂_0.
         ratio = metrics["predicted_bias"] / (exact - exact_zero)
-        assert 0.75 < ratio < 1.05, (step, ratio)
+        # The predicted bias is linear in the sampled E||g||²; its relative standard error comes from
+        # the spread of the per-chain means of ||g||² (independent chains).
+        per_chain = np.mean(chains.grad_norm[i].astype(np.float64) ** 2, axis=1)
+        relative_se = per_chain.std(ddof=1) / np.sqrt(per_chain.size) / per_chain.mean()
+        assert 0.75 - 4 * relative_se < ratio < 1.05 + 4 * relative_se, (step, ratio, relative_se)
 
 
 def test_summary_names_problems_and_fixes():
@@ -108,11 +113,13 @@ def test_summary_names_problems_and_fixes():
     checks = {f.check: f for f in report.findings}
     assert "bias" in checks and "Reduce step_size" in checks["bias"].fix
     assert "mala" in checks
+    # No burn-in and a relaxation time (2/(εA) = 12,000 steps) three times the run: every chain is still
+    # climbing. 200 equal directions average out the per-coordinate noise, so the climb is clear.
+    isotropic = lambda w, batch: 0.5 * jnp.sum(w**2) * jnp.ones(batch["y"].shape[0])
     short = sj.estimate_llc(
-        exact_quadratic_loss, params, data, key=2, step_size=0.002 / a_max, nbeta=NBETA, localization=LOCALIZATION,
-        num_draws=4000, batch_size=8, progress=False,
+        isotropic, jnp.zeros(200), data, key=2, step_size=2.0 / ((NBETA + LOCALIZATION) * 12_000), nbeta=NBETA,
+        localization=LOCALIZATION, num_draws=4000, batch_size=8, progress=False,
     )
-    # No burn-in at a small step size: the chains are still climbing towards the plateau.
     assert "plateau" in {f.check for f in short.summary().findings}
 
 
