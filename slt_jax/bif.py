@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_jax import validation
 from slt_jax import sampler as sampler_lib
 from slt_jax import stats
 from slt_jax.llc import report_divergence
@@ -149,17 +150,17 @@ def estimate_bif(
     >>> result.bif.shape, bool((result.bif.diagonal() < 0).all())
     ((10, 10), True)
     """
-    n = sampler_lib._check_data(data)
+    n = validation.check_data(data)
     probe = data if probe is None else probe
     labels = stats._check_probes(loss_fn, params, {"probe": probe}, per_token, name="probe")
     num_rows = len(labels.example)
-    if sampler_lib._check_positive_int(num_draws, "num_draws") < 2:
+    if validation.check_positive_int(num_draws, "num_draws") < 2:
         raise ValueError(f"num_draws={num_draws}: a covariance needs at least 2 draws per chain (use hundreds).")
-    if sampler_lib._check_positive_int(num_chains, "num_chains") < 2:
+    if validation.check_positive_int(num_chains, "num_chains") < 2:
         warnings.warn("num_chains=1: stderr needs at least 2 chains and will be NaN.", stacklevel=2)
-    block = num_rows if block_size is None else min(sampler_lib._check_positive_int(block_size, "block_size"), num_rows)
+    block = num_rows if block_size is None else min(validation.check_positive_int(block_size, "block_size"), num_rows)
     if probe_batch_size is not None:
-        probe_batch_size = sampler_lib._check_positive_int(probe_batch_size, "probe_batch_size")
+        probe_batch_size = validation.check_positive_int(probe_batch_size, "probe_batch_size")
     nbeta = sampler_lib.default_nbeta(n) if nbeta is None else nbeta
     observe, accumulator = _build(loss_fn, bool(per_token), probe_batch_size)
     init_loss = float(sampler_lib.full_data_loss(loss_fn, params, data, batch_size))

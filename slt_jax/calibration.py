@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from slt_jax import validation
 from slt_jax import diagnostics, kernels
 from slt_jax import llc as llc_lib
 from slt_jax import sampler as sampler_lib
@@ -204,8 +205,8 @@ def default_step_sizes(
     Returns:
         ``(num_step_sizes,)`` ascending.
     """
-    n = sampler_lib._check_data(data)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(sampler_lib.as_key(key))).ravel())
+    n = validation.check_data(data)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(validation.as_key(key))).ravel())
     subset = rng.choice(n, size=min(n, max(batch_size, 1024)), replace=False)
     batch = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[subset]), data)
     num_batches = 8
@@ -346,25 +347,25 @@ def calibrate(
     Returns:
         A ``CalibrationResult``; ``.recommended_settings`` holds the choice, ``.reason`` why.
     """
-    n = sampler_lib._check_data(data)
-    sampler_lib._check_params(params)
-    batch_size = sampler_lib._check_positive_int(batch_size, "batch_size")
-    num_chains = sampler_lib._check_positive_int(num_chains, "num_chains")
-    num_draws = sampler_lib._check_positive_int(num_draws, "num_draws", minimum=8)
+    n = validation.check_data(data)
+    validation.check_params(params)
+    batch_size = validation.check_positive_int(batch_size, "batch_size")
+    num_chains = validation.check_positive_int(num_chains, "num_chains")
+    num_draws = validation.check_positive_int(num_draws, "num_draws", minimum=8)
     if num_chains < 2:
         raise ValueError(f"num_chains={num_chains}: calibration compares chains (R-hat); use num_chains >= 2.")
     burnin_fraction = _check_fraction(burnin_fraction, "burnin_fraction", -1e-12, 0.9)
     mala_threshold = _check_fraction(mala_threshold, "mala_threshold", 0.0, 1.0)
     bias_tolerance = _check_fraction(bias_tolerance, "bias_tolerance", 0.0, 1.0)
     nbetas = [sampler_lib.default_nbeta(n)] if nbetas is None else nbetas
-    nbetas = sampler_lib._check_scalar_grid(nbetas, "nbetas", allow_zero=False, fix="The LLC needs nbeta > 0; the default is n / log n.")
-    localizations = sampler_lib._check_scalar_grid(localizations, "localizations", allow_zero=True, fix="Typical values are 1 to 1000.")
+    nbetas = validation.check_scalar_grid(nbetas, "nbetas", allow_zero=False, fix="The LLC needs nbeta > 0; the default is n / log n.")
+    localizations = validation.check_scalar_grid(localizations, "localizations", allow_zero=True, fix="Typical values are 1 to 1000.")
     target_nbeta = sampler_lib.default_nbeta(n) if target_nbeta is None else float(target_nbeta)
     if step_sizes is not None:
-        step_sizes = np.sort(sampler_lib._check_scalar_grid(step_sizes, "step_sizes", allow_zero=False, fix="Or pass None for an automatic grid."))
+        step_sizes = np.sort(validation.check_scalar_grid(step_sizes, "step_sizes", allow_zero=False, fix="Or pass None for an automatic grid."))
     if loss_estimator not in ("paired", "minibatch"):
         raise ValueError(f"loss_estimator={loss_estimator!r}; use 'paired' or 'minibatch'.")
-    key = sampler_lib.as_key(key)
+    key = validation.as_key(key)
 
     rows = []
     for nbeta, localization in itertools.product(np.atleast_1d(nbetas), np.atleast_1d(localizations)):
@@ -378,7 +379,7 @@ def calibrate(
     if max_configs_per_run is None:
         num_parameters = sum(int(np.size(p)) for p in jax.tree.leaves(params))
         max_configs_per_run = max(1, 2**30 // (16 * num_chains * num_parameters))
-    max_configs_per_run = sampler_lib._check_positive_int(max_configs_per_run, "max_configs_per_run")
+    max_configs_per_run = validation.check_positive_int(max_configs_per_run, "max_configs_per_run")
 
     init_loss = kwargs.pop("init_loss", None)
     if init_loss is None:
@@ -552,7 +553,7 @@ def auto_step_size(
     the choice does not select on the main run's noise). Warns when ``num_burnin`` is shorter than
     the burn-in the chosen step size needs (``recommended_settings["num_burnin"]``).
     """
-    calibration_key = jax.random.fold_in(sampler_lib.as_key(key), 0x5EED)
+    calibration_key = jax.random.fold_in(validation.as_key(key), 0x5EED)
     result = calibrate(
         loss_fn, params, data, key=calibration_key, batch_size=batch_size, nbetas=None if nbeta is None else [nbeta],
         localizations=[localization], num_chains=max(int(num_chains), 2), num_draws=int(np.clip(num_steps, 500, 2000)),

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import jax
 import numpy as np
 
+from slt_jax import validation
 from slt_jax import llc as llc_lib
 from slt_jax import sampler as sampler_lib
 from slt_jax.llc import LLCResult
@@ -148,10 +149,10 @@ def estimate_llc_per_component(
     for name in ("mask", "masks"):
         if name in kwargs:
             raise ValueError(f"{name}= is not an argument of estimate_llc_per_component; put every mask in components.")
-    n = sampler_lib._check_data(data)
-    sampler_lib._check_params(params)
-    num_chains = sampler_lib._check_positive_int(num_chains, "num_chains")
-    batch_size = sampler_lib._check_positive_int(batch_size, "batch_size")
+    n = validation.check_data(data)
+    validation.check_params(params)
+    num_chains = validation.check_positive_int(num_chains, "num_chains")
+    batch_size = validation.check_positive_int(batch_size, "batch_size")
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} is larger than the dataset (n={n}); use batch_size <= {n}.")
     if nbeta is None:
@@ -168,7 +169,7 @@ def estimate_llc_per_component(
     names = [str(name) for name in components]
     masks = []
     for name, mask in components.items():
-        checked = sampler_lib._check_masks(mask, params, None, name=f"components[{name!r}]")
+        checked = validation.check_masks(mask, params, None, name=f"components[{name!r}]")
         masks.append([np.asarray(m) for m in jax.tree.leaves(checked)])
     if num_chains < 2:
         warnings.warn("num_chains=1: llc_std and R-hat need at least 2 chains and will be NaN.", stacklevel=2)
@@ -178,7 +179,7 @@ def estimate_llc_per_component(
         per_component = num_chains * num_parameters * 4 * _COPIES_PER_CHAIN
         components_per_run = max(1, min(num_components, _RUN_BUDGET_BYTES // max(1, per_component)))
     else:
-        components_per_run = min(sampler_lib._check_positive_int(components_per_run, "components_per_run"), num_components)
+        components_per_run = min(validation.check_positive_int(components_per_run, "components_per_run"), num_components)
     init_loss = kwargs.pop("init_loss", None)
     if init_loss is None:
         init_loss = float(sampler_lib.full_data_loss(loss_fn, params, data, batch_size))

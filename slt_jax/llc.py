@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 from numpyro import diagnostics
 
+from slt_jax import validation
 from slt_jax import sampler as sampler_lib
 from slt_jax.sampler import ChainsOutput, DivergenceError
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
@@ -202,7 +203,7 @@ def estimate_llc(
     """
     if nbeta is not None and (np.ndim(nbeta) != 0 or not np.isfinite(nbeta) or nbeta <= 0):
         raise ValueError(f"nbeta={nbeta!r} must be a finite number > 0 for an LLC (None uses n / log n).")
-    if sampler_lib._check_positive_int(num_chains, "num_chains") < 2:
+    if validation.check_positive_int(num_chains, "num_chains") < 2:
         warnings.warn("num_chains=1: llc_std and R-hat need at least 2 chains and will be NaN.", stacklevel=2)
     kwargs.update(loss_estimator_options(loss_estimator))
     calibration = None

@@ -23,13 +23,12 @@ Design (STYLE.md habits 1-2):
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import math
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +36,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from slt_jax import kernels
+from slt_jax import kernels, program, validation
+from slt_jax.program import Accumulator, compile_count
+from slt_jax.validation import as_key
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
-from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PRNGKey, PyTree
+from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
 __all__ = [
     "Accumulator",
@@ -72,32 +73,6 @@ class DivergenceError(RuntimeError):
     def __init__(self, message: str, result: Any = None):
         super().__init__(message)
         self.result = result
-
-
-class Accumulator(NamedTuple):
-    """An on-device streaming statistic of per-draw observables (carried in the scan).
-
-    Attributes:
-        init: ``init(example_values) -> state`` where ``example_values`` is one draw's observables.
-        update: ``update(state, values) -> state``, called once per draw, per chain.
-    """
-
-    init: Callable[[PyTree], PyTree]
-    update: Callable[[PyTree, PyTree], PyTree]
-
-
-class _Carry(NamedTuple):
-    state: SGLDState
-    accumulator: PyTree
-    diverged_at: Array  # int32, first step whose loss was non-finite, -1 if none
-
-
-class _DrawRecord(NamedTuple):
-    info: SGLDInfo
-    mala_acceptance: Array
-    full_loss: Array
-    center_loss: Array
-    observed: PyTree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +126,7 @@ class ChainsOutput:
 
 def default_nbeta(n: int) -> float:
     """Watanabe's nβ* = n / log n (β* = 1/log n), the library default."""
-    n = _check_positive_int(n, "n")
+    n = validation.check_positive_int(n, "n")
     if n < 2:
         raise ValueError(f"n={n}: default_nbeta needs n >= 2 (log 1 = 0); pass nbeta explicitly.")
     return n / math.log(n)
@@ -159,177 +134,16 @@ def default_nbeta(n: int) -> float:
 
 def batch_nbeta(batch_size: int) -> float:
     """The batch-size variant B / log B (devinterp 1.x's default). Never picked silently."""
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    batch_size = validation.check_positive_int(batch_size, "batch_size")
     if batch_size < 2:
         raise ValueError(f"batch_size={batch_size}: batch_nbeta needs batch_size >= 2.")
     return batch_size / math.log(batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
-# validation (all in Python, before anything compiles)
-
-
-def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"{name}={value} must be >= {minimum}.")
-    return int(value)
-
-
-def _check_scalar_grid(value, name: str, *, allow_zero: bool, fix: str) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number (or a 1-D array of numbers for a grid), got {value!r}.") from None
-    if array.ndim > 1:
-        raise ValueError(f"{name} must be a scalar or a 1-D grid, got shape {array.shape}.")
-    bad = ~np.isfinite(array) | (array < 0) | ((array == 0) & (not allow_zero))
-    if np.any(bad):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}={value!r} must be finite and {bound}. {fix}")
-    return array
-
-
-def as_key(key: KeyLike) -> PRNGKey:
-    """Accepts an int seed, a typed key (``jax.random.key``) or a raw uint32[2] key."""
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        return jax.random.key(int(key))
-    if isinstance(key, jax.Array):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-            if key.shape != ():
-                raise ValueError(f"key must be a single PRNG key, got a batch of shape {key.shape}.")
-            return key
-        if key.dtype == jnp.uint32 and key.shape == (2,):
-            return jax.random.wrap_key_data(key)
-    raise TypeError(f"key must be an int seed or a JAX PRNG key (jax.random.key(0)), got {key!r}.")
-
-
-def _check_data(data: Batch) -> int:
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError("data is empty: pass a pytree of arrays sharing a leading axis n.")
-    lengths = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(data)[0]:
-        shape = np.shape(leaf)
-        name = jax.tree_util.keystr(path) or "data"
-        if len(shape) == 0:
-            raise ValueError(f"data{name} is a scalar; every data array needs a leading example axis n.")
-        lengths[name] = shape[0]
-        if np.issubdtype(np.asarray(leaf).dtype, np.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
-            raise ValueError(f"data{name} contains NaN or inf values; clean or drop those examples first.")
-    if len(set(lengths.values())) != 1:
-        raise ValueError(
-            f"data arrays have different lengths along axis 0: {lengths}. Every leaf of data must share "
-            "the leading example axis n."
-        )
-    n = next(iter(lengths.values()))
-    if n < 1:
-        raise ValueError("data has zero examples.")
-    return n
-
-
-def _check_params(params: Params) -> None:
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    if not leaves:
-        raise ValueError("params is empty: pass the pytree of parameter arrays at w*.")
-    for path, leaf in leaves:
-        array = np.asarray(leaf)
-        if not np.issubdtype(array.dtype, np.floating):
-            raise TypeError(
-                f"params{jax.tree_util.keystr(path)} has dtype {array.dtype}; SGLD needs floating-point "
-                "parameters (split integer state out of params)."
-            )
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"params{jax.tree_util.keystr(path)} contains NaN or inf; w* must be finite.")
-
-
-def _check_masks(masks: Mask | None, params: Params, num_configs: int | None, name: str = "mask") -> Mask | None:
-    """Validates a mask (``num_configs=None``) or a stack of masks and broadcasts leaves to full shape."""
-    if masks is None:
-        return None
-    if callable(masks):
-        masks = masks(params)
-    params_structure = jax.tree.structure(params)
-    try:
-        mask_structure = jax.tree.structure(masks)
-    except Exception:  # pragma: no cover - defensive
-        mask_structure = None
-    if mask_structure != params_structure:
-        raise ValueError(
-            f"{name} must be a bool pytree with the same structure as params.\n  params: {params_structure}\n"
-            f"  {name}:   {mask_structure}\nBuild it with jax.tree.map(lambda p: <bool or bool array>, params) "
-            "or slt_jax.component_mask."
-        )
-    out = []
-    for (path, leaf), param in zip(jax.tree_util.tree_flatten_with_path(masks)[0], jax.tree.leaves(params)):
-        array = np.asarray(leaf)
-        where = f"{name}{jax.tree_util.keystr(path)}"
-        if array.dtype != np.bool_:
-            raise TypeError(f"{where} has dtype {array.dtype}; masks are bool (True = sampled).")
-        param_shape = np.shape(param)
-        lead = () if num_configs is None else (num_configs,)
-        if num_configs is not None and (array.ndim == 0 or array.shape[0] != num_configs):
-            raise ValueError(f"{where}: a stack of {num_configs} masks needs a leading axis of {num_configs}, got shape {array.shape}.")
-        inner = array.shape[len(lead):]
-        if inner not in ((), param_shape):
-            raise ValueError(
-                f"{where} has shape {inner} but the parameter has shape {param_shape}; a mask leaf is a "
-                "scalar bool or an array of the parameter's shape."
-            )
-        if inner == ():
-            array = array.reshape(lead + (1,) * len(param_shape))
-        out.append(np.broadcast_to(array, lead + param_shape))
-    mask_arrays = jax.tree.unflatten(params_structure, [jnp.asarray(m) for m in out])
-    if not any(bool(np.any(m)) for m in out):
-        raise ValueError(f"{name} selects no coordinate at all; at least one parameter must be sampled.")
-    return mask_arrays
-
-
-def _check_loss_fn(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> None:
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {loss_fn!r}.")
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size,) + np.shape(x)[1:], np.asarray(x).dtype), data)
-    try:
-        out = jax.eval_shape(loss_fn, params, batch)
-    except Exception as error:
-        raise ValueError(f"loss_fn(params, batch) failed on a batch of {batch_size} examples: {error}") from error
-    if not isinstance(out, jax.ShapeDtypeStruct):
-        raise ValueError(f"loss_fn must return one array of losses, got a {type(out).__name__}: {out}.")
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        raise TypeError(f"loss_fn must return floating losses, got dtype {out.dtype}.")
-    if out.shape != () and out.shape[0] != batch_size:
-        raise ValueError(
-            f"loss_fn returned shape {out.shape} for a batch of {batch_size}; it must return per-example "
-            f"losses of shape ({batch_size},) (or ({batch_size}, seq) per token), or a scalar mean."
-        )
-
-
-# ---------------------------------------------------------------------------------------------
 # full-data loss
 
 
-def _tree_take(data: Batch, indices: Array) -> Batch:
-    # Indices are drawn in [0, n); "clip" skips the fill-mode bounds masking (measured ~40% faster).
-    return jax.tree.map(lambda x: jnp.take(x, indices, axis=0, mode="clip"), data)
-
-
-def _batched_mean(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> Array:
-    n = jax.tree.leaves(data)[0].shape[0]
-    num_full = n // batch_size
-    remainder = n - num_full * batch_size
-    total = jnp.zeros((), jnp.float32)
-    if num_full:
-        head = jax.tree.map(lambda x: x[: num_full * batch_size].reshape((num_full, batch_size) + x.shape[1:]), data)
-        means = jax.lax.map(lambda b: kernels.mean_loss(loss_fn, params, b), head)
-        total = total + jnp.sum(means) * batch_size
-    if remainder:
-        tail = jax.tree.map(lambda x: x[num_full * batch_size :], data)
-        total = total + kernels.mean_loss(loss_fn, params, tail) * remainder
-    return total / n
-
-
-_batched_mean_jit = jax.jit(_batched_mean, static_argnums=(0, 3))
 
 
 def full_data_loss(loss_fn: LossFn, params: Params, data: Batch, batch_size: int | None = None) -> Array:
@@ -337,207 +151,9 @@ def full_data_loss(loss_fn: LossFn, params: Params, data: Batch, batch_size: int
 
     Every example (and token) carries equal weight; a last partial batch is weighted by its size.
     """
-    n = _check_data(data)
-    batch_size = n if batch_size is None else min(_check_positive_int(batch_size, "batch_size"), n)
-    return _batched_mean_jit(loss_fn, params, data, batch_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# the compiled chunk
-
-
-def _chain_chunk(
-    carry: _Carry,
-    chain_key: PRNGKey,
-    data: Batch,
-    center: Params,
-    hyper: Hyperparameters,
-    mask: Mask | None,
-    step_offset: Array,
-    draw_offset: Array,
-    observe_data: PyTree,
-    *,
-    loss_fn: LossFn,
-    preconditioner: Preconditioner,
-    batch_size: int,
-    num_draws: int,
-    steps_per_draw: int,
-    observe: Callable | None,
-    accumulator: Accumulator | None,
-    keep_traces: bool,
-    full_loss_every: int,
-    full_loss_batch_size: int,
-    mala_every: int,
-    center_loss: bool,
-    bulk_noise: bool,
-):
-    """Runs ``num_draws * steps_per_draw`` steps of ONE chain; vmapped twice by the caller."""
-    n = jax.tree.leaves(data)[0].shape[0]
-    num_steps = num_draws * steps_per_draw
-    noise_key, batch_key = jax.random.split(chain_key)
-    steps = step_offset + jnp.arange(num_steps, dtype=jnp.int32)
-    position = carry.state.position
-
-    # Bulk randomness for the whole chunk, keyed per step (see module docstring).
-    if bulk_noise:
-        noise = jax.vmap(lambda t: kernels.tree_normal(jax.random.fold_in(noise_key, t), position))(steps)
-    else:
-        noise = None  # drawn inside the step from the same per-step key (see _BULK_NOISE_MAX_PARAMETERS)
-    if batch_size == n:
-        indices = jnp.zeros((num_steps, 0), jnp.int32)  # full batch: every step sees all the data
-    else:
-        indices = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(batch_key, t), (batch_size,), 0, n))(steps)
-    reshape = lambda x: x.reshape((num_draws, steps_per_draw) + x.shape[1:])
-    noise = jax.tree.map(reshape, noise)
-    indices = reshape(indices)
-    steps = reshape(steps)
-
-    value_and_grad = jax.value_and_grad(lambda p, b: kernels.mean_loss(loss_fn, p, b))
-
-    def one_step(state, diverged_at, step_noise, step_indices, step):
-        if step_noise is None:
-            step_noise = kernels.tree_normal(jax.random.fold_in(noise_key, step), state.position)
-        batch = data if batch_size == n else _tree_take(data, step_indices)
-        loss, grad = value_and_grad(state.position, batch)
-        new_state, info = kernels.sgld_update(state, loss, grad, step_noise, center, hyper, mask, preconditioner)
-        diverged_at = jnp.where((diverged_at < 0) & ~jnp.isfinite(loss), step, diverged_at)
-        return new_state, info, diverged_at, batch, grad
-
-    def mala(state, new_state, info, batch, grad):
-        step_sizes, _ = kernels._step_sizes(preconditioner, state.second_moment, grad, state.count, hyper.step_size)
-        step_sizes = kernels._per_leaf(step_sizes, state.position)
-        potential_grad = lambda p, g: jax.tree.map(
-            lambda gi, w, c: hyper.nbeta * gi + hyper.localization * (w - c) + hyper.weight_decay * w, g, p, center
-        )
-        proposal = new_state.position
-        proposal_loss, proposal_grad = value_and_grad(proposal, batch)
-        log_accept = kernels.mala_log_acceptance(
-            state.position,
-            kernels.potential(info.loss, state.position, center, hyper, mask),
-            potential_grad(state.position, grad),
-            proposal,
-            kernels.potential(proposal_loss, proposal, center, hyper, mask),
-            potential_grad(proposal, proposal_grad),
-            step_sizes,
-            mask,
-        )
-        return jnp.exp(log_accept)
-
-    def draw(carry: _Carry, xs):
-        draw_noise, draw_indices, draw_steps, draw_index = xs
-        state = carry.state
-        first_noise = jax.tree.map(lambda x: x[0], draw_noise)
-        new_state, info, diverged_at, batch, grad = one_step(
-            state, carry.diverged_at, first_noise, draw_indices[0], draw_steps[0]
-        )
-        nan = jnp.full((), jnp.nan, jnp.float32)
-        if mala_every:
-            acceptance = jax.lax.cond(
-                draw_index % mala_every == 0,
-                lambda: mala(state, new_state, info, batch, grad).astype(jnp.float32),
-                lambda: nan,
-            )
-        else:
-            acceptance = nan
-        if full_loss_every:
-            full_loss = jax.lax.cond(
-                draw_index % full_loss_every == 0,
-                lambda: _batched_mean(loss_fn, state.position, data, full_loss_batch_size).astype(jnp.float32),
-                lambda: nan,
-            )
-        else:
-            full_loss = nan
-        observe_args = () if observe_data is None else (observe_data, batch)
-        if center_loss:
-            at_center = kernels.mean_loss(loss_fn, center, batch).astype(jnp.float32)
-        else:
-            at_center = nan
-        observed = observe(state.position, info, *observe_args) if observe is not None else None
-        acc = carry.accumulator
-        if accumulator is not None:
-            acc = accumulator.update(acc, observed)
-
-        def inner(inner_carry, inner_xs):
-            inner_state, inner_diverged = inner_carry
-            step_noise, step_indices, step = inner_xs
-            inner_state, _, inner_diverged, _, _ = one_step(inner_state, inner_diverged, step_noise, step_indices, step)
-            return (inner_state, inner_diverged), None
-
-        if steps_per_draw > 1:
-            rest = (jax.tree.map(lambda x: x[1:], draw_noise), draw_indices[1:], draw_steps[1:])
-            (new_state, diverged_at), _ = jax.lax.scan(inner, (new_state, diverged_at), rest)
-        record = _DrawRecord(info, acceptance, full_loss, at_center, observed if keep_traces else None)
-        return _Carry(new_state, acc, diverged_at), record
-
-    draw_indices = draw_offset + jnp.arange(num_draws, dtype=jnp.int32)
-    return jax.lax.scan(draw, carry, (noise, indices, steps, draw_indices))
-
-
-_STATIC = (
-    "loss_fn",
-    "preconditioner",
-    "batch_size",
-    "num_draws",
-    "steps_per_draw",
-    "observe",
-    "accumulator",
-    "keep_traces",
-    "full_loss_every",
-    "full_loss_batch_size",
-    "mala_every",
-    "center_loss",
-    "bulk_noise",
-    "masked",
-)
-
-_COMPILE_COUNT = [0]
-# Executables by signature, least recently used first; bounded so that notebooks redefining their
-# loss functions do not accumulate executables without limit.
-_COMPILED: collections.OrderedDict = collections.OrderedDict()
-_MAX_COMPILED = 64
-
-
-def compile_count() -> int:
-    """How many times the sampler's chunk program has been compiled in this process."""
-    return _COMPILE_COUNT[0]
-
-
-def _chunk(carry, chain_keys, data, center, hyper, masks, step_offset, draw_offset, observe_data, **static):
-    masked = static.pop("masked")
-    per_chain = jax.vmap(
-        lambda c, k, h, m: _chain_chunk(c, k, data, center, h, m, step_offset, draw_offset, observe_data, **static),
-        in_axes=(0, 0, None, None),
-    )
-    per_config = jax.vmap(per_chain, in_axes=(0, None, 0, 0 if masked else None))
-    return per_config(carry, chain_keys, hyper, masks)
-
-
-_chunk_jit = jax.jit(_chunk, static_argnames=_STATIC, donate_argnums=(0,))
-
-
-def _signature(args, static) -> tuple:
-    leaves, treedef = jax.tree.flatten(args)
-    shapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x))), str(getattr(x, "sharding", None))) for x in leaves)
-    return (treedef, shapes, tuple(sorted(static.items(), key=lambda kv: kv[0])))
-
-
-def _compiled_chunk(args, static) -> tuple[Callable, float]:
-    """AOT-compiles the chunk program once per signature; returns (executable, seconds spent)."""
-    signature = _signature(args, static)
-    if signature in _COMPILED:
-        _COMPILED.move_to_end(signature)
-        return _COMPILED[signature], 0.0
-    start = time.perf_counter()
-    # The non-partitionable threefry layout generates the same-quality bits about 2x faster on CPU;
-    # the noise is drawn per chain (the sharded axis is the vmapped key axis), so nothing needs the
-    # partitionable layout, and the stream is fixed by this choice, not by the device count.
-    with jax.threefry_partitionable(False):
-        executable = _chunk_jit.lower(*args, **static).compile()
-    _COMPILE_COUNT[0] += 1
-    _COMPILED[signature] = executable
-    while len(_COMPILED) > _MAX_COMPILED:
-        _COMPILED.popitem(last=False)
-    return executable, time.perf_counter() - start
+    n = validation.check_data(data)
+    batch_size = n if batch_size is None else min(validation.check_positive_int(batch_size, "batch_size"), n)
+    return program.batched_mean_jit(loss_fn, params, data, batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -649,25 +265,25 @@ def run_chains(
         A ``ChainsOutput`` with leading axes ``(G, num_chains)``.
     """
     # ---- validation, all before compiling anything
-    n = _check_data(data)
-    _check_params(params)
-    num_chains = _check_positive_int(num_chains, "num_chains")
-    num_draws = _check_positive_int(num_draws, "num_draws")
-    num_burnin = _check_positive_int(num_burnin, "num_burnin", minimum=0)
-    num_steps_between_draws = _check_positive_int(num_steps_between_draws, "num_steps_between_draws")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    n = validation.check_data(data)
+    validation.check_params(params)
+    num_chains = validation.check_positive_int(num_chains, "num_chains")
+    num_draws = validation.check_positive_int(num_draws, "num_draws")
+    num_burnin = validation.check_positive_int(num_burnin, "num_burnin", minimum=0)
+    num_steps_between_draws = validation.check_positive_int(num_steps_between_draws, "num_steps_between_draws")
+    batch_size = validation.check_positive_int(batch_size, "batch_size")
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} is larger than the dataset (n={n}); use batch_size <= {n}.")
-    full_loss_every = _check_positive_int(full_loss_every, "full_loss_every", minimum=0)
-    mala_every = _check_positive_int(mala_every, "mala_every", minimum=0)
+    full_loss_every = validation.check_positive_int(full_loss_every, "full_loss_every", minimum=0)
+    mala_every = validation.check_positive_int(mala_every, "mala_every", minimum=0)
     if chunk_draws is not None:
-        chunk_draws = _check_positive_int(chunk_draws, "chunk_draws")
+        chunk_draws = validation.check_positive_int(chunk_draws, "chunk_draws")
     preconditioner = kernels.get_preconditioner(sampler)
     grids = {
-        "step_size": _check_scalar_grid(step_size, "step_size", allow_zero=False, fix="Try step_size=1e-4 and calibrate (see README)."),
-        "nbeta": _check_scalar_grid(nbeta, "nbeta", allow_zero=True, fix="The default is n / log n (slt_jax.default_nbeta)."),
-        "localization": _check_scalar_grid(localization, "localization", allow_zero=True, fix="Typical values are 1 to 1000."),
-        "weight_decay": _check_scalar_grid(weight_decay, "weight_decay", allow_zero=True, fix="Use 0 for none."),
+        "step_size": validation.check_scalar_grid(step_size, "step_size", allow_zero=False, fix="Try step_size=1e-4 and calibrate (see README)."),
+        "nbeta": validation.check_scalar_grid(nbeta, "nbeta", allow_zero=True, fix="The default is n / log n (slt_jax.default_nbeta)."),
+        "localization": validation.check_scalar_grid(localization, "localization", allow_zero=True, fix="Typical values are 1 to 1000."),
+        "weight_decay": validation.check_scalar_grid(weight_decay, "weight_decay", allow_zero=True, fix="Use 0 for none."),
     }
     lengths = {len(v) for v in grids.values() if v.ndim == 1}
     if len(lengths) > 1:
@@ -686,11 +302,11 @@ def run_chains(
         if num_configs is not None and num_configs != num_mask_configs:
             raise ValueError(f"masks stack {num_mask_configs} masks but the hyperparameter grids have length {num_configs}.")
         num_configs = num_mask_configs
-        masks = _check_masks(masks, params, num_configs, name="masks")
+        masks = validation.check_masks(masks, params, num_configs, name="masks")
     else:
-        masks = _check_masks(masks, params, None, name="mask")
+        masks = validation.check_masks(masks, params, None, name="mask")
     num_configs = num_configs or 1
-    _check_loss_fn(loss_fn, params, data, batch_size)
+    validation.check_loss_fn(loss_fn, params, data, batch_size)
     if observe_data is not None and observe is None:
         raise ValueError("observe_data was given without observe; pass observe(position, info, observe_data, batch).")
 
@@ -723,7 +339,7 @@ def run_chains(
         acc = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_configs, num_chains) + jnp.shape(x)), acc_single)
     else:
         acc = None
-    carry = _Carry(state, acc, jnp.full((num_configs, num_chains), -1, jnp.int32))
+    carry = program.Carry(state, acc, jnp.full((num_configs, num_chains), -1, jnp.int32))
     carry = jax.tree.map(jnp.array, carry)  # own buffers (the chunk program donates its carry)
 
     sharding = _chain_sharding(num_chains)
@@ -756,7 +372,7 @@ def run_chains(
     schedule += [(length, num_steps_between_draws, True) for length in _chunk_lengths(num_draws, num_steps_between_draws, per_step_bytes, chunk_draws)]
     total_steps = num_burnin + num_draws * num_steps_between_draws
 
-    records: list[_DrawRecord] = []
+    records: list[program.DrawRecord] = []
     compile_seconds = 0.0
     sampling_seconds = 0.0
     step_offset = 0
@@ -795,7 +411,7 @@ def run_chains(
                 jnp.asarray(draw_offset if recorded else 0, jnp.int32),
                 observe_data if recorded else None,
             )
-            executable, seconds = _compiled_chunk(args, chunk_static)
+            executable, seconds = program.compiled_chunk(args, chunk_static)
             compile_seconds += seconds
             start = time.perf_counter()
             new_carry, record = executable(*args)
@@ -861,7 +477,7 @@ def _open_checkpoint(directory, carry, params, data, masks, observe_data, chain_
         example_args = () if observe_data is None else (observe_data, example_batch)
         observed = jax.eval_shape(static["observe"], params, example_info, *example_args)
     zero = np.zeros(())
-    record_like = _DrawRecord(SGLDInfo(*(zero for _ in SGLDInfo._fields)), zero, zero, zero, observed)
+    record_like = program.DrawRecord(SGLDInfo(*(zero for _ in SGLDInfo._fields)), zero, zero, zero, observed)
     settings = dict(
         {k: v for k, v in static.items() if k != "preconditioner"},
         preconditioner=static["preconditioner"]._asdict(),
@@ -930,7 +546,7 @@ def sample(
         if value is not None and np.ndim(value) != 0:
             raise ValueError(f"{name} must be a scalar in sample(); use run_chains for grids.")
     if nbeta is None:
-        nbeta = default_nbeta(_check_data(data))
+        nbeta = default_nbeta(validation.check_data(data))
     out = run_chains(loss_fn, params, data, key=key, step_size=step_size, nbeta=nbeta, localization=localization, masks=mask, **kwargs)
     squeeze = lambda x: x[0] if x is not None else None
     fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from slt_jax import program, validation
 from slt_jax import kernels
 from slt_jax import sampler as sampler_lib
 from slt_jax.sampler import Accumulator
@@ -201,7 +202,7 @@ def _check_probes(loss_fn: LossFn, params: Params, probes, per_token: bool, name
         if not isinstance(probe_name, str):
             raise TypeError(f"{name}: probe names must be strings, got {probe_name!r}.")
         try:
-            num_examples = sampler_lib._check_data(probe)
+            num_examples = validation.check_data(probe)
         except ValueError as error:
             raise ValueError(f"{name}[{probe_name!r}]: {error}") from None
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), probe)
@@ -260,7 +261,7 @@ def _build(loss_fn, functions, centering, per_token, probe_batch_size, full_batc
         losses = probe_losses(loss_fn, position, observe_data["probes"], per_token=per_token, probe_batch_size=probe_batch_size)
         if centering == "full":
             # L_n(w) at the draw: exact, no minibatch noise in either factor of the covariance.
-            loss = sampler_lib._batched_mean(loss_fn, position, observe_data["data"], full_batch_size)
+            loss = program.batched_mean(loss_fn, position, observe_data["data"], full_batch_size)
             phi = loss - observe_data["init_loss"]
             center = loss
         else:
@@ -345,9 +346,9 @@ def observables(
     if centering not in CENTERINGS:
         raise ValueError(f"centering={centering!r}; use 'full' (exact L_n(w), one data pass per draw) or 'probe'.")
     if probe_batch_size is not None:
-        probe_batch_size = sampler_lib._check_positive_int(probe_batch_size, "probe_batch_size")
-    n = sampler_lib._check_data(data)
-    full_batch_size = n if full_batch_size is None else min(sampler_lib._check_positive_int(full_batch_size, "full_batch_size"), n)
+        probe_batch_size = validation.check_positive_int(probe_batch_size, "probe_batch_size")
+    n = validation.check_data(data)
+    full_batch_size = n if full_batch_size is None else min(validation.check_positive_int(full_batch_size, "full_batch_size"), n)
     labels = _check_probes(loss_fn, params, probes, per_token)
     items = _check_functions(functions, params)
     observe, accumulator = _build(loss_fn, items, centering, bool(per_token), probe_batch_size, full_batch_size)

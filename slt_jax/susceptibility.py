@@ -48,6 +48,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from slt_jax import validation
 from slt_jax import llc as llc_lib
 from slt_jax import sampler as sampler_lib
 from slt_jax import stats
@@ -223,7 +224,7 @@ def stack_masks(components: Mapping[str, Mask | Callable | None], params: Params
     for name, mask in components.items():
         if mask is None:
             mask = jax.tree.map(lambda _: np.asarray(True), params)
-        checked = sampler_lib._check_masks(mask, params, None, name=f"components[{name!r}]")
+        checked = validation.check_masks(mask, params, None, name=f"components[{name!r}]")
         names.append(str(name))
         stacked.append(jax.tree.map(np.asarray, checked))
     return names, jax.tree.map(lambda *leaves: np.stack(leaves), *stacked)
@@ -313,11 +314,11 @@ def estimate_susceptibilities(
     for name, value in (("step_size", step_size), ("nbeta", nbeta), ("localization", localization)):
         if value is not None and np.ndim(value) != 0:
             raise ValueError(f"{name} must be a scalar; components (not hyperparameter grids) are vmapped here.")
-    if sampler_lib._check_positive_int(num_draws, "num_draws") < 2:
+    if validation.check_positive_int(num_draws, "num_draws") < 2:
         raise ValueError(f"num_draws={num_draws}: a covariance needs at least 2 draws per chain (use hundreds).")
-    if sampler_lib._check_positive_int(num_chains, "num_chains") < 2:
+    if validation.check_positive_int(num_chains, "num_chains") < 2:
         warnings.warn("num_chains=1: stderr needs at least 2 chains and will be NaN.", stacklevel=2)
-    n = sampler_lib._check_data(data)
+    n = validation.check_data(data)
     components = dict(components or {})
     if include_full and "full" not in components:
         components = {"full": None, **components}

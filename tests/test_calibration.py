@@ -2,7 +2,6 @@
 MALA acceptance against a direct computation, and step_size="auto" on a deep linear network."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
