@@ -25,7 +25,7 @@ import numpy as np
 from slt_jax import validation
 from slt_jax import sampler as sampler_lib
 from slt_jax import stats
-from slt_jax.llc import report_divergence
+from slt_jax.traces import report_divergence
 from slt_jax.sampler import ChainsOutput
 from slt_jax.stats import ProbeLabels
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
@@ -208,3 +208,7 @@ def estimate_bif(
         diverged=diverged,
         chains=chains,
     )
+
+
+def estimate_bif_over_checkpoints(*args, **kwargs):  # TODO(helper B): implement
+    raise NotImplementedError

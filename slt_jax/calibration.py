@@ -53,7 +53,7 @@ from jax.flatten_util import ravel_pytree
 
 from slt_jax import validation
 from slt_jax import diagnostics, kernels
-from slt_jax import llc as llc_lib
+from slt_jax import traces
 from slt_jax import sampler as sampler_lib
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 

@@ -1,27 +1,36 @@
-"""The local learning coefficient estimator (SCIENCE.md §2).
+"""The local learning coefficient (docs/conventions.md §2): one w*, or checkpoints x components.
 
-Per chain c, with the draws' minibatch losses L_{c,d}:
+Per chain c, with the draws' losses L_{c,d} (see ``slt_jax.traces`` for the loss estimators):
 
     λ̂_c = nβ · (mean_d L_{c,d} - L_n(w*))
 
 ``llc_mean`` / ``llc_std`` (ddof=1) are over the chains that did not diverge. A diverged chain (its
 loss went non-finite) is reported by index, excluded, and warned about with the fix.
+
+``estimate_llc`` estimates one LLC (of the whole model, or restricted to a component).
+``estimate_llc_table`` estimates a table over checkpoints x components in as few compiled programs
+as the components' layouts allow (``slt_jax.sampler``): the checkpoints of a training run are
+configurations with different centres, each with its own L_n(w*).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-from numpyro import diagnostics
 
-from slt_jax import validation
-from slt_jax import sampler as sampler_lib
-from slt_jax.sampler import ChainsOutput, DivergenceError
+from slt_jax import calibration, diagnostics, traces
+from slt_jax.config import SamplerConfig
+from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
-__all__ = ["LLCResult", "estimate_llc", "llc_from_chains", "divergence_message"]
+__all__ = ["LLCResult", "LLCTable", "estimate_llc", "estimate_llc_table", "llc_result"]
+
+# Rows of a table with fewer effective draws or a larger R-hat than these are flagged.
+MIN_ESS = 100.0
+MAX_RHAT = 1.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,14 +42,14 @@ class LLCResult:
         llc_std: sample std (ddof=1) over non-diverged chains (NaN with one chain).
         llc_per_chain: ``(num_chains,)``; NaN for diverged chains.
         llc_trace: ``(num_chains, num_draws)`` running mean over draws of nβ(L - L*).
-        loss_trace: ``(num_chains, num_draws)`` the loss entering λ̂ at each draw (the minibatch
-            loss by default; see ``loss_estimator``).
+        loss_trace: ``(num_chains, num_draws)`` the loss entering λ̂ at each draw.
         init_loss: L_n(w*), full-data mean loss at w*.
         nbeta: nβ used.
         ess: effective sample size of the loss trace (numpyro), over non-diverged chains.
         rhat: split R-hat of the loss trace (numpyro); NaN with one chain.
         diverged: ``(num_chains,)`` bool.
-        chains: the raw ``ChainsOutput`` (diagnostic traces, settings, timings).
+        loss_estimator: which loss entered λ̂ (``slt_jax.traces``).
+        chains: the raw ``ChainsOutput`` of this one configuration (leading axis 1).
     """
 
     llc_mean: float
@@ -53,16 +62,22 @@ class LLCResult:
     ess: float
     rhat: float
     diverged: np.ndarray
+    loss_estimator: str
     chains: ChainsOutput
 
     @property
-    def settings(self) -> dict:
-        return self.chains.settings
+    def config(self) -> SamplerConfig:
+        """The ``SamplerConfig`` the chains ran with."""
+        return self.chains.config
 
-    def summary(self, **kwargs):
+    @property
+    def stderr(self) -> float:
+        """Standard error of ``llc_mean`` from the spread of the independent chains."""
+        good = np.isfinite(self.llc_per_chain)
+        return float(self.llc_std / np.sqrt(good.sum())) if good.sum() >= 2 else float("nan")
+
+    def summary(self, **kwargs) -> diagnostics.HealthReport:
         """Health summary naming what looks wrong and what to change (``slt_jax.diagnostics.summary``)."""
-        from slt_jax import diagnostics
-
         return diagnostics.summary(self, **kwargs)
 
     def __repr__(self) -> str:
@@ -73,96 +88,57 @@ class LLCResult:
         )
 
 
-def divergence_message(diverged_at: np.ndarray, num_chains: int) -> str:
-    """The user-facing explanation of which chains diverged and what to change."""
-    chains = np.flatnonzero(diverged_at >= 0).tolist()
-    steps = [int(diverged_at[c]) for c in chains]
-    return (
-        f"{len(chains)} of {num_chains} chains diverged (loss became NaN/inf): chains {chains} at steps "
-        f"{steps}. They are excluded from the estimate. Fix: reduce step_size (e.g. by 3-10x) or increase "
-        "localization; slt_jax.calibrate can choose both."
-    )
-
-
-def loss_diagnostics(loss_trace: np.ndarray) -> tuple[float, float]:
-    """(ESS, split R-hat) of a ``(num_chains, num_draws)`` trace with numpyro's diagnostics."""
-    if loss_trace.shape[0] == 0 or loss_trace.shape[1] < 4:
-        return float("nan"), float("nan")
-    ess = float(diagnostics.effective_sample_size(loss_trace))
-    rhat = float(diagnostics.split_gelman_rubin(loss_trace)) if loss_trace.shape[0] >= 2 else float("nan")
-    return ess, rhat
-
-
-def llc_from_chains(
-    loss_trace: np.ndarray, init_loss: float, nbeta: float, diverged: np.ndarray, chains: ChainsOutput
-) -> LLCResult:
-    """Builds an ``LLCResult`` from a ``(num_chains, num_draws)`` loss trace."""
-    loss_trace = np.asarray(loss_trace, np.float64)
-    shifted = nbeta * (loss_trace - init_loss)
-    counts = np.arange(1, loss_trace.shape[1] + 1)
-    llc_trace = np.cumsum(shifted, axis=1) / counts
-    llc_per_chain = shifted.mean(axis=1)
-    llc_per_chain = np.where(diverged, np.nan, llc_per_chain)
-    llc_trace = np.where(diverged[:, None], np.nan, llc_trace)
-    good = ~diverged
-    values = llc_per_chain[good]
-    llc_mean = float(values.mean()) if values.size else float("nan")
-    llc_std = float(values.std(ddof=1)) if values.size >= 2 else float("nan")
-    ess, rhat = loss_diagnostics(loss_trace[good])
+def llc_result(chains: ChainsOutput, loss_estimator: str = "minibatch") -> LLCResult:
+    """The ``LLCResult`` of a one-configuration ``ChainsOutput`` (``chains.select(g)``)."""
+    if chains.num_configs != 1:
+        raise ValueError(f"llc_result needs one configuration; select one with chains.select(g) (got {chains.num_configs}).")
+    shifted = traces.llc_draws(chains, loss_estimator)[0]  # (C, D)
+    diverged = np.asarray(chains.diverged[0], bool)
+    counts = np.arange(1, shifted.shape[1] + 1)
+    llc_trace = np.where(diverged[:, None], np.nan, np.cumsum(shifted, axis=1) / counts)
+    llc_per_chain = np.where(diverged, np.nan, shifted.mean(axis=1))
+    values = llc_per_chain[~diverged]
+    loss = traces.loss_trace(chains, loss_estimator)[0]
+    ess, rhat, _ = traces.loss_diagnostics(loss[~diverged])
     return LLCResult(
-        llc_mean=llc_mean,
-        llc_std=llc_std,
+        llc_mean=float(values.mean()) if values.size else float("nan"),
+        llc_std=float(values.std(ddof=1)) if values.size >= 2 else float("nan"),
         llc_per_chain=llc_per_chain,
         llc_trace=llc_trace,
-        loss_trace=loss_trace,
-        init_loss=float(init_loss),
-        nbeta=float(nbeta),
+        loss_trace=loss,
+        init_loss=float(chains.init_loss[0]),
+        nbeta=float(chains.hyperparameters.nbeta[0]),
         ess=ess,
         rhat=rhat,
-        diverged=np.asarray(diverged, bool),
+        diverged=diverged,
+        loss_estimator=loss_estimator,
         chains=chains,
     )
 
 
-LOSS_ESTIMATORS = ("minibatch", "paired", "full")
-
-
-def loss_estimator_options(loss_estimator: str) -> dict:
-    """The ``run_chains`` keyword arguments a ``loss_estimator`` needs (validated)."""
-    if loss_estimator not in LOSS_ESTIMATORS:
-        raise ValueError(f"loss_estimator={loss_estimator!r}; use one of {', '.join(map(repr, LOSS_ESTIMATORS))}.")
-    return {"full": {"full_loss_every": 1}, "paired": {"center_loss": True}, "minibatch": {}}[loss_estimator]
-
-
-def loss_trace(chains: ChainsOutput, loss_estimator: str) -> np.ndarray:
-    """The loss entering λ̂ at each draw, shaped like ``chains.loss`` (see ``estimate_llc``)."""
-    if loss_estimator == "full":
-        return np.asarray(chains.full_loss, np.float64)
-    loss = np.asarray(chains.loss, np.float64)
-    if loss_estimator == "paired":
-        return loss - np.asarray(chains.center_loss, np.float64) + chains.init_loss
-    return loss
+def _check_llc_config(config: SamplerConfig) -> None:
+    if not isinstance(config, SamplerConfig):
+        raise TypeError(
+            f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}; e.g. "
+            "sj.SamplerConfig(step_size=1e-4, localization=1.0, num_draws=1000, batch_size=100)."
+        )
+    if config.nbeta is not None and config.nbeta <= 0:
+        raise ValueError(f"nbeta={config.nbeta!r} must be > 0 for an LLC (None uses n / log n).")
+    if config.num_chains < 2:
+        warnings.warn("num_chains=1: llc_std and R-hat need at least 2 chains and will be NaN.", stacklevel=3)
 
 
 def estimate_llc(
     loss_fn: LossFn,
     params: Params,
     data: Batch,
+    config: SamplerConfig,
     *,
     key: KeyLike,
-    step_size: float | str,
-    nbeta: float | None = None,
-    localization: float,
-    num_chains: int = 4,
-    num_draws: int,
-    num_burnin: int = 0,
-    num_steps_between_draws: int = 1,
-    batch_size: int,
-    sampler: str = "sgld",
-    mask: Mask | None = None,
-    progress: bool = True,
+    component: Mask | None = None,
     loss_estimator: str = "minibatch",
-    **kwargs,
+    progress: bool = True,
+    checkpoint_dir=None,
 ) -> LLCResult:
     """Estimates the local learning coefficient at ``params`` with multi-chain localized SGLD.
 
@@ -171,24 +147,16 @@ def estimate_llc(
             token, or a scalar mean). A negative log-likelihood, e.g. 0.5||y - f(x)||².
         params: pytree at w*.
         data: pytree of arrays sharing a leading axis n.
+        config: the ``SamplerConfig``. ``step_size="auto"`` calibrates ε at this nβ and γ first
+            (``slt_jax.calibrate`` with an independent key; its reason and grid are in
+            ``result.chains.settings["calibration"]``).
         key: int seed or JAX PRNG key.
-        step_size: ε in the update (SCIENCE.md §1), or ``"auto"``: ``slt_jax.calibrate`` chooses it at
-            this nβ and γ first (short chains with an independent key; its reason and grid are in
-            ``result.settings["calibration"]``).
-        nbeta: nβ; None uses n / log n (``default_nbeta``). It must be > 0.
-        localization: γ, the pull toward w*.
-        num_chains, num_draws, num_burnin, num_steps_between_draws: the schedule.
-        batch_size: minibatch size (with replacement).
-        sampler: ``"sgld"``, ``"rmsprop_sgld"`` or ``"rmsprop_sgld_devinterp"``.
-        mask: bool pytree (True = sampled) for a restricted (weight-refined) LLC.
+        component: bool mask pytree (True = sampled) for a restricted (weight-refined) LLC: the
+            chains carry only the component's coordinates, the rest clamped at w*.
+        loss_estimator: ``"minibatch"`` (default), ``"paired"`` (recommended when nβ is large) or
+            ``"full"`` (``slt_jax.traces``).
         progress: tqdm progress bar.
-        loss_estimator: which loss L_{c,d} enters λ̂ (all unbiased for L_n(w_d)):
-            ``"minibatch"`` (default, SCIENCE.md §2): the minibatch loss of that step's gradient;
-            ``"paired"``: L_B(w_d) - L_B(w*) + L_n(w*) on the same minibatch B, a control variate
-            that cancels the minibatch noise (one extra forward pass per draw; recommended when
-            nβ is large, where nβ·L_B's batch noise swamps λ);
-            ``"full"``: the full-data loss at each draw (one full pass per draw).
-        **kwargs: passed to ``slt_jax.sample`` (``weight_decay``, ``mala_every``, ``chunk_draws``, ...).
+        checkpoint_dir: resumable run (``slt_jax.run_chains``).
 
     Returns:
         An ``LLCResult``. Raises ``DivergenceError`` if every chain diverged.
@@ -196,60 +164,194 @@ def estimate_llc(
     >>> import jax.numpy as jnp, slt_jax as sj
     >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
     >>> data = {"x": jnp.eye(4).repeat(25, axis=0), "y": jnp.zeros(100)}
-    >>> result = sj.estimate_llc(loss_fn, jnp.zeros(4), data, key=0, step_size=1e-3, nbeta=100.0,
-    ...                          localization=1.0, num_draws=200, batch_size=100, progress=False)
+    >>> config = sj.SamplerConfig(step_size=1e-3, nbeta=100.0, localization=1.0, num_draws=200, batch_size=100)
+    >>> result = sj.estimate_llc(loss_fn, jnp.zeros(4), data, config, key=0, progress=False)
     >>> result.llc_per_chain.shape
     (4,)
     """
-    if nbeta is not None and (np.ndim(nbeta) != 0 or not np.isfinite(nbeta) or nbeta <= 0):
-        raise ValueError(f"nbeta={nbeta!r} must be a finite number > 0 for an LLC (None uses n / log n).")
-    if validation.check_positive_int(num_chains, "num_chains") < 2:
-        warnings.warn("num_chains=1: llc_std and R-hat need at least 2 chains and will be NaN.", stacklevel=2)
-    kwargs.update(loss_estimator_options(loss_estimator))
-    calibration = None
-    if isinstance(step_size, str):
-        if step_size != "auto":
-            raise ValueError(f"step_size={step_size!r}: pass a number or 'auto'.")
-        from slt_jax.calibration import auto_step_size
-
-        step_size, calibration = auto_step_size(
-            loss_fn, params, data, key=key, nbeta=nbeta, localization=localization, batch_size=batch_size,
-            num_chains=num_chains, num_burnin=num_burnin, num_steps=num_burnin + num_draws * num_steps_between_draws, sampler=sampler,
-            mask=mask, progress=progress, weight_decay=kwargs.get("weight_decay", 0.0),
+    _check_llc_config(config)
+    options = traces.estimator_options(loss_estimator)
+    calibrated = None
+    if config.step_size == "auto":
+        config, calibrated = calibration.auto_step_size(
+            loss_fn, params, data, config, key=key, component=component, loss_estimator=loss_estimator, progress=progress
         )
-    chains = sampler_lib.sample(
-        loss_fn,
-        params,
-        data,
-        key=key,
-        step_size=step_size,
-        nbeta=nbeta,
-        localization=localization,
-        num_chains=num_chains,
-        num_draws=num_draws,
-        num_burnin=num_burnin,
-        num_steps_between_draws=num_steps_between_draws,
-        batch_size=batch_size,
-        sampler=sampler,
-        mask=mask,
-        progress=progress,
-        **kwargs,
+    chains = run_chains(
+        loss_fn, [params], data, config, key=key, masks=None if component is None else [component],
+        progress=progress, checkpoint_dir=checkpoint_dir, description="LLC", **options,
     )
-    nbeta_used = chains.settings["nbeta"]
-    result = llc_from_chains(loss_trace(chains, loss_estimator), chains.init_loss, float(nbeta_used), chains.diverged, chains)
-    if calibration is not None:
-        chains.settings["calibration"] = {"reason": calibration.reason, "step_sizes": calibration.step_size.tolist()}
-    report_divergence(chains.diverged_at, result)
+    if calibrated is not None:
+        chains.settings["calibration"] = {"reason": calibrated.reason, "step_sizes": calibrated.step_size.tolist()}
+    result = llc_result(chains, loss_estimator)
+    traces.report_divergence(chains.diverged_at[0], result)
     return result
 
 
-def report_divergence(diverged_at: np.ndarray, result=None, stacklevel: int = 3) -> None:
-    """Warns naming the diverged chains; raises ``DivergenceError`` if all of them diverged."""
-    diverged_at = np.asarray(diverged_at)
-    num_chains = diverged_at.shape[0]
-    if not np.any(diverged_at >= 0):
-        return
-    message = divergence_message(diverged_at, num_chains)
-    if np.all(diverged_at >= 0):
-        raise DivergenceError("Every chain diverged; no estimate. " + message, result)
-    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)
+@dataclasses.dataclass(frozen=True)
+class LLCTable:
+    """LLCs over checkpoints x components x chains, with the usual diagnostics (numpy arrays).
+
+    Attributes:
+        steps: ``(K,)`` training step of each checkpoint (or its index).
+        components: ``M`` component names (``"full"`` for the whole model).
+        llc_mean, llc_std, ess, rhat: ``(K, M)``.
+        llc_per_chain: ``(K, M, C)``, NaN for diverged chains.
+        diverged: ``(K, M, C)`` bool.
+        init_loss: ``(K,)`` L_n(w*) of each checkpoint.
+        num_sampled: ``(M,)`` coordinates each component's chains move.
+        loss_estimator: which loss entered λ̂.
+        chains: the ``ChainsOutput`` of the whole run (configurations g = k * M + m).
+    """
+
+    steps: np.ndarray
+    components: list[str]
+    llc_mean: np.ndarray
+    llc_std: np.ndarray
+    llc_per_chain: np.ndarray
+    ess: np.ndarray
+    rhat: np.ndarray
+    diverged: np.ndarray
+    init_loss: np.ndarray
+    num_sampled: np.ndarray
+    loss_estimator: str
+    chains: ChainsOutput
+
+    @property
+    def unreliable(self) -> np.ndarray:
+        """``(K, M)`` bool: ESS below 100, R-hat above 1.1, undefined, or a diverged chain."""
+        with np.errstate(invalid="ignore"):
+            return ~(self.ess >= MIN_ESS) | ~(self.rhat <= MAX_RHAT) | self.diverged.any(axis=-1)
+
+    def result(self, checkpoint: int = 0, component: str | int = 0) -> LLCResult:
+        """The full ``LLCResult`` (traces, diagnostics) of one cell; ``checkpoint`` is an index."""
+        m = self.components.index(component) if isinstance(component, str) else int(component)
+        return llc_result(self.chains.select(int(checkpoint) * len(self.components) + m), self.loss_estimator)
+
+    def table(self) -> str:
+        """One row per (checkpoint, component): LLC ± std, ESS, R-hat, diverged; ``!`` flags unreliable rows."""
+        width = max(9, *(len(c) for c in self.components))
+        lines = [f"  {'step':>8}  {'component':<{width}}  {'llc':>10}  {'± std':>8}  {'ess':>7}  {'rhat':>6}  {'diverged':>8}"]
+        flags = self.unreliable
+        for k, step in enumerate(self.steps):
+            for m, name in enumerate(self.components):
+                lines.append(
+                    f"{'!' if flags[k, m] else ' '} {int(step):>8}  {name:<{width}}  {self.llc_mean[k, m]:>10.4g}  "
+                    f"{self.llc_std[k, m]:>8.2g}  {self.ess[k, m]:>7.1f}  {self.rhat[k, m]:>6.3f}  {int(self.diverged[k, m].sum()):>8d}"
+                )
+        if flags.any():
+            lines.append(f"! unreliable: ESS < {MIN_ESS:g}, R-hat > {MAX_RHAT}, undefined, or diverged chains; run longer chains.")
+        return "\n".join(lines)
+
+    def to_xarray(self):
+        """An ``xarray.Dataset`` with dims ``(checkpoint, component, chain)``."""
+        import xarray as xr
+
+        dims = ("checkpoint", "component")
+        return xr.Dataset(
+            dict(
+                llc_mean=(dims, self.llc_mean), llc_std=(dims, self.llc_std), ess=(dims, self.ess), rhat=(dims, self.rhat),
+                llc_per_chain=(dims + ("chain",), self.llc_per_chain), diverged=(dims + ("chain",), self.diverged),
+                init_loss=(("checkpoint",), self.init_loss), num_sampled=(("component",), self.num_sampled),
+            ),
+            coords=dict(checkpoint=self.steps, component=self.components, chain=np.arange(self.llc_per_chain.shape[-1])),
+            attrs=dict(loss_estimator=self.loss_estimator, config=str(self.chains.config.to_dict())),
+        )
+
+    def __repr__(self) -> str:
+        return f"LLCTable({len(self.steps)} checkpoints x {len(self.components)} components)\n" + self.table()
+
+
+def _components(components) -> tuple[list[str], list]:
+    if components is None:
+        return ["full"], [None]
+    if not isinstance(components, Mapping) or not components:
+        raise TypeError(
+            "components must be a non-empty dict {name: mask} (None = the whole model); build masks with "
+            "slt_jax.component_mask or slt_jax.head_mask."
+        )
+    return [str(name) for name in components], list(components.values())
+
+
+def estimate_llc_table(
+    loss_fn: LossFn,
+    checkpoints: Sequence[Params],
+    data: Batch,
+    config: SamplerConfig,
+    *,
+    key: KeyLike,
+    components: Mapping[str, Mask | None] | None = None,
+    steps: Sequence[int] | None = None,
+    loss_estimator: str = "minibatch",
+    progress: bool = True,
+    checkpoint_dir=None,
+) -> LLCTable:
+    """LLCs of every checkpoint (x every component) as one stack of configurations.
+
+    Args:
+        loss_fn, data: as for ``estimate_llc``.
+        checkpoints: a list of params pytrees of one structure (e.g. ``sj.train(...).checkpoints``);
+            ``[params]`` for the components of one model.
+        config: the ``SamplerConfig`` shared by every cell (``step_size`` numeric: calibrate once,
+            e.g. on the last checkpoint, and reuse it, so the curve is comparable across training).
+        key: every cell's chain c uses the same key, so a cell equals its own ``estimate_llc`` run.
+        components: ``{name: mask or None}`` (None = the whole model); default: the whole model.
+        steps: training step of each checkpoint (default 0..K-1).
+        loss_estimator, progress, checkpoint_dir: as for ``estimate_llc``.
+
+    Returns:
+        An ``LLCTable`` ``(checkpoint, component, chain)``. Diverged chains are warned about per cell;
+        ``DivergenceError`` only if every chain of every cell diverged.
+
+    >>> import jax.numpy as jnp, slt_jax as sj
+    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w["w"]) ** 2
+    >>> data = {"x": jnp.eye(4).repeat(25, axis=0), "y": jnp.zeros(100)}
+    >>> checkpoints = [{"w": jnp.zeros(4)}, {"w": jnp.full(4, 0.1)}]
+    >>> config = sj.SamplerConfig(step_size=1e-3, nbeta=100.0, localization=1.0, num_draws=100, batch_size=100)
+    >>> table = sj.estimate_llc_table(loss_fn, checkpoints, data, config, key=0,
+    ...     components={"full": None, "first_two": {"w": jnp.arange(4) < 2}}, progress=False)
+    >>> table.llc_per_chain.shape
+    (2, 2, 4)
+    """
+    _check_llc_config(config)
+    if config.step_size == "auto":
+        raise ValueError(
+            "estimate_llc_table needs a numeric step_size shared by every cell: calibrate once "
+            "(sj.calibrate(...).recommended) on the last checkpoint and pass that config."
+        )
+    options = traces.estimator_options(loss_estimator)
+    names, masks = _components(components)
+    if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)):
+        raise TypeError("checkpoints must be a list of params pytrees; for one model pass [params].")
+    steps = np.arange(len(checkpoints)) if steps is None else np.asarray(steps)
+    if steps.shape != (len(checkpoints),):
+        raise ValueError(f"steps has shape {steps.shape}; it needs one entry per checkpoint ({len(checkpoints)}).")
+    chains = run_chains(
+        loss_fn, list(checkpoints), data, config, key=key, masks=masks, progress=progress,
+        checkpoint_dir=checkpoint_dir, description="LLC table", **options,
+    )
+    num_k, num_m, num_c = len(checkpoints), len(names), config.num_chains
+    shifted = traces.llc_draws(chains, loss_estimator)  # (G, C, D)
+    loss = traces.loss_trace(chains, loss_estimator)
+    diverged = np.asarray(chains.diverged, bool)
+    per_chain = np.where(diverged, np.nan, shifted.mean(axis=2))
+    ess, rhat = np.full(len(per_chain), np.nan), np.full(len(per_chain), np.nan)
+    for g in range(len(per_chain)):
+        ess[g], rhat[g], _ = traces.loss_diagnostics(loss[g][~diverged[g]])
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells stay NaN
+        mean = np.nanmean(per_chain, axis=1)
+        std = np.nanstd(per_chain, axis=1, ddof=1)
+    shape = (num_k, num_m)
+    table = LLCTable(
+        steps=steps, components=names, llc_mean=mean.reshape(shape), llc_std=std.reshape(shape),
+        llc_per_chain=per_chain.reshape(shape + (num_c,)), ess=ess.reshape(shape), rhat=rhat.reshape(shape),
+        diverged=diverged.reshape(shape + (num_c,)), init_loss=np.asarray(chains.init_loss).reshape(shape)[:, 0],
+        num_sampled=np.asarray(chains.num_sampled).reshape(shape)[0], loss_estimator=loss_estimator, chains=chains,
+    )
+    if diverged.all():
+        raise DivergenceError("Every chain of every cell diverged; no estimate.", table)
+    for g in np.flatnonzero(diverged.any(axis=1)):
+        k, m = divmod(int(g), num_m)
+        label = f"checkpoint {int(steps[k])}, component {names[m]!r}"
+        warnings.warn(label + ": " + traces.divergence_message(chains.diverged_at[g]), RuntimeWarning, stacklevel=2)
+    return table

@@ -1,7 +1,10 @@
-"""The compiled chunk program of the sampler: one chain's steps, vmapped over chains and configurations.
+"""The compiled chunk program: the kernel scanned over draws, vmapped over chains and configurations.
 
-``slt_jax.sampler`` drives it: it validates inputs, builds the carry, and calls ``compiled_chunk``
-once per chunk of draws. Everything here runs under ``jit``; nothing here touches the host.
+``slt_jax.sampler`` drives it. One call runs ``num_draws * steps_per_draw`` steps of every chain of
+every configuration in a group: ``vmap`` (centres) ∘ ``vmap`` (variants: component offsets and
+hyperparameters) ∘ ``vmap`` (chains) ∘ ``lax.scan`` (draws) ∘ ``lax.scan`` (steps between draws).
+The step is ``kernels.build_kernel``'s kernel applied to the chain's restricted loss. Everything here
+runs under ``jit``; nothing here touches the host.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import kernels
+from slt_jax import kernels, restriction
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
-from slt_jax.types import Array, Batch, LossFn, Mask, Params, PRNGKey, PyTree
+from slt_jax.types import Array, Batch, LossFn, Params, PRNGKey, PyTree
 
-__all__ = ["Accumulator", "Carry", "DrawRecord", "take_rows", "batched_mean", "chain_chunk", "compiled_chunk", "compile_count"]
+__all__ = ["Accumulator", "DrawContext", "Carry", "DrawRecord", "take_rows", "batched_mean", "compiled_chunk", "compile_count"]
 
 
 class Accumulator(NamedTuple):
@@ -34,6 +37,22 @@ class Accumulator(NamedTuple):
     update: Callable[[PyTree, PyTree], PyTree]
 
 
+class DrawContext(NamedTuple):
+    """What ``observe(params, info, context)`` sees besides the draw's full parameters.
+
+    Attributes:
+        batch: the draw's SGLD minibatch (drawn independently of the position).
+        center: this configuration's w* (full params).
+        init_loss: this configuration's L_n(w*), float32 scalar.
+        data: the run's ``observe_data`` (e.g. probe datasets), or None.
+    """
+
+    batch: Batch
+    center: Params
+    init_loss: Array
+    data: PyTree
+
+
 class Carry(NamedTuple):
     state: SGLDState
     accumulator: PyTree
@@ -42,7 +61,6 @@ class Carry(NamedTuple):
 
 class DrawRecord(NamedTuple):
     info: SGLDInfo
-    mala_acceptance: Array
     full_loss: Array
     center_loss: Array
     observed: PyTree
@@ -54,6 +72,7 @@ def take_rows(data: Batch, indices: Array) -> Batch:
 
 
 def batched_mean(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> Array:
+    """The mean loss over all of ``data`` in batches of ``batch_size`` (a partial last batch weighted)."""
     n = jax.tree.leaves(data)[0].shape[0]
     num_full = n // batch_size
     remainder = n - num_full * batch_size
@@ -69,149 +88,144 @@ def batched_mean(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) 
 
 
 batched_mean_jit = jax.jit(batched_mean, static_argnums=(0, 3))
-def chain_chunk(
-    carry: Carry,
-    chain_key: PRNGKey,
-    data: Batch,
-    center: Params,
-    hyper: Hyperparameters,
-    mask: Mask | None,
-    step_offset: Array,
-    draw_offset: Array,
-    observe_data: PyTree,
-    *,
-    loss_fn: LossFn,
-    preconditioner: Preconditioner,
-    batch_size: int,
-    num_draws: int,
-    steps_per_draw: int,
-    observe: Callable | None,
-    accumulator: Accumulator | None,
-    keep_traces: bool,
-    full_loss_every: int,
-    full_loss_batch_size: int,
-    mala_every: int,
-    center_loss: bool,
-    bulk_noise: bool,
-):
-    """Runs ``num_draws * steps_per_draw`` steps of ONE chain; vmapped twice by the caller."""
+
+
+class Static(NamedTuple):
+    """The static (compile-time) settings of a chunk program."""
+
+    loss_fn: LossFn
+    layout: restriction.Layout
+    preconditioner: Preconditioner
+    batch_size: int
+    num_draws: int
+    steps_per_draw: int
+    recorded: bool
+    observe: Callable | None
+    accumulator: Accumulator | None
+    keep_traces: bool
+    full_loss_every: int
+    full_loss_batch_size: int
+    mala_every: int
+    diagnostics_every: int
+    center_loss: bool
+    bulk_noise: bool
+
+
+def _draw_kernel(static: Static, position_loss):
+    """The kernel of a recorded draw's first step: diagnostics and MALA only on the draws due."""
+    build = lambda diagnostics, mala: kernels.build_kernel(
+        position_loss, preconditioner=static.preconditioner, diagnostics=diagnostics, mala=mala
+    )
+    built = [build(static.diagnostics_every == 1, False)]
+    if static.diagnostics_every > 1:
+        built.append(build(True, False))
+    if static.mala_every:
+        built.append(build(True, True))
+    if len(built) == 1:
+        return lambda draw_index, *args: built[0](*args)
+
+    def kernel(draw_index, *args):
+        which = jnp.zeros((), jnp.int32)
+        if static.diagnostics_every > 1:
+            which = jnp.where(draw_index % static.diagnostics_every == 0, 1, which)
+        if static.mala_every:
+            which = jnp.where(draw_index % static.mala_every == 0, len(built) - 1, which)
+        # The draw index is the same for every chain, so under vmap this stays a real branch.
+        return jax.lax.switch(which, built, *args)
+
+    return kernel
+
+
+def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, init_loss: Array, offsets: tuple,
+                hyper: Hyperparameters, step_offset: Array, draw_offset: Array, observe_data: PyTree, static: Static):
+    """Runs ``num_draws * steps_per_draw`` steps of ONE chain of ONE configuration."""
     n = jax.tree.leaves(data)[0].shape[0]
-    num_steps = num_draws * steps_per_draw
+    num_steps = static.num_draws * static.steps_per_draw
     noise_key, batch_key = jax.random.split(chain_key)
     steps = step_offset + jnp.arange(num_steps, dtype=jnp.int32)
-    position = carry.state.position
+    layout = static.layout
+    position_center = restriction.extract(layout, offsets, center)
 
-    # Bulk randomness for the whole chunk, keyed per step (see module docstring).
-    if bulk_noise:
-        noise = jax.vmap(lambda t: kernels.tree_normal(jax.random.fold_in(noise_key, t), position))(steps)
+    def position_loss(position, batch):
+        return static.loss_fn(restriction.embed(layout, offsets, center, position), batch)
+
+    step_kernel = kernels.build_kernel(position_loss, preconditioner=static.preconditioner, diagnostics=False)
+    draw_kernel = _draw_kernel(static, position_loss) if static.recorded else None
+
+    # Randomness is keyed per step: fold_in(key, t), so chunking never changes the draws.
+    if static.bulk_noise:
+        noise = jax.vmap(lambda t: kernels.tree_normal(jax.random.fold_in(noise_key, t), position_center))(steps)
     else:
-        noise = None  # drawn inside the step from the same per-step key (see sampler._BULK_NOISE_MAX_PARAMETERS)
-    if batch_size == n:
+        noise = None  # drawn inside each step from the same per-step key
+    if static.batch_size == n:
         indices = jnp.zeros((num_steps, 0), jnp.int32)  # full batch: every step sees all the data
     else:
-        indices = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(batch_key, t), (batch_size,), 0, n))(steps)
-    reshape = lambda x: x.reshape((num_draws, steps_per_draw) + x.shape[1:])
-    noise = jax.tree.map(reshape, noise)
-    indices = reshape(indices)
-    steps = reshape(steps)
+        indices = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(batch_key, t), (static.batch_size,), 0, n))(steps)
+    reshape = lambda x: x.reshape((static.num_draws, static.steps_per_draw) + x.shape[1:])
+    noise, indices, steps = jax.tree.map(reshape, (noise, indices, steps))
 
-    value_and_grad = jax.value_and_grad(lambda p, b: kernels.mean_loss(loss_fn, p, b))
+    def batch_of(step_indices):
+        return data if static.batch_size == n else take_rows(data, step_indices)
 
-    def one_step(state, diverged_at, step_noise, step_indices, step):
-        if step_noise is None:
-            step_noise = kernels.tree_normal(jax.random.fold_in(noise_key, step), state.position)
-        batch = data if batch_size == n else take_rows(data, step_indices)
-        loss, grad = value_and_grad(state.position, batch)
-        new_state, info = kernels.sgld_update(state, loss, grad, step_noise, center, hyper, mask, preconditioner)
-        diverged_at = jnp.where((diverged_at < 0) & ~jnp.isfinite(loss), step, diverged_at)
-        return new_state, info, diverged_at, batch, grad
+    def one_step(kernel, state, diverged_at, step_noise, step_indices, step):
+        batch = batch_of(step_indices)
+        new_state, info = kernel(jax.random.fold_in(noise_key, step), state, batch, position_center, hyper, step_noise)
+        diverged_at = jnp.where((diverged_at < 0) & ~jnp.isfinite(info.loss), step, diverged_at)
+        return new_state, info, diverged_at, batch
 
-    def mala(state, new_state, info, batch, grad):
-        step_sizes, _ = kernels._step_sizes(preconditioner, state.second_moment, grad, state.count, hyper.step_size)
-        step_sizes = kernels._per_leaf(step_sizes, state.position)
-        potential_grad = lambda p, g: jax.tree.map(
-            lambda gi, w, c: hyper.nbeta * gi + hyper.localization * (w - c) + hyper.weight_decay * w, g, p, center
-        )
-        proposal = new_state.position
-        proposal_loss, proposal_grad = value_and_grad(proposal, batch)
-        log_accept = kernels.mala_log_acceptance(
-            state.position,
-            kernels.potential(info.loss, state.position, center, hyper, mask),
-            potential_grad(state.position, grad),
-            proposal,
-            kernels.potential(proposal_loss, proposal, center, hyper, mask),
-            potential_grad(proposal, proposal_grad),
-            step_sizes,
-            mask,
-        )
-        return jnp.exp(log_accept)
+    def inner(inner_carry, inner_xs):
+        state, diverged_at = inner_carry
+        state, _, diverged_at, _ = one_step(step_kernel, state, diverged_at, *inner_xs)
+        return (state, diverged_at), None
 
     def draw(carry: Carry, xs):
         draw_noise, draw_indices, draw_steps, draw_index = xs
+        first = (jax.tree.map(lambda x: x[0], draw_noise), draw_indices[0], draw_steps[0])
+        if not static.recorded:
+            (state, diverged_at), _ = jax.lax.scan(inner, (carry.state, carry.diverged_at), (draw_noise, draw_indices, draw_steps))
+            return Carry(state, carry.accumulator, diverged_at), None
+        kernel = lambda *args: draw_kernel(draw_index, *args)
         state = carry.state
-        first_noise = jax.tree.map(lambda x: x[0], draw_noise)
-        new_state, info, diverged_at, batch, grad = one_step(
-            state, carry.diverged_at, first_noise, draw_indices[0], draw_steps[0]
-        )
+        new_state, info, diverged_at, batch = one_step(kernel, state, carry.diverged_at, *first)
         nan = jnp.full((), jnp.nan, jnp.float32)
-        if mala_every:
-            acceptance = jax.lax.cond(
-                draw_index % mala_every == 0,
-                lambda: mala(state, new_state, info, batch, grad).astype(jnp.float32),
-                lambda: nan,
-            )
-        else:
-            acceptance = nan
-        if full_loss_every:
+        params = None
+        if static.full_loss_every or static.observe is not None:
+            params = restriction.embed(layout, offsets, center, state.position)
+        full_loss = nan
+        if static.full_loss_every:
             full_loss = jax.lax.cond(
-                draw_index % full_loss_every == 0,
-                lambda: batched_mean(loss_fn, state.position, data, full_loss_batch_size).astype(jnp.float32),
+                draw_index % static.full_loss_every == 0,
+                lambda: batched_mean(static.loss_fn, params, data, static.full_loss_batch_size).astype(jnp.float32),
                 lambda: nan,
             )
-        else:
-            full_loss = nan
-        observe_args = () if observe_data is None else (observe_data, batch)
-        if center_loss:
-            at_center = kernels.mean_loss(loss_fn, center, batch).astype(jnp.float32)
-        else:
-            at_center = nan
-        observed = observe(state.position, info, *observe_args) if observe is not None else None
-        acc = carry.accumulator
-        if accumulator is not None:
-            acc = accumulator.update(acc, observed)
-
-        def inner(inner_carry, inner_xs):
-            inner_state, inner_diverged = inner_carry
-            step_noise, step_indices, step = inner_xs
-            inner_state, _, inner_diverged, _, _ = one_step(inner_state, inner_diverged, step_noise, step_indices, step)
-            return (inner_state, inner_diverged), None
-
-        if steps_per_draw > 1:
+        at_center = kernels.mean_loss(static.loss_fn, center, batch).astype(jnp.float32) if static.center_loss else nan
+        observed = None
+        accumulated = carry.accumulator
+        if static.observe is not None:
+            observed = static.observe(params, info, DrawContext(batch, center, init_loss, observe_data))
+            if static.accumulator is not None:
+                accumulated = static.accumulator.update(accumulated, observed)
+        if static.steps_per_draw > 1:
             rest = (jax.tree.map(lambda x: x[1:], draw_noise), draw_indices[1:], draw_steps[1:])
             (new_state, diverged_at), _ = jax.lax.scan(inner, (new_state, diverged_at), rest)
-        record = DrawRecord(info, acceptance, full_loss, at_center, observed if keep_traces else None)
-        return Carry(new_state, acc, diverged_at), record
+        record = DrawRecord(info, full_loss, at_center, observed if static.keep_traces else None)
+        return Carry(new_state, accumulated, diverged_at), record
 
-    draw_indices = draw_offset + jnp.arange(num_draws, dtype=jnp.int32)
+    draw_indices = draw_offset + jnp.arange(static.num_draws, dtype=jnp.int32)
     return jax.lax.scan(draw, carry, (noise, indices, steps, draw_indices))
 
 
-_STATIC = (
-    "loss_fn",
-    "preconditioner",
-    "batch_size",
-    "num_draws",
-    "steps_per_draw",
-    "observe",
-    "accumulator",
-    "keep_traces",
-    "full_loss_every",
-    "full_loss_batch_size",
-    "mala_every",
-    "center_loss",
-    "bulk_noise",
-    "masked",
-)
+def _chunk(carry, chain_keys, data, centers, init_losses, offsets, hyper, step_offset, draw_offset, observe_data, *, static: Static):
+    def run(c, k, center, init_loss, off, h):
+        return chain_chunk(c, k, data, center, init_loss, off, h, step_offset, draw_offset, observe_data, static)
+
+    per_chain = jax.vmap(run, in_axes=(0, 0, None, None, None, None))
+    per_variant = jax.vmap(per_chain, in_axes=(0, None, None, None, 0, 0))
+    per_center = jax.vmap(per_variant, in_axes=(0, None, 0, 0, None, None))
+    return per_center(carry, chain_keys, centers, init_losses, offsets, hyper)
+
+
+_chunk_jit = jax.jit(_chunk, static_argnames=("static",), donate_argnums=(0,))
 
 _COMPILE_COUNT = [0]
 # Executables by signature, least recently used first; bounded so that notebooks redefining their
@@ -225,26 +239,13 @@ def compile_count() -> int:
     return _COMPILE_COUNT[0]
 
 
-def _chunk(carry, chain_keys, data, center, hyper, masks, step_offset, draw_offset, observe_data, **static):
-    masked = static.pop("masked")
-    per_chain = jax.vmap(
-        lambda c, k, h, m: chain_chunk(c, k, data, center, h, m, step_offset, draw_offset, observe_data, **static),
-        in_axes=(0, 0, None, None),
-    )
-    per_config = jax.vmap(per_chain, in_axes=(0, None, 0, 0 if masked else None))
-    return per_config(carry, chain_keys, hyper, masks)
-
-
-_chunk_jit = jax.jit(_chunk, static_argnames=_STATIC, donate_argnums=(0,))
-
-
-def _signature(args, static) -> tuple:
+def _signature(args, static: Static) -> tuple:
     leaves, treedef = jax.tree.flatten(args)
     shapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x))), str(getattr(x, "sharding", None))) for x in leaves)
-    return (treedef, shapes, tuple(sorted(static.items(), key=lambda kv: kv[0])))
+    return (treedef, shapes, static)
 
 
-def compiled_chunk(args, static) -> tuple[Callable, float]:
+def compiled_chunk(args, static: Static) -> tuple[Callable, float]:
     """AOT-compiles the chunk program once per signature; returns (executable, seconds spent)."""
     signature = _signature(args, static)
     if signature in _COMPILED:
@@ -255,7 +256,7 @@ def compiled_chunk(args, static) -> tuple[Callable, float]:
     # the noise is drawn per chain (the sharded axis is the vmapped key axis), so nothing needs the
     # partitionable layout, and the stream is fixed by this choice, not by the device count.
     with jax.threefry_partitionable(False):
-        executable = _chunk_jit.lower(*args, **static).compile()
+        executable = _chunk_jit.lower(*args, static=static).compile()
     _COMPILE_COUNT[0] += 1
     _COMPILED[signature] = executable
     while len(_COMPILED) > _MAX_COMPILED:

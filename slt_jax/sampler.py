@@ -1,34 +1,38 @@
-"""Multi-chain localized SGLD: one compiled program, vmapped over configurations and chains.
+"""Multi-chain localized SGLD over a stack of configurations, as few compiled programs as possible.
 
-Layout of every array the sampler returns: ``(num_configs, num_chains, num_draws, ...)``. A
-"configuration" is one setting of hyperparameters and mask; ``run_chains`` vmaps over a stack of
-them (hyperparameter grids, component masks), ``sample`` is the single-configuration wrapper.
+A *configuration* is (w* centre, component, hyperparameters). ``run_chains`` runs ``num_chains``
+chains for every configuration of ``centers x variants``: the centres are, e.g., the checkpoints of
+a training run (each with its own L_n(w*)), a variant is a component mask with its hyperparameters
+(a grid for calibration, components for per-head LLCs). Every array it returns has the layout
+``(num_configs, num_chains, num_draws, ...)``, configurations centre-major (g = k * V + v).
 
-Design (STYLE.md habits 1-2):
+How it runs (``run_chains`` = prepare, plan groups, drive each group, assemble):
 
-* One compiled program per run shape: ``vmap`` (configs) of ``vmap`` (chains) of ``lax.scan``
-  (draws) of ``lax.scan`` (steps between draws). Hyperparameters, masks, data, keys and the step
-  offset are traced inputs, so changing any of their VALUES never recompiles.
-* The run executes in chunks of draws, each chunk a call of the same compiled executable; between
-  chunks the host reads one small array (which chains diverged) and advances a tqdm bar.
+* Variants whose components share a restriction layout (``slt_jax.restriction``: the heads of one
+  layer, whole leaves, the full model) share ONE compiled program, vmapped over centres, variants
+  and chains; a chain carries only its component's coordinates. Configurations beyond the
+  ``memory_budget`` run in groups of the same shape (the last padded), so they reuse the executable.
+* Each group runs in chunks of draws, each chunk a call of the same executable; between chunks the
+  host reads one small array (which chains diverged) and advances a tqdm bar.
 * Randomness is keyed per step: the noise and the minibatch indices of step ``t`` of chain ``c`` are
-  drawn from ``fold_in(key_c, t)``, generated in bulk for a whole chunk (one vectorised RNG call,
-  far cheaper on CPU than one small call per step). Results therefore do not depend on the chunk
-  size, the device count, or on whether a run was resumed.
+  drawn from ``fold_in(key_c, t)``, with chain c using ``split(key, num_chains)[c]`` in every
+  configuration. Results therefore do not depend on the chunk size, the grouping, the device count
+  or on whether a run was resumed, and a configuration gives the same numbers alone or in a stack.
 * Minibatches are drawn WITH replacement (i.i.d. uniform indices), gathered on device; with
   ``batch_size == n`` every step uses the whole dataset (exact full-batch SGLD, not a bootstrap).
 * Per-draw observables and on-device accumulators (``observe`` / ``accumulator``) are evaluated
-  inside the same program; full traces of observables are kept only when asked.
+  inside the same program at the draw's full parameters; full traces are kept only when asked.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,35 +40,34 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from slt_jax import kernels, program, validation
-from slt_jax.program import Accumulator, compile_count
-from slt_jax.validation import as_key
-from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
+from slt_jax import checkpoint as checkpoint_lib
+from slt_jax import kernels, program, restriction, validation
+from slt_jax.config import SamplerConfig
+from slt_jax.kernels import Hyperparameters, SGLDInfo, SGLDState
+from slt_jax.program import Accumulator, DrawContext, compile_count
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
 __all__ = [
     "Accumulator",
+    "DrawContext",
     "ChainsOutput",
     "DivergenceError",
-    "sample",
     "run_chains",
     "full_data_loss",
-    "default_nbeta",
-    "batch_nbeta",
-    "as_key",
+    "default_memory_budget",
     "compile_count",
 ]
 
 # Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
 _NOISE_BUDGET_BYTES = 128 * 2**20
-# Noise for up to this many parameters per chain is drawn in bulk for a whole chunk (many tiny RNG
+# Noise for chains of up to this many coordinates is drawn in bulk for a whole chunk (many tiny RNG
 # calls cost several times a small model's gradient); above it, inside each step, where the bulk
 # buffer's memory traffic would cost more than the RNG calls (measured on a 270k-parameter MLP: floor
-# ratio 2.9 bulk vs 1.9 in-loop; on a 1.2k-parameter DLN bulk is the faster). Same keys, so the same
-# draws either way (results agree to float32 rounding: XLA fuses the two differently).
+# ratio 2.9 bulk vs 1.9 in-loop; on a 1.2k-parameter DLN bulk is the faster). Same keys either way.
 _BULK_NOISE_MAX_PARAMETERS = 2**16
 # Target number of chunks for progress reporting and early divergence detection.
 _TARGET_CHUNKS = 10
+_HYPERPARAMETERS = Hyperparameters._fields
 
 
 class DivergenceError(RuntimeError):
@@ -82,22 +85,27 @@ class ChainsOutput:
     Attributes:
         loss: ``(G, C, D)`` minibatch loss at each draw (the batch of that step's gradient).
         grad_norm, localization_norm, noise_norm, distance: ``(G, C, D)`` per-draw diagnostics
-            (see ``SGLDInfo``).
+            (see ``SGLDInfo``), NaN at draws between ``diagnostics_every``.
         mala_acceptance: ``(G, C, D)`` MALA acceptance probability, NaN at draws where it was not
             evaluated (every ``mala_every``-th draw is).
         full_loss: ``(G, C, D)`` full-data loss, NaN where not evaluated, or None.
-        center_loss: ``(G, C, D)`` minibatch loss AT w* on each draw's batch (``center_loss=True``),
-            the control variate of the paired LLC estimator, or None.
+        center_loss: ``(G, C, D)`` minibatch loss AT w* on each draw's batch, the control variate
+            of the paired LLC estimator, or None.
         observed: pytree of ``(G, C, D, ...)`` observable traces, or None.
         accumulator: pytree of ``(G, C, ...)`` accumulator states, or None.
         diverged: ``(G, C)`` bool, the chain's loss went non-finite.
         diverged_at: ``(G, C)`` int, first non-finite step (-1 if none).
-        init_loss: L_n(w*) on the full data.
-        final_state: the ``SGLDState`` after the last step, leaves ``(G, C, ...)`` (device arrays).
+        init_loss: ``(G,)`` L_n(w*) of each configuration's centre.
+        hyperparameters: ``Hyperparameters`` of ``(G,)`` numpy arrays (nβ resolved).
+        center_index, variant_index: ``(G,)`` which centre and which variant each configuration is.
+        num_sampled: ``(G,)`` coordinates each configuration's chains move.
+        final_positions: per configuration, the chains' last positions (leaves ``(C, ...)``, frozen
+            leaves ``None``).
         num_steps: total steps taken per chain.
         compile_seconds: time spent compiling in this call.
         sampling_seconds: wall time of the sampling itself (excluding compilation).
-        settings: the run's settings (JSON-serialisable dict).
+        config: the ``SamplerConfig`` of the run (``nbeta`` as given).
+        settings: the rest of the run's description (JSON-serialisable dict).
     """
 
     loss: np.ndarray
@@ -112,38 +120,43 @@ class ChainsOutput:
     accumulator: PyTree | None
     diverged: np.ndarray
     diverged_at: np.ndarray
-    init_loss: float
-    final_state: SGLDState
+    init_loss: np.ndarray
+    hyperparameters: Hyperparameters
+    center_index: np.ndarray
+    variant_index: np.ndarray
+    num_sampled: np.ndarray
+    final_positions: list
     num_steps: int
     compile_seconds: float
     sampling_seconds: float
+    config: SamplerConfig
     settings: dict
 
+    @property
+    def num_configs(self) -> int:
+        return int(self.loss.shape[0])
+
+    def select(self, index: int | Sequence[int]) -> ChainsOutput:
+        """The configurations ``index`` (an int keeps a leading axis of 1), every field sliced."""
+        indices = np.atleast_1d(np.asarray(index, int))
+        take = lambda x: None if x is None else x[indices]
+        fields = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in ("observed", "accumulator"):
+                value = None if value is None else jax.tree.map(take, value)
+            elif field.name == "hyperparameters":
+                value = Hyperparameters(*(take(x) for x in value))
+            elif field.name == "final_positions":
+                value = [value[i] for i in indices]
+            elif isinstance(value, np.ndarray):
+                value = take(value)
+            fields[field.name] = value
+        return ChainsOutput(**fields)
+
 
 # ---------------------------------------------------------------------------------------------
-# nβ conventions
-
-
-def default_nbeta(n: int) -> float:
-    """Watanabe's nβ* = n / log n (β* = 1/log n), the library default."""
-    n = validation.check_positive_int(n, "n")
-    if n < 2:
-        raise ValueError(f"n={n}: default_nbeta needs n >= 2 (log 1 = 0); pass nbeta explicitly.")
-    return n / math.log(n)
-
-
-def batch_nbeta(batch_size: int) -> float:
-    """The batch-size variant B / log B (devinterp 1.x's default). Never picked silently."""
-    batch_size = validation.check_positive_int(batch_size, "batch_size")
-    if batch_size < 2:
-        raise ValueError(f"batch_size={batch_size}: batch_nbeta needs batch_size >= 2.")
-    return batch_size / math.log(batch_size)
-
-
-# ---------------------------------------------------------------------------------------------
-# full-data loss
-
-
+# full-data loss and the memory budget
 
 
 def full_data_loss(loss_fn: LossFn, params: Params, data: Batch, batch_size: int | None = None) -> Array:
@@ -156,23 +169,223 @@ def full_data_loss(loss_fn: LossFn, params: Params, data: Batch, batch_size: int
     return program.batched_mean_jit(loss_fn, params, data, batch_size)
 
 
+def default_memory_budget() -> int:
+    """Bytes one compiled group may use: half the accelerator's memory, or min(2 GiB, RAM / 8) on CPU."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) // 2
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        ram = 16 * 2**30
+    return int(min(2 * 2**30, ram // 8))
+
+
+def _nbytes(tree) -> int:
+    return sum(int(np.prod(np.shape(x))) * np.dtype(getattr(x, "dtype", np.float32)).itemsize for x in jax.tree.leaves(tree))
+
+
+_ACTIVATION_BYTES: dict = {}
+
+
+def _temp_bytes(function, *args) -> int:
+    """XLA's temporary-buffer size of ``function(*args)`` (compiled once, cached by signature)."""
+    signature = (function, jax.tree.structure(args), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(args)))
+    if signature not in _ACTIVATION_BYTES:
+        try:
+            analysis = jax.jit(function).lower(*args).compile().memory_analysis()
+            _ACTIVATION_BYTES[signature] = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+        except Exception:  # pragma: no cover - backends without memory analysis
+            _ACTIVATION_BYTES[signature] = 0
+    return _ACTIVATION_BYTES[signature]
+
+
 # ---------------------------------------------------------------------------------------------
-# the driver
+# prepare: validation (before any compilation) and the device inputs
 
 
-def _chain_sharding(num_chains: int):
-    devices = jax.devices()
-    if len(devices) == 1:
-        return None
-    if num_chains % len(devices):
-        warnings.warn(
-            f"num_chains={num_chains} is not a multiple of the {len(devices)} devices; chains are not "
-            "sharded. Use a multiple of the device count to spread chains across devices.",
-            stacklevel=3,
+class _Variant(NamedTuple):
+    restriction: restriction.Restriction
+    hyper: np.ndarray  # (4,) step_size, nbeta, localization, weight_decay
+
+
+class _Plan(NamedTuple):
+    n: int
+    centers: list  # device pytrees
+    init_losses: np.ndarray  # (K,)
+    variants: list[_Variant]
+    chain_keys: Array
+    data: Batch
+    static: program.Static  # without num_draws / steps_per_draw / recorded
+    observe_data: PyTree
+
+
+def _check_centers(centers: Sequence[Params]) -> list:
+    if isinstance(centers, Mapping) or not isinstance(centers, (list, tuple)) or not centers:
+        raise TypeError(
+            "centers must be a non-empty list of params pytrees (one per checkpoint); for one w* pass [params]."
         )
-        return None
-    mesh = Mesh(np.array(devices), ("chain",))
-    return NamedSharding(mesh, PartitionSpec(None, "chain")), NamedSharding(mesh, PartitionSpec())
+    validation.check_params(centers[0])
+    reference = jax.tree.structure(centers[0])
+    shapes = [np.shape(x) for x in jax.tree.leaves(centers[0])]
+    for index, center in enumerate(centers[1:], start=1):
+        structure = jax.tree.structure(center)
+        if structure != reference:
+            raise ValueError(
+                f"checkpoint {index} has a different pytree structure from checkpoint 0:\n  0: {reference}\n"
+                f"  {index}: {structure}\nEvery checkpoint must be the same model (same parameter names and nesting)."
+            )
+        for (path, leaf), shape in zip(jax.tree_util.tree_flatten_with_path(center)[0], shapes):
+            if np.shape(leaf) != shape:
+                raise ValueError(
+                    f"checkpoint {index}{jax.tree_util.keystr(path)} has shape {np.shape(leaf)} but checkpoint 0 has "
+                    f"{shape}; every checkpoint must have the same parameter shapes."
+                )
+        validation.check_params(center)
+    return list(centers)
+
+
+def _variants(config: SamplerConfig, n: int, params: Params, masks, grid) -> list[_Variant]:
+    masks = [None] if masks is None else list(masks)
+    if not masks:
+        raise ValueError("masks is empty: pass None (the whole model) or a list of bool masks.")
+    grid = dict(grid or {})
+    unknown = set(grid) - set(_HYPERPARAMETERS)
+    if unknown:
+        raise ValueError(f"grid has unknown hyperparameter(s) {sorted(unknown)}; use {list(_HYPERPARAMETERS)}.")
+    if isinstance(config.step_size, str) and "step_size" not in grid:
+        raise ValueError("run_chains needs a numeric step_size; 'auto' is resolved by estimate_llc / calibrate.")
+    base = dict(step_size=config.step_size, nbeta=config.nbeta_for(n), localization=config.localization, weight_decay=config.weight_decay)
+    columns = {}
+    for name in _HYPERPARAMETERS:
+        values = np.atleast_1d(np.asarray(grid.get(name, base[name]), np.float64))
+        if values.ndim != 1 or not np.all(np.isfinite(values)) or np.any(values < 0) or (name == "step_size" and np.any(values == 0)):
+            raise ValueError(f"grid[{name!r}]={values!r} must be a 1-D array of finite values >= 0 (step_size > 0).")
+        columns[name] = values
+    lengths = {len(masks)} | {len(v) for v in columns.values()}
+    lengths.discard(1)
+    if len(lengths) > 1:
+        raise ValueError(f"masks and grid have different lengths {sorted(lengths)}; they must share one length (or be 1).")
+    num_variants = lengths.pop() if lengths else 1
+    restrictions = []
+    for index, mask in enumerate(masks):
+        checked = validation.check_masks(mask, params, None, name=f"masks[{index}]")
+        restrictions.append(restriction.restrict(checked, params))
+    if len(restrictions) == 1:
+        restrictions = restrictions * num_variants
+    hyper = np.stack([np.broadcast_to(columns[name], (num_variants,)) for name in _HYPERPARAMETERS], axis=1)
+    return [_Variant(r, h) for r, h in zip(restrictions, hyper)]
+
+
+def _prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_data, accumulator, keep_traces,
+             full_loss_every, center_loss, init_losses) -> _Plan:
+    if not isinstance(config, SamplerConfig):
+        raise TypeError(f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}.")
+    n = validation.check_data(data)
+    centers = _check_centers(centers)
+    if config.batch_size > n:
+        raise ValueError(f"batch_size={config.batch_size} is larger than the dataset (n={n}); use batch_size <= {n}.")
+    full_loss_every = validation.check_positive_int(full_loss_every, "full_loss_every", minimum=0)
+    variants = _variants(config, n, centers[0], masks, grid)
+    validation.check_loss_fn(loss_fn, centers[0], data, config.batch_size)
+    if observe_data is not None and observe is None:
+        raise ValueError("observe_data was given without observe; pass observe(params, info, context).")
+    if accumulator is not None and observe is None:
+        raise ValueError("accumulator was given without observe; the accumulator streams observe's values.")
+    data = jax.tree.map(jnp.asarray, data)
+    centers = [jax.tree.map(jnp.asarray, c) for c in centers]
+    if init_losses is None:
+        init_losses = np.array([float(full_data_loss(loss_fn, c, data, config.batch_size)) for c in centers])
+    init_losses = np.asarray(init_losses, np.float64).reshape(len(centers))
+    bad = np.flatnonzero(~np.isfinite(init_losses))
+    if bad.size:
+        raise ValueError(f"the full-data loss at checkpoint(s) {bad.tolist()} is not finite; loss_fn must be finite at w*.")
+    static = program.Static(
+        loss_fn=loss_fn, layout=None, preconditioner=config.preconditioner_spec, batch_size=config.batch_size,
+        num_draws=0, steps_per_draw=1, recorded=True, observe=observe, accumulator=accumulator,
+        keep_traces=bool(keep_traces and observe is not None), full_loss_every=full_loss_every,
+        full_loss_batch_size=config.batch_size, mala_every=config.mala_every,
+        diagnostics_every=config.diagnostics_every, center_loss=bool(center_loss), bulk_noise=False,
+    )
+    chain_keys = jax.random.split(validation.as_key(key), config.num_chains)
+    observe_data = jax.tree.map(jnp.asarray, observe_data)
+    return _Plan(n, centers, init_losses, variants, chain_keys, data, static, observe_data)
+
+
+# ---------------------------------------------------------------------------------------------
+# plan: groups of configurations under the memory budget
+
+
+class _Group(NamedTuple):
+    centers: list[int]  # indices into plan.centers (padded by repetition)
+    variants: list[int]  # indices into plan.variants (padded by repetition)
+    num_centers: int  # before padding
+    num_variants: int
+
+
+def _config_bytes(plan: _Plan, config: SamplerConfig, layout: restriction.Layout, offsets: tuple) -> int:
+    """Bytes one configuration needs in a group: chains' state, activations, observables."""
+    center = plan.centers[0]
+    piece = restriction.extract(layout, offsets, center)
+    copies = 6 + (2 if config.preconditioner_spec.adaptive else 0)
+    touched = sum(_nbytes(leaf) for leaf, lay in zip(jax.tree.leaves(center), layout.leaves) if lay is not None)
+    batch = jax.tree.map(lambda x: jnp.zeros((config.batch_size,) + x.shape[1:], x.dtype), plan.data)
+
+    def value_and_grad(position, batch):
+        loss = lambda p: kernels.mean_loss(plan.static.loss_fn, restriction.embed(layout, offsets, center, p), batch)
+        return jax.value_and_grad(loss)(position)
+
+    per_chain = copies * _nbytes(piece) + 2 * touched + _temp_bytes(value_and_grad, piece, batch)
+    observe = plan.static.observe
+    if observe is not None:
+        info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
+        context = DrawContext(batch, center, jnp.zeros((), jnp.float32), plan.observe_data)
+        values = jax.eval_shape(observe, center, info, context)
+        per_chain += _temp_bytes(lambda p, i, c: observe(p, i, c), center, info, context) + 2 * _nbytes(values)
+        if plan.static.accumulator is not None:
+            example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), values)
+            per_chain += 2 * _nbytes(jax.eval_shape(plan.static.accumulator.init, example))
+        if plan.static.keep_traces:
+            per_chain += config.num_draws * _nbytes(values)
+    per_chain += config.num_draws * 8 * 4  # the records
+    return config.num_chains * per_chain + (_nbytes(center) if len(plan.centers) > 1 else 0)
+
+
+def _groups(plan: _Plan, config: SamplerConfig) -> list[_Group]:
+    budget = config.memory_budget or default_memory_budget()
+    by_layout: dict = {}
+    for index, variant in enumerate(plan.variants):
+        by_layout.setdefault(variant.restriction.layout, []).append(index)
+    num_centers = len(plan.centers)
+    groups = []
+    for layout, members in by_layout.items():
+        per_config = _config_bytes(plan, config, layout, plan.variants[members[0]].restriction.offsets)
+        if per_config > budget:
+            raise ValueError(
+                f"memory_budget={budget} bytes is too small for one configuration ({per_config} bytes: "
+                f"{config.num_chains} chains of a component with {layout.num_sampled} coordinates, with their "
+                f"activations). Raise SamplerConfig.memory_budget to at least {per_config}, or use fewer chains "
+                "or a smaller batch_size."
+            )
+        capacity = budget // per_config
+        variants_per_group = min(len(members), capacity)
+        centers_per_group = max(1, min(num_centers, capacity // variants_per_group))
+        for c0 in range(0, num_centers, centers_per_group):
+            center_block = list(range(c0, min(c0 + centers_per_group, num_centers)))
+            for v0 in range(0, len(members), variants_per_group):
+                variant_block = members[v0:v0 + variants_per_group]
+                groups.append(_Group(
+                    center_block + [center_block[-1]] * (centers_per_group - len(center_block)),
+                    variant_block + [variant_block[-1]] * (variants_per_group - len(variant_block)),
+                    len(center_block), len(variant_block),
+                ))
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule and drive
 
 
 def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, requested: int | None) -> list[int]:
@@ -192,367 +405,301 @@ def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, r
     return lengths
 
 
-def run_chains(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    *,
-    key: KeyLike,
-    step_size,
-    nbeta,
-    localization,
-    weight_decay=0.0,
-    num_chains: int = 4,
-    num_draws: int,
-    num_burnin: int = 0,
-    num_steps_between_draws: int = 1,
-    batch_size: int,
-    sampler: str | Preconditioner = "sgld",
-    masks: Mask | None = None,
-    observe: Callable[[Params, SGLDInfo], PyTree] | None = None,
-    observe_data: PyTree | None = None,
-    accumulator: Accumulator | None = None,
-    keep_traces: bool = False,
-    full_loss_every: int = 0,
-    mala_every: int = 20,
-    center_loss: bool = False,
-    init_loss: float | None = None,
-    progress: bool = True,
-    chunk_draws: int | None = None,
-    description: str = "SGLD",
-    checkpoint_dir=None,
-) -> ChainsOutput:
-    """Runs ``num_chains`` localized SGLD chains for each of G configurations, as one program.
+def _schedule(config: SamplerConfig, per_step_bytes: int) -> list[tuple[int, int, bool]]:
+    """(draws, steps per draw, recorded) per chunk: burn-in chunks first, then the recorded ones."""
+    burnin = _chunk_lengths(config.num_burnin, 1, per_step_bytes, config.chunk_draws)
+    draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws)
+    return [(length, 1, False) for length in burnin] + [(length, config.num_steps_between_draws, True) for length in draws]
 
-    Args:
-        loss_fn: ``loss_fn(params, batch)`` -> per-example ``(batch,)``, per-token ``(batch, seq)``
-            or scalar mean losses.
-        params: pytree at w* (the localization centre and every chain's start).
-        data: pytree of arrays with a shared leading axis n.
-        key: int seed or JAX PRNG key. Chain c uses ``split(key, num_chains)[c]`` in every
-            configuration, so configurations differ only by their settings.
-        step_size, nbeta, localization, weight_decay: scalars or 1-D grids of length G (broadcast
-            together). ``nbeta`` may be 0 (the negative control), the others must be > 0 / >= 0.
-        num_chains, num_draws, num_burnin, num_steps_between_draws: the schedule. Draw d is taken at
-            step ``num_burnin + d * num_steps_between_draws``.
-        batch_size: minibatch size m <= n, drawn with replacement; m = n means full batch (every
-            step sees all the data, exactly once).
-        sampler: ``"sgld"``, ``"rmsprop_sgld"``, ``"rmsprop_sgld_devinterp"`` or a ``Preconditioner``.
-        masks: None, one bool mask pytree (shared by all configurations), or a stack of G masks
-            (leaves with a leading axis G) when no hyperparameter is a grid longer than 1 or G
-            matches.
-        observe: ``observe(position, info) -> pytree`` evaluated at every draw (at the draw's
-            position, before that step moves it).
-        observe_data: optional pytree of arrays (e.g. probe datasets); with it ``observe`` is called
-            as ``observe(position, info, observe_data, batch)``, ``batch`` being the draw's minibatch
-            (the batch of ``info.loss``, drawn independently of ``position``). A traced input, so new
-            values of the same shapes never recompile (a closure would bake them into the program).
-        accumulator: streaming statistics of ``observe``'s values carried on device.
-        keep_traces: keep every draw's ``observe`` values (memory grows with num_draws).
-        full_loss_every: evaluate the full-data loss every this many draws (0 = never).
-        mala_every: MALA acceptance every this many draws (0 = never); costs one extra gradient.
-        center_loss: also evaluate the loss at w* on every draw's minibatch (one forward pass per
-            draw), the control variate of the paired LLC estimator.
-        init_loss: L_n(w*) if already known (skips one full-data pass).
-        progress: show a tqdm bar.
-        chunk_draws: draws per compiled chunk (default: about a tenth of the run, within a noise
-            memory budget).
-        checkpoint_dir: a directory to write the run's state to after every chunk; a restarted run
-            with the same settings resumes from it and ends bitwise identical to an uninterrupted
-            one (``slt_jax.checkpoint``).
 
-    Returns:
-        A ``ChainsOutput`` with leading axes ``(G, num_chains)``.
-    """
-    # ---- validation, all before compiling anything
-    n = validation.check_data(data)
-    validation.check_params(params)
-    num_chains = validation.check_positive_int(num_chains, "num_chains")
-    num_draws = validation.check_positive_int(num_draws, "num_draws")
-    num_burnin = validation.check_positive_int(num_burnin, "num_burnin", minimum=0)
-    num_steps_between_draws = validation.check_positive_int(num_steps_between_draws, "num_steps_between_draws")
-    batch_size = validation.check_positive_int(batch_size, "batch_size")
-    if batch_size > n:
-        raise ValueError(f"batch_size={batch_size} is larger than the dataset (n={n}); use batch_size <= {n}.")
-    full_loss_every = validation.check_positive_int(full_loss_every, "full_loss_every", minimum=0)
-    mala_every = validation.check_positive_int(mala_every, "mala_every", minimum=0)
-    if chunk_draws is not None:
-        chunk_draws = validation.check_positive_int(chunk_draws, "chunk_draws")
-    preconditioner = kernels.get_preconditioner(sampler)
-    grids = {
-        "step_size": validation.check_scalar_grid(step_size, "step_size", allow_zero=False, fix="Try step_size=1e-4 and calibrate (see README)."),
-        "nbeta": validation.check_scalar_grid(nbeta, "nbeta", allow_zero=True, fix="The default is n / log n (slt_jax.default_nbeta)."),
-        "localization": validation.check_scalar_grid(localization, "localization", allow_zero=True, fix="Typical values are 1 to 1000."),
-        "weight_decay": validation.check_scalar_grid(weight_decay, "weight_decay", allow_zero=True, fix="Use 0 for none."),
-    }
-    lengths = {len(v) for v in grids.values() if v.ndim == 1}
-    if len(lengths) > 1:
-        raise ValueError(f"hyperparameter grids have different lengths {sorted(lengths)}; grids must share one length G.")
-    num_configs = lengths.pop() if lengths else None
-    stacked_masks = False
-    if masks is not None and not callable(masks):
-        first = jax.tree.leaves(masks)
-        mask_leading = {np.ndim(m) for m in first}
-        # A stack of masks: every leaf has one more axis than its parameter.
-        stacked_masks = len(first) == len(jax.tree.leaves(params)) and all(
-            np.ndim(m) == np.ndim(p) + 1 for m, p in zip(first, jax.tree.leaves(params))
-        ) and bool(mask_leading)
-    if stacked_masks:
-        num_mask_configs = np.shape(jax.tree.leaves(masks)[0])[0]
-        if num_configs is not None and num_configs != num_mask_configs:
-            raise ValueError(f"masks stack {num_mask_configs} masks but the hyperparameter grids have length {num_configs}.")
-        num_configs = num_mask_configs
-        masks = validation.check_masks(masks, params, num_configs, name="masks")
-    else:
-        masks = validation.check_masks(masks, params, None, name="mask")
-    num_configs = num_configs or 1
-    validation.check_loss_fn(loss_fn, params, data, batch_size)
-    if observe_data is not None and observe is None:
-        raise ValueError("observe_data was given without observe; pass observe(position, info, observe_data, batch).")
-
-    # ---- device inputs
-    params = jax.tree.map(jnp.asarray, params)
-    data = jax.tree.map(jnp.asarray, data)
-    observe_data = jax.tree.map(jnp.asarray, observe_data)
-    dtype = jnp.result_type(jax.tree.leaves(params)[0])
-    hyper = Hyperparameters(
-        *(jnp.broadcast_to(jnp.asarray(grids[f], dtype), (num_configs,)) for f in Hyperparameters._fields)
-    )
-    if masks is not None and not stacked_masks:
-        masks = jax.tree.map(lambda m: jnp.broadcast_to(m, (num_configs,) + m.shape), masks)
-    key = as_key(key)
-    chain_keys = jax.random.split(key, num_chains)
-
-    if init_loss is None:
-        init_loss = float(full_data_loss(loss_fn, params, data, batch_size))
-    if not np.isfinite(init_loss):
-        raise ValueError(f"the full-data loss at w* is {init_loss}; loss_fn(params, data) must be finite at w*.")
-
-    state = kernels.init(params, preconditioner)
-    state = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_configs, num_chains) + jnp.shape(x)), state)
-    if observe is not None and accumulator is not None:
-        example_info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
-        example_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size,) + x.shape[1:], x.dtype), data)
-        example_args = () if observe_data is None else (observe_data, example_batch)
-        example = jax.eval_shape(observe, params, example_info, *example_args)
-        acc_single = accumulator.init(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example))
-        acc = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_configs, num_chains) + jnp.shape(x)), acc_single)
-    else:
-        acc = None
-    carry = program.Carry(state, acc, jnp.full((num_configs, num_chains), -1, jnp.int32))
-    carry = jax.tree.map(jnp.array, carry)  # own buffers (the chunk program donates its carry)
-
-    sharding = _chain_sharding(num_chains)
-    if sharding is not None:
-        chain_sharded, replicated = sharding
-        carry = jax.device_put(carry, chain_sharded)
-        chain_keys = jax.device_put(chain_keys, NamedSharding(chain_sharded.mesh, PartitionSpec("chain")))
-        data, params, hyper, observe_data = jax.device_put((data, params, hyper, observe_data), replicated)
-        if masks is not None:
-            masks = jax.device_put(masks, replicated)
-
-    static = dict(
-        loss_fn=loss_fn,
-        preconditioner=preconditioner,
-        batch_size=batch_size,
-        observe=observe,
-        accumulator=accumulator,
-        keep_traces=keep_traces,
-        full_loss_every=full_loss_every,
-        full_loss_batch_size=batch_size,
-        mala_every=mala_every,
-        center_loss=bool(center_loss),
-        bulk_noise=sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(params)) <= _BULK_NOISE_MAX_PARAMETERS,
-        masked=masks is not None,
-    )
-    # Bytes a chunk pre-generates per step: the noise when drawn in bulk, else the minibatch indices.
-    per_step_values = sum(int(np.prod(np.shape(p))) for p in jax.tree.leaves(params)) if static["bulk_noise"] else batch_size
-    per_step_bytes = num_configs * num_chains * per_step_values * 4
-    schedule = [(length, 1, False) for length in _chunk_lengths(num_burnin, 1, per_step_bytes, chunk_draws)]
-    schedule += [(length, num_steps_between_draws, True) for length in _chunk_lengths(num_draws, num_steps_between_draws, per_step_bytes, chunk_draws)]
-    total_steps = num_burnin + num_draws * num_steps_between_draws
-
-    records: list[program.DrawRecord] = []
-    compile_seconds = 0.0
-    sampling_seconds = 0.0
-    step_offset = 0
-    draw_offset = 0
-    stopped_early = False
-    checkpoint, chunks_done = None, 0
-    if checkpoint_dir is not None:
-        checkpoint, restored = _open_checkpoint(
-            checkpoint_dir, carry, params, data, masks, observe_data, chain_keys, static, schedule, grids, init_loss
+def _chain_sharding(num_chains: int):
+    devices = jax.devices()
+    if len(devices) == 1:
+        return None
+    if num_chains % len(devices):
+        warnings.warn(
+            f"num_chains={num_chains} is not a multiple of the {len(devices)} devices; chains are not "
+            "sharded. Use a multiple of the device count to spread chains across devices.",
+            stacklevel=4,
         )
-        if restored is not None:
-            carry, records, step_offset, draw_offset, chunks_done = restored
-            carry = jax.tree.map(jnp.asarray, carry) if sharding is None else jax.device_put(carry, sharding[0])
-    diverged_at = np.asarray(carry.diverged_at)
-    with tqdm(total=total_steps, desc=description, disable=not progress, unit="step", leave=False) as bar:
-        bar.update(step_offset)
-        for index, (length, steps_per_draw, recorded) in enumerate(schedule):
-            if index < chunks_done:
-                continue
-            if np.all(diverged_at >= 0):  # a resumed run that had stopped early
-                stopped_early = True
-                break
-            chunk_static = dict(static, num_draws=length, steps_per_draw=steps_per_draw)
-            if not recorded:
-                chunk_static.update(observe=None, accumulator=None, keep_traces=False, full_loss_every=0, mala_every=0, center_loss=False)
-            # Burn-in records nothing and carries no accumulator.
-            chunk_carry = carry if recorded else carry._replace(accumulator=None)
-            args = (
-                chunk_carry,
-                chain_keys,
-                data,
-                params,
-                hyper,
-                masks,
-                jnp.asarray(step_offset, jnp.int32),
-                jnp.asarray(draw_offset if recorded else 0, jnp.int32),
-                observe_data if recorded else None,
-            )
-            executable, seconds = program.compiled_chunk(args, chunk_static)
-            compile_seconds += seconds
-            start = time.perf_counter()
-            new_carry, record = executable(*args)
-            if recorded:
-                carry = new_carry
-                records.append(record)
-                draw_offset += length
-            else:
-                carry = new_carry._replace(accumulator=carry.accumulator)
-            diverged_at = np.asarray(carry.diverged_at)  # the one host sync per chunk
-            sampling_seconds += time.perf_counter() - start
-            step_offset += length * steps_per_draw
-            if checkpoint is not None:
-                checkpoint.save(index, carry, record if recorded else None, step_offset, draw_offset)
-            bar.update(length * steps_per_draw)
-            if np.all(diverged_at >= 0):
-                stopped_early = step_offset < total_steps
-                break
+        return None
+    mesh = Mesh(np.array(devices), ("chain",))
+    return NamedSharding(mesh, PartitionSpec(None, None, "chain")), NamedSharding(mesh, PartitionSpec("chain")), NamedSharding(mesh, PartitionSpec())
 
-    output = _assemble(records, num_configs, num_chains, num_draws, keep_traces, full_loss_every, center_loss)
-    settings = dict(
-        step_size=grids["step_size"].tolist(),
-        nbeta=grids["nbeta"].tolist(),
-        localization=grids["localization"].tolist(),
-        weight_decay=grids["weight_decay"].tolist(),
-        num_chains=num_chains,
-        num_draws=num_draws,
-        num_burnin=num_burnin,
-        num_steps_between_draws=num_steps_between_draws,
-        batch_size=batch_size,
-        n=n,
-        sampler=preconditioner._asdict(),
-        num_configs=num_configs,
-        masked=masks is not None,
-        full_loss_every=full_loss_every,
-        mala_every=mala_every,
-        center_loss=bool(center_loss),
-        minibatches="full batch" if batch_size == n else "with replacement",
-        stopped_early=stopped_early,
+
+class _GroupRun(NamedTuple):
+    records: list
+    carry: program.Carry
+    num_steps: int
+    stopped_early: bool
+    compile_seconds: float
+    sampling_seconds: float
+
+
+def _group_inputs(plan: _Plan, config: SamplerConfig, group: _Group):
+    layout = plan.variants[group.variants[0]].restriction.layout
+    variants = [plan.variants[v] for v in group.variants]
+    offsets = restriction.stack_offsets([v.restriction for v in variants])
+    hyper = Hyperparameters(*(jnp.asarray(np.stack([v.hyper[i] for v in variants]), jnp.float32) for i in range(4)))
+    centers = jax.tree.map(lambda *xs: jnp.stack(xs), *[plan.centers[c] for c in group.centers])
+    init_losses = jnp.asarray(plan.init_losses[group.centers], jnp.float32)
+    num_k, num_v, num_c = len(group.centers), len(group.variants), config.num_chains
+    lead = lambda x: jnp.broadcast_to(x, (num_k, num_v, num_c) + jnp.shape(x))
+    # Every chain starts at its own centre's piece.
+    start = jax.vmap(lambda c: jax.vmap(lambda o: restriction.extract(layout, o, c), axis_size=num_v)(offsets))(centers)
+    state = kernels.init(start, config.preconditioner_spec)
+    state = SGLDState(
+        jax.tree.map(lambda x: jnp.broadcast_to(x[:, :, None], (num_k, num_v, num_c) + x.shape[2:]), state.position),
+        None if state.second_moment is None else jax.tree.map(lambda x: jnp.broadcast_to(x[:, :, None], (num_k, num_v, num_c) + x.shape[2:]), state.second_moment),
+        lead(state.count),
     )
-    return ChainsOutput(
-        **output,
-        accumulator=None if carry.accumulator is None else jax.tree.map(np.asarray, carry.accumulator),
-        diverged=diverged_at >= 0,
-        diverged_at=diverged_at,
-        init_loss=float(init_loss),
-        final_state=carry.state,
-        num_steps=step_offset,
-        compile_seconds=compile_seconds,
-        sampling_seconds=sampling_seconds,
-        settings=settings,
-    )
+    accumulated = None
+    static = plan.static
+    if static.observe is not None and static.accumulator is not None:
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((config.batch_size,) + x.shape[1:], x.dtype), plan.data)
+        info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
+        example = jax.eval_shape(static.observe, plan.centers[0], info, DrawContext(batch, plan.centers[0], jnp.zeros(()), plan.observe_data))
+        accumulated = jax.tree.map(lead, static.accumulator.init(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)))
+    carry = program.Carry(state, accumulated, jnp.full((num_k, num_v, num_c), -1, jnp.int32))
+    carry = jax.tree.map(jnp.array, carry)  # own buffers (the chunk program donates its carry)
+    num_sampled = layout.num_sampled
+    static = static._replace(layout=layout, bulk_noise=num_sampled <= _BULK_NOISE_MAX_PARAMETERS)
+    return carry, centers, init_losses, offsets, hyper, static
 
 
-def _open_checkpoint(directory, carry, params, data, masks, observe_data, chain_keys, static, schedule, grids, init_loss):
-    """Builds the run's ``RunCheckpoint`` and restores it if present (see ``slt_jax.checkpoint``)."""
-    from slt_jax import checkpoint as checkpoint_lib
-
-    observed = None
-    if static["observe"] is not None and static["keep_traces"]:
-        example_info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
-        example_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((static["batch_size"],) + x.shape[1:], x.dtype), data)
-        example_args = () if observe_data is None else (observe_data, example_batch)
-        observed = jax.eval_shape(static["observe"], params, example_info, *example_args)
-    zero = np.zeros(())
-    record_like = program.DrawRecord(SGLDInfo(*(zero for _ in SGLDInfo._fields)), zero, zero, zero, observed)
-    settings = dict(
-        {k: v for k, v in static.items() if k != "preconditioner"},
-        preconditioner=static["preconditioner"]._asdict(),
-        schedule=[list(chunk) for chunk in schedule],
-        grids={k: v.tolist() for k, v in grids.items()},
-        init_loss=float(init_loss),
-    )
-    arrays = dict(params=params, data=data, masks=masks, observe_data=observe_data, chain_keys=chain_keys)
-    key = checkpoint_lib.fingerprint(settings, arrays)
+def _open_checkpoint(directory, group_index, carry, static, schedule, arrays, settings):
+    observed_like = None
+    record_like = program.DrawRecord(SGLDInfo(*(np.zeros(()) for _ in SGLDInfo._fields)), np.zeros(()), np.zeros(()), observed_like)
+    if static.keep_traces:
+        record_like = None  # traces of observables: structure known only after the first chunk
+    described = dict(settings, group=group_index, schedule=[list(c) for c in schedule], static=repr(static))
+    key = checkpoint_lib.fingerprint(described, arrays)
+    if record_like is None:
+        return None, None
     run_checkpoint = checkpoint_lib.RunCheckpoint(directory, key, carry, record_like)
     return run_checkpoint, run_checkpoint.restore()
 
 
-def _assemble(records, num_configs, num_chains, num_draws, keep_traces, full_loss_every, center_loss) -> dict:
-    """Concatenates chunk records on device, pads an early stop with NaN, moves to host once."""
-    if records:
-        joined = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=2), *records)
-    else:
-        joined = None
-    done = 0 if joined is None else joined.info.loss.shape[2]
+def _drive(plan: _Plan, config: SamplerConfig, group_index: int, group: _Group, bar, checkpoint_dir) -> _GroupRun:
+    """Runs one group's chunks, checking divergence (and saving a checkpoint) after each."""
+    carry, centers, init_losses, offsets, hyper, static = _group_inputs(plan, config, group)
+    num_configs = len(group.centers) * len(group.variants)
+    per_step_values = static.layout.num_sampled if static.bulk_noise else config.batch_size
+    schedule = _schedule(config, num_configs * config.num_chains * per_step_values * 4)
+    data, observe_data, chain_keys = plan.data, plan.observe_data, plan.chain_keys
+    sharding = _chain_sharding(config.num_chains)
+    if sharding is not None:
+        carry_sharding, key_sharding, replicated = sharding
+        carry = jax.device_put(carry, carry_sharding)
+        chain_keys = jax.device_put(chain_keys, key_sharding)
+        data, centers, init_losses, offsets, hyper, observe_data = jax.device_put(
+            (data, centers, init_losses, offsets, hyper, observe_data), replicated
+        )
+    records, step_offset, draw_offset, chunks_done = [], 0, 0, 0
+    checkpoint = None
+    if checkpoint_dir is not None:
+        arrays = dict(centers=centers, data=data, offsets=offsets, hyper=hyper, observe_data=observe_data, keys=jax.random.key_data(plan.chain_keys))
+        checkpoint, restored = _open_checkpoint(checkpoint_dir, group_index, carry, static, schedule, arrays, config.to_dict())
+        if restored is not None:
+            carry, records, step_offset, draw_offset, chunks_done = restored
+            carry = jax.tree.map(jnp.asarray, carry) if sharding is None else jax.device_put(carry, sharding[0])
+            bar.update(step_offset)
+    compile_seconds = sampling_seconds = 0.0
+    diverged_at = np.asarray(carry.diverged_at)
+    stopped_early = False
+    for index, (length, steps_per_draw, recorded) in enumerate(schedule):
+        if index < chunks_done:
+            continue
+        if np.all(diverged_at >= 0):
+            stopped_early = True
+            break
+        chunk_static = static._replace(num_draws=length, steps_per_draw=steps_per_draw, recorded=recorded)
+        if not recorded:
+            chunk_static = chunk_static._replace(observe=None, accumulator=None, keep_traces=False, full_loss_every=0, center_loss=False)
+        chunk_carry = carry if recorded else carry._replace(accumulator=None)
+        args = (chunk_carry, chain_keys, data, centers, init_losses, offsets, hyper,
+                jnp.asarray(step_offset, jnp.int32), jnp.asarray(draw_offset if recorded else 0, jnp.int32),
+                observe_data if recorded else None)
+        executable, seconds = program.compiled_chunk(args, chunk_static)
+        compile_seconds += seconds
+        if not bar.disable:
+            bar.start_t += seconds  # the progress rate excludes compilation
+        start = time.perf_counter()
+        new_carry, record = executable(*args)
+        if recorded:
+            carry = new_carry
+            records.append(record)
+            draw_offset += length
+        else:
+            carry = new_carry._replace(accumulator=carry.accumulator)
+        diverged_at = np.asarray(carry.diverged_at)  # the one host sync per chunk
+        sampling_seconds += time.perf_counter() - start
+        step_offset += length * steps_per_draw
+        if checkpoint is not None:
+            checkpoint.save(index, carry, record if recorded else None, step_offset, draw_offset)
+        bar.update(length * steps_per_draw)
+        if np.all(diverged_at >= 0):
+            stopped_early = step_offset < config.num_steps
+            break
+    return _GroupRun(records, carry, step_offset, stopped_early, compile_seconds, sampling_seconds)
 
+
+# ---------------------------------------------------------------------------------------------
+# assemble
+
+
+def _host_records(records, num_draws: int, keep_traces: bool, full: bool, center: bool, shape) -> dict:
+    """Concatenates a group's chunk records, pads an early stop with NaN, moves to host once."""
     def host(x):
         x = np.asarray(x)
+        done = x.shape[3]
         if done < num_draws:
-            pad = np.full(x.shape[:2] + (num_draws - done,) + x.shape[3:], np.nan, dtype=np.float32 if x.dtype.kind != "f" else x.dtype)
-            x = np.concatenate([x.astype(pad.dtype), pad], axis=2) if x.size or done else pad
+            pad = np.full(x.shape[:3] + (num_draws - done,) + x.shape[4:], np.nan, np.float32 if x.dtype.kind != "f" else x.dtype)
+            x = np.concatenate([x.astype(pad.dtype), pad], axis=3)
         return x
 
-    if joined is None:
-        empty = np.full((num_configs, num_chains, num_draws), np.nan, np.float32)
-        info = {f: empty for f in SGLDInfo._fields}
-        return dict(
-            **info,
-            mala_acceptance=empty,
-            full_loss=empty if full_loss_every else None,
-            center_loss=empty if center_loss else None,
-            observed=None,
-        )
-    info = {f: host(getattr(joined.info, f)) for f in SGLDInfo._fields}
-    return dict(
-        **info,
-        mala_acceptance=host(joined.mala_acceptance),
-        full_loss=host(joined.full_loss) if full_loss_every else None,
-        center_loss=host(joined.center_loss) if center_loss else None,
-        observed=jax.tree.map(host, joined.observed) if keep_traces and joined.observed is not None else None,
-    )
+    if not records:
+        empty = np.full(shape + (num_draws,), np.nan, np.float32)
+        out = {f: empty for f in SGLDInfo._fields}
+        return dict(out, full_loss=empty, center_loss=empty, observed=None)
+    joined = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=3), *records)
+    out = {f: host(getattr(joined.info, f)) for f in SGLDInfo._fields}
+    out["full_loss"] = host(joined.full_loss) if full else None
+    out["center_loss"] = host(joined.center_loss) if center else None
+    out["observed"] = jax.tree.map(host, joined.observed) if keep_traces and joined.observed is not None else None
+    return out
 
 
-def sample(
+def _assemble(plan: _Plan, config: SamplerConfig, groups: list[_Group], runs: list[_GroupRun]) -> dict:
+    """Scatters every group's (centres x variants) block back into configuration order g = k * V + v."""
+    num_variants = len(plan.variants)
+    num_configs = len(plan.centers) * num_variants
+    static = plan.static
+    fields: dict[str, Any] = {}
+    accumulator_parts: list = [None] * num_configs
+    observed_parts: list = [None] * num_configs
+    final_positions: list = [None] * num_configs
+    diverged_at = np.full((num_configs, config.num_chains), -1, np.int64)
+    for group, run in zip(groups, runs):
+        shape = (len(group.centers), len(group.variants), config.num_chains)
+        host = _host_records(run.records, config.num_draws, static.keep_traces, bool(static.full_loss_every), static.center_loss, shape)
+        group_diverged = np.asarray(run.carry.diverged_at)
+        accumulated = None if run.carry.accumulator is None else jax.tree.map(np.asarray, run.carry.accumulator)
+        for i in range(group.num_centers):
+            for j in range(group.num_variants):
+                g = group.centers[i] * num_variants + group.variants[j]
+                for name, value in host.items():
+                    if name == "observed":
+                        if value is not None:
+                            observed_parts[g] = jax.tree.map(lambda x: x[i, j], value)
+                        continue
+                    if value is None:
+                        fields[name] = None
+                        continue
+                    fields.setdefault(name, np.full((num_configs,) + value.shape[2:], np.nan, value.dtype))[g] = value[i, j]
+                diverged_at[g] = group_diverged[i, j]
+                if accumulated is not None:
+                    accumulator_parts[g] = jax.tree.map(lambda x: x[i, j], accumulated)
+                final_positions[g] = jax.tree.map(lambda x: x[i, j], run.carry.state.position)
+    stack = lambda parts: None if parts[0] is None else jax.tree.map(lambda *xs: np.stack(xs), *parts)
+    fields["observed"] = stack(observed_parts)
+    fields["accumulator"] = stack(accumulator_parts)
+    fields["final_positions"] = final_positions
+    fields["diverged_at"] = diverged_at
+    fields["diverged"] = diverged_at >= 0
+    return fields
+
+
+# ---------------------------------------------------------------------------------------------
+# the public entry point
+
+
+def run_chains(
     loss_fn: LossFn,
-    params: Params,
+    centers: Sequence[Params],
     data: Batch,
+    config: SamplerConfig,
     *,
     key: KeyLike,
-    step_size: float,
-    nbeta: float | None = None,
-    localization: float,
-    mask: Mask | None = None,
-    **kwargs,
+    masks: Sequence[Mask | None] | None = None,
+    grid: Mapping[str, Sequence[float]] | None = None,
+    observe: Callable[[Params, SGLDInfo, DrawContext], PyTree] | None = None,
+    observe_data: PyTree | None = None,
+    accumulator: Accumulator | None = None,
+    keep_traces: bool = False,
+    full_loss_every: int = 0,
+    center_loss: bool = False,
+    init_losses: Sequence[float] | None = None,
+    progress: bool = True,
+    checkpoint_dir=None,
+    description: str = "SGLD",
 ) -> ChainsOutput:
-    """Single-configuration ``run_chains``: outputs have leading axes ``(num_chains, ...)``.
+    """Runs ``config.num_chains`` localized SGLD chains for every configuration ``centers x variants``.
 
-    ``nbeta=None`` uses ``default_nbeta(n)``. See ``run_chains`` for every other argument.
+    Args:
+        loss_fn: ``loss_fn(params, batch)`` -> per-example ``(batch,)``, per-token ``(batch, seq)``
+            or scalar mean losses.
+        centers: a list of K params pytrees of one structure (checkpoints; ``[params]`` for one w*).
+            Each is its configurations' localization centre and start, with its own L_n(w*).
+        data: pytree of arrays with a shared leading axis n.
+        config: the ``SamplerConfig`` (``step_size`` numeric).
+        key: int seed or JAX PRNG key. Chain c uses ``split(key, num_chains)[c]`` in every
+            configuration, so configurations differ only by their centre, component and settings.
+        masks: V bool masks (None = the whole model) naming each variant's component; chains of a
+            restricted variant carry only its coordinates (``slt_jax.restriction``).
+        grid: ``{hyperparameter: V values}`` overriding ``config``'s ``step_size``, ``nbeta``,
+            ``localization`` or ``weight_decay`` per variant. ``masks`` and ``grid`` share the
+            length V (or have length 1).
+        observe: ``observe(params, info, context) -> pytree`` evaluated at every draw at the draw's
+            full parameters (before that step moves them); ``context`` is a ``DrawContext`` (the
+            draw's minibatch, the centre, its L_n(w*), ``observe_data``).
+        observe_data: pytree of arrays for ``observe`` (e.g. probe datasets). A traced input, so new
+            values of the same shapes never recompile (a closure would bake them into the program).
+        accumulator: streaming statistics of ``observe``'s values carried on device.
+        keep_traces: keep every draw's ``observe`` values (memory grows with num_draws).
+        full_loss_every: evaluate the full-data loss every this many draws (0 = never).
+        center_loss: also evaluate the loss at w* on every draw's minibatch (one forward pass per
+            draw), the control variate of the paired LLC estimator.
+        init_losses: L_n(w*) of each centre if already known (skips a full-data pass each).
+        progress: show a tqdm bar (its rate excludes compilation).
+        checkpoint_dir: a directory to write each group's state to after every chunk; a restarted
+            run with the same inputs resumes from it and ends bitwise identical to an uninterrupted
+            one (``slt_jax.checkpoint``).
+        description: the progress bar's label.
+
+    Returns:
+        A ``ChainsOutput`` with leading axes ``(K * V, num_chains)``, centre-major.
     """
-    for name, value in (("step_size", step_size), ("nbeta", nbeta), ("localization", localization)):
-        if value is not None and np.ndim(value) != 0:
-            raise ValueError(f"{name} must be a scalar in sample(); use run_chains for grids.")
-    if nbeta is None:
-        nbeta = default_nbeta(validation.check_data(data))
-    out = run_chains(loss_fn, params, data, key=key, step_size=step_size, nbeta=nbeta, localization=localization, masks=mask, **kwargs)
-    squeeze = lambda x: x[0] if x is not None else None
-    fields = {f.name: getattr(out, f.name) for f in dataclasses.fields(out)}
-    for name in ("loss", "grad_norm", "localization_norm", "noise_norm", "distance", "mala_acceptance", "full_loss", "center_loss", "diverged", "diverged_at"):
-        fields[name] = squeeze(fields[name])
-    for name in ("observed", "accumulator", "final_state"):
-        if fields[name] is not None:
-            fields[name] = jax.tree.map(lambda x: x[0], fields[name])
-    return ChainsOutput(**fields)
+    plan = _prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_data, accumulator,
+                    keep_traces, full_loss_every, center_loss, init_losses)
+    groups = _groups(plan, config)
+    runs = []
+    with tqdm(total=config.num_steps * len(groups), desc=description, disable=not progress, unit="step", leave=False) as bar:
+        for index, group in enumerate(groups):
+            runs.append(_drive(plan, config, index, group, bar, checkpoint_dir))
+    fields = _assemble(plan, config, groups, runs)
+    num_variants = len(plan.variants)
+    hyper = np.stack([v.hyper for v in plan.variants])  # (V, 4)
+    center_index = np.repeat(np.arange(len(plan.centers)), num_variants)
+    variant_index = np.tile(np.arange(num_variants), len(plan.centers))
+    settings = dict(
+        n=plan.n,
+        minibatches="full batch" if config.batch_size == plan.n else "with replacement",
+        groups=len(groups),
+        stopped_early=any(r.stopped_early for r in runs),
+        full_loss_every=plan.static.full_loss_every,
+        center_loss=plan.static.center_loss,
+    )
+    return ChainsOutput(
+        **fields,
+        init_loss=plan.init_losses[center_index],
+        hyperparameters=Hyperparameters(*(hyper[variant_index, i] for i in range(4))),
+        center_index=center_index,
+        variant_index=variant_index,
+        num_sampled=np.array([plan.variants[v].restriction.num_sampled for v in variant_index]),
+        num_steps=max(r.num_steps for r in runs),
+        compile_seconds=sum(r.compile_seconds for r in runs),
+        sampling_seconds=sum(r.sampling_seconds for r in runs),
+        config=config,
+        settings=settings,
+    )

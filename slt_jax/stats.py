@@ -32,7 +32,7 @@ import numpy as np
 from slt_jax import program, validation
 from slt_jax import kernels
 from slt_jax import sampler as sampler_lib
-from slt_jax.sampler import Accumulator
+from slt_jax.program import Accumulator
 from slt_jax.types import Array, Batch, LossFn, Params, PyTree
 
 __all__ = [

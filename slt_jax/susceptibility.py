@@ -383,3 +383,7 @@ def estimate_susceptibilities(
         diverged=diverged,
         chains=chains,
     )
+
+
+def estimate_susceptibilities_over_checkpoints(*args, **kwargs):  # TODO(helper B): implement
+    raise NotImplementedError

@@ -1,0 +1,160 @@
+"""``SamplerConfig``: the run settings, declared once and shared by every estimator.
+
+One immutable, validated, JSON-serialisable value holds everything that defines a localized SGLD run
+(docs/conventions.md §1): the three numbers of the update (ε, nβ, γ, plus an optional weight decay),
+the schedule (chains, burn-in, draws, thinning), the minibatch size, the preconditioner and how often
+the per-draw diagnostics are taken. ``run_chains``, ``estimate_llc``, ``estimate_llc_table``,
+``estimate_susceptibilities``, ``estimate_bif``, ``calibrate`` and ``negative_control`` all take it,
+``calibrate`` returns a recommended one, and every result stores the one it was run with.
+
+>>> import slt_jax as sj
+>>> config = sj.SamplerConfig(step_size=1e-4, localization=1.0, num_draws=500, batch_size=64)
+>>> config.replace(num_chains=8).num_chains
+8
+>>> sj.SamplerConfig.from_dict(config.to_dict()) == config
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from slt_jax.kernels import Preconditioner, get_preconditioner
+from slt_jax.validation import check_positive_int
+
+__all__ = ["SamplerConfig", "default_nbeta", "batch_nbeta"]
+
+
+def _check_number(value, name: str, *, allow_zero: bool, fix: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__}). {fix}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}={value!r} must be finite and {'>= 0' if allow_zero else '> 0'}. {fix}")
+    return value
+
+
+def default_nbeta(n: int) -> float:
+    """Watanabe's nβ* = n / log n (β* = 1/log n), the library default.
+
+    ``n`` counts the examples the loss averages over as independent draws: for next-token losses that
+    is the number of sequences, not tokens (docs/conventions.md §1).
+    """
+    n = check_positive_int(n, "n")
+    if n < 2:
+        raise ValueError(f"n={n}: default_nbeta needs n >= 2 (log 1 = 0); pass nbeta explicitly.")
+    return n / math.log(n)
+
+
+def batch_nbeta(batch_size: int) -> float:
+    """The batch-size variant B / log B (devinterp 1.x's default). Never picked silently."""
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if batch_size < 2:
+        raise ValueError(f"batch_size={batch_size}: batch_nbeta needs batch_size >= 2.")
+    return batch_size / math.log(batch_size)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplerConfig:
+    """The settings of a localized SGLD run (immutable; validated on construction).
+
+    Attributes:
+        step_size: ε of the update, or ``"auto"`` (``estimate_llc`` calibrates it first).
+        localization: γ, the pull toward w*.
+        num_draws: draws recorded per chain.
+        batch_size: minibatch size m, drawn with replacement; m = n means exact full batch.
+        nbeta: nβ; None means n / log n of the data it runs on (``default_nbeta``).
+        weight_decay: λ_wd of an optional Gaussian prior centred at 0 (0 = none).
+        num_chains: independent chains per configuration.
+        num_burnin: steps before the first draw (not recorded).
+        num_steps_between_draws: thinning: one draw every this many steps.
+        preconditioner: ``"sgld"``, ``"rmsprop_sgld"`` (Hitchcock & Hoogland, Alg. 3),
+            ``"rmsprop_sgld_devinterp"`` or a ``Preconditioner`` (to change α or eps).
+        mala_every: MALA acceptance every this many draws (0 = never; one extra gradient each).
+        diagnostics_every: gradient / noise / localization norms every this many draws (NaN
+            between); 1 records them at every draw.
+        chunk_draws: draws per compiled chunk (None: about a tenth of the run). Chunks are where
+            progress, divergence and checkpoints are checked; results do not depend on it.
+        memory_budget: bytes one compiled group of configurations may use (None: half of the
+            accelerator's memory, or a quarter of the host's RAM on CPU, at most 4 GiB; see
+            ``slt_jax.sampler.default_memory_budget``). Results do not depend on it.
+    """
+
+    step_size: float | str
+    localization: float
+    num_draws: int
+    batch_size: int
+    nbeta: float | None = None
+    weight_decay: float = 0.0
+    num_chains: int = 4
+    num_burnin: int = 0
+    num_steps_between_draws: int = 1
+    preconditioner: str | Preconditioner = "sgld"
+    mala_every: int = 20
+    diagnostics_every: int = 1
+    chunk_draws: int | None = None
+    memory_budget: int | None = None
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)
+        if isinstance(self.step_size, str):
+            if self.step_size != "auto":
+                raise ValueError(f"step_size={self.step_size!r}: pass a number (e.g. 1e-4) or 'auto'.")
+        else:
+            set_("step_size", _check_number(self.step_size, "step_size", allow_zero=False, fix="Try 1e-4, or step_size='auto'."))
+        set_("localization", _check_number(self.localization, "localization", allow_zero=True, fix="Typical values are 1 to 100."))
+        if self.nbeta is not None:
+            set_("nbeta", _check_number(self.nbeta, "nbeta", allow_zero=True, fix="None uses n / log n (slt_jax.default_nbeta)."))
+        set_("weight_decay", _check_number(self.weight_decay, "weight_decay", allow_zero=True, fix="Use 0 for none."))
+        for name, minimum in (("num_draws", 1), ("batch_size", 1), ("num_chains", 1), ("num_burnin", 0),
+                              ("num_steps_between_draws", 1), ("mala_every", 0), ("diagnostics_every", 1)):
+            set_(name, check_positive_int(getattr(self, name), name, minimum))
+        for name in ("chunk_draws", "memory_budget"):
+            if getattr(self, name) is not None:
+                set_(name, check_positive_int(getattr(self, name), name))
+        preconditioner = get_preconditioner(self.preconditioner)
+        # Store the name when it is a named default, so the config prints and serialises simply.
+        set_("preconditioner", preconditioner.name if preconditioner == get_preconditioner(preconditioner.name) else preconditioner)
+
+    # -- derived values ---------------------------------------------------------------------
+
+    @property
+    def preconditioner_spec(self) -> Preconditioner:
+        """The ``Preconditioner`` (α, eps, conventions) this config names."""
+        return get_preconditioner(self.preconditioner)
+
+    @property
+    def num_steps(self) -> int:
+        """Steps per chain: burn-in plus draws times thinning."""
+        return self.num_burnin + self.num_draws * self.num_steps_between_draws
+
+    def nbeta_for(self, n: int) -> float:
+        """nβ for a dataset of ``n`` examples: ``nbeta`` if set, else n / log n."""
+        return default_nbeta(n) if self.nbeta is None else self.nbeta
+
+    def replace(self, **changes) -> SamplerConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"SamplerConfig has no field(s) {sorted(unknown)}; fields: {[f.name for f in dataclasses.fields(self)]}.")
+        return dataclasses.replace(self, **changes)
+
+    # -- JSON --------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict (``from_dict`` inverts it)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if isinstance(self.preconditioner, Preconditioner):
+            out["preconditioner"] = self.preconditioner._asdict()
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SamplerConfig:
+        """The config saved by ``to_dict`` (e.g. from a result file's JSON header)."""
+        values = dict(values)
+        if isinstance(values.get("preconditioner"), dict):
+            values["preconditioner"] = Preconditioner(**values["preconditioner"])
+        return cls(**values)
