@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import kernels, restriction
+from slt_jax import kernels, restriction, validation
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax.types import Array, Batch, LossFn, Params, PRNGKey, PyTree
 
-__all__ = ["Accumulator", "DrawContext", "Carry", "DrawRecord", "take_rows", "batched_mean", "compiled_chunk", "compile_count"]
+__all__ = ["Accumulator", "DrawContext", "Carry", "DrawRecord", "take_rows", "batched_mean", "full_data_loss", "compiled_chunk", "compile_count"]
 
 
 class Accumulator(NamedTuple):
@@ -88,6 +88,16 @@ def batched_mean(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) 
 
 
 batched_mean_jit = jax.jit(batched_mean, static_argnums=(0, 3))
+
+
+def full_data_loss(loss_fn: LossFn, params: Params, data: Batch, batch_size: int | None = None) -> Array:
+    """L_n(params): the exact mean loss over all n examples, evaluated in batches of ``batch_size``.
+
+    Every example (and token) carries equal weight; a last partial batch is weighted by its size.
+    """
+    n = validation.check_data(data)
+    batch_size = n if batch_size is None else min(validation.check_positive_int(batch_size, "batch_size"), n)
+    return batched_mean_jit(loss_fn, params, data, batch_size)
 
 
 class Static(NamedTuple):

@@ -6,7 +6,7 @@ a training run (each with its own L_n(w*)), a variant is a component mask with i
 (a grid for calibration, components for per-head LLCs). Every array it returns has the layout
 ``(num_configs, num_chains, num_draws, ...)``, configurations centre-major (g = k * V + v).
 
-How it runs (``run_chains`` = prepare, plan groups, drive each group, assemble):
+How it runs (``run_chains`` = prepare and group (``slt_jax.planning``), drive each group, assemble):
 
 * Variants whose components share a restriction layout (``slt_jax.restriction``: the heads of one
   layer, whole leaves, the full model) share ONE compiled program, vmapped over centres, variants
@@ -27,8 +27,6 @@ How it runs (``run_chains`` = prepare, plan groups, drive each group, assemble):
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -41,11 +39,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from slt_jax import checkpoint as checkpoint_lib
-from slt_jax import kernels, program, restriction, validation
+from slt_jax import kernels, planning, program, restriction
 from slt_jax.config import SamplerConfig
 from slt_jax.kernels import Hyperparameters, SGLDInfo, SGLDState
-from slt_jax.program import Accumulator, DrawContext, compile_count
-from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
+from slt_jax.planning import default_memory_budget
+from slt_jax.program import Accumulator, DrawContext, compile_count, full_data_loss
+from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params, PyTree
 
 __all__ = [
     "Accumulator",
@@ -58,16 +57,11 @@ __all__ = [
     "compile_count",
 ]
 
-# Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
-_NOISE_BUDGET_BYTES = 128 * 2**20
 # Noise for chains of up to this many coordinates is drawn in bulk for a whole chunk (many tiny RNG
 # calls cost several times a small model's gradient); above it, inside each step, where the bulk
 # buffer's memory traffic would cost more than the RNG calls (measured on a 270k-parameter MLP: floor
 # ratio 2.9 bulk vs 1.9 in-loop; on a 1.2k-parameter DLN bulk is the faster). Same keys either way.
 _BULK_NOISE_MAX_PARAMETERS = 2**16
-# Target number of chunks for progress reporting and early divergence detection.
-_TARGET_CHUNKS = 10
-_HYPERPARAMETERS = Hyperparameters._fields
 
 
 class DivergenceError(RuntimeError):
@@ -155,263 +149,6 @@ class ChainsOutput:
         return ChainsOutput(**fields)
 
 
-# ---------------------------------------------------------------------------------------------
-# full-data loss and the memory budget
-
-
-def full_data_loss(loss_fn: LossFn, params: Params, data: Batch, batch_size: int | None = None) -> Array:
-    """L_n(params): the exact mean loss over all n examples, evaluated in batches of ``batch_size``.
-
-    Every example (and token) carries equal weight; a last partial batch is weighted by its size.
-    """
-    n = validation.check_data(data)
-    batch_size = n if batch_size is None else min(validation.check_positive_int(batch_size, "batch_size"), n)
-    return program.batched_mean_jit(loss_fn, params, data, batch_size)
-
-
-def default_memory_budget() -> int:
-    """Bytes one compiled group may use: half the accelerator's memory, or min(2 GiB, RAM / 8) on CPU."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        if "bytes_limit" in stats:
-            return int(stats["bytes_limit"]) // 2
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        ram = 16 * 2**30
-    return int(min(2 * 2**30, ram // 8))
-
-
-def _nbytes(tree) -> int:
-    return sum(int(np.prod(np.shape(x))) * np.dtype(getattr(x, "dtype", np.float32)).itemsize for x in jax.tree.leaves(tree))
-
-
-_ACTIVATION_BYTES: dict = {}
-
-
-def _temp_bytes(function, *args) -> int:
-    """XLA's temporary-buffer size of ``function(*args)`` (compiled once, cached by signature)."""
-    signature = (function, jax.tree.structure(args), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(args)))
-    if signature not in _ACTIVATION_BYTES:
-        try:
-            analysis = jax.jit(function).lower(*args).compile().memory_analysis()
-            _ACTIVATION_BYTES[signature] = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
-        except Exception:  # pragma: no cover - backends without memory analysis
-            _ACTIVATION_BYTES[signature] = 0
-    return _ACTIVATION_BYTES[signature]
-
-
-# ---------------------------------------------------------------------------------------------
-# prepare: validation (before any compilation) and the device inputs
-
-
-class _Variant(NamedTuple):
-    restriction: restriction.Restriction
-    hyper: np.ndarray  # (4,) step_size, nbeta, localization, weight_decay
-
-
-class _Plan(NamedTuple):
-    n: int
-    centers: list  # device pytrees
-    init_losses: np.ndarray  # (K,)
-    variants: list[_Variant]
-    chain_keys: Array
-    data: Batch
-    static: program.Static  # without num_draws / steps_per_draw / recorded
-    observe_data: PyTree
-
-
-def _check_centers(centers: Sequence[Params]) -> list:
-    if isinstance(centers, Mapping) or not isinstance(centers, (list, tuple)) or not centers:
-        raise TypeError(
-            "centers must be a non-empty list of params pytrees (one per checkpoint); for one w* pass [params]."
-        )
-    validation.check_params(centers[0])
-    reference = jax.tree.structure(centers[0])
-    shapes = [np.shape(x) for x in jax.tree.leaves(centers[0])]
-    for index, center in enumerate(centers[1:], start=1):
-        structure = jax.tree.structure(center)
-        if structure != reference:
-            raise ValueError(
-                f"checkpoint {index} has a different pytree structure from checkpoint 0:\n  0: {reference}\n"
-                f"  {index}: {structure}\nEvery checkpoint must be the same model (same parameter names and nesting)."
-            )
-        for (path, leaf), shape in zip(jax.tree_util.tree_flatten_with_path(center)[0], shapes):
-            if np.shape(leaf) != shape:
-                raise ValueError(
-                    f"checkpoint {index}{jax.tree_util.keystr(path)} has shape {np.shape(leaf)} but checkpoint 0 has "
-                    f"{shape}; every checkpoint must have the same parameter shapes."
-                )
-        validation.check_params(center)
-    return list(centers)
-
-
-def _variants(config: SamplerConfig, n: int, params: Params, masks, grid) -> list[_Variant]:
-    masks = [None] if masks is None else list(masks)
-    if not masks:
-        raise ValueError("masks is empty: pass None (the whole model) or a list of bool masks.")
-    grid = dict(grid or {})
-    unknown = set(grid) - set(_HYPERPARAMETERS)
-    if unknown:
-        raise ValueError(f"grid has unknown hyperparameter(s) {sorted(unknown)}; use {list(_HYPERPARAMETERS)}.")
-    if isinstance(config.step_size, str) and "step_size" not in grid:
-        raise ValueError("run_chains needs a numeric step_size; 'auto' is resolved by estimate_llc / calibrate.")
-    base = dict(step_size=config.step_size, nbeta=config.nbeta_for(n), localization=config.localization, weight_decay=config.weight_decay)
-    columns = {}
-    for name in _HYPERPARAMETERS:
-        values = np.atleast_1d(np.asarray(grid.get(name, base[name]), np.float64))
-        if values.ndim != 1 or not np.all(np.isfinite(values)) or np.any(values < 0) or (name == "step_size" and np.any(values == 0)):
-            raise ValueError(f"grid[{name!r}]={values!r} must be a 1-D array of finite values >= 0 (step_size > 0).")
-        columns[name] = values
-    lengths = {len(masks)} | {len(v) for v in columns.values()}
-    lengths.discard(1)
-    if len(lengths) > 1:
-        raise ValueError(f"masks and grid have different lengths {sorted(lengths)}; they must share one length (or be 1).")
-    num_variants = lengths.pop() if lengths else 1
-    restrictions = []
-    for index, mask in enumerate(masks):
-        checked = validation.check_masks(mask, params, None, name=f"masks[{index}]")
-        restrictions.append(restriction.restrict(checked, params))
-    if len(restrictions) == 1:
-        restrictions = restrictions * num_variants
-    hyper = np.stack([np.broadcast_to(columns[name], (num_variants,)) for name in _HYPERPARAMETERS], axis=1)
-    return [_Variant(r, h) for r, h in zip(restrictions, hyper)]
-
-
-def _prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_data, accumulator, keep_traces,
-             full_loss_every, center_loss, init_losses) -> _Plan:
-    if not isinstance(config, SamplerConfig):
-        raise TypeError(f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}.")
-    n = validation.check_data(data)
-    centers = _check_centers(centers)
-    if config.batch_size > n:
-        raise ValueError(f"batch_size={config.batch_size} is larger than the dataset (n={n}); use batch_size <= {n}.")
-    full_loss_every = validation.check_positive_int(full_loss_every, "full_loss_every", minimum=0)
-    variants = _variants(config, n, centers[0], masks, grid)
-    validation.check_loss_fn(loss_fn, centers[0], data, config.batch_size)
-    if observe_data is not None and observe is None:
-        raise ValueError("observe_data was given without observe; pass observe(params, info, context).")
-    if accumulator is not None and observe is None:
-        raise ValueError("accumulator was given without observe; the accumulator streams observe's values.")
-    data = jax.tree.map(jnp.asarray, data)
-    centers = [jax.tree.map(jnp.asarray, c) for c in centers]
-    if init_losses is None:
-        init_losses = np.array([float(full_data_loss(loss_fn, c, data, config.batch_size)) for c in centers])
-    init_losses = np.asarray(init_losses, np.float64).reshape(len(centers))
-    bad = np.flatnonzero(~np.isfinite(init_losses))
-    if bad.size:
-        raise ValueError(f"the full-data loss at checkpoint(s) {bad.tolist()} is not finite; loss_fn must be finite at w*.")
-    static = program.Static(
-        loss_fn=loss_fn, layout=None, preconditioner=config.preconditioner_spec, batch_size=config.batch_size,
-        num_draws=0, steps_per_draw=1, recorded=True, observe=observe, accumulator=accumulator,
-        keep_traces=bool(keep_traces and observe is not None), full_loss_every=full_loss_every,
-        full_loss_batch_size=config.batch_size, mala_every=config.mala_every,
-        diagnostics_every=config.diagnostics_every, center_loss=bool(center_loss), bulk_noise=False,
-    )
-    chain_keys = jax.random.split(validation.as_key(key), config.num_chains)
-    observe_data = jax.tree.map(jnp.asarray, observe_data)
-    return _Plan(n, centers, init_losses, variants, chain_keys, data, static, observe_data)
-
-
-# ---------------------------------------------------------------------------------------------
-# plan: groups of configurations under the memory budget
-
-
-class _Group(NamedTuple):
-    centers: list[int]  # indices into plan.centers (padded by repetition)
-    variants: list[int]  # indices into plan.variants (padded by repetition)
-    num_centers: int  # before padding
-    num_variants: int
-
-
-def _config_bytes(plan: _Plan, config: SamplerConfig, layout: restriction.Layout, offsets: tuple) -> int:
-    """Bytes one configuration needs in a group: chains' state, activations, observables."""
-    center = plan.centers[0]
-    piece = restriction.extract(layout, offsets, center)
-    copies = 6 + (2 if config.preconditioner_spec.adaptive else 0)
-    touched = sum(_nbytes(leaf) for leaf, lay in zip(jax.tree.leaves(center), layout.leaves) if lay is not None)
-    batch = jax.tree.map(lambda x: jnp.zeros((config.batch_size,) + x.shape[1:], x.dtype), plan.data)
-
-    def value_and_grad(position, batch):
-        loss = lambda p: kernels.mean_loss(plan.static.loss_fn, restriction.embed(layout, offsets, center, p), batch)
-        return jax.value_and_grad(loss)(position)
-
-    per_chain = copies * _nbytes(piece) + 2 * touched + _temp_bytes(value_and_grad, piece, batch)
-    observe = plan.static.observe
-    if observe is not None:
-        info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
-        context = DrawContext(batch, center, jnp.zeros((), jnp.float32), plan.observe_data)
-        values = jax.eval_shape(observe, center, info, context)
-        per_chain += _temp_bytes(lambda p, i, c: observe(p, i, c), center, info, context) + 2 * _nbytes(values)
-        if plan.static.accumulator is not None:
-            example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), values)
-            per_chain += 2 * _nbytes(jax.eval_shape(plan.static.accumulator.init, example))
-        if plan.static.keep_traces:
-            per_chain += config.num_draws * _nbytes(values)
-    per_chain += config.num_draws * 8 * 4  # the records
-    return config.num_chains * per_chain + (_nbytes(center) if len(plan.centers) > 1 else 0)
-
-
-def _groups(plan: _Plan, config: SamplerConfig) -> list[_Group]:
-    budget = config.memory_budget or default_memory_budget()
-    by_layout: dict = {}
-    for index, variant in enumerate(plan.variants):
-        by_layout.setdefault(variant.restriction.layout, []).append(index)
-    num_centers = len(plan.centers)
-    groups = []
-    for layout, members in by_layout.items():
-        per_config = _config_bytes(plan, config, layout, plan.variants[members[0]].restriction.offsets)
-        if per_config > budget:
-            raise ValueError(
-                f"memory_budget={budget} bytes is too small for one configuration ({per_config} bytes: "
-                f"{config.num_chains} chains of a component with {layout.num_sampled} coordinates, with their "
-                f"activations). Raise SamplerConfig.memory_budget to at least {per_config}, or use fewer chains "
-                "or a smaller batch_size."
-            )
-        capacity = budget // per_config
-        variants_per_group = min(len(members), capacity)
-        centers_per_group = max(1, min(num_centers, capacity // variants_per_group))
-        for c0 in range(0, num_centers, centers_per_group):
-            center_block = list(range(c0, min(c0 + centers_per_group, num_centers)))
-            for v0 in range(0, len(members), variants_per_group):
-                variant_block = members[v0:v0 + variants_per_group]
-                groups.append(_Group(
-                    center_block + [center_block[-1]] * (centers_per_group - len(center_block)),
-                    variant_block + [variant_block[-1]] * (variants_per_group - len(variant_block)),
-                    len(center_block), len(variant_block),
-                ))
-    return groups
-
-
-# ---------------------------------------------------------------------------------------------
-# schedule and drive
-
-
-def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, requested: int | None) -> list[int]:
-    if total_draws == 0:
-        return []
-    if requested is not None:
-        size = requested
-    else:
-        size = max(1, math.ceil(total_draws / _TARGET_CHUNKS))
-        size = max(1, min(size, _NOISE_BUDGET_BYTES // max(1, per_step_bytes * steps_per_draw)))
-        # Prefer a size that divides the run: a remainder chunk is one more compilation.
-        divisors = [d for d in range(max(1, size // 2), size + 1) if total_draws % d == 0]
-        size = divisors[-1] if divisors else size
-    lengths = [size] * (total_draws // size)
-    if total_draws % size:
-        lengths.append(total_draws % size)
-    return lengths
-
-
-def _schedule(config: SamplerConfig, per_step_bytes: int) -> list[tuple[int, int, bool]]:
-    """(draws, steps per draw, recorded) per chunk: burn-in chunks first, then the recorded ones."""
-    burnin = _chunk_lengths(config.num_burnin, 1, per_step_bytes, config.chunk_draws)
-    draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws)
-    return [(length, 1, False) for length in burnin] + [(length, config.num_steps_between_draws, True) for length in draws]
-
-
 def _chain_sharding(num_chains: int):
     devices = jax.devices()
     if len(devices) == 1:
@@ -436,7 +173,7 @@ class _GroupRun(NamedTuple):
     sampling_seconds: float
 
 
-def _group_inputs(plan: _Plan, config: SamplerConfig, group: _Group):
+def _group_inputs(plan: planning.Plan, config: SamplerConfig, group: planning.Group):
     layout = plan.variants[group.variants[0]].restriction.layout
     variants = [plan.variants[v] for v in group.variants]
     offsets = restriction.stack_offsets([v.restriction for v in variants])
@@ -480,12 +217,12 @@ def _open_checkpoint(directory, group_index, carry, static, schedule, arrays, se
     return run_checkpoint, run_checkpoint.restore()
 
 
-def _drive(plan: _Plan, config: SamplerConfig, group_index: int, group: _Group, bar, checkpoint_dir) -> _GroupRun:
+def _drive(plan: planning.Plan, config: SamplerConfig, group_index: int, group: planning.Group, bar, checkpoint_dir) -> _GroupRun:
     """Runs one group's chunks, checking divergence (and saving a checkpoint) after each."""
     carry, centers, init_losses, offsets, hyper, static = _group_inputs(plan, config, group)
     num_configs = len(group.centers) * len(group.variants)
     per_step_values = static.layout.num_sampled if static.bulk_noise else config.batch_size
-    schedule = _schedule(config, num_configs * config.num_chains * per_step_values * 4)
+    schedule = planning.schedule(config, num_configs * config.num_chains * per_step_values * 4)
     data, observe_data, chain_keys = plan.data, plan.observe_data, plan.chain_keys
     sharding = _chain_sharding(config.num_chains)
     if sharding is not None:
@@ -570,7 +307,7 @@ def _host_records(records, num_draws: int, keep_traces: bool, full: bool, center
     return out
 
 
-def _assemble(plan: _Plan, config: SamplerConfig, groups: list[_Group], runs: list[_GroupRun]) -> dict:
+def _assemble(plan: planning.Plan, config: SamplerConfig, groups: list[planning.Group], runs: list[_GroupRun]) -> dict:
     """Scatters every group's (centres x variants) block back into configuration order g = k * V + v."""
     num_variants = len(plan.variants)
     num_configs = len(plan.centers) * num_variants
@@ -670,9 +407,9 @@ def run_chains(
     Returns:
         A ``ChainsOutput`` with leading axes ``(K * V, num_chains)``, centre-major.
     """
-    plan = _prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_data, accumulator,
+    plan = planning.prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_data, accumulator,
                     keep_traces, full_loss_every, center_loss, init_losses)
-    groups = _groups(plan, config)
+    groups, configuration_bytes = planning.groups(plan, config)
     runs = []
     with tqdm(total=config.num_steps * len(groups), desc=description, disable=not progress, unit="step", leave=False) as bar:
         for index, group in enumerate(groups):
@@ -686,6 +423,8 @@ def run_chains(
         n=plan.n,
         minibatches="full batch" if config.batch_size == plan.n else "with replacement",
         groups=len(groups),
+        configuration_bytes=configuration_bytes,
+        memory_budget=config.memory_budget or default_memory_budget(),
         stopped_early=any(r.stopped_early for r in runs),
         full_loss_every=plan.static.full_loss_every,
         center_loss=plan.static.center_loss,

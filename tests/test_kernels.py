@@ -1,4 +1,4 @@
-"""Kernel-level checks of the SGLD update (SCIENCE.md §1), by hand."""
+"""Kernel-level checks of the SGLD update (docs/conventions.md §1), by hand."""
 
 import chex
 import jax
@@ -9,14 +9,14 @@ import pytest
 from slt_jax import kernels
 
 
-def _update(position, grad, noise, center, hyper, mask=None, sampler="sgld", second_moment=None, count=0):
+def _update(position, grad, noise, center, hyper, sampler="sgld", second_moment=None, count=0):
     pre = kernels.get_preconditioner(sampler)
     state = kernels.init(position, pre)
     if second_moment is not None:
         state = state._replace(second_moment=second_moment)
     state = state._replace(count=jnp.asarray(count, jnp.int32))
     loss = jnp.zeros(())
-    return kernels.sgld_update(state, loss, grad, noise, center, hyper, mask, pre)
+    return kernels.sgld_update(state, loss, grad, noise, center, hyper, pre)
 
 
 def test_sgld_update_matches_formula():
@@ -35,20 +35,8 @@ def test_sgld_update_matches_formula():
     assert int(state.count) == 1
 
 
-def test_masked_coordinate_never_moves_even_with_inf_gradient():
-    w = {"a": jnp.array([1.0, 2.0]), "b": jnp.array([[3.0, 4.0]])}
-    g = {"a": jnp.array([jnp.inf, 1.0]), "b": jnp.array([[jnp.nan, 1.0]])}
-    xi = jax.tree.map(jnp.ones_like, w)
-    mask = {"a": jnp.array([False, True]), "b": jnp.array([[False, True]])}
-    hyper = kernels.hyperparameters(0.1, 1.0, 1.0)
-    state, _ = _update(w, g, xi, jax.tree.map(jnp.zeros_like, w), hyper, mask=mask)
-    assert float(state.position["a"][0]) == 1.0
-    assert float(state.position["b"][0, 0]) == 3.0
-    assert float(state.position["a"][1]) != 2.0
-
-
 def test_rmsprop_devinterp_first_step_from_science():
-    # SCIENCE.md §1: w=(3,4), g=(3,4), ε=1, nβ=2, γ=0, noise off, α=0.99 -> G=(2.5,2), w=(-4.5,-4).
+    # docs/conventions.md §1: w=(3,4), g=(3,4), ε=1, nβ=2, γ=0, noise off, α=0.99 -> G=(2.5,2), w=(-4.5,-4).
     w = jnp.array([3.0, 4.0])
     hyper = kernels.hyperparameters(step_size=1.0, nbeta=2.0, localization=0.0)
     state, _ = _update(w, jnp.array([3.0, 4.0]), jnp.zeros(2), jnp.zeros(2), hyper, sampler="rmsprop_sgld_devinterp")
@@ -76,7 +64,7 @@ def test_rmsprop_hitchcock_hoogland_two_steps_by_hand():
     state = kernels.init(jnp.asarray(w0, jnp.float32), pre)
     for g, xi in [(g0, xi0), (g1, xi1)]:
         state, _ = kernels.sgld_update(
-            state, jnp.zeros(()), jnp.asarray(g, jnp.float32), jnp.asarray(xi, jnp.float32), jnp.asarray(center, jnp.float32), hyper, None, pre
+            state, jnp.zeros(()), jnp.asarray(g, jnp.float32), jnp.asarray(xi, jnp.float32), jnp.asarray(center, jnp.float32), hyper, pre
         )
     np.testing.assert_allclose(state.position, w, rtol=1e-5)
     np.testing.assert_allclose(state.second_moment, v, rtol=1e-5)
@@ -93,13 +81,14 @@ def test_rmsprop_statistics_ignore_localization():
 
 def test_build_kernel_runs_and_is_jittable():
     loss_fn = lambda w, batch: 0.5 * (batch - w) ** 2
-    kernel = jax.jit(kernels.build_kernel(loss_fn, jnp.zeros(()), sampler="rmsprop_sgld"))
+    kernel = jax.jit(kernels.build_kernel(loss_fn, preconditioner="rmsprop_sgld", mala=True))
     state = kernels.init(jnp.zeros(()), "rmsprop_sgld")
     hyper = kernels.hyperparameters(1e-2, 10.0, 1.0)
-    state, info = kernel(jax.random.key(0), state, jnp.ones((5,)), hyper)
+    state, info = kernel(jax.random.key(0), state, jnp.ones((5,)), jnp.zeros(()), hyper)
     chex.assert_shape(state.position, ())
     chex.assert_tree_all_finite((state, info))
     np.testing.assert_allclose(info.loss, 0.5, rtol=1e-6)
+    assert 0.0 < float(info.mala_acceptance) <= 1.0
 
 
 def test_mala_acceptance_is_one_for_exact_gaussian_limit_and_drops_with_step():
@@ -112,11 +101,35 @@ def test_mala_acceptance_is_one_for_exact_gaussian_limit_and_drops_with_step():
         direct = min(0.0, -a * prop**2 / 2 + a * w**2 / 2 + log_q(w, prop) - log_q(prop, w))
         got = kernels.mala_log_acceptance(
             jnp.asarray(w), jnp.asarray(a * w**2 / 2), jnp.asarray(a * w), jnp.asarray(prop),
-            jnp.asarray(a * prop**2 / 2), jnp.asarray(a * prop), jnp.asarray(eps), None,
+            jnp.asarray(a * prop**2 / 2), jnp.asarray(a * prop), jnp.asarray(eps),
         )
         np.testing.assert_allclose(float(got), direct, rtol=1e-4, atol=1e-6)
 
 
-def test_unknown_sampler_is_rejected():
-    with pytest.raises(ValueError, match="sampler='adam'"):
+def test_kernel_without_diagnostics_reports_nan_norms_and_the_same_step():
+    loss_fn = lambda w, batch: 0.5 * jnp.sum((batch - w[None]) ** 2, axis=-1)
+    hyper = kernels.hyperparameters(1e-2, 10.0, 1.0)
+    state = kernels.init(jnp.ones(3))
+    batch = jnp.zeros((4, 3))
+    full = kernels.build_kernel(loss_fn)(jax.random.key(1), state, batch, jnp.zeros(3), hyper)
+    lean = kernels.build_kernel(loss_fn, diagnostics=False)(jax.random.key(1), state, batch, jnp.zeros(3), hyper)
+    np.testing.assert_array_equal(full[0].position, lean[0].position)
+    assert np.isnan(float(lean[1].grad_norm)) and np.isfinite(float(full[1].grad_norm))
+
+
+def test_rmsprop_uses_optax_moment_helpers():
+    # The preconditioner's statistics are optax's second moment with optax's bias correction.
+    import optax
+
+    pre = kernels.get_preconditioner("rmsprop_sgld")
+    g = jnp.array([0.3, -2.0])
+    state = kernels.init(jnp.zeros(2), pre)
+    sizes, moment = kernels.step_sizes(pre, state, g, jnp.asarray(0.1))
+    expected = optax.tree.update_moment_per_elem_norm(g, jnp.ones(2), pre.alpha, 2)
+    np.testing.assert_allclose(moment, expected, rtol=1e-6)
+    np.testing.assert_allclose(sizes, 0.1 / (jnp.sqrt(expected / (1 - pre.alpha)) + pre.eps), rtol=1e-6)
+
+
+def test_unknown_preconditioner_is_rejected():
+    with pytest.raises(ValueError, match="preconditioner='adam'"):
         kernels.get_preconditioner("adam")

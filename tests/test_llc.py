@@ -1,11 +1,14 @@
-"""Known-answer tests of the LLC estimator (SCIENCE.md §2).
+"""Known-answer tests of the LLC estimator (docs/conventions.md §2).
 
 Every tolerance is Z standard errors of the mean over independent chains (Z = 4), plus, where the
 closed form is not exact for the discretised dynamics, an explicitly computed bias bound.
 """
 
 import chex
+import flax.nnx as nnx
+import jax
 import jax.numpy as jnp
+import optax
 import numpy as np
 import pytest
 from helpers import linear_regression, standard_error
@@ -16,16 +19,17 @@ from slt_jax import theory
 
 Z = 4.0
 EIGENVALUES = [1.0, 0.5, 0.1, 0.0]
+SEPARABLE = sj.SamplerConfig(step_size=1e-3, nbeta=10.0, localization=0.0, num_chains=32, num_draws=2000,
+                             num_steps_between_draws=5, num_burnin=1000, batch_size=1, mala_every=0)
 
 
 def test_quadratic_full_batch_matches_step_corrected_closed_form():
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
     # batch_size == n: exact full-batch SGLD. ε = 3e-3 (stable below 4/201) makes the correction large.
-    result = sj.estimate_llc(
-        loss_fn, w_star, data, key=0, step_size=3e-3, nbeta=200.0, localization=1.0,
-        num_chains=16, num_draws=4000, num_burnin=200, batch_size=1000, progress=False,
-    )
-    assert result.settings["minibatches"] == "full batch"
+    config = sj.SamplerConfig(step_size=3e-3, nbeta=200.0, localization=1.0, num_chains=16, num_draws=4000,
+                              num_burnin=200, batch_size=1000)
+    result = sj.estimate_llc(loss_fn, w_star, data, config, key=0, progress=False)
+    assert result.chains.settings["minibatches"] == "full batch"
     expected = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0, step_size=3e-3)  # 1.6053
     se = standard_error(result)
     chex.assert_shape(result.llc_per_chain, (16,))
@@ -42,11 +46,9 @@ def test_quadratic_full_batch_matches_step_corrected_closed_form():
 def test_quadratic_minibatch_matches_exact_closed_form():
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
     step = 1e-4
-    result = sj.estimate_llc(
-        loss_fn, w_star, data, key=1, step_size=step, nbeta=200.0, localization=1.0,
-        num_chains=8, num_draws=3000, num_steps_between_draws=5, num_burnin=1000, batch_size=100,
-        progress=False, loss_estimator="paired",
-    )
+    config = sj.SamplerConfig(step_size=step, nbeta=200.0, localization=1.0, num_chains=8, num_draws=3000,
+                              num_steps_between_draws=5, num_burnin=1000, batch_size=100)
+    result = sj.estimate_llc(loss_fn, w_star, data, config, key=1, progress=False, loss_estimator="paired")
     exact = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0)
     bias_bound = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0, step_size=step) - exact  # discretisation
     se = standard_error(result)
@@ -55,11 +57,7 @@ def test_quadratic_minibatch_matches_exact_closed_form():
 
 def test_separable_potential_gives_three_quarters():
     loss_fn = lambda w, batch: w[0] ** 2 + w[1] ** 4  # scalar loss is accepted
-    result = sj.estimate_llc(
-        loss_fn, jnp.zeros(2), jnp.zeros((1, 1)), key=2, step_size=1e-3, nbeta=10.0, localization=0.0,
-        num_chains=32, num_draws=2000, num_steps_between_draws=5, num_burnin=1000, batch_size=1,
-        progress=False, mala_every=0,
-    )
+    result = sj.estimate_llc(loss_fn, jnp.zeros(2), jnp.zeros((1, 1)), SEPARABLE, key=2, progress=False)
     expected = theory.separable_llc([2, 4])
     se = standard_error(result)
     # Discretisation bias of the quadratic coordinate, from the closed form (the quartic one is smaller).
@@ -75,11 +73,9 @@ def test_normal_crossing_matches_finite_nbeta_table(exponents, nbeta, reference)
     k1, k2 = exponents
     assert theory.NORMAL_CROSSING_REFERENCE[exponents][nbeta] == reference
     loss_fn = lambda w, batch: w[0] ** (2 * k1) * w[1] ** (2 * k2)
-    result = sj.estimate_llc(
-        loss_fn, jnp.zeros(2), jnp.zeros((1, 1)), key=3, step_size=1e-3 if nbeta == 10.0 else 3e-4,
-        nbeta=nbeta, localization=1.0, num_chains=32, num_draws=2000, num_steps_between_draws=10,
-        num_burnin=2000, batch_size=1, progress=False, mala_every=0,
-    )
+    config = sj.SamplerConfig(step_size=1e-3 if nbeta == 10.0 else 3e-4, nbeta=nbeta, localization=1.0, num_chains=32,
+                              num_draws=2000, num_steps_between_draws=10, num_burnin=2000, batch_size=1, mala_every=0)
+    result = sj.estimate_llc(loss_fn, jnp.zeros(2), jnp.zeros((1, 1)), config, key=3, progress=False)
     se = standard_error(result)
     assert abs(result.llc_mean - reference) < Z * se, (result.llc_mean, reference, se)
 
@@ -99,10 +95,9 @@ def test_deep_linear_network_within_stated_relative_error(widths, rank):
     params, data, product_rank = dln(widths, rank, 10_000)
     assert product_rank == rank
     lam, _ = theory.dln_learning_coefficient(widths, rank)
-    result = sj.estimate_llc(
-        dln_loss, params, data, key=0, step_size=3e-6, localization=1.0, num_chains=8, num_draws=8000,
-        num_burnin=4000, batch_size=100, progress=False, loss_estimator="paired", mala_every=0,
-    )
+    config = sj.SamplerConfig(step_size=3e-6, localization=1.0, num_chains=8, num_draws=8000, num_burnin=4000,
+                              batch_size=100, mala_every=0)
+    result = sj.estimate_llc(dln_loss, params, data, config, key=0, progress=False, loss_estimator="paired")
     assert not result.diverged.any()
     assert abs(result.llc_mean - lam) / lam < DLN_RELATIVE_TOLERANCE, (widths, rank, result.llc_mean, lam)
     assert result.rhat < 1.1
@@ -110,14 +105,11 @@ def test_deep_linear_network_within_stated_relative_error(widths, rank):
 
 def test_restricted_llc_of_separable_potential_sums_sampled_coordinates():
     loss_fn = lambda w, batch: w[0] ** 2 + w[1] ** 4 + jnp.abs(w[2]) ** 3
-    kwargs = dict(
-        step_size=1e-3, nbeta=10.0, localization=0.0, num_chains=32, num_draws=2000, num_steps_between_draws=5,
-        num_burnin=1000, batch_size=1, progress=False, mala_every=0,
-    )
     for mask, expected in [(jnp.array([True, False, True]), 0.5 + 1 / 3), (jnp.array([False, True, False]), 0.25)]:
-        result = sj.estimate_llc(loss_fn, jnp.zeros(3), jnp.zeros((1, 1)), key=4, mask=mask, **kwargs)
-        frozen = ~np.asarray(mask)
-        np.testing.assert_array_equal(np.asarray(result.chains.final_state.position)[:, frozen], 0.0)
+        result = sj.estimate_llc(loss_fn, jnp.zeros(3), jnp.zeros((1, 1)), SEPARABLE, key=4, component=mask, progress=False)
+        # The chains carry only the sampled coordinates (gather/scatter of a non-slice pattern).
+        assert result.chains.num_sampled[0] == int(np.sum(mask))
+        assert np.shape(result.chains.final_positions[0]) == (32, int(np.sum(mask)))
         se = standard_error(result)
         bias_bound = 2 * (theory.quadratic_llc([2.0], 10.0, 0.0, step_size=1e-3) - 0.5) if mask[0] else 0.01
         assert abs(result.llc_mean - expected) < Z * se + bias_bound, (mask, result.llc_mean, expected, se)
@@ -127,11 +119,10 @@ def test_samplers_agree_on_quadratic():
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
     exact = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0)
     for sampler, step in [("rmsprop_sgld", 2e-5), ("rmsprop_sgld_devinterp", 2e-4)]:
-        result = sj.estimate_llc(
-            loss_fn, w_star, data, key=5, step_size=step, nbeta=200.0, localization=1.0, num_chains=8,
-            num_draws=2000, num_steps_between_draws=5, num_burnin=2000, batch_size=1000, sampler=sampler,
-            progress=False, mala_every=0,
-        )
+        config = sj.SamplerConfig(step_size=step, nbeta=200.0, localization=1.0, num_chains=8, num_draws=2000,
+                                  num_steps_between_draws=5, num_burnin=2000, batch_size=1000, preconditioner=sampler,
+                                  mala_every=0)
+        result = sj.estimate_llc(loss_fn, w_star, data, config, key=5, progress=False)
         se = standard_error(result)
         # Preconditioned SGLD is only approximately stationary at the target; allow 5% on top.
         assert abs(result.llc_mean - exact) < Z * se + 0.05 * exact, (sampler, result.llc_mean, exact, se)
@@ -141,8 +132,71 @@ def test_nbeta_default_and_batch_variant():
     assert sj.default_nbeta(10_000) == pytest.approx(10_000 / np.log(10_000))
     assert sj.batch_nbeta(500) == pytest.approx(500 / np.log(500))
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
-    result = sj.estimate_llc(
-        loss_fn, w_star, data, key=0, step_size=1e-4, localization=1.0, num_draws=10, batch_size=10, progress=False
-    )
+    config = sj.SamplerConfig(step_size=1e-4, localization=1.0, num_draws=10, batch_size=10)
+    result = sj.estimate_llc(loss_fn, w_star, data, config, key=0, progress=False)
     assert result.nbeta == pytest.approx(1000 / np.log(1000))
-    assert result.settings["nbeta"] == pytest.approx(1000 / np.log(1000))
+    assert result.config.nbeta is None  # resolved per dataset, stored as given
+
+
+def _masked_reference_loss(loss_fn, center, mask):
+    """The 0.1 masked path, as a loss: the full chain moves every coordinate, but the loss sees the
+    frozen ones clamped at w* (they only diffuse around w*, which the loss never sees)."""
+    return lambda w, batch: loss_fn(jax.tree.map(lambda m, p, c: jnp.where(m, p, c), mask, w, center), batch)
+
+
+def test_restricted_and_masked_paths_agree_on_a_separable_potential():
+    loss_fn = lambda w, batch: w[0] ** 2 + w[1] ** 4 + jnp.abs(w[2]) ** 3
+    mask = jnp.array([True, False, True])
+    config = SEPARABLE.replace(localization=1.0)
+    restricted = sj.estimate_llc(loss_fn, jnp.zeros(3), jnp.zeros((1, 1)), config, key=6, component=mask, progress=False)
+    masked = sj.estimate_llc(_masked_reference_loss(loss_fn, jnp.zeros(3), mask), jnp.zeros(3), jnp.zeros((1, 1)), config,
+                             key=7, progress=False)
+    difference = restricted.llc_mean - masked.llc_mean
+    se = np.hypot(standard_error(restricted), standard_error(masked))
+    assert abs(difference) < Z * se, (restricted.llc_mean, masked.llc_mean, se)
+
+
+def test_restricted_and_masked_paths_agree_on_an_attention_head():
+    model = sj.models.AttentionOnlyTransformer(8, 6, 1, 2, 8, rngs=nnx.Rngs(0))
+    params, loss_fn = sj.from_nnx(model, "next_token")
+    tokens = sj.tasks.repeated_tokens(0, n=256, vocab_size=8, prefix_length=3)
+    params = sj.train(loss_fn, params, tokens, optimizer=optax.adam(1e-2), num_steps=300, batch_size=64).params
+    head = sj.head_mask(params, "blocks/0/attn", head=1)
+    config = sj.SamplerConfig(step_size=1e-4, localization=10.0, num_chains=8, num_draws=400, num_burnin=200, batch_size=64,
+                              mala_every=0)
+    restricted = sj.estimate_llc(loss_fn, params, tokens, config, key=0, component=head, progress=False, loss_estimator="paired")
+    # Dense slices: the chains carry the head's q/k/v/out blocks only.
+    assert restricted.chains.num_sampled[0] == sum(int(np.sum(m)) for m in jax.tree.leaves(head))
+    masked = sj.estimate_llc(_masked_reference_loss(loss_fn, params, head), params, tokens, config, key=1, progress=False,
+                             loss_estimator="paired")
+    se = np.hypot(standard_error(restricted), standard_error(masked))
+    assert abs(restricted.llc_mean - masked.llc_mean) < Z * se, (restricted.llc_mean, masked.llc_mean, se)
+
+
+def test_checkpoint_axis_equals_separate_runs_with_the_same_key():
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
+    checkpoints = [w_star, w_star * 1.03, w_star * 0.97]
+    components = {"full": None, "head2": jnp.array([True, True, False, False])}
+    config = sj.SamplerConfig(step_size=1e-3, nbeta=100.0, localization=1.0, num_draws=150, batch_size=50)
+    before = sj.compile_count()
+    table = sj.estimate_llc_table(loss_fn, checkpoints, data, config, key=3, components=components, steps=[0, 10, 20],
+                                  progress=False)
+    # Two layouts (whole model, a 2-coordinate element pattern): two programs for 6 configurations.
+    assert sj.compile_count() - before <= 2
+    chex.assert_shape(table.llc_per_chain, (3, 2, 4))
+    for k, center in enumerate(checkpoints):
+        for m, (name, mask) in enumerate(components.items()):
+            alone = sj.estimate_llc(loss_fn, center, data, config, key=3, component=mask, progress=False)
+            np.testing.assert_allclose(table.llc_per_chain[k, m], alone.llc_per_chain, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(table.result(k, name).llc_mean, alone.llc_mean, rtol=1e-5, atol=1e-6)
+            assert table.init_loss[k] == pytest.approx(alone.init_loss, rel=1e-6)
+    assert "step" in table.table() and table.to_xarray().llc_mean.dims == ("checkpoint", "component")
+
+
+def test_table_flags_unreliable_rows():
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
+    # Full batch with a tiny step: the chains have barely moved, ESS is far below 100.
+    config = sj.SamplerConfig(step_size=1e-6, nbeta=100.0, localization=1.0, num_draws=40, batch_size=200)
+    table = sj.estimate_llc_table(loss_fn, [w_star], data, config, key=0, progress=False)
+    assert table.unreliable.all(), table
+    assert "! unreliable" in table.table()
