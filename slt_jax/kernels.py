@@ -153,6 +153,16 @@ class SGLDInfo(NamedTuple):
     mala_acceptance: Array
 
 
+_NAN = jnp.full((), jnp.nan, jnp.float32)
+
+
+def _when(flag, compute, otherwise):
+    """``compute()`` if ``flag`` else ``otherwise``: decided in Python for a bool, by ``lax.cond`` if traced."""
+    if isinstance(flag, bool):
+        return compute() if flag else otherwise
+    return jax.lax.cond(flag, compute, lambda: otherwise)
+
+
 def hyperparameters(step_size, nbeta, localization, weight_decay=0.0, dtype=jnp.float32) -> Hyperparameters:
     """Builds a ``Hyperparameters`` of float arrays (no validation; ``SamplerConfig`` validates)."""
     as_array = lambda x: jnp.asarray(x, dtype=dtype)
@@ -209,7 +219,8 @@ def sgld_update(
         center: w* restricted to the chain's coordinates, like the position.
         hyper: the hyperparameters (scalars).
         preconditioner: the static preconditioner description.
-        diagnostics: compute the norms of ``SGLDInfo`` (else NaN; they cost a few reductions).
+        diagnostics: compute the norms of ``SGLDInfo`` (else NaN; they cost a few reductions). A
+            Python bool, or a traced bool scalar (then only the norms sit in a ``lax.cond``).
 
     Returns:
         The new state and the step's ``SGLDInfo`` (``mala_acceptance`` NaN).
@@ -223,19 +234,13 @@ def sgld_update(
     )
     scaled_noise = jax.tree.map(lambda e, xi: jnp.sqrt(e) * xi, sizes, noise)
     new_position = jax.tree.map(lambda w, e, dr, xi: w - 0.5 * e * dr + xi, position, sizes, drift, scaled_noise)
-    nan = jnp.full((), jnp.nan, jnp.float32)
-    if diagnostics:
+    def norms():
         distance = optax.tree.norm(displacement)
-        norms = dict(
-            grad_norm=optax.tree.norm(grad),
-            localization_norm=hyper.localization * distance,  # ||γ(w - w*)|| exactly, no extra pass
-            noise_norm=optax.tree.norm(scaled_noise),
-            distance=distance,
-        )
-        norms = {k: v.astype(jnp.float32) for k, v in norms.items()}
-    else:
-        norms = dict(grad_norm=nan, localization_norm=nan, noise_norm=nan, distance=nan)
-    info = SGLDInfo(loss=loss.astype(jnp.float32), mala_acceptance=nan, **norms)
+        values = (optax.tree.norm(grad), hyper.localization * distance, optax.tree.norm(scaled_noise), distance)
+        return tuple(v.astype(jnp.float32) for v in values)  # localization_norm = γ·distance exactly
+
+    grad_norm, localization_norm, noise_norm, distance = _when(diagnostics, norms, (_NAN,) * 4)
+    info = SGLDInfo(loss.astype(jnp.float32), grad_norm, localization_norm, noise_norm, distance, _NAN)
     return SGLDState(new_position, second_moment, state.count + 1), info
 
 
@@ -283,13 +288,7 @@ def mala_log_acceptance(
     return jnp.minimum(0.0, jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio))
 
 
-def build_kernel(
-    loss_fn: LossFn,
-    *,
-    preconditioner: str | Preconditioner = "sgld",
-    diagnostics: bool = True,
-    mala: bool = False,
-):
+def build_kernel(loss_fn: LossFn, *, preconditioner: str | Preconditioner = "sgld"):
     """Builds a single-chain SGLD kernel (blackjax style).
 
     Args:
@@ -297,13 +296,13 @@ def build_kernel(
             restricted chain this is the loss with the position put in place in w*.
         preconditioner: ``"sgld"``, ``"rmsprop_sgld"``, ``"rmsprop_sgld_devinterp"`` or a
             ``Preconditioner``.
-        diagnostics: compute the ``SGLDInfo`` norms.
-        mala: also compute the MALA acceptance probability of the step (one more gradient, on
-            the same batch).
 
     Returns:
-        ``kernel(rng_key, state, batch, center, hyper, noise=None) -> (SGLDState, SGLDInfo)``;
-        ``noise`` (standard normal, like the position) replaces the draw from ``rng_key``.
+        ``kernel(rng_key, state, batch, center, hyper, noise=None, *, diagnostics=True, mala=False)
+        -> (SGLDState, SGLDInfo)``. ``noise`` (standard normal, like the position) replaces the draw
+        from ``rng_key``. ``diagnostics`` computes the ``SGLDInfo`` norms; ``mala`` also computes the
+        MALA acceptance probability of the step (one more gradient, on the same batch). Either may
+        be a traced bool scalar: only the extra work then sits in a ``lax.cond``, the step does not.
 
     >>> import jax, jax.numpy as jnp
     >>> import slt_jax as sj
@@ -318,27 +317,29 @@ def build_kernel(
     preconditioner = get_preconditioner(preconditioner)
     value_and_grad = jax.value_and_grad(lambda p, b: mean_loss(loss_fn, p, b))
 
-    def kernel(rng_key: PRNGKey, state: SGLDState, batch: Batch, center: Params, hyper: Hyperparameters, noise=None):
+    def kernel(rng_key: PRNGKey, state: SGLDState, batch: Batch, center: Params, hyper: Hyperparameters, noise=None,
+               *, diagnostics=True, mala=False):
         loss, grad = value_and_grad(state.position, batch)
         if noise is None:
             noise = tree_normal(rng_key, state.position)
         new_state, info = sgld_update(state, loss, grad, noise, center, hyper, preconditioner, diagnostics)
-        if not mala:
-            return new_state, info
-        sizes, _ = step_sizes(preconditioner, state, grad, hyper.step_size)
-        sizes = _per_leaf(sizes, state.position)
-        proposal = new_state.position
-        proposal_loss, proposal_grad = value_and_grad(proposal, batch)
-        log_accept = mala_log_acceptance(
-            state.position,
-            potential(loss, state.position, center, hyper),
-            _potential_grad(grad, state.position, center, hyper),
-            proposal,
-            potential(proposal_loss, proposal, center, hyper),
-            _potential_grad(proposal_grad, proposal, center, hyper),
-            sizes,
-        )
-        return new_state, info._replace(mala_acceptance=jnp.exp(log_accept).astype(jnp.float32))
+
+        def acceptance():
+            sizes = _per_leaf(step_sizes(preconditioner, state, grad, hyper.step_size)[0], state.position)
+            proposal = new_state.position
+            proposal_loss, proposal_grad = value_and_grad(proposal, batch)
+            log_accept = mala_log_acceptance(
+                state.position,
+                potential(loss, state.position, center, hyper),
+                _potential_grad(grad, state.position, center, hyper),
+                proposal,
+                potential(proposal_loss, proposal, center, hyper),
+                _potential_grad(proposal_grad, proposal, center, hyper),
+                sizes,
+            )
+            return jnp.exp(log_accept).astype(jnp.float32)
+
+        return new_state, info._replace(mala_acceptance=_when(mala, acceptance, _NAN))
 
     return kernel
 

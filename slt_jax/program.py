@@ -121,31 +121,6 @@ class Static(NamedTuple):
     bulk_noise: bool
 
 
-def _draw_kernel(static: Static, position_loss):
-    """The kernel of a recorded draw's first step: diagnostics and MALA only on the draws due."""
-    build = lambda diagnostics, mala: kernels.build_kernel(
-        position_loss, preconditioner=static.preconditioner, diagnostics=diagnostics, mala=mala
-    )
-    built = [build(static.diagnostics_every == 1, False)]
-    if static.diagnostics_every > 1:
-        built.append(build(True, False))
-    if static.mala_every:
-        built.append(build(True, True))
-    if len(built) == 1:
-        return lambda draw_index, *args: built[0](*args)
-
-    def kernel(draw_index, *args):
-        which = jnp.zeros((), jnp.int32)
-        if static.diagnostics_every > 1:
-            which = jnp.where(draw_index % static.diagnostics_every == 0, 1, which)
-        if static.mala_every:
-            which = jnp.where(draw_index % static.mala_every == 0, len(built) - 1, which)
-        # The draw index is the same for every chain, so under vmap this stays a real branch.
-        return jax.lax.switch(which, built, *args)
-
-    return kernel
-
-
 def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, init_loss: Array, offsets: tuple,
                 hyper: Hyperparameters, step_offset: Array, draw_offset: Array, observe_data: PyTree, static: Static):
     """Runs ``num_draws * steps_per_draw`` steps of ONE chain of ONE configuration."""
@@ -159,8 +134,8 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, i
     def position_loss(position, batch):
         return static.loss_fn(restriction.embed(layout, offsets, center, position), batch)
 
-    step_kernel = kernels.build_kernel(position_loss, preconditioner=static.preconditioner, diagnostics=False)
-    draw_kernel = _draw_kernel(static, position_loss) if static.recorded else None
+    kernel = kernels.build_kernel(position_loss, preconditioner=static.preconditioner)
+    step_kernel = lambda *args: kernel(*args, diagnostics=False)
 
     # Randomness is keyed per step: fold_in(key, t), so chunking never changes the draws.
     if static.bulk_noise:
@@ -194,9 +169,14 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, i
         if not static.recorded:
             (state, diverged_at), _ = jax.lax.scan(inner, (carry.state, carry.diverged_at), (draw_noise, draw_indices, draw_steps))
             return Carry(state, carry.accumulator, diverged_at), None
-        kernel = lambda *args: draw_kernel(draw_index, *args)
+        # Diagnostics and MALA only on the draws due: the draw index is the same for every chain, so
+        # under vmap these stay real branches around the extra work (the step itself is unbranched).
+        due = lambda every: every == 1 or (draw_index % every == 0)
+        draw_kernel = lambda *args: kernel(
+            *args, diagnostics=due(static.diagnostics_every), mala=bool(static.mala_every) and due(static.mala_every)
+        )
         state = carry.state
-        new_state, info, diverged_at, batch = one_step(kernel, state, carry.diverged_at, *first)
+        new_state, info, diverged_at, batch = one_step(draw_kernel, state, carry.diverged_at, *first)
         nan = jnp.full((), jnp.nan, jnp.float32)
         params = None
         if static.full_loss_every or static.observe is not None:

@@ -81,10 +81,10 @@ def test_rmsprop_statistics_ignore_localization():
 
 def test_build_kernel_runs_and_is_jittable():
     loss_fn = lambda w, batch: 0.5 * (batch - w) ** 2
-    kernel = jax.jit(kernels.build_kernel(loss_fn, preconditioner="rmsprop_sgld", mala=True))
+    kernel = jax.jit(kernels.build_kernel(loss_fn, preconditioner="rmsprop_sgld"), static_argnames=("mala",))
     state = kernels.init(jnp.zeros(()), "rmsprop_sgld")
     hyper = kernels.hyperparameters(1e-2, 10.0, 1.0)
-    state, info = kernel(jax.random.key(0), state, jnp.ones((5,)), jnp.zeros(()), hyper)
+    state, info = kernel(jax.random.key(0), state, jnp.ones((5,)), jnp.zeros(()), hyper, mala=True)
     chex.assert_shape(state.position, ())
     chex.assert_tree_all_finite((state, info))
     np.testing.assert_allclose(info.loss, 0.5, rtol=1e-6)
@@ -111,8 +111,12 @@ def test_kernel_without_diagnostics_reports_nan_norms_and_the_same_step():
     hyper = kernels.hyperparameters(1e-2, 10.0, 1.0)
     state = kernels.init(jnp.ones(3))
     batch = jnp.zeros((4, 3))
-    full = kernels.build_kernel(loss_fn)(jax.random.key(1), state, batch, jnp.zeros(3), hyper)
-    lean = kernels.build_kernel(loss_fn, diagnostics=False)(jax.random.key(1), state, batch, jnp.zeros(3), hyper)
+    kernel = kernels.build_kernel(loss_fn)
+    full = kernel(jax.random.key(1), state, batch, jnp.zeros(3), hyper)
+    lean = kernel(jax.random.key(1), state, batch, jnp.zeros(3), hyper, diagnostics=False)
+    traced = jax.jit(lambda flag: kernel(jax.random.key(1), state, batch, jnp.zeros(3), hyper, diagnostics=flag))
+    np.testing.assert_allclose(traced(True)[1].grad_norm, full[1].grad_norm, rtol=1e-6)
+    assert np.isnan(float(traced(False)[1].grad_norm))
     np.testing.assert_array_equal(full[0].position, lean[0].position)
     assert np.isnan(float(lean[1].grad_norm)) and np.isfinite(float(full[1].grad_norm))
 
