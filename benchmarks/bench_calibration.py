@@ -6,18 +6,22 @@ to convergence on the data (full-batch Adam), nβ = n / log n, batch 100, 4 chai
 estimator, and a fixed budget of num_burnin + num_draws steps per chain. The known λ is Aoyagi's
 (``slt_jax.theory.dln_learning_coefficient``).
 
-  hand-tuned: one ``run_chains`` call over a log grid of step sizes (1e-7 ... 1e-4, 13 values) at the
-              same schedule; "best" is the ORACLE choice, the step size whose estimate is closest
-              to λ (a user cannot make that choice without knowing λ).
-  auto:       ``estimate_llc(step_size="auto")``: ``calibrate`` picks the step size (an independent
-              key), then the main run uses the same schedule.
-  calibrate(ε, γ): ``calibrate`` over step sizes and γ in {1, 10, 100}; its rule also picks γ (the
-              smallest whose chains level off), then the main run at the recommended setting.
+  hand-tuned: one ``run_chains(grid={"step_size": ...})`` call over a log grid of step sizes
+              (1e-7 ... 1e-4, 13 values) at the same schedule; "best" is the ORACLE choice, the step
+              size whose estimate is closest to λ (a user cannot make that choice without knowing λ).
+  auto:       ``estimate_llc(config.replace(step_size="auto"))``: ``calibrate`` picks the step size
+              (an independent key), then the main run uses the same schedule.
+  calibrate(ε, γ): ``calibrate(loss_fn, params, data, config, key=..., localizations=(1, 10, 100))``;
+              its rule also picks γ (the smallest whose chains level off); then the main run at
+              the recommended ε, nβ, γ with the benchmark's fixed schedule (the recommended burn-in
+              is reported next to it).
 
 Reported per network and localization γ: λ, the hand-tuned range, the oracle-best hand-tuned
 estimate, the auto estimate (± standard error over chains), relative errors and timings.
 
-Usage: python benchmarks/bench_calibration.py [--quick] [--out benchmarks/results/bench_calibration.json]
+Usage (any backend; JAX picks the device):
+  python benchmarks/bench_calibration.py [--quick] [--localizations 1 100] [--out FILE]
+Default ``--out``: benchmarks/results/bench_calibration.json.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 import warnings
 
@@ -71,9 +76,9 @@ def problem(widths, rank, n, seed=0):
     return params, data, lam, multiplicity, float(optax.tree.norm(jax.grad(objective)(params)))
 
 
-def paired_llc(chains, nbeta):
+def paired_llc(chains):
     """(G, C) per-chain LLC of the paired estimator, NaN for diverged chains."""
-    shifted = nbeta * (np.asarray(chains.loss, np.float64) - np.asarray(chains.center_loss, np.float64))
+    shifted = sj.traces.llc_draws(chains, "paired")  # (G, C, D) nβ(L - L*)
     return np.where(chains.diverged, np.nan, shifted.mean(axis=-1))
 
 
@@ -88,21 +93,23 @@ def run(widths, rank, localization, schedule, step_grid, seed=0):
     n, batch_size, num_chains = 10_000, 100, 4
     params, data, lam, multiplicity, grad_norm = problem(widths, rank, n, seed)
     nbeta = sj.default_nbeta(n)
-    common = dict(nbeta=nbeta, localization=localization, num_chains=num_chains, batch_size=batch_size, progress=False, **schedule)
+    config = sj.SamplerConfig(step_size="auto", nbeta=nbeta, localization=localization, num_chains=num_chains,
+                              batch_size=batch_size, **schedule)
 
     start = time.perf_counter()
-    hand = sj.run_chains(loss_fn, params, data, key=seed, step_size=step_grid, center_loss=True, **common)
+    hand = sj.run_chains(loss_fn, [params], data, config.replace(step_size=float(step_grid[0])), key=seed,
+                         grid={"step_size": step_grid}, center_loss=True, progress=False)
     hand_seconds = time.perf_counter() - start
-    per_setting = [stats(row) for row in paired_llc(hand, nbeta)]
+    per_setting = [stats(row) for row in paired_llc(hand)]
     errors = np.array([abs(m - lam) if np.isfinite(m) else np.inf for m, _ in per_setting])
     best = int(np.argmin(errors))
 
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        auto = sj.estimate_llc(loss_fn, params, data, key=seed, step_size="auto", loss_estimator="paired", **common)
+        auto = sj.estimate_llc(loss_fn, params, data, config, key=seed, loss_estimator="paired", progress=False)
     auto_seconds = time.perf_counter() - start
-    auto_step = float(auto.settings["step_size"])
+    auto_step = float(auto.chains.config.step_size)
     auto_mean, auto_stderr = stats(auto.llc_per_chain)
     predicted_bias = auto.summary().metrics["predicted_bias"]
     return {
@@ -128,7 +135,7 @@ def run(widths, rank, localization, schedule, step_grid, seed=0):
             "predicted_bias": predicted_bias,
             "bias_corrected_llc": auto_mean - predicted_bias,
             "bias_corrected_relative_error": (auto_mean - predicted_bias) / lam - 1,
-            "reason": auto.settings["calibration"]["reason"],
+            "reason": auto.chains.settings["calibration"]["reason"],
             "warnings": [str(w.message) for w in caught],
             "health": [f"{f.check}: {f.message}" for f in auto.summary().findings],
         },
@@ -140,25 +147,29 @@ def run_full_calibration(widths, rank, schedule, localizations=(1.0, 10.0, 100.0
     """``calibrate`` over step sizes AND localizations (its rule picks γ too), then the main run."""
     n, batch_size, num_chains = 10_000, 100, 4
     params, data, lam, _, _ = problem(widths, rank, n, seed)
-    total = schedule["num_burnin"] + schedule["num_draws"]
+    # The calibration chains' schedule (calibration_schedule) follows from this config: min(num_steps,
+    # 2000) recorded steps with the config's burn-in fraction, clipped to [0.2, 0.5].
+    config = sj.SamplerConfig(step_size="auto", localization=localizations[0], num_chains=num_chains,
+                              batch_size=batch_size, **schedule)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         calibration = sj.calibrate(
-            loss_fn, params, data, key=jax.random.fold_in(jax.random.key(seed), 0x5EED), batch_size=batch_size,
-            localizations=localizations, num_chains=num_chains, num_draws=min(total, 2000),
-            burnin_fraction=max(0.2, min(0.5, schedule["num_burnin"] / total)), progress=False,
+            loss_fn, params, data, config, key=jax.random.fold_in(jax.random.key(seed), 0x5EED),
+            localizations=localizations, progress=False,
         )
-        chosen = calibration.recommended_settings
+        chosen = calibration.recommended
+        # The benchmark's fixed budget (not the recommended schedule), as for the other rows.
         result = sj.estimate_llc(
-            loss_fn, params, data, key=seed, step_size=chosen["step_size"], localization=chosen["localization"],
-            nbeta=chosen["nbeta"], num_chains=num_chains, batch_size=batch_size, loss_estimator="paired", progress=False,
-            **schedule,
+            loss_fn, params, data, config.replace(step_size=chosen.step_size, localization=chosen.localization, nbeta=chosen.nbeta),
+            key=seed, loss_estimator="paired", progress=False,
         )
     mean, stderr = stats(result.llc_per_chain)
     return {
         "widths": widths, "rank": rank, "lambda": lam, "localizations": list(localizations),
-        "step_size": chosen["step_size"], "localization": chosen["localization"], "llc": mean, "stderr": stderr,
+        "step_size": chosen.step_size, "localization": chosen.localization, "nbeta": chosen.nbeta,
+        "recommended_num_burnin": chosen.num_burnin, "num_burnin_used": schedule["num_burnin"],
+        "llc": mean, "stderr": stderr,
         "relative_error": mean / lam - 1, "reason": calibration.reason, "warnings": [str(w.message) for w in caught],
         "seconds": time.perf_counter() - start,
     }
@@ -168,11 +179,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two small networks, shorter chains")
     parser.add_argument("--localizations", type=float, nargs="+", default=[1.0, 100.0])
+    parser.add_argument("--networks", type=int, default=None, help="only the first NETWORKS networks")
+    parser.add_argument("--num-burnin", type=int, default=None, help="override the schedule's burn-in steps")
+    parser.add_argument("--num-draws", type=int, default=None, help="override the schedule's draws")
+    parser.add_argument("--grid-size", type=int, default=13, help="hand-tuned step sizes on the 1e-7 ... 1e-4 log grid")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_calibration.json"))
     args = parser.parse_args()
     networks = NETWORKS[:2] if args.quick else NETWORKS
+    networks = networks if args.networks is None else networks[: args.networks]
     schedule = dict(num_burnin=1000, num_draws=2000) if args.quick else dict(num_burnin=4000, num_draws=8000)
-    step_grid = np.geomspace(1e-7, 1e-4, 13)
+    schedule.update({k: v for k, v in (("num_burnin", args.num_burnin), ("num_draws", args.num_draws)) if v is not None})
+    step_grid = np.geomspace(1e-7, 1e-4, args.grid_size)
     rows, full_rows = [], []
     for widths, rank in networks:
         for localization in args.localizations:
@@ -197,8 +214,9 @@ def main():
         "benchmark": "bench_calibration",
         "settings": {"n": 10_000, "batch_size": 100, "num_chains": 4, "loss_estimator": "paired", **schedule,
                      "step_grid": step_grid.tolist(), "nbeta": "n / log n"},
-        "environment": {"jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": os.cpu_count(),
-                        "python": platform.python_version(), "slt_jax": sj.__version__},
+        "environment": {"jax": jax.__version__, "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+                        "cpu_count": os.cpu_count(), "python": platform.python_version(), "slt_jax": sj.__version__},
+        "command": " ".join(sys.argv),
         "rows": rows,
         "calibrate_step_and_localization": full_rows,
     }

@@ -5,16 +5,20 @@ context 16) trained with Adam for 300 steps on ``tasks.repeated_tokens`` (it lea
 circuit), then the restricted LLC of each of the 8 heads (``head_mask``: its q/k/v/out slices) at
 the trained w*, two ways with identical settings and keys:
 
-  vmapped: ``estimate_llc_per_component`` -- all heads stacked on the configuration axis of ONE
-           compiled program (``sampler.run_chains(masks=...)``);
-  loop:    a Python loop of ``estimate_llc(mask=...)``, one head at a time (the mask is a traced input,
-           so the loop compiles once and reuses the executable).
+  vmapped: ``estimate_llc_table(loss_fn, [params], data, config, components=heads)`` -- all heads
+           as configurations of one run: heads of one layer share a restriction layout, so they are
+           vmapped in ONE compiled program per layer (``run_chains(masks=...)``), each chain carrying
+           only its head's coordinates;
+  loop:    a Python loop of ``estimate_llc(component=mask)``, one head at a time (heads of one layer
+           share the executable; only their offsets differ).
 
 Reported: for each way, the first run's wall and compile time and the best sampling time over
 ``--repeats`` alternating repetitions, and the largest difference between the two estimates (they use
 the same chain keys, so they agree up to float round-off).
 
-Usage: python benchmarks/bench_components.py [--quick] [--out benchmarks/results/bench_components.json]
+Usage (any backend; JAX picks the device):
+  python benchmarks/bench_components.py [--quick] [--num-draws N] [--repeats R] [--out FILE]
+Default ``--out``: benchmarks/results/bench_components.json.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -66,16 +71,13 @@ def main():
     components = {
         f"L{layer}H{head}": sj.head_mask(params, f"blocks/{layer}/attn", head) for layer in range(LAYERS) for head in range(HEADS)
     }
-    settings = dict(
-        key=0,
+    config = sj.SamplerConfig(
         step_size=1e-4,
-        nbeta=sj.default_nbeta(len(data["inputs"])),
         localization=100.0,
         num_chains=args.num_chains,
         num_draws=num_draws,
         num_burnin=num_draws // 5,
         batch_size=64,
-        progress=False,
     )
 
     # Alternate the two ways so that both see the same (shared, noisy) machine load; the first
@@ -83,19 +85,20 @@ def main():
     vmapped_runs, loop_runs = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        table = sj.estimate_llc_per_component(loss_fn, params, data, components, **settings)
-        vmapped_runs.append({"wall_seconds": time.perf_counter() - start, "compile_seconds": table.compile_seconds, "sampling_seconds": table.sampling_seconds})
+        table = sj.estimate_llc_table(loss_fn, [params], data, config, key=0, components=components, progress=False)
+        vmapped_runs.append({"wall_seconds": time.perf_counter() - start, "compile_seconds": table.chains.compile_seconds,
+                             "sampling_seconds": table.chains.sampling_seconds, "groups": table.chains.settings["groups"]})
 
         start = time.perf_counter()
         looped, loop_compile, loop_sampling = {}, 0.0, 0.0
         for name, mask in components.items():
-            result = sj.estimate_llc(loss_fn, params, data, mask=mask, **settings)
+            result = sj.estimate_llc(loss_fn, params, data, config, key=0, component=mask, progress=False)
             looped[name] = result
             loop_compile += result.chains.compile_seconds
             loop_sampling += result.chains.sampling_seconds
         loop_runs.append({"wall_seconds": time.perf_counter() - start, "compile_seconds": loop_compile, "sampling_seconds": loop_sampling})
 
-    difference = max(float(np.nanmax(np.abs(table.results[n].llc_per_chain - looped[n].llc_per_chain))) for n in components)
+    difference = max(float(np.nanmax(np.abs(table.result(0, n).llc_per_chain - looped[n].llc_per_chain))) for n in components)
     report = {
         "benchmark": "bench_components",
         "workload": {
@@ -103,9 +106,9 @@ def main():
             "num_parameters": int(sum(np.size(p) for p in jax.tree.leaves(params))),
             "task": f"repeated_tokens(n=2048, prefix={PREFIX}, repeats=2)",
             "components": len(components),
-            "coordinates_per_head": int(table.num_selected[0]),
-            **{k: v for k, v in settings.items() if k != "progress"},
-            "mala_every": 20,
+            "coordinates_per_head": int(table.num_sampled[0]),
+            "config": config.to_dict(),
+            "key": 0,
         },
         "training": training,
         "vmapped": {
@@ -125,7 +128,7 @@ def main():
             "best_sampling": min(r["sampling_seconds"] for r in loop_runs) / min(r["sampling_seconds"] for r in vmapped_runs),
         },
         "max_abs_difference_llc_per_chain": difference,
-        "llc_per_head": {name: {"mean": float(table.llc_mean[i]), "std": float(table.llc_std[i])} for i, name in enumerate(table.names)},
+        "llc_per_head": {name: {"mean": float(table.llc_mean[0, i]), "std": float(table.llc_std[0, i])} for i, name in enumerate(table.components)},
         "environment": {
             "jax": jax.__version__,
             "backend": jax.default_backend(),
@@ -137,6 +140,7 @@ def main():
             "machine": platform.machine(),
             "note": "shared machine: other engineers' jobs were running, so absolute times are inflated and noisy",
         },
+        "command": " ".join(sys.argv),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as handle:

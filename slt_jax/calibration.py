@@ -1,8 +1,10 @@
 """Choosing ε, nβ and γ: a grid of short chains as ONE compiled program, and a stated rule.
 
-``calibrate`` runs every (nβ, γ, ε) setting of a grid with ``run_chains`` (the grid is vmapped,
-chunked only when memory requires), measures each setting's health (``slt_jax.diagnostics``) and
-recommends one.
+``calibrate`` runs every (nβ, γ, ε) setting of a grid in ONE ``run_chains`` call (``grid=``: the
+settings are configurations of one compiled program, grouped only under the config's
+``memory_budget``), measures each setting's health (``slt_jax.diagnostics``, on the per-draw
+nβ(L - L*) of ``slt_jax.traces.llc_draws``) and recommends one as a ``SamplerConfig``
+(``CalibrationResult.recommended``). The conventions are docs/conventions.md §4.
 
 The rule (``RULE``). A setting is a CANDIDATE when no chain diverged, there are no loss spikes, at
 most half of the draws lie below L(w*), the mean MALA acceptance is >= ``mala_threshold`` (0.9) and
@@ -13,7 +15,7 @@ R-hat <= 1.1). The reference LLC of an (nβ, γ) group is the median bias-correc
 predicted bias) of its equilibrated settings. Among groups with a candidate and an equilibrated
 setting, the rule takes
 
-1. nβ closest (in log) to ``target_nbeta`` (default n / log n): nβ defines the estimand, so it is
+1. nβ closest (in log) to ``target_nbeta`` (default: the config's, n / log n when None): nβ defines the estimand, so it is
    the user's choice, not a tuning knob;
 2. the smallest γ: localization biases the LLC downwards (½ nβh/(nβh + γ) per direction), so γ is
    raised only as far as needed for the chains to level off (no climb) and not diverge;
@@ -23,15 +25,15 @@ setting, the rule takes
 
 Equilibration is not required of the chosen ε itself: short calibration chains cannot show that a
 small ε levels off, and the relaxation time scales as 1/ε. Instead the result recommends a burn-in
-(``recommended_settings["num_burnin"]``): the calibration burn-in scaled by ε_eq/ε, where ε_eq is the
-smallest step size of the group that levelled off within it.
+(``recommended.num_burnin``): the calibration burn-in scaled by ε_eq/ε, where ε_eq is the smallest
+step size of the group that levelled off within it.
 
 Why a gradient-based bias and not only MALA: the MALA acceptance (Lau et al.) is computed on one
 minibatch, so it measures the discretization error alone. With minibatches the gradient noise
 inflates the posterior spread by a factor ~nβ/m more than the discretization does, which MALA
 cannot see (on deep linear networks with nβ/m ≈ 10 the acceptance stays above 0.999 while the LLC
 is 40% too high). The predicted bias (``slt_jax.diagnostics``) includes both and is exact to first
-order for quadratic losses. For RMSProp samplers (no single ε) the empirical Richardson estimate
+order for quadratic losses. For RMSProp preconditioners (no single ε) the empirical Richardson estimate
 from neighbouring step sizes (same chain keys, paired over chains) replaces it.
 
 A divergent setting is never recommended. When no setting passes, the non-divergent setting with
@@ -51,13 +53,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from slt_jax import validation
-from slt_jax import diagnostics, kernels
-from slt_jax import traces
-from slt_jax import sampler as sampler_lib
+from slt_jax import diagnostics, kernels, plots, traces, validation
+from slt_jax.config import SamplerConfig
+from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
-__all__ = ["CalibrationResult", "calibrate", "default_step_sizes", "auto_step_size", "RULE"]
+__all__ = ["CalibrationResult", "calibrate", "calibration_schedule", "default_step_sizes", "auto_step_size", "RULE"]
 
 RULE = (
     "Candidates: no divergence, no spikes, <= 50% of draws below L(w*), MALA acceptance >= {mala:.2f} and predicted "
@@ -76,19 +77,23 @@ class CalibrationResult:
     """A calibration grid with per-setting health and the recommended setting.
 
     Attributes:
-        step_size, nbeta, localization: ``(G,)`` the settings, grouped by (nβ, γ), ε ascending.
-        metrics: dict of ``(G,)`` arrays from ``diagnostics.trace_metrics`` (post burn-in), plus
-            ``empirical_bias`` (relative Richardson estimate vs. the next smaller ε of the group).
+        step_size, nbeta, localization: ``(G,)`` the settings, grouped by (nβ, γ), ε ascending;
+            setting g is configuration g of ``chains``.
+        metrics: dict of ``(G,)`` arrays from ``diagnostics.trace_metrics`` (after the calibration
+            burn-in), plus ``empirical_bias`` (relative Richardson estimate vs. the next smaller ε
+            of the group) and, for plain SGLD, ``reference_llc``.
         llc_per_chain: ``(G, num_chains)``, NaN for diverged chains.
         diverged: ``(G, num_chains)`` bool.
         problems: per setting, the names of the failed checks.
         passed: ``(G,)`` bool, a candidate: no divergence, spikes, draws below L(w*), low MALA
             acceptance or predicted bias above the tolerance.
         equilibrated: ``(G,)`` bool, the chains rose, levelled off within the burn-in and agree.
-        recommended: index of the recommended setting, -1 if every setting diverged.
+        recommended_index: index of the recommended setting, -1 if every setting diverged.
         reason: why it was chosen.
         init_loss: L_n(w*).
         burnin_draws: leading draws of each chain excluded from the metrics.
+        config: the ``SamplerConfig`` ``calibrate`` was given (``chains.config`` is the schedule
+            the calibration chains ran).
         chains: the grid's ``ChainsOutput`` (leading axes ``(G, num_chains)``).
         settings: the rule's parameters and the run's settings.
     """
@@ -102,27 +107,37 @@ class CalibrationResult:
     problems: list
     passed: np.ndarray
     equilibrated: np.ndarray
-    recommended: int
+    recommended_index: int
     reason: str
     init_loss: float
     burnin_draws: int
-    chains: sampler_lib.ChainsOutput
+    config: SamplerConfig
+    chains: ChainsOutput
     settings: dict
 
     xarray_dims = {"llc_per_chain": ("setting", "chain"), "diverged": ("setting", "chain")}
 
     @property
-    def recommended_settings(self) -> dict:
-        """``{"step_size", "nbeta", "localization"}`` of the recommended setting (KeyError if none)."""
-        if self.recommended < 0:
-            raise KeyError(f"no setting can be recommended: {self.reason}")
-        i = self.recommended
-        return {
-            "step_size": float(self.step_size[i]),
-            "nbeta": float(self.nbeta[i]),
-            "localization": float(self.localization[i]),
-            "num_burnin": int(self.settings["recommended_num_burnin"]),
-        }
+    def recommended(self) -> SamplerConfig:
+        """The recommended setting as a ``SamplerConfig``, ready for ``estimate_llc``.
+
+        It is ``config`` with the chosen ``step_size``, ``nbeta`` and ``localization``, the burn-in
+        the rule recommends (``num_burnin``, at least the calibration's) and the schedule the
+        setting was validated at: ``num_draws`` post-burn-in draws, one step apart. Longer runs
+        (``.replace(num_draws=...)``) only make the estimate more precise. Raises ``ValueError``
+        when no setting can be recommended (every setting diverged).
+        """
+        if self.recommended_index < 0:
+            raise ValueError(f"no setting can be recommended: {self.reason}")
+        i = self.recommended_index
+        return self.config.replace(
+            step_size=float(self.step_size[i]),
+            nbeta=float(self.nbeta[i]),
+            localization=float(self.localization[i]),
+            num_burnin=int(self.settings["recommended_num_burnin"]),
+            num_draws=int(self.settings["validated_num_draws"]),
+            num_steps_between_draws=1,
+        )
 
     def table(self) -> str:
         """One line per setting (``*`` recommended, ``=`` equilibrated, ``x`` divergent) with its health figures."""
@@ -130,7 +145,7 @@ class CalibrationResult:
         lines = [f"{'':2}{'step_size':>10} {'nbeta':>9} {'gamma':>8} {'llc':>9} {'±se':>7} {'rhat':>6} {'mala':>6} "
                  f"{'bias':>7} {'below':>6}  problems"]
         for i in range(self.step_size.size):
-            mark = "*" if i == self.recommended else ("x" if self.diverged[i].any() else ("=" if self.equilibrated[i] else " "))
+            mark = "*" if i == self.recommended_index else ("x" if self.diverged[i].any() else ("=" if self.equilibrated[i] else " "))
             lines.append(
                 f"{mark:2}{self.step_size[i]:10.3g} {self.nbeta[i]:9.4g} {self.localization[i]:8.3g} "
                 f"{m['llc_mean'][i]:9.4g} {m['llc_stderr'][i]:7.2g} {m['rhat'][i]:6.3f} {m['mala_acceptance'][i]:6.3f} "
@@ -143,19 +158,17 @@ class CalibrationResult:
         return f"{self.table()}\n\n{self.reason}"
 
     def plot(self, path=None):
-        """``slt_jax.plots.plot_calibration(self, path=path)``."""
-        from slt_jax import plots
-
+        """The grid and the recommended setting's traces: ``slt_jax.plots.plot_calibration(self, path=path)``."""
         return plots.plot_calibration(self, path=path)
 
     def __repr__(self) -> str:
-        if self.recommended < 0:
+        if self.recommended_index < 0:
             return f"CalibrationResult({self.step_size.size} settings, none recommended: {self.reason})"
-        s = self.recommended_settings
+        i = self.recommended_index
         return (
-            f"CalibrationResult({self.step_size.size} settings; recommended step_size={s['step_size']:.3g}, "
-            f"nbeta={s['nbeta']:.4g}, localization={s['localization']:.3g}, "
-            f"llc={self.metrics['llc_mean'][self.recommended]:.4g})"
+            f"CalibrationResult({self.step_size.size} settings; recommended step_size={self.step_size[i]:.3g}, "
+            f"nbeta={self.nbeta[i]:.4g}, localization={self.localization[i]:.3g}, "
+            f"num_burnin={self.settings['recommended_num_burnin']}, llc={self.metrics['llc_mean'][i]:.4g})"
         )
 
 
@@ -184,28 +197,29 @@ def default_step_sizes(
     loss_fn: LossFn,
     params: Params,
     data: Batch,
+    config: SamplerConfig,
     *,
     key: KeyLike,
-    nbeta: float,
-    localization: float,
-    batch_size: int,
-    mask: Mask | None = None,
+    component: Mask | None = None,
     num_step_sizes: int = 10,
     bias_tolerance: float = 0.05,
-    sampler: str = "sgld",
 ) -> np.ndarray:
     """A factor-2 grid of step sizes, ascending, anchored on the posterior's scales at w*.
 
-    The top is the smaller of 1/a_max (a_max = nβ h_max + γ, h_max the top Hessian eigenvalue from
-    power iteration; at ε a_max = 1 the stiffest direction's variance is 33% too large) and twice
-    the largest ε whose gradient-noise bias (ε/8)·nβ²·E||g_B(w*)||² could stay within
+    Uses the config's nβ (``nbeta_for(n)``), γ, ``batch_size`` and ``preconditioner``. The top is the
+    smaller of 1/a_max (a_max = nβ h_max + γ, h_max the top Hessian eigenvalue from power iteration
+    over the ``component``'s coordinates; at ε a_max = 1 the stiffest direction's variance is 33% too
+    large) and twice the largest ε whose gradient-noise bias (ε/8)·nβ²·E||g_B(w*)||² could stay within
     ``bias_tolerance`` of the largest possible LLC, d/2. The grid descends by factors of 2. For an
-    RMSProp ``sampler`` it is multiplied by sqrt(E[g_i²]) + eps, the typical preconditioner scale.
+    RMSProp preconditioner it is multiplied by sqrt(E[g_i²]) + eps, the typical preconditioner scale.
 
     Returns:
         ``(num_step_sizes,)`` ascending.
     """
     n = validation.check_data(data)
+    validation.check_params(params)
+    num_step_sizes = validation.check_positive_int(num_step_sizes, "num_step_sizes")
+    nbeta, localization, batch_size = config.nbeta_for(n), config.localization, min(config.batch_size, n)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(validation.as_key(key))).ravel())
     subset = rng.choice(n, size=min(n, max(batch_size, 1024)), replace=False)
     batch = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[subset]), data)
@@ -214,9 +228,9 @@ def default_step_sizes(
     batches = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[indices]), data)
     flat = ravel_pytree(params)[0]
     start = jnp.asarray(rng.normal(size=flat.shape), flat.dtype)
+    mask = validation.check_masks(component, params, None, name="component")
     if mask is not None:
-        mask = mask(params) if callable(mask) else mask
-        num_coordinates = int(sum(np.sum(np.broadcast_to(np.asarray(m), np.shape(p))) for m, p in zip(jax.tree.leaves(mask), jax.tree.leaves(params))))
+        num_coordinates = int(sum(np.sum(np.asarray(m)) for m in jax.tree.leaves(mask)))
     else:
         num_coordinates = int(flat.size)
     top, squared = _curvature_and_gradient(loss_fn, params, batch, batches, mask, start, 30)
@@ -224,9 +238,9 @@ def default_step_sizes(
     if not a_max > 0:
         raise ValueError("the loss has no curvature at w* and localization is 0: pass step_sizes explicitly.")
     largest = 1.0 / a_max
-    if float(squared) > 0:
+    if float(squared) > 0 and nbeta > 0:
         largest = min(largest, 2.0 * 8.0 * bias_tolerance * (num_coordinates / 2.0) / (nbeta**2 * float(squared)))
-    preconditioner = kernels.get_preconditioner(sampler)
+    preconditioner = config.preconditioner_spec
     if preconditioner.adaptive:
         # RMSProp steps are ε / (sqrt(v) + eps) per coordinate, v ≈ E[g²] at the start: rescale the
         # grid so that the typical effective step matches the plain-SGLD anchor.
@@ -236,23 +250,6 @@ def default_step_sizes(
 
 # ---------------------------------------------------------------------------------------------
 # calibrate
-
-
-def _concat_outputs(outputs: list) -> sampler_lib.ChainsOutput:
-    if len(outputs) == 1:
-        return outputs[0]
-    fields = {}
-    for f in dataclasses.fields(sampler_lib.ChainsOutput):
-        values = [getattr(o, f.name) for o in outputs]
-        if f.name in ("init_loss", "num_steps", "settings"):
-            fields[f.name] = values[0]
-        elif f.name in ("compile_seconds", "sampling_seconds"):
-            fields[f.name] = float(sum(values))
-        elif values[0] is None:
-            fields[f.name] = None
-        else:
-            fields[f.name] = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=0), *values)
-    return sampler_lib.ChainsOutput(**fields)
 
 
 def _empirical_bias(step_size, groups, llc_per_chain, llc_mean) -> np.ndarray:
@@ -297,126 +294,189 @@ def _check_fraction(value, name: str, low: float, high: float) -> float:
     return float(value)
 
 
+# Calibration chains are short: the config's steps, at most this many, all recorded (one step apart).
+MAX_CALIBRATION_DRAWS = 2000
+MIN_CALIBRATION_DRAWS = 8
+# MALA acceptance of calibration chains at least every this many draws (it is one of the checks).
+CALIBRATION_MALA_EVERY = 10
+
+
+def calibration_schedule(config: SamplerConfig) -> tuple[SamplerConfig, float]:
+    """The calibration chains' ``SamplerConfig`` and default burn-in fraction for a run's ``config``.
+
+    The chains record every step (``num_burnin=0``, one step between draws) for the config's
+    ``num_steps`` steps, at most ``MAX_CALIBRATION_DRAWS`` (a long main-run schedule gives short
+    calibration chains); the leading ``num_burnin / num_steps`` of them, clipped to [0.2, 0.5]
+    (0.5 without burn-in), count as burn-in. MALA acceptance is taken at least every 10 draws.
+    ``num_chains``, ``batch_size``, ``preconditioner``, ``weight_decay`` and the rest are the config's.
+    """
+    if not isinstance(config, SamplerConfig):
+        raise TypeError(
+            f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}; e.g. "
+            "sj.SamplerConfig(step_size='auto', localization=1.0, num_draws=1000, batch_size=100)."
+        )
+    if config.num_chains < 2:
+        raise ValueError(f"num_chains={config.num_chains}: calibration compares chains (R-hat); use num_chains >= 2.")
+    num_draws = min(config.num_steps, MAX_CALIBRATION_DRAWS)
+    if num_draws < MIN_CALIBRATION_DRAWS:
+        raise ValueError(
+            f"num_draws={config.num_draws} (num_steps={config.num_steps}): calibration needs at least "
+            f"{MIN_CALIBRATION_DRAWS} steps per chain; use num_draws >= 500."
+        )
+    mala_every = min(config.mala_every, CALIBRATION_MALA_EVERY) or CALIBRATION_MALA_EVERY
+    schedule = config.replace(num_draws=num_draws, num_burnin=0, num_steps_between_draws=1, mala_every=mala_every)
+    burnin_fraction = float(np.clip(config.num_burnin / config.num_steps, 0.2, 0.5)) if config.num_burnin else 0.5
+    return schedule, burnin_fraction
+
+
+def _settings_grid(loss_fn, params, data, config, key, component, step_sizes, nbetas, localizations, num_step_sizes,
+                   bias_tolerance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(step_size, nbeta, localization) ``(G,)`` grouped by (nβ, γ), ε ascending within a group."""
+    rows = []
+    for nbeta, localization in itertools.product(nbetas, localizations):
+        grid = step_sizes if step_sizes is not None else default_step_sizes(
+            loss_fn, params, data, config.replace(nbeta=float(nbeta), localization=float(localization)), key=key,
+            component=component, num_step_sizes=num_step_sizes, bias_tolerance=bias_tolerance,
+        )
+        rows += [(float(e), float(nbeta), float(localization)) for e in np.atleast_1d(grid)]
+    return tuple(np.array(column) for column in zip(*rows))
+
+
 def calibrate(
     loss_fn: LossFn,
     params: Params,
     data: Batch,
+    config: SamplerConfig,
     *,
     key: KeyLike,
-    batch_size: int,
+    component: Mask | None = None,
     step_sizes=None,
     nbetas=None,
-    localizations=(1.0, 10.0, 100.0),
-    num_chains: int = 4,
-    num_draws: int = 1000,
-    num_steps_between_draws: int = 1,
-    burnin_fraction: float = 0.5,
-    sampler: str = "sgld",
-    mask: Mask | None = None,
+    localizations=None,
+    burnin_fraction: float | None = None,
     mala_threshold: float = 0.9,
     bias_tolerance: float = 0.05,
     target_nbeta: float | None = None,
     num_step_sizes: int = 10,
-    max_configs_per_run: int | None = None,
-    mala_every: int = 10,
     loss_estimator: str = "paired",
     progress: bool = True,
-    **kwargs,
 ) -> CalibrationResult:
-    """Runs a grid of short chains as one program and recommends a setting (see the module docstring).
+    """Runs a grid of short chains in one ``run_chains`` call and recommends a setting (module docstring).
 
     Args:
-        loss_fn, params, data, key, batch_size, sampler, mask: as in ``slt_jax.sample``.
+        loss_fn, params, data, key, component: as for ``slt_jax.estimate_llc``.
+        config: the run's ``SamplerConfig``. Its ``num_chains``, ``batch_size``, ``preconditioner``,
+            ``weight_decay`` and ``memory_budget`` are the calibration chains'; their schedule is
+            ``calibration_schedule(config)`` (short: at most 2000 recorded steps). Its
+            ``step_size`` is not used (the grid's are); its ``nbeta`` and ``localization`` are the
+            defaults of ``nbetas`` and ``localizations``.
         step_sizes: ε values (tried with every (nβ, γ)), or None for ``default_step_sizes`` per (nβ, γ).
-        nbetas: nβ values; None uses [n / log n].
-        localizations: γ values.
-        num_chains, num_draws, num_steps_between_draws: the (short) chains of every setting.
-        burnin_fraction: leading fraction of the draws treated as burn-in by the metrics.
+        nbetas: nβ values; None uses the config's (n / log n when ``config.nbeta`` is None).
+        localizations: γ values; None uses the config's.
+        burnin_fraction: leading fraction of the calibration draws treated as burn-in by the metrics
+            (default: the config's ``num_burnin / num_steps`` clipped to [0.2, 0.5], 0.5 without one).
         mala_threshold: minimum mean MALA acceptance of a passing setting.
         bias_tolerance: maximum predicted relative step-size bias of a passing setting.
-        target_nbeta: the nβ to prefer (default n / log n).
+        target_nbeta: the nβ to prefer (default: the config's, n / log n when None).
         num_step_sizes: grid length when ``step_sizes`` is None.
-        max_configs_per_run: settings per compiled run (default: as many as fit in ~1 GiB of chain state).
-        mala_every: MALA acceptance every this many draws.
         loss_estimator: ``"paired"`` (default: L_B(w) - L_B(w*) + L_n(w*), which cancels the batch
             noise that otherwise swamps short chains; one extra forward pass per draw) or
-            ``"minibatch"`` (see ``estimate_llc``).
+            ``"minibatch"`` (``slt_jax.traces``).
         progress: tqdm progress bar.
-        **kwargs: passed to ``run_chains`` (e.g. ``weight_decay``).
 
     Returns:
-        A ``CalibrationResult``; ``.recommended_settings`` holds the choice, ``.reason`` why.
+        A ``CalibrationResult``; ``.recommended`` is the chosen ``SamplerConfig``, ``.reason`` why.
+
+    >>> import jax.numpy as jnp, slt_jax as sj
+    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
+    >>> data = {"x": jnp.eye(4).repeat(50, axis=0), "y": jnp.zeros(200)}
+    >>> config = sj.SamplerConfig(step_size="auto", nbeta=100.0, localization=1.0, num_draws=500, batch_size=200)
+    >>> result = sj.calibrate(loss_fn, jnp.zeros(4), data, config, key=0, num_step_sizes=4, progress=False)
+    >>> result.recommended.step_size in result.step_size
+    True
     """
     n = validation.check_data(data)
     validation.check_params(params)
-    batch_size = validation.check_positive_int(batch_size, "batch_size")
-    num_chains = validation.check_positive_int(num_chains, "num_chains")
-    num_draws = validation.check_positive_int(num_draws, "num_draws", minimum=8)
-    if num_chains < 2:
-        raise ValueError(f"num_chains={num_chains}: calibration compares chains (R-hat); use num_chains >= 2.")
-    burnin_fraction = _check_fraction(burnin_fraction, "burnin_fraction", -1e-12, 0.9)
+    schedule, default_fraction = calibration_schedule(config)
+    burnin_fraction = _check_fraction(default_fraction if burnin_fraction is None else burnin_fraction, "burnin_fraction", -1e-12, 0.9)
     mala_threshold = _check_fraction(mala_threshold, "mala_threshold", 0.0, 1.0)
     bias_tolerance = _check_fraction(bias_tolerance, "bias_tolerance", 0.0, 1.0)
-    nbetas = [sampler_lib.default_nbeta(n)] if nbetas is None else nbetas
-    nbetas = validation.check_scalar_grid(nbetas, "nbetas", allow_zero=False, fix="The LLC needs nbeta > 0; the default is n / log n.")
-    localizations = validation.check_scalar_grid(localizations, "localizations", allow_zero=True, fix="Typical values are 1 to 1000.")
-    target_nbeta = sampler_lib.default_nbeta(n) if target_nbeta is None else float(target_nbeta)
+    nbetas = [config.nbeta_for(n)] if nbetas is None else nbetas
+    nbetas = np.atleast_1d(validation.check_scalar_grid(nbetas, "nbetas", allow_zero=False, fix="The LLC needs nbeta > 0; the default is n / log n."))
+    localizations = [config.localization] if localizations is None else localizations
+    localizations = np.atleast_1d(validation.check_scalar_grid(localizations, "localizations", allow_zero=True, fix="Typical values are 1 to 1000."))
+    target_nbeta = config.nbeta_for(n) if target_nbeta is None else float(target_nbeta)
+    if not target_nbeta > 0:
+        raise ValueError(f"target_nbeta={target_nbeta!r} must be > 0 (the default is the config's nbeta, or n / log n).")
     if step_sizes is not None:
-        step_sizes = np.sort(validation.check_scalar_grid(step_sizes, "step_sizes", allow_zero=False, fix="Or pass None for an automatic grid."))
+        step_sizes = np.sort(np.atleast_1d(validation.check_scalar_grid(step_sizes, "step_sizes", allow_zero=False, fix="Or pass None for an automatic grid.")))
     if loss_estimator not in ("paired", "minibatch"):
-        raise ValueError(f"loss_estimator={loss_estimator!r}; use 'paired' or 'minibatch'.")
+        raise ValueError(f"loss_estimator={loss_estimator!r}; use 'paired' or 'minibatch' for calibration.")
     key = validation.as_key(key)
 
-    rows = []
-    for nbeta, localization in itertools.product(np.atleast_1d(nbetas), np.atleast_1d(localizations)):
-        grid = step_sizes if step_sizes is not None else default_step_sizes(
-            loss_fn, params, data, key=key, nbeta=float(nbeta), localization=float(localization), batch_size=batch_size,
-            mask=mask, num_step_sizes=num_step_sizes, bias_tolerance=bias_tolerance, sampler=sampler,
-        )
-        rows += [(float(e), float(nbeta), float(localization)) for e in np.atleast_1d(grid)]
-    step_size, nbeta, localization = (np.array(column) for column in zip(*rows))
-    num_settings = step_size.size
-    if max_configs_per_run is None:
-        num_parameters = sum(int(np.size(p)) for p in jax.tree.leaves(params))
-        max_configs_per_run = max(1, 2**30 // (16 * num_chains * num_parameters))
-    max_configs_per_run = validation.check_positive_int(max_configs_per_run, "max_configs_per_run")
-
-    init_loss = kwargs.pop("init_loss", None)
-    if init_loss is None:
-        init_loss = float(sampler_lib.full_data_loss(loss_fn, params, data, batch_size))
-    outputs = []
-    for start in range(0, num_settings, max_configs_per_run):
-        part = slice(start, start + max_configs_per_run)
-        outputs.append(sampler_lib.run_chains(
-            loss_fn, params, data, key=key, step_size=step_size[part], nbeta=nbeta[part], localization=localization[part],
-            num_chains=num_chains, num_draws=num_draws, num_burnin=0, num_steps_between_draws=num_steps_between_draws,
-            batch_size=batch_size, sampler=sampler, masks=mask, mala_every=mala_every, init_loss=init_loss,
-            progress=progress, description="calibration", **llc_lib.loss_estimator_options(loss_estimator), **kwargs,
-        ))
-    chains = _concat_outputs(outputs)
-    loss = llc_lib.loss_trace(chains, loss_estimator)
-
-    burnin_draws = int(burnin_fraction * num_draws)
-    adaptive = kernels.get_preconditioner(sampler).adaptive
-    per_setting = [
-        diagnostics.trace_metrics(
-            loss[i], init_loss, nbeta[i], diverged=chains.diverged[i], mala_acceptance=chains.mala_acceptance[i],
-            grad_norm=chains.grad_norm[i], step_size=None if adaptive else step_size[i], burnin_draws=burnin_draws,
-        )
-        for i in range(num_settings)
-    ]
-    metrics = {k: np.array([m[k] for m in per_setting]) for k in per_setting[0]}
-    shifted = nbeta[:, None, None] * (loss[:, :, burnin_draws:] - init_loss)
-    llc_per_chain = np.where(chains.diverged, np.nan, shifted.mean(axis=2))
+    step_size, nbeta, localization = _settings_grid(
+        loss_fn, params, data, schedule, key, component, step_sizes, nbetas, localizations, num_step_sizes, bias_tolerance
+    )
+    chains = run_chains(
+        loss_fn, [params], data, schedule, key=key, masks=None if component is None else [component],
+        grid={"step_size": step_size, "nbeta": nbeta, "localization": localization}, progress=progress,
+        description="calibration", **traces.estimator_options(loss_estimator),
+    )
+    draws = traces.llc_draws(chains, loss_estimator)  # (G, C, D) nβ(L - L*)
+    burnin_draws = int(burnin_fraction * schedule.num_draws)
+    adaptive = schedule.preconditioner_spec.adaptive
+    metrics, llc_per_chain = _grid_metrics(chains, draws, step_size, nbeta, burnin_draws, adaptive)
     groups: dict = {}
     for i in np.argsort(step_size, kind="stable"):
         groups.setdefault((nbeta[i], localization[i]), []).append(int(i))
+    problems, passed, equilibrated = _judge(metrics, llc_per_chain, groups, step_size, adaptive, mala_threshold,
+                                            bias_tolerance, burnin_fraction)
+    divergent = np.asarray(chains.diverged).any(axis=1)
+    recommended, reason, num_burnin = _recommend(
+        step_size, nbeta, localization, metrics, problems, passed, equilibrated, divergent, groups, target_nbeta,
+        mala_threshold, bias_tolerance, burnin_draws,
+    )
+    settings = dict(
+        chains.settings,
+        rule=RULE.format(mala=mala_threshold, bias=bias_tolerance, target=target_nbeta),
+        mala_threshold=mala_threshold,
+        bias_tolerance=bias_tolerance,
+        burnin_fraction=burnin_fraction,
+        loss_estimator=loss_estimator,
+        target_nbeta=target_nbeta,
+        step_size_grid="given" if step_sizes is not None else "default_step_sizes",
+        recommended_num_burnin=int(num_burnin),
+        validated_num_burnin=burnin_draws,
+        validated_num_draws=schedule.num_draws - burnin_draws,
+    )
+    return CalibrationResult(
+        step_size=step_size, nbeta=nbeta, localization=localization, metrics=metrics, llc_per_chain=llc_per_chain,
+        diverged=np.asarray(chains.diverged), problems=problems, passed=passed, equilibrated=equilibrated,
+        recommended_index=int(recommended), reason=reason, init_loss=float(chains.init_loss[0]),
+        burnin_draws=burnin_draws, config=config, chains=chains, settings=settings,
+    )
+
+
+def _grid_metrics(chains, draws, step_size, nbeta, burnin_draws, adaptive) -> tuple[dict, np.ndarray]:
+    """``trace_metrics`` of every setting as ``(G,)`` arrays, and the per-chain LLCs after burn-in."""
+    per_setting = [
+        diagnostics.trace_metrics(
+            draws[i], nbeta=nbeta[i], diverged=chains.diverged[i], mala_acceptance=chains.mala_acceptance[i],
+            grad_norm=chains.grad_norm[i], step_size=None if adaptive else step_size[i], burnin_draws=burnin_draws,
+        )
+        for i in range(step_size.size)
+    ]
+    metrics = {k: np.array([m[k] for m in per_setting]) for k in per_setting[0] if k != "note"}
+    llc_per_chain = np.where(chains.diverged, np.nan, draws[:, :, burnin_draws:].mean(axis=2))
+    return metrics, llc_per_chain
+
+
+def _judge(metrics, llc_per_chain, groups, step_size, adaptive, mala_threshold, bias_tolerance, burnin_fraction):
+    """(problems per setting, passed, equilibrated); adds ``empirical_bias`` / ``reference_llc`` to metrics."""
+    num_settings = step_size.size
     metrics["empirical_bias"] = _empirical_bias(step_size, groups, llc_per_chain, metrics["llc_mean"])
     if adaptive:
         metrics["relative_bias"] = metrics["empirical_bias"].copy()
-
-    # Bias relative to the group's reference LLC (the median bias-corrected LLC of its equilibrated
-    # settings): the LLC of a step too small to level off within the calibration is itself too low.
     thresholds = {"mala": mala_threshold, "bias": bias_tolerance}
     problems = []
     for i in range(num_settings):
@@ -429,6 +489,8 @@ def calibrate(
             problems[i].append("equilibration")
     equilibrated = np.array([not set(p) & set(_EQUILIBRIUM) for p in problems])
     if not adaptive:
+        # Bias relative to the group's reference LLC (the median bias-corrected LLC of its
+        # equilibrated settings): the LLC of a step too small to level off is itself too low.
         reference = np.full(num_settings, np.nan)
         for members in groups.values():
             members = np.array(members)
@@ -438,37 +500,13 @@ def calibrate(
                 corrected = metrics["llc_mean"][pool] - metrics["predicted_bias"][pool]
                 reference[members] = np.median(corrected)
         metrics["reference_llc"] = reference
-        metrics["relative_bias"] = metrics["predicted_bias"] / np.maximum(np.abs(reference), 1e-12)
+        with np.errstate(invalid="ignore"):
+            metrics["relative_bias"] = metrics["predicted_bias"] / np.maximum(np.abs(reference), 1e-12)
         for i in range(num_settings):
             over = metrics["relative_bias"][i] > bias_tolerance
             problems[i] = [p for p in problems[i] if p != "bias"] + (["bias"] if over else [])
     passed = np.array([not set(p) & set(_REQUIRED) for p in problems])
-    divergent = np.asarray(chains.diverged).any(axis=1)
-    burnin_steps = burnin_draws * num_steps_between_draws
-    recommended, reason, num_burnin = _recommend(
-        step_size, nbeta, localization, metrics, problems, passed, equilibrated, divergent, groups, target_nbeta,
-        mala_threshold, bias_tolerance, burnin_steps,
-    )
-    settings = dict(
-        chains.settings,
-        rule=RULE.format(mala=mala_threshold, bias=bias_tolerance, target=target_nbeta),
-        mala_threshold=mala_threshold,
-        bias_tolerance=bias_tolerance,
-        burnin_fraction=burnin_fraction,
-        loss_estimator=loss_estimator,
-        target_nbeta=target_nbeta,
-        step_size_grid="given" if step_sizes is not None else "default_step_sizes",
-        step_size=step_size.tolist(),
-        nbeta=nbeta.tolist(),
-        localization=localization.tolist(),
-        recommended_num_burnin=num_burnin,
-    )
-    return CalibrationResult(
-        step_size=step_size, nbeta=nbeta, localization=localization, metrics=metrics, llc_per_chain=llc_per_chain,
-        diverged=np.asarray(chains.diverged), problems=problems, passed=passed, equilibrated=equilibrated,
-        recommended=int(recommended), reason=reason, init_loss=float(init_loss), burnin_draws=burnin_draws,
-        chains=chains, settings=settings,
-    )
+    return problems, passed, equilibrated
 
 
 def _recommend(step_size, nbeta, localization, metrics, problems, passed, equilibrated, divergent, groups, target_nbeta,
@@ -533,41 +571,48 @@ def auto_step_size(
     loss_fn: LossFn,
     params: Params,
     data: Batch,
+    config: SamplerConfig,
     *,
     key: KeyLike,
-    nbeta: float | None,
-    localization: float,
-    batch_size: int,
-    num_chains: int,
-    num_burnin: int,
-    num_steps: int,
-    sampler: str = "sgld",
-    mask: Mask | None = None,
+    component: Mask | None = None,
+    loss_estimator: str = "minibatch",
     progress: bool = True,
-    weight_decay: float = 0.0,
-) -> tuple[float, CalibrationResult]:
-    """``estimate_llc(step_size="auto")``: calibrates ε at the given nβ and γ and returns it.
+) -> tuple[SamplerConfig, CalibrationResult]:
+    """``estimate_llc`` with ``step_size="auto"``: calibrates ε at the config's nβ and γ.
 
-    The calibration mimics the main run: ``clip(num_steps, 500, 2000)`` draws per chain with the
-    main run's burn-in fraction (clipped to [0.2, 0.5]), and a key independent of the main run's (so
-    the choice does not select on the main run's noise). Warns when ``num_burnin`` is shorter than
-    the burn-in the chosen step size needs (``recommended_settings["num_burnin"]``).
+    The calibration mimics the main run: ``clip(num_steps, 500, 2000)`` recorded steps per chain
+    (at least 2 chains) with the main run's burn-in fraction (clipped to [0.2, 0.5]) and a key
+    independent of the main run's (so the choice does not select on the main run's noise). Its
+    chains use the ``"paired"`` loss estimator whatever the main run's ``loss_estimator`` (which
+    is only validated here): short chains need its control variate. Warns when the config's
+    ``num_burnin`` is shorter than the burn-in the chosen step size needs (``recommended.num_burnin``).
+
+    Returns:
+        ``(config.replace(step_size=chosen), CalibrationResult)``. Raises ``DivergenceError`` when
+        every calibration setting diverged.
     """
+    traces.estimator_options(loss_estimator)
+    if not isinstance(config, SamplerConfig):
+        raise TypeError(f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}.")
     calibration_key = jax.random.fold_in(validation.as_key(key), 0x5EED)
-    result = calibrate(
-        loss_fn, params, data, key=calibration_key, batch_size=batch_size, nbetas=None if nbeta is None else [nbeta],
-        localizations=[localization], num_chains=max(int(num_chains), 2), num_draws=int(np.clip(num_steps, 500, 2000)),
-        burnin_fraction=float(np.clip(num_burnin / max(num_steps, 1), 0.2, 0.5)), sampler=sampler, mask=mask,
-        progress=progress, weight_decay=weight_decay,
+    schedule = config.replace(
+        num_chains=max(config.num_chains, 2), num_draws=int(np.clip(config.num_steps, 500, MAX_CALIBRATION_DRAWS)),
+        num_burnin=0, num_steps_between_draws=1,
     )
-    if result.recommended < 0:
-        raise sampler_lib.DivergenceError("step_size='auto': every calibration setting diverged. " + result.reason, result)
-    chosen = result.recommended_settings
-    if chosen["num_burnin"] > num_burnin:
+    burnin_fraction = float(np.clip(config.num_burnin / config.num_steps, 0.2, 0.5))
+    result = calibrate(
+        loss_fn, params, data, schedule, key=calibration_key, component=component, burnin_fraction=burnin_fraction,
+        loss_estimator="paired", progress=progress,
+    )
+    if result.recommended_index < 0:
+        raise DivergenceError("step_size='auto': every calibration setting diverged. " + result.reason, result)
+    chosen = result.recommended
+    if chosen.num_burnin > config.num_burnin:
         warnings.warn(
-            f"step_size='auto' chose {chosen['step_size']:.3g}, whose chains need about {chosen['num_burnin']} burn-in "
-            f"steps to level off; num_burnin={num_burnin} is shorter, so the LLC may be underestimated. Increase num_burnin.",
+            f"step_size='auto' chose {chosen.step_size:.3g}, whose chains need about {chosen.num_burnin} burn-in "
+            f"steps to level off; num_burnin={config.num_burnin} is shorter, so the LLC may be underestimated. "
+            "Increase num_burnin.",
             RuntimeWarning,
             stacklevel=3,
         )
-    return chosen["step_size"], result
+    return config.replace(step_size=chosen.step_size), result

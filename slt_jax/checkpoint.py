@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -44,13 +45,30 @@ def _name(value) -> str:
         return "None"
     if callable(value):
         return f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__qualname__)}"
-    return repr(value)
+    return _ADDRESS.sub("", repr(value))
+
+
+# Object reprs such as "<function loss at 0x7f...>" (inside a repr'd settings string) change from one
+# process to the next; the fingerprint keeps the name and drops the address, so a restarted process
+# finds its checkpoint.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _stable(value):
+    if isinstance(value, str):
+        return _ADDRESS.sub("", value)
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_stable(v) for v in value]
+    return value
 
 
 def fingerprint(settings: dict, arrays: dict) -> str:
-    """A hex digest of JSON-able ``settings`` (functions by name) and the bytes of ``arrays`` (pytrees)."""
+    """A hex digest of JSON-able ``settings`` (functions by name, object addresses dropped) and the
+    bytes of ``arrays`` (pytrees): the same in every process for the same run."""
     digest = hashlib.sha256()
-    described = {k: (v if isinstance(v, (int, float, str, bool, list, tuple, dict)) or v is None else _name(v)) for k, v in settings.items()}
+    described = {k: _stable(v) if isinstance(v, (int, float, str, bool, list, tuple, dict)) or v is None else _name(v) for k, v in settings.items()}
     described["jax"] = jax.__version__
     described["backend"] = jax.default_backend()
     digest.update(json.dumps(described, sort_keys=True, default=_name).encode())

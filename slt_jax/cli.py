@@ -1,9 +1,10 @@
 """The ``slt-jax`` command line: ``slt-jax demo``.
 
 The demo needs nothing downloaded: it builds a deep linear network teacher whose learning coefficient
-is known in closed form (Aoyagi 2024), generates regression data, estimates the LLC at the teacher
-with multi-chain SGLD and prints the estimate beside the theory, then saves a plot of the per-chain
-running LLC estimates.
+is known in closed form (Aoyagi 2024), generates regression data, estimates the LLC at the trained
+teacher with multi-chain SGLD (one ``SamplerConfig``, ``estimate_llc``) and prints the estimate beside
+the theory, then saves a plot: the loss per chain as a running mean with a band of its spread over a
+sliding window (raw minibatch losses overplotted are unreadable), and the per-chain running LLC.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import os
 import sys
 import time
 
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from matplotlib.figure import Figure
+
+import slt_jax as sj
+from slt_jax import theory
 
 DEMO_WIDTHS = (10, 10, 10)
 DEMO_RANK = 5
@@ -22,12 +31,6 @@ DEMO_RANK = 5
 
 def _dln_problem(widths, rank, n, seed, train_steps):
     """A DLN teacher of product rank ``rank``, its data, and w* = the teacher trained on the data."""
-    import flax.nnx as nnx
-    import jax.numpy as jnp
-    import optax
-
-    import slt_jax as sj
-
     kernels = sj.tasks.dln_teacher(seed, widths, rank)
     data = {k: jnp.asarray(v) for k, v in sj.tasks.dln_regression(seed + 1, kernels, n).items()}
     model = sj.models.DeepLinearNetwork(widths, rngs=nnx.Rngs(seed), kernels=kernels)
@@ -35,15 +38,10 @@ def _dln_problem(widths, rank, n, seed, train_steps):
     # w* must be a local minimum of L_n: the teacher is not (finite n), so train it to convergence.
     trained = sj.train(loss_fn, params, data, optimizer=optax.adam(3e-3), num_steps=train_steps)
     product = np.linalg.multi_dot([np.asarray(k, np.float64) for k in kernels])
-    return loss_fn, trained.params, data, sj.theory.matrix_rank(product, rtol=1e-5)
+    return loss_fn, trained.params, data, theory.matrix_rank(product, rtol=1e-5)
 
 
 def demo(args) -> int:
-    import jax
-
-    import slt_jax as sj
-    from slt_jax import theory
-
     start = time.perf_counter()
     widths = tuple(args.widths)
     loss_fn, params, data, rank = _dln_problem(widths, args.rank, args.n, args.seed, args.train_steps)
@@ -53,34 +51,66 @@ def demo(args) -> int:
     print(f"Deep linear network, widths {list(widths)}, teacher product rank {rank}, d = {d} parameters, n = {args.n}")
     print(f"w* = the teacher trained {args.train_steps} full-batch Adam steps on the data")
     print(f"Aoyagi's learning coefficient: lambda = {lam:g} (multiplicity {multiplicity}); regular models would give d/2 = {d / 2:g}")
-    settings = dict(
+    config = sj.SamplerConfig(
         step_size=args.step_size, localization=args.localization, num_chains=args.chains, num_draws=args.draws,
-        num_burnin=args.burnin, batch_size=args.batch_size, loss_estimator="paired",
+        num_burnin=args.burnin, batch_size=args.batch_size,
     )
-    print("Sampling: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + f", nbeta=n/log n={sj.default_nbeta(args.n):.1f}")
-    result = sj.estimate_llc(loss_fn, params, data, key=args.seed, progress=True, **settings)
+    print(f"{config}\nnbeta = n / log n = {config.nbeta_for(args.n):.1f}, loss_estimator='paired'")
+    result = sj.estimate_llc(loss_fn, params, data, config, key=args.seed, loss_estimator="paired", progress=True)
     wall = time.perf_counter() - start
-    se = result.llc_std / math.sqrt(max(1, int((~result.diverged).sum())))
     print()
-    print(f"  LLC estimate   {result.llc_mean:8.3f} ± {se:.3f} (s.e. over chains; std {result.llc_std:.3f})")
+    print(f"  LLC estimate   {result.llc_mean:8.3f} ± {result.stderr:.3f} (s.e. over chains; std {result.llc_std:.3f})")
     print(f"  Aoyagi lambda  {lam:8.3f}   relative error {(result.llc_mean - lam) / lam:+.1%}")
     print("  per chain      " + "  ".join(f"{v:.3f}" for v in result.llc_per_chain))
     print(f"  ESS {result.ess:.0f} of {result.loss_trace.size} draws, split R-hat {result.rhat:.3f}, diverged chains: {int(result.diverged.sum())}")
     print(f"  compile {result.chains.compile_seconds:.1f} s, sampling {result.chains.sampling_seconds:.1f} s, wall {wall:.1f} s")
     path = _save_plot(result, lam, args.output)
-    print(f"Plot of the per-chain LLC traces: {path}")
+    print(f"Plot of the loss and the per-chain LLC traces: {path}")
     return 0
 
 
-def _save_plot(result, lam, output):
-    from slt_jax import plots
+def _windowed(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centred moving mean and standard deviation over ``window`` draws (last axis), edge-truncated."""
+    kernel = np.ones(window)
+    count = np.convolve(np.ones(values.shape[-1]), kernel, mode="same")
+    smooth = lambda x: np.apply_along_axis(lambda row: np.convolve(row, kernel, mode="same"), -1, x) / count
+    mean = smooth(values)
+    spread = np.sqrt(np.maximum(smooth(values**2) - mean**2, 0.0))
+    return mean, spread
 
+
+def plot_demo(result, lam: float, *, title: str = "slt-jax demo: deep linear network") -> Figure:
+    """Loss per chain as a moving mean ± one moving std (with L(w*)), and the running LLC per chain."""
+    loss = np.asarray(result.loss_trace, np.float64)
+    config = result.config
+    steps = config.num_burnin + np.arange(loss.shape[1]) * config.num_steps_between_draws
+    window = max(1, loss.shape[1] // 50)
+    mean, spread = _windowed(loss, window)
+    figure = Figure(figsize=(10, 3.8))
+    loss_axes, llc_axes = figure.subplots(1, 2)
+    for chain in range(loss.shape[0]):
+        color = f"C{chain % 10}"
+        loss_axes.fill_between(steps, mean[chain] - spread[chain], mean[chain] + spread[chain], color=color, alpha=0.15, lw=0)
+        loss_axes.plot(steps, mean[chain], color=color, lw=1.0, label=f"chain {chain}")
+        llc_axes.plot(steps, result.llc_trace[chain], color=color, lw=1.0)
+    loss_axes.axhline(result.init_loss, color="k", ls="--", lw=1.0, label="L(w*)")
+    loss_axes.set(xlabel="step", ylabel=f"loss ({result.loss_estimator})",
+                  title=f"loss per chain: mean ± std over {window} draws")
+    llc_axes.axhline(result.llc_mean, color="k", ls="--", lw=1.0, label=f"mean {result.llc_mean:.3g}")
+    llc_axes.axhline(lam, color="C3", ls="-.", lw=1.4, label=f"Aoyagi λ = {lam:g}")
+    llc_axes.set(xlabel="step", ylabel="running LLC  nβ(mean L − L(w*))", title="LLC per chain")
+    llc_axes.legend(loc="lower right", fontsize=8)
+    if loss.shape[0] <= 8:
+        loss_axes.legend(loc="upper right", fontsize=7, ncol=2)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def _save_plot(result, lam, output):
     os.makedirs(output, exist_ok=True)
     path = os.path.abspath(os.path.join(output, "llc_traces.png"))
-    figure = plots.plot_traces(result, title="slt-jax demo: deep linear network")
-    figure.axes[1].axhline(lam, color="C3", ls="-.", lw=1.4, label=f"Aoyagi λ = {lam:g}")
-    figure.axes[1].legend(loc="lower right", fontsize=8)
-    figure.savefig(path, dpi=120)
+    plot_demo(result, lam).savefig(path, dpi=120)
     return path
 
 

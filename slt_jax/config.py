@@ -79,8 +79,9 @@ class SamplerConfig:
         chunk_draws: draws per compiled chunk (None: about a tenth of the run). Chunks are where
             progress, divergence and checkpoints are checked; results do not depend on it.
         memory_budget: bytes one compiled group of configurations may use (None: half of the
-            accelerator's memory, or a quarter of the host's RAM on CPU, at most 4 GiB; see
-            ``slt_jax.sampler.default_memory_budget``). Results do not depend on it.
+            accelerator's memory, or min(2 GiB, RAM / 8) on a CPU host; see
+            ``slt_jax.planning.default_memory_budget``). Results do not depend on it (up to float32
+            rounding: XLA batches a smaller group differently).
     """
 
     step_size: float | str

@@ -1,9 +1,11 @@
 """Health checks for SGLD runs: trace-shape criteria, step-size bias, summaries, negative control.
 
-SCIENCE.md §4: a trustworthy loss trace rises above L_n(w*), levels off quickly, has no large spikes,
+docs/conventions.md §4: a trustworthy loss trace rises above L_n(w*), levels off quickly, has no large spikes,
 and its chains level off at the same value (R-hat ≈ 1). Everything here reads the per-draw records
 that every run already has (``ChainsOutput``: loss, grad_norm, noise_norm, mala_acceptance, ...), so
-it costs nothing extra on device.
+it costs nothing extra on device. The per-draw values nβ(L_d - L_n(w*)) come from
+``slt_jax.traces.llc_draws`` (the one place that computes them); ESS and R-hat from
+``slt_jax.traces.loss_diagnostics``.
 
 Step-size bias. For a locally quadratic posterior (A = nβH + γI) one SGLD step with step ε inflates
 the variance along eigendirection i by a factor 1/(1 - ε a_i/4) (discretization) plus, with
@@ -24,11 +26,11 @@ import dataclasses
 import math
 import warnings
 
-import jax
 import numpy as np
-from numpyro import diagnostics as numpyro_diagnostics
 
-from slt_jax import sampler as sampler_lib
+from slt_jax import traces
+from slt_jax.config import SamplerConfig
+from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = [
@@ -66,70 +68,68 @@ def _finite_mean(x) -> float:
 
 
 def trace_metrics(
-    loss_trace,
-    init_loss: float,
-    nbeta: float,
+    draws,
     *,
+    nbeta: float | None = None,
     diverged=None,
     mala_acceptance=None,
     grad_norm=None,
     step_size: float | None = None,
     burnin_draws: int = 0,
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """Every health metric of one setting's chains, from its per-draw records (numpy, host).
 
     Args:
-        loss_trace: ``(num_chains, num_draws)`` loss at each draw.
-        init_loss: L_n(w*).
-        nbeta: nβ.
+        draws: ``(num_chains, num_draws)`` nβ(L_d - L_n(w*)) at each draw, i.e. one configuration
+            of ``slt_jax.traces.llc_draws(chains, loss_estimator)``; its mean over draws is a chain's λ̂.
+        nbeta: nβ, needed only for ``predicted_bias``.
         diverged: ``(num_chains,)`` bool; diverged chains are excluded from every metric.
         mala_acceptance: ``(num_chains, num_draws)``, NaN where not evaluated.
-        grad_norm: ``(num_chains, num_draws)`` loss-gradient norm at each draw.
+        grad_norm: ``(num_chains, num_draws)`` loss-gradient norm at each draw (NaN where not taken).
         step_size: ε of plain SGLD (None, e.g. for RMSProp, leaves ``predicted_bias`` NaN).
         burnin_draws: leading draws to discard (calibration runs record their burn-in).
 
     Returns:
-        A dict of floats: ``llc_mean``, ``llc_std`` (over chains, ddof=1), ``llc_stderr``, ``ess``,
-        ``rhat``, ``trend`` (relative rise of the second half over the first), ``trend_z``,
-        ``late_trend`` (same, fourth quarter over third), ``plateau_fraction`` (first draw, as a
-        fraction of all draws, at which the chain-mean trace reaches its final level),
-        ``spike_fraction``, ``fraction_below`` (draws below L(w*)), ``mala_acceptance``,
-        ``predicted_bias`` (absolute, see the module docstring), ``relative_bias``,
-        ``num_chains``, ``num_diverged``.
+        A dict: ``llc_mean``, ``llc_std`` (over chains, ddof=1), ``llc_stderr``, ``ess``, ``rhat``
+        (``slt_jax.traces.loss_diagnostics``: NaN for a constant trace), ``trend`` (relative rise of
+        the second half over the first), ``trend_z``, ``late_trend`` (same, fourth quarter over
+        third), ``plateau_fraction`` (first draw, as a fraction of all draws, at which the
+        chain-mean trace reaches its final level), ``spike_fraction``, ``fraction_below`` (draws
+        below L(w*)), ``mala_acceptance``, ``predicted_bias`` (absolute, see the module docstring),
+        ``relative_bias``, ``num_chains``, ``num_diverged`` (floats) and ``note`` (a string saying
+        why ESS / R-hat are undefined, or ``""``).
     """
-    loss_trace = np.asarray(loss_trace, np.float64)
-    if loss_trace.ndim != 2:
-        raise ValueError(f"loss_trace must have shape (num_chains, num_draws), got {loss_trace.shape}.")
-    num_chains, num_draws = loss_trace.shape
+    draws = np.asarray(draws, np.float64)
+    if draws.ndim != 2:
+        raise ValueError(f"draws must have shape (num_chains, num_draws), got {draws.shape}.")
+    num_chains, num_draws = draws.shape
     if not 0 <= burnin_draws < num_draws:
         raise ValueError(f"burnin_draws={burnin_draws} must lie in [0, num_draws={num_draws}).")
     diverged = np.zeros(num_chains, bool) if diverged is None else np.asarray(diverged, bool)
     good = ~diverged
-    shifted_all = nbeta * (loss_trace[good] - init_loss)
+    shifted_all = draws[good]
     shifted = shifted_all[:, burnin_draws:]
-    out: dict[str, float] = {"num_chains": float(num_chains), "num_diverged": float(diverged.sum())}
+    out: dict = {"num_chains": float(num_chains), "num_diverged": float(diverged.sum())}
     nan = float("nan")
     if not good.any():
         keys = ("llc_mean", "llc_std", "llc_stderr", "ess", "rhat", "trend", "trend_z", "late_trend", "plateau_fraction",
                 "spike_fraction", "fraction_below", "mala_acceptance", "predicted_bias", "relative_bias")
-        return out | {k: nan for k in keys}
+        return out | {k: nan for k in keys} | {"note": "every chain diverged"}
     per_chain = shifted.mean(axis=1)
     count = per_chain.size
     out["llc_mean"] = float(per_chain.mean())
     out["llc_std"] = float(per_chain.std(ddof=1)) if count >= 2 else nan
     out["llc_stderr"] = out["llc_std"] / math.sqrt(count) if count >= 2 else nan
-    length = shifted.shape[1]
-    if length >= 4:
-        out["ess"] = float(numpyro_diagnostics.effective_sample_size(shifted))
-        out["rhat"] = float(numpyro_diagnostics.split_gelman_rubin(shifted)) if count >= 2 else nan
-    else:
-        out["ess"] = out["rhat"] = nan
+    # ESS and R-hat are invariant under the affine map L -> nβ(L - L*), so these are the loss trace's.
+    out["ess"], out["rhat"], note = traces.loss_diagnostics(shifted)
     scale = max(abs(out["llc_mean"]), 1e-12)
+    length = shifted.shape[1]
     half, quarter = length // 2, length // 4
     if half >= 1:
         difference = shifted[:, half:].mean(axis=1) - shifted[:, :half].mean(axis=1)
         out["trend"] = float(difference.mean() / scale)
-        out["trend_z"] = float(difference.mean() / (difference.std(ddof=1) / math.sqrt(count))) if count >= 2 else nan
+        spread = difference.std(ddof=1) if count >= 2 else nan
+        out["trend_z"] = float(difference.mean() / (spread / math.sqrt(count))) if count >= 2 and spread > 0 else nan
     else:
         out["trend"] = out["trend_z"] = nan
     if quarter >= 1:
@@ -153,12 +153,13 @@ def trace_metrics(
         out["mala_acceptance"] = _finite_mean(np.asarray(mala_acceptance)[good][:, burnin_draws:])
     else:
         out["mala_acceptance"] = nan
-    if grad_norm is not None and step_size is not None:
+    if grad_norm is not None and step_size is not None and nbeta is not None:
         squared = np.asarray(grad_norm, np.float64)[good][:, burnin_draws:] ** 2
         out["predicted_bias"] = float(step_size / 8.0 * nbeta**2 * _finite_mean(squared))
         out["relative_bias"] = out["predicted_bias"] / scale
     else:
         out["predicted_bias"] = out["relative_bias"] = nan
+    out["note"] = note
     return out
 
 
@@ -273,11 +274,13 @@ class HealthReport:
         headline: the estimate and the run's shape.
         findings: the problems, most severe first; empty when the run looks healthy.
         metrics: every number the checks used (see ``trace_metrics``).
+        notes: remarks that are not problems (e.g. why ESS and R-hat are undefined).
     """
 
     headline: str
     findings: tuple[Finding, ...]
     metrics: dict
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -291,6 +294,7 @@ class HealthReport:
             f"  ESS {m['ess']:.0f}, R-hat {m['rhat']:.3f}, MALA acceptance {m['mala_acceptance']:.3f}, "
             f"draws below L(w*) {m['fraction_below']:.0%}, predicted step-size bias {m['relative_bias']:.1%}"
         )
+        lines += [f"  note: {note}" for note in self.notes]
         if self.ok:
             lines.append("  No problems found.")
         for finding in self.findings:
@@ -304,7 +308,8 @@ def summary(result, *, burnin_draws: int = 0, thresholds: dict | None = None) ->
     """One-call health summary of an ``LLCResult``: what looks wrong and what to change.
 
     Args:
-        result: an ``LLCResult`` (``estimate_llc``'s output).
+        result: an ``LLCResult`` (``estimate_llc``'s output, or ``LLCTable.result(k, name)``): read
+            through its ``chains`` (one configuration) and ``loss_estimator``.
         burnin_draws: extra leading draws to ignore (the sampler's ``num_burnin`` steps are never
             recorded, so the default uses every draw).
         thresholds: overrides of ``THRESHOLDS``.
@@ -313,33 +318,32 @@ def summary(result, *, burnin_draws: int = 0, thresholds: dict | None = None) ->
         A ``HealthReport``; ``print(report)`` for the text, ``report.findings`` for the checks.
     """
     chains = result.chains
-    settings = chains.settings
-    adaptive = settings.get("sampler", {}).get("name", "sgld") != "sgld"
-    # estimate_llc(use_full_loss=True) averages the full-data loss, recorded at every draw.
-    full_loss = chains.full_loss is not None and np.array_equal(
-        np.asarray(result.loss_trace, np.float64), np.asarray(chains.full_loss, np.float64), equal_nan=True
-    )
-    step_size = None if adaptive else float(np.ravel(settings["step_size"])[0])
+    if chains.num_configs != 1:
+        raise ValueError(f"summary needs a one-configuration result; select one with chains.select(g) (got {chains.num_configs}).")
+    config = chains.config
+    hyper = chains.hyperparameters
+    step_size = float(hyper.step_size[0])
+    nbeta = float(hyper.nbeta[0])
     metrics = trace_metrics(
-        result.loss_trace,
-        result.init_loss,
-        result.nbeta,
-        diverged=result.diverged,
-        mala_acceptance=chains.mala_acceptance,
-        grad_norm=chains.grad_norm,
-        step_size=step_size,
+        traces.llc_draws(chains, result.loss_estimator)[0],
+        nbeta=nbeta,
+        diverged=chains.diverged[0],
+        mala_acceptance=chains.mala_acceptance[0],
+        grad_norm=chains.grad_norm[0],
+        step_size=None if config.preconditioner_spec.adaptive else step_size,
         burnin_draws=burnin_draws,
     )
-    found = problems(metrics, full_loss=full_loss, thresholds=thresholds)
+    note = metrics.pop("note")
+    found = problems(metrics, full_loss=result.loss_estimator == "full", thresholds=thresholds)
     order = {"error": 0, "warning": 1}
     found.sort(key=lambda f: order.get(f.severity, 2))
-    num_chains, num_draws = result.loss_trace.shape
+    num_chains, num_draws = chains.loss.shape[1:]
     headline = (
         f"LLC {result.llc_mean:.4g} ± {result.llc_std:.2g} (std over chains) from {num_chains} chains × {num_draws} "
-        f"draws; step_size={settings['step_size']}, nbeta={result.nbeta:.4g}, localization={settings['localization']}, "
-        f"batch_size={settings['batch_size']}."
+        f"draws; step_size={step_size:.4g}, nbeta={nbeta:.4g}, localization={float(hyper.localization[0]):.4g}, "
+        f"batch_size={config.batch_size}, loss_estimator={result.loss_estimator!r}."
     )
-    return HealthReport(headline, tuple(found), metrics)
+    return HealthReport(headline, tuple(found), metrics, (note,) if note else ())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,14 +365,14 @@ class NegativeControlResult:
     """The nβ = 0 control: chains must be an OU process around w* with a known variance.
 
     Attributes:
-        measured_variance: mean over draws and chains of ||M(w - w*)||² / d.
+        measured_variance: mean over draws and chains of ||w - w*||² / d over the sampled coordinates.
         expected_variance: 1/(γ(1 - εγ/4)) for plain SGLD (1/γ, the continuous limit, for RMSProp).
         stderr: standard error of ``measured_variance`` (from the trace's ESS).
         z_score: (measured - expected) / stderr.
         relative_error: measured / expected - 1.
         num_coordinates: d, the number of sampled coordinates.
-        variance_trace: ``(num_chains, num_draws)`` ||M(w - w*)||² / d at each draw.
-        chains: the raw ``ChainsOutput``.
+        variance_trace: ``(num_chains, num_draws)`` ||w - w*||² / d at each draw.
+        chains: the raw ``ChainsOutput`` (one configuration; its ``config`` is the control's).
     """
 
     measured_variance: float
@@ -378,7 +382,7 @@ class NegativeControlResult:
     relative_error: float
     num_coordinates: int
     variance_trace: np.ndarray
-    chains: sampler_lib.ChainsOutput
+    chains: ChainsOutput
 
     @property
     def passed(self) -> bool:
@@ -394,103 +398,91 @@ class NegativeControlResult:
         )
 
 
+def _control_config(config: SamplerConfig) -> SamplerConfig:
+    """The control's schedule: nβ = 0, no weight decay, burn-in and thinning at least the OU's."""
+    if not isinstance(config, SamplerConfig):
+        raise TypeError(f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}.")
+    if isinstance(config.step_size, str):
+        raise ValueError("negative_control needs a numeric step_size (calibrate first: sj.calibrate(...).recommended).")
+    if config.localization <= 0:
+        raise ValueError(
+            f"localization={config.localization!r}: the negative control needs localization > 0 (at nβ = 0 only "
+            "the localization keeps the chain near w*)."
+        )
+    rate = config.step_size * config.localization
+    if rate >= 4:
+        raise ValueError(f"step_size*localization={rate:.3g} >= 4: the OU chain is unstable; reduce step_size.")
+    control = config.replace(
+        nbeta=0.0,
+        weight_decay=0.0,
+        num_burnin=max(config.num_burnin, math.ceil(5.0 / rate)),
+        num_steps_between_draws=max(config.num_steps_between_draws, math.ceil(0.5 / rate)),
+        mala_every=0,
+    )
+    if control.num_steps > 10_000_000:
+        raise ValueError(
+            f"step_size*localization={rate:.3g} needs {control.num_steps} steps to relax and decorrelate; raise "
+            "step_size or localization, or lower num_draws."
+        )
+    return control
+
+
 def negative_control(
     loss_fn: LossFn,
     params: Params,
     data: Batch,
+    config: SamplerConfig,
     *,
     key: KeyLike,
-    step_size: float,
-    localization: float,
-    batch_size: int,
-    num_chains: int = 4,
-    num_draws: int = 400,
-    num_burnin: int | None = None,
-    num_steps_between_draws: int | None = None,
-    mask: Mask | None = None,
-    sampler: str = "sgld",
+    component: Mask | None = None,
     progress: bool = True,
-    **kwargs,
 ) -> NegativeControlResult:
     """Runs the sampler with nβ = 0 and compares the spread of the chains with the OU variance.
 
     With nβ = 0 the loss drops out and each sampled coordinate is an Ornstein-Uhlenbeck process
-    around w* with variance 1/(γ(1 - εγ/4)) (SCIENCE.md §3). A mismatch means the noise scale,
-    mask or localization of the sampler (or of a custom kernel) is wrong.
+    around w* with variance 1/(γ(1 - εγ/4)) (docs/conventions.md §3). A mismatch means the noise
+    scale, restriction or localization of the sampler (or of a custom kernel) is wrong.
 
     Args:
-        loss_fn, params, data, key, step_size, localization, batch_size, mask, sampler: as in
-            ``slt_jax.sample``.
-        num_chains, num_draws: the schedule.
-        num_burnin: defaults to 5/(εγ) steps (the OU relaxation time is 1/(εγ)).
-        num_steps_between_draws: defaults to 1/(2εγ) steps (nearly independent draws).
-        **kwargs: passed to ``slt_jax.sample``.
+        loss_fn, params, data, key: as for ``slt_jax.estimate_llc``.
+        config: the run's ``SamplerConfig`` (numeric ``step_size``, ``localization`` > 0). The control
+            runs ``config.replace(nbeta=0.0, weight_decay=0.0, mala_every=0)`` with at least 5/(εγ)
+            burn-in steps (the OU relaxation time is 1/(εγ)) and at least 1/(2εγ) steps between
+            draws; ``result.chains.config`` is the config it ran.
+        component: bool mask pytree (True = sampled): the control of a restricted chain.
+        progress: tqdm progress bar.
 
     Returns:
         A ``NegativeControlResult``; ``.passed`` says whether it agrees within 4 standard errors.
 
     >>> import jax.numpy as jnp, slt_jax as sj
     >>> loss_fn = lambda w, batch: jnp.sum(w ** 2) * jnp.ones(batch.shape[0])
-    >>> control = sj.negative_control(loss_fn, jnp.zeros(3), jnp.zeros((8, 1)), key=0, step_size=0.01,
-    ...                               localization=10.0, batch_size=8, progress=False)
+    >>> config = sj.SamplerConfig(step_size=0.01, localization=10.0, num_draws=400, batch_size=8)
+    >>> control = sj.negative_control(loss_fn, jnp.zeros(3), jnp.zeros((8, 1)), config, key=0, progress=False)
     >>> control.passed
     True
     """
-    for name, value in (("step_size", step_size), ("localization", localization)):
-        if np.ndim(value) != 0 or not np.isfinite(value) or value <= 0:
-            raise ValueError(f"{name}={value!r} must be a finite number > 0 for the negative control.")
-    rate = step_size * localization
-    if rate >= 4:
-        raise ValueError(f"step_size*localization={rate:.3g} >= 4: the OU chain is unstable; reduce step_size.")
-    if num_burnin is None:
-        num_burnin = math.ceil(5.0 / rate)
-    if num_steps_between_draws is None:
-        num_steps_between_draws = max(1, math.ceil(0.5 / rate))
-    total = num_burnin + num_draws * num_steps_between_draws
-    if total > 10_000_000:
-        raise ValueError(
-            f"step_size*localization={rate:.3g} needs {total} steps to relax and decorrelate; raise step_size or "
-            "localization (or pass num_burnin and num_steps_between_draws explicitly)."
-        )
-    chains = sampler_lib.sample(
-        loss_fn,
-        params,
-        data,
-        key=key,
-        step_size=step_size,
-        nbeta=0.0,
-        localization=localization,
-        mask=mask,
-        num_chains=num_chains,
-        num_draws=num_draws,
-        num_burnin=num_burnin,
-        num_steps_between_draws=num_steps_between_draws,
-        batch_size=batch_size,
-        sampler=sampler,
-        progress=progress,
-        **kwargs,
+    control = _control_config(config)
+    chains = run_chains(
+        loss_fn, [params], data, control, key=key, masks=None if component is None else [component],
+        progress=progress, description="negative control",
     )
-    if mask is None:
-        num_coordinates = sum(int(np.size(p)) for p in jax.tree.leaves(params))
-    else:
-        resolved = mask(params) if callable(mask) else mask
-        num_coordinates = sum(
-            int(np.sum(np.broadcast_to(np.asarray(m), np.shape(p)))) for m, p in zip(jax.tree.leaves(resolved), jax.tree.leaves(params))
-        )
-    variance_trace = np.asarray(chains.distance, np.float64) ** 2 / num_coordinates
-    good = ~np.asarray(chains.diverged)
+    num_coordinates = int(chains.num_sampled[0])
+    variance_trace = np.asarray(chains.distance[0], np.float64) ** 2 / num_coordinates
+    good = ~np.asarray(chains.diverged[0])
     if not good.any():
-        raise sampler_lib.DivergenceError("every chain of the negative control diverged; reduce step_size.", chains)
+        raise DivergenceError("every chain of the negative control diverged; reduce step_size.", chains)
     trace = variance_trace[good]
     measured = float(trace.mean())
-    ess = float(numpyro_diagnostics.effective_sample_size(trace)) if trace.shape[1] >= 4 else float(trace.size)
-    stderr = float(trace.std(ddof=1) / math.sqrt(max(ess, 1.0)))
-    adaptive = sampler != "sgld"
-    expected = 1.0 / localization if adaptive else ou_variance(step_size, localization)
+    ess, _, _ = traces.loss_diagnostics(trace)
+    ess = ess if np.isfinite(ess) else float(trace.size)
+    stderr = float(trace.std(ddof=1) / math.sqrt(max(ess, 1.0))) if trace.size >= 2 else float("nan")
+    adaptive = control.preconditioner_spec.adaptive
+    expected = 1.0 / control.localization if adaptive else ou_variance(control.step_size, control.localization)
     if adaptive:
         warnings.warn(
-            "negative_control with an adaptive sampler compares against 1/γ, the continuous-time variance; the "
-            "per-coordinate step sizes make the exact discrete variance differ slightly.",
+            "negative_control with an adaptive preconditioner compares against 1/γ, the continuous-time variance; "
+            "the per-coordinate step sizes make the exact discrete variance differ slightly.",
             UserWarning,
             stacklevel=2,
         )
@@ -500,8 +492,7 @@ def negative_control(
         stderr=stderr,
         z_score=float((measured - expected) / stderr) if stderr > 0 else float("inf"),
         relative_error=float(measured / expected - 1.0),
-        num_coordinates=int(num_coordinates),
+        num_coordinates=num_coordinates,
         variance_trace=variance_trace,
         chains=chains,
     )
-

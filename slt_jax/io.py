@@ -2,13 +2,18 @@
 
 ``save(path, result)`` writes one ``.npz``: every array of the result (walked through dataclass
 fields, NamedTuples, dicts, lists and tuples) as its own entry, plus ``__header__``, a JSON document
-holding the structure, every non-array value (settings, floats, strings) and the versions of
-slt_jax, jax, numpy and Python. ``load(path)`` rebuilds the object; arrays come back as numpy
-arrays with their dtypes and shapes. Nothing is pickled, and ``np.load(path, allow_pickle=False)``
-reads the file with numpy alone.
+holding the structure, every non-array value (settings, floats, strings, the ``SamplerConfig`` via
+``to_dict``) and the versions of slt_jax, jax, numpy and Python. ``load(path)`` rebuilds the
+object; arrays come back as numpy arrays with their dtypes and shapes. Nothing is pickled, and
+``np.load(path, allow_pickle=False)`` reads the file with numpy alone.
 
-Any frozen dataclass defined in an ``slt_jax`` module round-trips with no extra code (issue 4's
-results included); classes defined elsewhere need ``@slt_jax.io.register``. A dataclass may give
+A result is the product of an expensive run, so ``save`` never loses it: a value it cannot store
+without pickle (an arbitrary Python object, an object array) is left out, recorded in the header,
+loaded back as ``None``, and named in a ``UserWarning``; everything else is written. Only a bad
+path raises.
+
+Any frozen dataclass defined in an ``slt_jax`` module round-trips with no extra code; classes
+defined elsewhere need ``@slt_jax.io.register``. A dataclass may give
 ``xarray_dims = {"field": ("dim", ...)}`` (a class attribute) to name its arrays' dimensions in
 ``to_xarray``.
 """
@@ -23,15 +28,28 @@ import math
 import pathlib
 import platform
 import re
+import sys
+import warnings
 
 import jax
 import numpy as np
 
-__all__ = ["save", "load", "read_header", "register", "to_xarray", "to_arviz", "FORMAT"]
+from slt_jax import bif, susceptibility, traces
+from slt_jax.calibration import CalibrationResult
+from slt_jax.config import SamplerConfig
+from slt_jax.llc import LLCResult, LLCTable
+from slt_jax.sampler import ChainsOutput
+
+__all__ = ["save", "load", "read_header", "register", "to_xarray", "to_arviz", "FORMAT", "RESULT_TYPES"]
 
 FORMAT = "slt_jax.result"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 _REGISTRY: dict[str, type] = {}
+
+# The result types of the estimators (each round-trips through save / load; tested).
+RESULT_TYPES = (
+    LLCResult, LLCTable, ChainsOutput, CalibrationResult, susceptibility.SusceptibilityResult, bif.BIFResult,
+)
 
 
 def register(cls: type) -> type:
@@ -61,6 +79,10 @@ def _resolve(name: str) -> type:
 # encoding
 
 
+class _Unsaveable(Exception):
+    """A value that cannot be stored without pickle."""
+
+
 def _array_key(path: str, arrays: dict) -> str:
     key = re.sub(r"[^A-Za-z0-9_.\-\[\]]", "_", path) or "root"
     while key in arrays or key == "__header__":
@@ -68,11 +90,7 @@ def _array_key(path: str, arrays: dict) -> str:
     return key
 
 
-def _encode(obj, path: str, arrays: dict):
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int) and not isinstance(obj, bool):
-        return obj
+def _encode_leaf(obj, path: str, arrays: dict):
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else {"__float__": repr(obj)}
     if isinstance(obj, jax.Array) and jax.dtypes.issubdtype(obj.dtype, jax.dtypes.prng_key):
@@ -81,29 +99,45 @@ def _encode(obj, path: str, arrays: dict):
         return {"__prng_key__": key, "impl": str(jax.random.key_impl(obj))}
     if isinstance(obj, (np.ndarray, np.generic, jax.Array)):
         array = np.asarray(obj)
-        if array.dtype == object:
-            raise TypeError(f"{path}: object arrays cannot be saved without pickle; convert to a numeric array.")
+        if array.dtype.hasobject:
+            raise _Unsaveable("an object array (needs pickle); convert it to a numeric or string array")
         key = _array_key(path, arrays)
         arrays[key] = array
         return {"__array__": key, "scalar": isinstance(obj, np.generic)}
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        fields = {f.name: _encode(getattr(obj, f.name), f"{path}.{f.name}", arrays) for f in dataclasses.fields(obj)}
-        return {"__dataclass__": _type_name(obj), "fields": fields}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        fields = {name: _encode(value, f"{path}.{name}", arrays) for name, value in zip(obj._fields, obj)}
-        return {"__namedtuple__": _type_name(obj), "fields": fields}
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) for k in obj):
-            return {"__dict__": {k: _encode(v, f"{path}.{k}", arrays) for k, v in obj.items()}}
-        return {"__items__": [[_encode(k, f"{path}.key{i}", arrays), _encode(v, f"{path}[{i}]", arrays)] for i, (k, v) in enumerate(obj.items())]}
-    if isinstance(obj, list):
-        return [_encode(v, f"{path}[{i}]", arrays) for i, v in enumerate(obj)]
-    if isinstance(obj, tuple):
-        return {"__tuple__": [_encode(v, f"{path}[{i}]", arrays) for i, v in enumerate(obj)]}
-    raise TypeError(
-        f"{path or 'result'}: cannot save a {type(obj).__name__} without pickle; results may hold arrays, numbers, "
-        "strings, None, dataclasses, NamedTuples, dicts, lists and tuples."
-    )
+    raise _Unsaveable(f"a {type(obj).__name__} (results may hold arrays, numbers, strings, None, dataclasses, "
+                      "NamedTuples, dicts, lists and tuples)")
+
+
+def _encode(obj, path: str, arrays: dict, unsaved: list):
+    """The JSON node of ``obj``; arrays go to ``arrays``; what cannot be saved goes to ``unsaved``."""
+    if obj is None or isinstance(obj, (bool, str)) or (isinstance(obj, int) and not isinstance(obj, bool)):
+        return obj
+    recurse = lambda value, where: _encode(value, where, arrays, unsaved)
+    try:
+        if isinstance(obj, SamplerConfig):
+            return {"__config__": recurse(obj.to_dict(), path)}
+        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+            fields = {f.name: recurse(getattr(obj, f.name), f"{path}.{f.name}") for f in dataclasses.fields(obj)}
+            return {"__dataclass__": _type_name(obj), "fields": fields}
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+            fields = {name: recurse(value, f"{path}.{name}") for name, value in zip(obj._fields, obj)}
+            return {"__namedtuple__": _type_name(obj), "fields": fields}
+        if isinstance(obj, dict):
+            if all(isinstance(k, str) for k in obj):
+                return {"__dict__": {k: recurse(v, f"{path}.{k}") for k, v in obj.items()}}
+            return {"__items__": [[recurse(k, f"{path}.key{i}"), recurse(v, f"{path}[{i}]")] for i, (k, v) in enumerate(obj.items())]}
+        if isinstance(obj, list):
+            return [recurse(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        if isinstance(obj, tuple):
+            return {"__tuple__": [recurse(v, f"{path}[{i}]") for i, v in enumerate(obj)]}
+        return _encode_leaf(obj, path, arrays)
+    except _Unsaveable as error:
+        reason = str(error)
+    except Exception as error:  # noqa: BLE001 - never lose a result to one odd value
+        reason = f"{type(error).__name__}: {error}"
+    where = path.lstrip(".") or "result"
+    unsaved.append((where, type(obj).__name__, reason))
+    return {"__unsaved__": type(obj).__name__, "reason": reason}
 
 
 def _decode(node, arrays):
@@ -116,8 +150,12 @@ def _decode(node, arrays):
         return array[()] if node.get("scalar") else array
     if "__float__" in node:
         return float(node["__float__"])
+    if "__unsaved__" in node:
+        return None
     if "__prng_key__" in node:
         return jax.random.wrap_key_data(arrays[node["__prng_key__"]], impl=node["impl"])
+    if "__config__" in node:
+        return SamplerConfig.from_dict(_decode(node["__config__"], arrays))
     if "__dict__" in node:
         return {k: _decode(v, arrays) for k, v in node["__dict__"].items()}
     if "__items__" in node:
@@ -140,13 +178,30 @@ def _decode(node, arrays):
 
 
 def _versions() -> dict:
-    import slt_jax
+    return {"slt_jax": getattr(sys.modules.get("slt_jax"), "__version__", "unknown"), "jax": jax.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
-    return {"slt_jax": slt_jax.__version__, "jax": jax.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+def _chains_of(result) -> ChainsOutput | None:
+    return result if isinstance(result, ChainsOutput) else getattr(result, "chains", None)
+
+
+def _description(result) -> tuple[dict | None, dict | None]:
+    """(settings, config dict) of a result's run, for the header and xarray attributes."""
+    chains = _chains_of(result)
+    settings = getattr(result, "settings", None)
+    if not isinstance(settings, dict):
+        settings = getattr(chains, "settings", None) if isinstance(chains, ChainsOutput) else None
+    config = getattr(result, "config", None)
+    if not isinstance(config, SamplerConfig):
+        config = getattr(chains, "config", None)
+    return settings, config.to_dict() if isinstance(config, SamplerConfig) else None
 
 
 def save(path, result, *, compress: bool = False) -> pathlib.Path:
     """Writes ``result`` (any slt_jax result) to ``path`` (``.npz`` is appended if missing).
+
+    Values that cannot be stored without pickle are left out and named in a ``UserWarning``
+    (they load back as ``None``); the rest is always written.
 
     Returns:
         The path written.
@@ -159,26 +214,35 @@ def save(path, result, *, compress: bool = False) -> pathlib.Path:
     path = pathlib.Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
+    path.parent.mkdir(parents=True, exist_ok=True)  # a bad path raises here, before any work
     arrays: dict = {}
-    content = _encode(result, "", arrays)
+    unsaved: list = []
+    content = _encode(result, "", arrays, unsaved)
+    settings, config = _description(result)
     header = {
         "format": FORMAT,
         "format_version": _FORMAT_VERSION,
         "type": _type_name(result),
         "versions": _versions(),
         "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "settings": _encode(getattr(result, "settings", None), "settings", {}) if isinstance(getattr(result, "settings", None), dict) else None,
+        "settings": _encode(settings, "settings", {}, []),
+        "config": config,
+        "unsaved": [{"path": p, "type": t, "reason": r} for p, t, r in unsaved],
         "content": content,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     writer = np.savez_compressed if compress else np.savez
     with open(path, "wb") as file:
         writer(file, __header__=np.array(json.dumps(header)), **arrays)
+    if unsaved:
+        listed = "; ".join(f"{p} ({t}: {r})" for p, t, r in unsaved)
+        warnings.warn(f"{path}: saved everything except {len(unsaved)} value(s) that cannot be stored without pickle, "
+                      f"which will load as None: {listed}.", UserWarning, stacklevel=2)
     return path
 
 
 def read_header(path) -> dict:
-    """The JSON header of a saved result (type, versions, settings, structure) without loading arrays."""
+    """The JSON header of a saved result (type, versions, settings, config, structure, what was
+    left out) without loading arrays."""
     with np.load(path, allow_pickle=False) as contents:
         if "__header__" not in contents.files:
             raise ValueError(f"{path} is not an slt_jax result file (no __header__ entry).")
@@ -212,89 +276,139 @@ def _require(module: str):
 _TRACES = ("loss", "grad_norm", "localization_norm", "noise_norm", "distance", "mala_acceptance", "full_loss", "center_loss")
 
 
-def _chains_variables(chains, lead: tuple[str, ...]) -> dict:
+def _path_name(prefix: str, path) -> str:
+    return ".".join([prefix] + [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path])
+
+
+def _tree_variables(prefix: str, tree, dims: tuple[str, ...]) -> dict:
+    variables = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = _path_name(prefix, path)
+        leaf = np.asarray(leaf)
+        variables[name] = (dims + tuple(f"{name}_dim_{k}" for k in range(leaf.ndim - len(dims))), leaf)
+    return variables
+
+
+def _final_position_variables(chains: ChainsOutput, lead: tuple[str, ...]) -> dict:
+    """One variable per sampled leaf: ``(config, chain, ...)`` when every configuration's piece has
+    the same shape, else one ``final_positions[g]...`` variable per configuration."""
+    positions = chains.final_positions
+    shapes = {tuple(np.shape(x) for x in jax.tree.leaves(p)) for p in positions}
+    structures = {jax.tree.structure(p) for p in positions}
+    if len(shapes) == 1 and len(structures) == 1:
+        stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *positions)
+        return _tree_variables("final_positions", stacked, lead + ("chain",))
+    variables = {}
+    for g, position in enumerate(positions):
+        variables.update(_tree_variables(f"final_positions[{g}]", position, ("chain",)))
+    return variables
+
+
+def _chains_variables(chains: ChainsOutput, lead: tuple[str, ...] = ("config",)) -> dict:
+    """The chains' arrays with dims ``lead + (chain, draw)``; ``lead=()`` squeezes one configuration."""
+    squeeze = (lambda x: np.asarray(x)[0]) if not lead else np.asarray
     variables = {}
     for name in _TRACES:
         value = getattr(chains, name)
         if value is not None:
-            variables[name] = (lead + ("draw",), np.asarray(value))
-    variables["diverged"] = (lead, np.asarray(chains.diverged))
-    variables["diverged_at"] = (lead, np.asarray(chains.diverged_at))
-    for group in ("observed", "accumulator", "final_state"):
-        tree = getattr(chains, group)
-        if tree is None:
-            continue
-        extra = ("draw",) if group == "observed" else ()
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            name = ".".join([group] + [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path])
-            leaf = np.asarray(leaf)
-            dims = lead + extra
-            dims = dims + tuple(f"{name}_dim_{k}" for k in range(leaf.ndim - len(dims)))
-            variables[name] = (dims, leaf)
+            variables[name] = (lead + ("chain", "draw"), squeeze(value))
+    variables["diverged"] = (lead + ("chain",), squeeze(chains.diverged))
+    variables["diverged_at"] = (lead + ("chain",), squeeze(chains.diverged_at))
+    if chains.observed is not None:
+        variables.update(_tree_variables("observed", jax.tree.map(squeeze, chains.observed), lead + ("chain", "draw")))
+    if chains.accumulator is not None:
+        variables.update(_tree_variables("accumulator", jax.tree.map(squeeze, chains.accumulator), lead + ("chain",)))
+    if lead:
+        variables.update(_final_position_variables(chains, lead))
+        for name in ("init_loss", "center_index", "variant_index", "num_sampled"):
+            variables[name] = (lead, np.asarray(getattr(chains, name)))
+    else:
+        variables.update(_tree_variables("final_positions", chains.final_positions[0], ("chain",)))
     return variables
 
 
-def _draw_coords(chains, num_draws: int) -> dict:
-    s = chains.settings
-    return {"step": ("draw", s.get("num_burnin", 0) + np.arange(num_draws) * s.get("num_steps_between_draws", 1))}
+def _draw_coords(chains: ChainsOutput) -> dict:
+    config = chains.config
+    num_draws = np.shape(chains.loss)[-1]
+    return {"step": ("draw", config.num_burnin + np.arange(num_draws) * config.num_steps_between_draws)}
+
+
+def _hyper_coords(chains: ChainsOutput, dim: str) -> dict:
+    return {name: (dim, np.asarray(value)) for name, value in chains.hyperparameters._asdict().items()}
+
+
+def _scalar_attrs(result) -> dict:
+    return {
+        f.name: getattr(result, f.name)
+        for f in dataclasses.fields(result)
+        if isinstance(getattr(result, f.name), (int, float, str, bool, np.number))
+    }
 
 
 def to_xarray(result):
-    """An ``xarray.Dataset`` with named dimensions (``chain``, ``draw``, ``config`` / ``setting``).
+    """An ``xarray.Dataset`` with named dimensions.
 
-    Every array of the result becomes a variable; numbers and strings become attributes, and
-    ``attrs["settings"]`` holds the run's settings as JSON.
+    * ``ChainsOutput``: ``(config, chain, draw)``, with the hyperparameters, centre and variant
+      index of each configuration as coordinates / variables;
+    * ``LLCResult``: ``(chain, draw)`` (its one configuration);
+    * ``LLCTable``: ``table.to_xarray()``, ``(checkpoint, component, chain)``;
+    * ``CalibrationResult``: ``(setting, chain, draw)``;
+    * any other slt_jax result dataclass: its arrays (dims from its ``xarray_dims``).
+
+    Numbers and strings become attributes; ``attrs["settings"]`` and ``attrs["config"]`` hold the
+    run's settings and ``SamplerConfig`` as JSON.
     """
     xr = _require("xarray")
-    from slt_jax.calibration import CalibrationResult
-    from slt_jax.llc import LLCResult
-    from slt_jax.sampler import ChainsOutput
-
+    if isinstance(result, LLCTable):
+        return result.to_xarray()
     attrs = {}
+    coords: dict = {}
     if isinstance(result, LLCResult):
         chains = result.chains
-        variables = _chains_variables(chains, ("chain",))
+        variables = _chains_variables(chains, ())
         variables.update(
             llc_per_chain=(("chain",), result.llc_per_chain),
             llc_trace=(("chain", "draw"), result.llc_trace),
             loss_trace=(("chain", "draw"), result.loss_trace),
         )
-        attrs.update({k: getattr(result, k) for k in ("llc_mean", "llc_std", "init_loss", "nbeta", "ess", "rhat")})
-        coords = _draw_coords(chains, result.loss_trace.shape[1])
-        settings = chains.settings
+        attrs.update(_scalar_attrs(result))
+        coords.update(_draw_coords(chains))
     elif isinstance(result, ChainsOutput):
-        lead = ("config", "chain") if np.ndim(result.diverged) == 2 else ("chain",)
-        variables = _chains_variables(result, lead)
-        coords = _draw_coords(result, np.shape(result.loss)[-1])
-        attrs.update(init_loss=result.init_loss, num_steps=result.num_steps)
-        settings = result.settings
+        variables = _chains_variables(result, ("config",))
+        coords.update(_draw_coords(result), **_hyper_coords(result, "config"))
+        attrs.update(num_steps=result.num_steps, compile_seconds=result.compile_seconds, sampling_seconds=result.sampling_seconds)
     elif isinstance(result, CalibrationResult):
-        variables = _chains_variables(result.chains, ("setting", "chain"))
+        variables = _chains_variables(result.chains, ("setting",))
         variables.update({f"metric_{k}": (("setting",), np.asarray(v)) for k, v in result.metrics.items()})
         variables.update(
             llc_per_chain=(("setting", "chain"), result.llc_per_chain),
-            passed=(("setting",), result.passed),
-            equilibrated=(("setting",), result.equilibrated),
-            problems=(("setting",), np.array([",".join(p) for p in result.problems])),
+            passed=(("setting",), np.asarray(result.passed)),
+            equilibrated=(("setting",), np.asarray(result.equilibrated)),
+            problems=(("setting",), np.array([",".join(p) for p in result.problems], dtype=str)),
         )
-        coords = dict(_draw_coords(result.chains, np.shape(result.chains.loss)[-1]))
+        coords.update(_draw_coords(result.chains))
         coords.update(step_size=("setting", result.step_size), nbeta=("setting", result.nbeta), localization=("setting", result.localization))
-        attrs.update(recommended=result.recommended, reason=result.reason, init_loss=result.init_loss, burnin_draws=result.burnin_draws)
-        settings = result.settings
-    elif dataclasses.is_dataclass(result):
+        attrs.update(_scalar_attrs(result))
+        if result.recommended_index >= 0:
+            attrs["recommended"] = json.dumps(result.recommended.to_dict(), default=str)
+    elif dataclasses.is_dataclass(result) and not isinstance(result, type):
         dims = getattr(result, "xarray_dims", {})
-        variables, settings = {}, getattr(result, "settings", None)
+        variables = {}
         for f in dataclasses.fields(result):
             value = getattr(result, f.name)
-            if isinstance(value, (np.ndarray, jax.Array)):
+            if isinstance(value, (np.ndarray, jax.Array)) and not np.asarray(value).dtype.hasobject:
                 value = np.asarray(value)
                 variables[f.name] = (dims.get(f.name, tuple(f"{f.name}_dim_{k}" for k in range(value.ndim))), value)
-            elif isinstance(value, (int, float, str, bool, np.number)):
-                attrs[f.name] = value
-        coords = {}
+            elif isinstance(value, tuple) and hasattr(value, "_fields"):  # e.g. ProbeLabels: row labels
+                for name, leaf in zip(value._fields, value):
+                    if isinstance(leaf, np.ndarray) and leaf.ndim == 1 and not leaf.dtype.hasobject:
+                        variables[f"{f.name}_{name}"] = ((f"{f.name}_dim_0",), leaf)
+        attrs.update(_scalar_attrs(result))
     else:
         raise TypeError(f"to_xarray needs an slt_jax result (a dataclass), got {type(result).__name__}.")
-    attrs["settings"] = json.dumps(settings, default=str) if settings is not None else "null"
+    settings, config = _description(result)
+    attrs["settings"] = json.dumps(settings, default=str)
+    attrs["config"] = json.dumps(config, default=str)
     attrs["result_type"] = _type_name(result)
     attrs["versions"] = json.dumps(_versions())
     return xr.Dataset({k: xr.Variable(*v) for k, v in variables.items()}, coords=coords, attrs=attrs)
@@ -302,40 +416,41 @@ def to_xarray(result):
 
 def to_arviz(result, *, config: int | None = None):
     """An ArviZ ``InferenceData``: ``posterior`` holds ``loss`` and ``llc`` = nβ(L - L(w*)) per
-    (chain, draw) (its mean is the LLC), ``sample_stats`` the per-draw diagnostics (``diverging``
-    marks draws after a chain's divergence), so ``az.summary`` and ``az.plot_trace`` work.
+    (chain, draw) (from ``slt_jax.traces.llc_draws``; its mean is the LLC), ``sample_stats`` the
+    per-draw diagnostics (``diverging`` marks draws after a chain's divergence), so ``az.summary``
+    and ``az.plot_trace`` work.
 
     Args:
-        result: an ``LLCResult``, a ``ChainsOutput`` (with ``config`` for a grid) or a
-            ``CalibrationResult`` (``config`` = setting index, default the recommended one).
+        result: an ``LLCResult`` (its loss estimator), a ``ChainsOutput`` (the minibatch loss;
+            ``config`` picks the configuration when there are several) or a ``CalibrationResult``
+            (its loss estimator; ``config`` = setting index, default the recommended one).
+        config: configuration index.
     """
     az = _require("arviz")
-    from slt_jax.calibration import CalibrationResult
-    from slt_jax.llc import LLCResult
-    from slt_jax.sampler import ChainsOutput
-
     if isinstance(result, LLCResult):
-        chains, loss, nbeta = result.chains, result.loss_trace, result.nbeta
-        select = lambda x: x
+        chains, loss_estimator = result.chains, result.loss_estimator
     elif isinstance(result, (ChainsOutput, CalibrationResult)):
-        chains = result if isinstance(result, ChainsOutput) else result.chains
-        grid = np.ndim(chains.diverged) == 2
+        chains = _chains_of(result)
+        loss_estimator = result.settings.get("loss_estimator", "paired") if isinstance(result, CalibrationResult) else "minibatch"
         if isinstance(result, CalibrationResult) and config is None:
-            config = result.recommended
-        if grid and config is None:
-            raise ValueError("this ChainsOutput holds a grid of configurations: pass config=<index>.")
-        select = (lambda x: np.asarray(x)[config]) if grid else (lambda x: x)
-        loss = select(chains.loss)
-        if isinstance(result, CalibrationResult) and result.settings.get("loss_estimator") == "paired":
-            loss = np.asarray(loss, np.float64) - np.asarray(select(chains.center_loss), np.float64) + chains.init_loss
-        nbeta = float(np.ravel(chains.settings["nbeta"])[config if grid and np.size(chains.settings["nbeta"]) > 1 else 0])
+            if result.recommended_index < 0:
+                raise ValueError(f"no setting was recommended ({result.reason}); pass config=<setting index>.")
+            config = result.recommended_index
+        if config is None and chains.num_configs > 1:
+            raise ValueError(f"this ChainsOutput holds {chains.num_configs} configurations: pass config=<index>.")
+        chains = chains.select(0 if config is None else config)
     else:
         raise TypeError(f"to_arviz needs an LLCResult, ChainsOutput or CalibrationResult, got {type(result).__name__}.")
-    loss = np.asarray(loss, np.float64)
-    posterior = {"loss": loss, "llc": nbeta * (loss - chains.init_loss)}
-    sample_stats = {name: np.asarray(select(getattr(chains, name))) for name in _TRACES[1:] if getattr(chains, name) is not None}
-    diverged_at = np.asarray(select(chains.diverged_at))
-    steps = _draw_coords(chains, loss.shape[1])["step"][1]
+    loss = traces.loss_trace(chains, loss_estimator)[0]
+    posterior = {"loss": loss, "llc": traces.llc_draws(chains, loss_estimator)[0]}
+    sample_stats = {name: np.asarray(getattr(chains, name))[0] for name in _TRACES[1:] if getattr(chains, name) is not None}
+    diverged_at = np.asarray(chains.diverged_at)[0]
+    steps = _draw_coords(chains)["step"][1]
     sample_stats["diverging"] = (diverged_at[:, None] >= 0) & (steps[None, :] >= diverged_at[:, None])
-    attrs = {"settings": json.dumps(chains.settings, default=str), "init_loss": chains.init_loss, "nbeta": nbeta, **_versions()}
+    settings, config_dict = _description(chains)
+    attrs = {
+        "settings": json.dumps(settings, default=str), "config": json.dumps(config_dict, default=str),
+        "init_loss": float(chains.init_loss[0]), "nbeta": float(chains.hyperparameters.nbeta[0]),
+        "loss_estimator": loss_estimator, **_versions(),
+    }
     return az.from_dict(posterior=posterior, sample_stats=sample_stats, attrs=attrs, posterior_attrs=attrs, sample_stats_attrs=attrs)

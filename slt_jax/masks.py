@@ -2,7 +2,7 @@
 
 A mask has the structure of ``params``; each leaf is a 0-d bool array (the whole parameter in or
 out) or a bool array of the parameter's shape (a partial leaf, e.g. one attention head's slice).
-``slt_jax.estimate_llc(..., mask=m)`` then gives the restricted (weight-refined) LLC of the
+``slt_jax.estimate_llc(..., component=m)`` then gives the restricted (weight-refined) LLC of the
 component: the other coordinates stay clamped at w*.
 
 Paths are ``"/"``-joined keys (dict keys, sequence indices, attribute names), e.g.

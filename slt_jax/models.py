@@ -35,10 +35,10 @@ def _check_widths(widths, name: str, minimum: int = 2) -> list[int]:
 
 
 class DeepLinearNetwork(nnx.Module):
-    """x -> x @ K_1 @ ... @ K_L, no biases (SCIENCE.md §2, deep linear networks).
+    """x -> x @ K_1 @ ... @ K_L, no biases (docs/conventions.md §2, deep linear networks).
 
     Parameter layout (``from_nnx``): ``layers/{j}/kernel`` of shape ``(widths[j], widths[j+1])``
-    for j = 0..L-1; ``K_j`` is the transpose of SCIENCE.md's ``W_{j+1}``.
+    for j = 0..L-1; ``K_j`` is the transpose of docs/conventions.md's ``W_{j+1}``.
 
     Args:
         widths: ``[H_1 (input), H_2, ..., H_{L+1} (output)]``.

@@ -2,12 +2,22 @@
 
 Every function returns a ``matplotlib.figure.Figure`` and, given ``path``, also writes it (PNG or
 any format matplotlib knows from the suffix). In a notebook the returned figure displays itself.
+
+The functions read results by their attributes (an ``LLCResult``, a ``CalibrationResult``, ...) and
+take the per-draw nβ(L - L*) and losses from ``slt_jax.traces``, so this module depends only on the
+sampling core below it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from slt_jax import traces
+from slt_jax.sampler import ChainsOutput
 
 __all__ = ["plot_traces", "plot_calibration", "plot_llc_checkpoints", "plot_response_pca"]
 
@@ -20,47 +30,44 @@ def _finish(figure: Figure, path) -> Figure:
 
 
 def _trace_inputs(result, config: int):
-    """(loss (C, D), init_loss, nbeta, steps (D,), num_burnin, diverged_at (C,), title) of a result."""
-    from slt_jax.llc import LLCResult
-
-    if isinstance(result, LLCResult):
-        chains, loss, nbeta = result.chains, np.asarray(result.loss_trace, np.float64), result.nbeta
-        diverged_at = np.asarray(chains.diverged_at)
-    else:  # ChainsOutput
-        chains = result
-        loss = np.asarray(chains.loss, np.float64)
-        diverged_at = np.asarray(chains.diverged_at)
-        nbeta = np.ravel(chains.settings["nbeta"])
-        if loss.ndim == 3:
-            loss, diverged_at = loss[config], diverged_at[config]
-            nbeta = nbeta[config if nbeta.size > 1 else 0]
-        else:
-            nbeta = nbeta[0]
-    s = chains.settings
-    num_burnin = int(s.get("num_burnin", 0))
-    steps = num_burnin + np.arange(loss.shape[1]) * int(s.get("num_steps_between_draws", 1))
-    return loss, float(chains.init_loss), float(nbeta), steps, num_burnin, diverged_at
+    """(one-configuration ChainsOutput, loss_estimator) of an ``LLCResult`` or a ``ChainsOutput``."""
+    if isinstance(result, ChainsOutput):
+        if not 0 <= config < result.num_configs:
+            raise ValueError(f"config={config} but the ChainsOutput has {result.num_configs} configurations.")
+        return result.select(config), "minibatch"
+    if not isinstance(getattr(result, "chains", None), ChainsOutput):
+        raise TypeError(f"plot_traces needs an LLCResult or a ChainsOutput, got {type(result).__name__}.")
+    return result.chains, result.loss_estimator
 
 
 def plot_traces(result, *, burnin_draws: int = 0, config: int = 0, title: str | None = None, path=None) -> Figure:
     """Loss per chain (with L(w*)) and the running LLC per chain, burn-in shaded.
 
     Args:
-        result: an ``LLCResult`` or a ``ChainsOutput`` (``config`` picks one of a grid).
+        result: an ``LLCResult`` (its loss estimator's trace) or a ``ChainsOutput`` (the minibatch
+            loss; ``config`` picks one configuration of a grid).
         burnin_draws: recorded draws also treated as burn-in (shaded, excluded from the running LLC).
-        config: configuration index of a grid ``ChainsOutput``.
+        config: configuration index of a ``ChainsOutput``.
         title: figure title.
         path: where to save the figure (optional).
     """
-    loss, init_loss, nbeta, steps, num_burnin, diverged_at = _trace_inputs(result, config)
+    chains, loss_estimator = _trace_inputs(result, config)
+    loss = traces.loss_trace(chains, loss_estimator)[0]  # (C, D)
+    draws = traces.llc_draws(chains, loss_estimator)[0]  # (C, D) nβ(L - L*)
+    init_loss = float(chains.init_loss[0])
+    diverged_at = np.asarray(chains.diverged_at[0])
+    num_burnin, thinning = chains.config.num_burnin, chains.config.num_steps_between_draws
+    steps = num_burnin + np.arange(loss.shape[1]) * thinning
+    if not 0 <= burnin_draws < loss.shape[1]:
+        raise ValueError(f"burnin_draws={burnin_draws} must lie in [0, num_draws={loss.shape[1]}).")
     figure = Figure(figsize=(10, 3.8))
     loss_axes, llc_axes = figure.subplots(1, 2)
-    burnin_end = steps[burnin_draws] if burnin_draws < steps.size else steps[-1]
+    burnin_end = steps[burnin_draws]
     for axes in (loss_axes, llc_axes):
         if burnin_end > 0:
             axes.axvspan(0, burnin_end, color="0.9", label="burn-in")
-    shifted = nbeta * (loss[:, burnin_draws:] - init_loss)
-    running = np.cumsum(shifted, axis=1) / np.arange(1, shifted.shape[1] + 1)
+    kept = draws[:, burnin_draws:]
+    running = np.cumsum(kept, axis=1) / np.arange(1, kept.shape[1] + 1)
     for chain in range(loss.shape[0]):
         line, = loss_axes.plot(steps, loss[chain], lw=0.7, alpha=0.8, label=f"chain {chain}")
         llc_axes.plot(steps[burnin_draws:], running[chain], lw=1.0, color=line.get_color())
@@ -72,10 +79,10 @@ def plot_traces(result, *, burnin_draws: int = 0, config: int = 0, title: str | 
         low, high = np.percentile(finite, [0.5, 99.5])
         pad = 0.1 * (high - low + 1e-12)
         loss_axes.set_ylim(min(low, init_loss) - pad, high + pad)
-    loss_axes.set(xlabel="step", ylabel="loss", title="loss per chain")
+    label = "loss" if loss_estimator == "minibatch" else f"loss ({loss_estimator})"
+    loss_axes.set(xlabel="step", ylabel=label, title="loss per chain")
     llc_axes.set(xlabel="step", ylabel="running LLC  nβ(mean L − L(w*))", title="LLC per chain")
-    with np.errstate(all="ignore"):
-        final = running[:, -1][np.isfinite(running[:, -1])] if running.size else np.array([])
+    final = running[:, -1][np.isfinite(running[:, -1])]
     if final.size:
         llc_axes.axhline(final.mean(), color="k", lw=1.0, ls="--", label=f"mean {final.mean():.3g}")
     loss_axes.legend(fontsize=7, loc="best")
@@ -92,6 +99,12 @@ def plot_calibration(calibration, *, path=None) -> Figure:
     every check, open ones do not, red crosses diverged; a star marks the recommendation. Middle:
     MALA acceptance and predicted relative bias with their thresholds. Right: loss traces of the
     recommended setting with the calibration burn-in shaded.
+
+    Args:
+        calibration: a ``CalibrationResult`` (read by its attributes: ``step_size``, ``nbeta``,
+            ``localization``, ``metrics``, ``diverged``, ``passed``, ``equilibrated``,
+            ``recommended_index``, ``init_loss``, ``burnin_draws``, ``chains``, ``settings``).
+        path: where to save the figure (optional).
     """
     c = calibration
     m = c.metrics
@@ -101,7 +114,7 @@ def plot_calibration(calibration, *, path=None) -> Figure:
     groups = {}
     for i in np.argsort(c.step_size, kind="stable"):
         groups.setdefault((c.nbeta[i], c.localization[i]), []).append(i)
-    divergent = c.diverged.any(axis=1)
+    divergent = np.asarray(c.diverged).any(axis=1)
     finite = m["llc_mean"][np.isfinite(m["llc_mean"])]
     floor = finite.min() if finite.size else 0.0
     for (nbeta, localization), members in groups.items():
@@ -110,16 +123,17 @@ def plot_calibration(calibration, *, path=None) -> Figure:
         line = grid_axes.errorbar(c.step_size[members], m["llc_mean"][members], yerr=m["llc_std"][members], lw=1.0,
                                   capsize=2, label=label)
         color = line[0].get_color()
-        ok = members[c.passed[members] & c.equilibrated[members]]
-        other = members[~(c.passed[members] & c.equilibrated[members]) & ~divergent[members]]
+        healthy = c.passed[members] & c.equilibrated[members]
+        ok = members[healthy]
+        other = members[~healthy & ~divergent[members]]
         grid_axes.scatter(c.step_size[ok], m["llc_mean"][ok], color=color, zorder=3)
         grid_axes.scatter(c.step_size[other], m["llc_mean"][other], facecolor="white", edgecolor=color, zorder=3)
         bad = members[divergent[members]]
         grid_axes.scatter(c.step_size[bad], np.full(bad.size, floor), marker="x", color="red", zorder=3)
         health_axes.plot(c.step_size[members], m["mala_acceptance"][members], marker="o", color=color, lw=1.0)
         bias_axes.plot(c.step_size[members], m["relative_bias"][members], marker="s", ls="--", color=color, lw=1.0)
-    if c.recommended >= 0:
-        r = c.recommended
+    r = int(c.recommended_index)
+    if r >= 0:
         grid_axes.scatter([c.step_size[r]], [m["llc_mean"][r]], marker="*", s=250, color="gold", edgecolor="k",
                           zorder=4, label="recommended")
     grid_axes.set(xscale="log", xlabel="step size ε", ylabel="LLC (± std over chains)", title="calibration grid")
@@ -128,14 +142,13 @@ def plot_calibration(calibration, *, path=None) -> Figure:
     bias_axes.axhline(c.settings["bias_tolerance"], color="0.4", lw=0.8, ls=":")
     health_axes.set(xscale="log", xlabel="step size ε", ylabel="MALA acceptance (circles)", title="health")
     bias_axes.set_ylabel("predicted relative bias (squares)")
-    bias_axes.set_yscale("log")
-    if c.recommended >= 0:
-        r = c.recommended
-        loss = np.asarray(c.chains.loss[r], np.float64)
-        if c.chains.center_loss is not None and c.settings.get("loss_estimator") == "paired":
-            loss = loss - np.asarray(c.chains.center_loss[r], np.float64) + c.init_loss
-        steps = np.arange(loss.shape[1]) * int(c.settings.get("num_steps_between_draws", 1))
-        trace_axes.axvspan(0, steps[c.burnin_draws], color="0.9", label="calibration burn-in")
+    if np.any(np.asarray(m["relative_bias"]) > 0):
+        bias_axes.set_yscale("log")
+    if r >= 0:
+        chosen = c.chains.select(r)
+        loss = traces.loss_trace(chosen, c.settings.get("loss_estimator", "minibatch"))[0]
+        steps = chosen.config.num_burnin + np.arange(loss.shape[1]) * chosen.config.num_steps_between_draws
+        trace_axes.axvspan(steps[0], steps[min(c.burnin_draws, steps.size - 1)], color="0.9", label="calibration burn-in")
         for chain in range(loss.shape[0]):
             trace_axes.plot(steps, loss[chain], lw=0.6, alpha=0.8)
         trace_axes.axhline(c.init_loss, color="k", ls="--", lw=1.0, label="L(w*)")
@@ -147,44 +160,91 @@ def plot_calibration(calibration, *, path=None) -> Figure:
     return _finish(figure, path)
 
 
+def _loss_series(loss, num_checkpoints: int) -> dict[str, np.ndarray]:
+    series = dict(loss) if isinstance(loss, Mapping) else {"loss": loss}
+    out = {}
+    for name, values in series.items():
+        values = np.asarray(values, np.float64)
+        if values.shape != (num_checkpoints,):
+            raise ValueError(
+                f"loss {name!r} has shape {values.shape}; pass one value per checkpoint ({num_checkpoints},)."
+            )
+        out[str(name)] = values
+    return out
+
+
 def plot_llc_checkpoints(
-    checkpoints,
-    llc,
-    llc_error=None,
+    steps,
+    llcs,
+    errors=None,
     *,
+    loss=None,
+    labels=None,
     true_llc: float | None = None,
     xlabel: str = "training step",
     log_x: bool = False,
     path=None,
 ) -> Figure:
-    """LLC over training checkpoints with error bars.
+    """LLC over training checkpoints with error bars, and optionally the loss beside it.
 
     Args:
-        checkpoints: ``(K,)`` checkpoint positions (training steps).
-        llc: ``(K,)`` LLC means, or a list of K ``LLCResult`` (then the error bars are their std
-            over chains).
-        llc_error: ``(K,)`` error bar half-widths (e.g. std over chains); optional.
+        steps: ``(K,)`` checkpoint positions (training steps).
+        llcs: ``(K,)`` LLC means, ``(K, M)`` (one line per component, e.g. ``LLCTable.llc_mean``),
+            or a list of K ``LLCResult`` (then the error bars are their std over chains).
+        errors: error bar half-widths of ``llcs``' shape (e.g. ``LLCTable.llc_std``); optional.
+        loss: ``(K,)`` a loss per checkpoint (e.g. ``LLCTable.init_loss``, the L_n(w*) of each
+            checkpoint), or ``{name: (K,)}`` for several (train / test); drawn in a second panel
+            beside the LLC, sharing its x axis.
+        labels: names of the ``M`` columns of a 2-D ``llcs`` (legend).
         true_llc: a known learning coefficient to draw as a horizontal line.
         xlabel: label of the x axis.
         log_x: logarithmic x axis.
         path: where to save the figure (optional).
     """
-    checkpoints = np.asarray(checkpoints, np.float64)
-    if len(llc) and hasattr(llc[0], "llc_mean"):
-        llc_error = np.array([r.llc_std for r in llc]) if llc_error is None else llc_error
-        llc = np.array([r.llc_mean for r in llc])
-    llc = np.asarray(llc, np.float64)
-    if llc.shape != checkpoints.shape:
-        raise ValueError(f"llc has shape {llc.shape} but checkpoints has shape {checkpoints.shape}; pass one value per checkpoint.")
-    figure = Figure(figsize=(6, 4))
-    axes = figure.subplots()
-    axes.errorbar(checkpoints, llc, yerr=None if llc_error is None else np.asarray(llc_error, np.float64), marker="o",
-                  capsize=3, lw=1.2, label="LLC estimate")
+    steps = np.asarray(steps, np.float64)
+    if len(llcs) and hasattr(llcs[0], "llc_mean"):
+        errors = np.array([r.llc_std for r in llcs]) if errors is None else errors
+        llcs = np.array([r.llc_mean for r in llcs])
+    llcs = np.asarray(llcs, np.float64)
+    if llcs.ndim not in (1, 2) or llcs.shape[0] != steps.shape[0] or steps.ndim != 1:
+        raise ValueError(
+            f"llcs has shape {llcs.shape} but steps has shape {steps.shape}; pass one value per checkpoint "
+            "((K,) or (K, num_components))."
+        )
+    columns = llcs.reshape(llcs.shape[0], -1)
+    if errors is not None:
+        errors = np.asarray(errors, np.float64)
+        if errors.shape != llcs.shape:
+            raise ValueError(f"errors has shape {errors.shape}; it needs the shape of llcs {llcs.shape}.")
+        errors = errors.reshape(columns.shape)
+    if labels is None:
+        labels = ["LLC estimate"] if llcs.ndim == 1 else [f"component {m}" for m in range(columns.shape[1])]
+    if len(labels) != columns.shape[1]:
+        raise ValueError(f"labels has {len(labels)} names for {columns.shape[1]} columns of llcs.")
+    series = None if loss is None else _loss_series(loss, steps.shape[0])
+    figure = Figure(figsize=(6, 4) if series is None else (11, 4))
+    if series is None:
+        axes = figure.subplots()
+    else:
+        axes, loss_axes = figure.subplots(1, 2, sharex=True)
+    for m, label in enumerate(labels):
+        axes.errorbar(steps, columns[:, m], yerr=None if errors is None else errors[:, m], marker="o", capsize=3, lw=1.2,
+                      label=str(label))
     if true_llc is not None:
         axes.axhline(true_llc, color="k", ls="--", lw=1.0, label=f"λ = {true_llc:g}")
     axes.set(xlabel=xlabel, ylabel="LLC", title="LLC over checkpoints", xscale="log" if log_x else "linear")
     axes.legend(fontsize=8)
+    if series is not None:
+        for name, values in series.items():
+            loss_axes.plot(steps, values, marker=".", lw=1.2, label=name)
+        loss_axes.set(xlabel=xlabel, ylabel="loss", title="loss over checkpoints", xscale="log" if log_x else "linear")
+        if np.all(np.concatenate(list(series.values())) > 0):
+            loss_axes.set_yscale("log")
+        loss_axes.legend(fontsize=8)
     return _finish(figure, path)
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 
 
 def plot_response_pca(
@@ -199,13 +259,17 @@ def plot_response_pca(
 ) -> Figure:
     """PCA scatter of a response (susceptibility) matrix: one point per probe.
 
-    SCIENCE.md §3: raw columns are not comparable across components, so columns are z-scored
-    (``standardize``) and rows optionally centred (``center_rows`` removes the uniform mode) before
-    the PCA. Arrows show the loadings of each component (column).
+    docs/conventions.md §3: raw columns are not comparable across components, so columns are
+    z-scored (``standardize``) and rows optionally centred (``center_rows`` removes the uniform mode)
+    before the PCA. Arrows show the loadings of each component (column).
+
+    Categories are drawn interleaved (shuffled points in rounds, a fixed seed), semi-transparent with
+    a marker per category, so no category hides another by being drawn last; the loading labels sit
+    inside the axes, clear of the title.
 
     Args:
         chi: ``(num_probes, num_components)`` array.
-        labels: optional ``(num_probes,)`` category per probe (colours and legend).
+        labels: optional ``(num_probes,)`` category per probe (colours, markers and legend).
         component_names: optional names of the columns, for the loading arrows.
         standardize, center_rows: preprocessing, as above.
         components: which two principal components to plot.
@@ -218,6 +282,8 @@ def plot_response_pca(
         raise ValueError("chi contains NaN or inf; drop those probes first.")
     if max(components) >= min(chi.shape):
         raise ValueError(f"components={components}: chi of shape {chi.shape} has {min(chi.shape)} principal components.")
+    if component_names is not None and len(component_names) != chi.shape[1]:
+        raise ValueError(f"component_names has {len(component_names)} names for {chi.shape[1]} columns of chi.")
     x = chi - chi.mean(axis=0)
     if standardize:
         x = x / np.where(chi.std(axis=0) > 0, chi.std(axis=0), 1.0)
@@ -230,21 +296,44 @@ def plot_response_pca(
     figure = Figure(figsize=(6, 5))
     axes = figure.subplots()
     if labels is None:
-        axes.scatter(scores[:, 0], scores[:, 1], s=12)
+        axes.scatter(scores[:, 0], scores[:, 1], s=14, alpha=0.7, edgecolors="white", linewidths=0.3)
     else:
         labels = np.asarray(labels)
         if labels.shape != (chi.shape[0],):
             raise ValueError(f"labels has shape {labels.shape}; pass one label per probe ({chi.shape[0]},).")
-        for value in np.unique(labels):
-            chosen = labels == value
-            axes.scatter(scores[chosen, 0], scores[chosen, 1], s=12, label=str(value))
-        axes.legend(fontsize=7, markerscale=1.5)
-    scale = np.abs(scores).max() / max(np.abs(vt[[a, b]]).max(), 1e-12) * 0.8
-    for j in range(chi.shape[1]):
-        axes.annotate("", xy=(vt[a, j] * scale, vt[b, j] * scale), xytext=(0, 0),
-                      arrowprops=dict(arrowstyle="->", color="0.4", lw=0.8))
+        categories, codes = np.unique(labels, return_inverse=True)
+        colors = [f"C{k % 10}" for k in range(categories.size)]
+        markers = [_MARKERS[k % len(_MARKERS)] for k in range(categories.size)]
+        # Interleaved layers: the points, shuffled, are drawn in rounds, each round every category in
+        # a rotated order, so no category is always drawn last (on top of the others).
+        order = np.random.default_rng(0).permutation(chi.shape[0])
+        rounds = np.array_split(order, min(8, chi.shape[0]))
+        for r, chunk in enumerate(rounds):
+            for k in np.roll(np.arange(categories.size), -r):
+                chosen = chunk[codes[chunk] == k]
+                if chosen.size:
+                    axes.scatter(scores[chosen, 0], scores[chosen, 1], s=16, color=colors[k], marker=markers[k],
+                                 alpha=0.65, edgecolors="white", linewidths=0.3)
+        handles = [Line2D([], [], ls="", marker=markers[k], color=colors[k], label=str(value))
+                   for k, value in enumerate(categories)]
+        axes.legend(handles=handles, fontsize=7, markerscale=1.2, loc="best", framealpha=0.8)
+    loadings = vt[[a, b]].T  # (num_components, 2)
+    scale = np.abs(scores).max() / max(np.abs(loadings).max(), 1e-12) * 0.8
+    tips = loadings * scale
+    for j, (tip_x, tip_y) in enumerate(tips):
+        axes.annotate("", xy=(tip_x, tip_y), xytext=(0, 0), arrowprops=dict(arrowstyle="->", color="0.4", lw=0.8))
         if component_names is not None:
-            axes.text(vt[a, j] * scale, vt[b, j] * scale, str(component_names[j]), fontsize=7, color="0.3")
-    axes.set(xlabel=f"PC{a + 1} ({explained[a]:.0%})", ylabel=f"PC{b + 1} ({explained[b]:.0%})",
-             title="response matrix PCA")
+            # Outward from the origin, anchored at the tip, clipped to the axes (never over the title).
+            axes.annotate(str(component_names[j]), xy=(tip_x, tip_y), xytext=(3 * np.sign(tip_x), 3 * np.sign(tip_y)),
+                          textcoords="offset points", ha="left" if tip_x >= 0 else "right",
+                          va="bottom" if tip_y >= 0 else "top", fontsize=7, color="0.25", annotation_clip=True,
+                          clip_on=True)
+    # Room for the points, the arrow tips and their labels inside the axes.
+    extent = np.vstack([scores, tips * 1.25, np.zeros((1, 2))])
+    low, high = extent.min(axis=0), extent.max(axis=0)
+    pad = 0.08 * np.maximum(high - low, 1e-12)
+    axes.set_xlim(low[0] - pad[0], high[0] + pad[0])
+    axes.set_ylim(low[1] - pad[1], high[1] + pad[1])
+    axes.set(xlabel=f"PC{a + 1} ({explained[a]:.0%})", ylabel=f"PC{b + 1} ({explained[b]:.0%})")
+    axes.set_title("response matrix PCA", pad=10)
     return _finish(figure, path)

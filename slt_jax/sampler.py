@@ -204,15 +204,21 @@ def _group_inputs(plan: planning.Plan, config: SamplerConfig, group: planning.Gr
     return carry, centers, init_losses, offsets, hyper, static
 
 
-def _open_checkpoint(directory, group_index, carry, static, schedule, arrays, settings):
-    observed_like = None
-    record_like = program.DrawRecord(SGLDInfo(*(np.zeros(()) for _ in SGLDInfo._fields)), np.zeros(()), np.zeros(()), observed_like)
+def _open_checkpoint(plan: planning.Plan, directory, group_index, carry, static, schedule, arrays, settings):
+    """The group's ``RunCheckpoint`` (fingerprinted by its inputs and settings) and what it restores."""
+    observed = None
     if static.keep_traces:
-        record_like = None  # traces of observables: structure known only after the first chunk
-    described = dict(settings, group=group_index, schedule=[list(c) for c in schedule], static=repr(static))
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((static.batch_size,) + x.shape[1:], x.dtype), plan.data)
+        info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
+        context = DrawContext(batch, plan.centers[0], jnp.zeros((), jnp.float32), plan.observe_data)
+        observed = jax.eval_shape(static.observe, plan.centers[0], info, context)
+    zero = np.zeros(())
+    record_like = program.DrawRecord(SGLDInfo(*(zero for _ in SGLDInfo._fields)), zero, zero, observed)
+    # Functions are described by name (their repr holds a per-process address).
+    described_static = {k: v for k, v in static._asdict().items() if k != "layout"}
+    described = dict(settings, group=group_index, schedule=[list(c) for c in schedule], static=described_static,
+                     layout=repr(static.layout))
     key = checkpoint_lib.fingerprint(described, arrays)
-    if record_like is None:
-        return None, None
     run_checkpoint = checkpoint_lib.RunCheckpoint(directory, key, carry, record_like)
     return run_checkpoint, run_checkpoint.restore()
 
@@ -236,7 +242,7 @@ def _drive(plan: planning.Plan, config: SamplerConfig, group_index: int, group: 
     checkpoint = None
     if checkpoint_dir is not None:
         arrays = dict(centers=centers, data=data, offsets=offsets, hyper=hyper, observe_data=observe_data, keys=jax.random.key_data(plan.chain_keys))
-        checkpoint, restored = _open_checkpoint(checkpoint_dir, group_index, carry, static, schedule, arrays, config.to_dict())
+        checkpoint, restored = _open_checkpoint(plan, checkpoint_dir, group_index, carry, static, schedule, arrays, config.to_dict())
         if restored is not None:
             carry, records, step_offset, draw_offset, chunks_done = restored
             carry = jax.tree.map(jnp.asarray, carry) if sharding is None else jax.device_put(carry, sharding[0])

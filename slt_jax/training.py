@@ -1,9 +1,13 @@
 """A small optax training loop that keeps checkpoints (for LLC-over-training studies).
 
 It works on the same ``(params, loss_fn)`` pair as the sampler (e.g. from ``slt_jax.from_nnx``),
-so the checkpoints can go straight into ``slt_jax.estimate_llc``. The steps between two
-checkpoints run as one compiled ``lax.scan``; minibatches are drawn with replacement, keyed by
-``fold_in(key, step)``.
+so the checkpoints can go straight into ``slt_jax.estimate_llc_table``. Minibatches are drawn with
+replacement, keyed by ``fold_in(key, step)``, so where the checkpoints fall never changes the run.
+
+The steps run in one compiled program per ``(loss_fn, optimizer, batch_size, data and params
+shapes)``: a loop of at most ``SEGMENT_STEPS`` steps whose trip count is a traced argument. Every
+gap between checkpoints, and every later call with the same ``loss_fn`` and ``optimizer`` objects,
+reuses it (define them once, outside a loop, to keep that cache hit).
 
 >>> import jax.numpy as jnp, optax, slt_jax as sj
 >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
@@ -16,6 +20,7 @@ checkpoints run as one compiled ``lax.scan``; minibatches are drawn with replace
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -24,9 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from slt_jax import validation
 from slt_jax.types import Batch, LossFn, Params
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "train", "SEGMENT_STEPS"]
+
+# Steps per call of the compiled loop (the size of its loss buffer); longer gaps take several calls.
+SEGMENT_STEPS = 512
 
 
 class TrainResult(NamedTuple):
@@ -62,6 +71,28 @@ def _checkpoint_schedule(num_steps: int, checkpoint_every: int | None, checkpoin
     return sorted(set(steps) | {num_steps})
 
 
+@functools.partial(jax.jit, static_argnames=("loss_fn", "optimizer", "batch_size"))
+def _segment(params, opt_state, data, key, start, count, *, loss_fn, optimizer, batch_size):
+    """Runs steps ``start .. start + count - 1`` (count <= SEGMENT_STEPS); returns the new state and
+    a ``(SEGMENT_STEPS,)`` loss buffer whose first ``count`` entries are the steps' losses."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    value_and_grad = jax.value_and_grad(lambda p, batch: jnp.mean(loss_fn(p, batch)))
+
+    def body(i, carry):
+        params, opt_state, losses = carry
+        if batch_size is None:
+            batch = data
+        else:
+            indices = jax.random.randint(jax.random.fold_in(key, start + i), (batch_size,), 0, n)
+            batch = jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
+        loss, grads = value_and_grad(params, batch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, losses.at[i].set(loss.astype(losses.dtype))
+
+    losses = jnp.full((SEGMENT_STEPS,), jnp.nan, jnp.float32)
+    return jax.lax.fori_loop(0, count, body, (params, opt_state, losses))
+
+
 def train(
     loss_fn: LossFn,
     params: Params,
@@ -81,7 +112,8 @@ def train(
             minimised.
         params: initial parameters.
         data: pytree of arrays sharing a leading axis n.
-        optimizer: any ``optax.GradientTransformation`` (e.g. ``optax.adamw(1e-3)``).
+        optimizer: any ``optax.GradientTransformation`` (e.g. ``optax.adamw(1e-3)``). The compiled
+            loop is cached per (``loss_fn``, ``optimizer``) object: reuse them across calls.
         num_steps: number of optimizer steps.
         batch_size: minibatch size (drawn with replacement); None uses the full data every step.
         seed: minibatch seed.
@@ -94,49 +126,33 @@ def train(
     """
     if not isinstance(optimizer, optax.GradientTransformation) and not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(f"optimizer must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), got {optimizer!r}.")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {loss_fn!r}.")
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps={num_steps!r} must be an int >= 1.")
     num_steps = int(num_steps)
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError("data is empty: pass a pytree of arrays sharing a leading axis n.")
-    n = int(np.shape(leaves[0])[0])
+    n = validation.check_data(data)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n):
         raise ValueError(f"batch_size={batch_size!r} must be an int in [1, n={n}] or None (full batch).")
     schedule = _checkpoint_schedule(num_steps, checkpoint_every, checkpoint_steps)
 
     data = jax.tree.map(jnp.asarray, data)
     params = jax.tree.map(jnp.asarray, params)
-    value_and_grad = jax.value_and_grad(lambda p, batch: jnp.mean(loss_fn(p, batch)))
     key = jax.random.key(seed)
-
-    def one_step(carry, step):
-        params, opt_state = carry
-        if batch_size is None:
-            batch = data
-        else:
-            indices = jax.random.randint(jax.random.fold_in(key, step), (batch_size,), 0, n)
-            batch = jax.tree.map(lambda x: jnp.take(x, indices, axis=0), data)
-        loss, grads = value_and_grad(params, batch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    @jax.jit
-    def segment(params, opt_state, steps):
-        return jax.lax.scan(one_step, (params, opt_state), steps)
-
+    run = functools.partial(_segment, loss_fn=loss_fn, optimizer=optimizer, batch_size=None if batch_size is None else int(batch_size))
     opt_state = optimizer.init(params)
-    checkpoints, losses = [], []
+    checkpoints, buffers = [], []
     done = 0
     for target in schedule:
-        if target > done:
-            (params, opt_state), segment_losses = segment(params, opt_state, jnp.arange(done, target))
-            losses.append(segment_losses)
-            done = target
+        while done < target:
+            count = min(SEGMENT_STEPS, target - done)
+            params, opt_state, losses = run(params, opt_state, data, key, jnp.int32(done), jnp.int32(count))
+            buffers.append((losses, count))
+            done += count
         checkpoints.append(jax.tree.map(np.asarray, params))
     return TrainResult(
         params=params,
         checkpoints=checkpoints,
         checkpoint_steps=schedule,
-        losses=np.concatenate([np.asarray(x) for x in losses]),
+        losses=np.concatenate([np.asarray(losses)[:count] for losses, count in buffers]),
     )

@@ -35,7 +35,7 @@ def regression_loss(w, batch):
 
 def exact_quadratic_loss(w, batch):
     """The regression's FULL-data loss ½ δᵀHδ (+ const), whatever the batch: SGLD becomes exact ULA,
-    so SCIENCE.md §2's closed form λ̂_ε holds exactly (no gradient noise)."""
+    so docs/conventions.md §2's closed form λ̂_ε holds exactly (no gradient noise)."""
     _, _, _, hessian = regression()
     w_star = regression()[0]
     delta = w - w_star

@@ -12,6 +12,8 @@ from slt_jax import kernels, theory
 from issue5_problems import LOCALIZATION, NBETA, dln, dln_loss, exact_quadratic_loss, regression, regression_loss
 
 BIAS_TOLERANCE = 0.05  # calibrate's default
+# The calibration chains: 4 chains x 1000 recorded steps, the first half burn-in (calibrate's defaults).
+CONFIG = sj.SamplerConfig(step_size="auto", nbeta=NBETA, localization=LOCALIZATION, num_draws=1000, batch_size=8)
 
 
 def _grid(a_max):
@@ -23,10 +25,7 @@ def _grid(a_max):
 def exact_calibration():
     params, data, h, _ = regression()
     a_max = NBETA * h.max() + LOCALIZATION
-    result = sj.calibrate(
-        exact_quadratic_loss, params, data, key=0, batch_size=8, step_sizes=_grid(a_max), nbetas=[NBETA],
-        localizations=[LOCALIZATION], num_draws=1000, progress=False,
-    )
+    result = sj.calibrate(exact_quadratic_loss, params, data, CONFIG, key=0, step_sizes=_grid(a_max), progress=False)
     return result, h
 
 
@@ -34,18 +33,34 @@ def test_calibrate_exact_quadratic_bias_within_tolerance(exact_calibration):
     result, h = exact_calibration
     chex.assert_shape(result.llc_per_chain, (12, 4))
     chex.assert_shape(result.chains.loss, (12, 4, 1000))
-    chosen = result.recommended_settings
+    # The grid ran as the configurations of one run_chains call, in the order of the settings.
+    np.testing.assert_array_equal(result.chains.hyperparameters.step_size, result.step_size)
+    np.testing.assert_array_equal(result.chains.hyperparameters.nbeta, np.full(12, NBETA))
+    assert result.chains.config.num_burnin == 0 and result.chains.config.mala_every == 10
+    chosen = result.recommended
+    assert isinstance(chosen, sj.SamplerConfig)
+    assert (chosen.nbeta, chosen.localization, chosen.batch_size, chosen.num_chains) == (NBETA, LOCALIZATION, 8, 4)
+    assert chosen.step_size == result.step_size[result.recommended_index]
+    # Validated at the 500 post-burn-in draws; the recommended burn-in is at least the calibration's.
+    assert chosen.num_draws == 500 and chosen.num_steps_between_draws == 1 and chosen.num_burnin >= 500
     exact_zero = theory.quadratic_llc(h, NBETA, LOCALIZATION)
-    bias = theory.quadratic_llc(h, NBETA, LOCALIZATION, chosen["step_size"]) / exact_zero - 1.0
-    # Claim: the chosen ε's discretization bias (closed form, SCIENCE.md §2) is within the tolerance,
+    bias = theory.quadratic_llc(h, NBETA, LOCALIZATION, chosen.step_size) / exact_zero - 1.0
+    # Claim: the chosen ε's discretization bias (closed form, docs/conventions.md §2) is within the tolerance,
     # and on a factor-2 grid not wastefully small (the predicted bias is first-order exact up to the
     # factor nβh/(nβh+γ) of the flattest directions).
     assert BIAS_TOLERANCE / 8 < bias <= BIAS_TOLERANCE, bias
-    assert result.passed[result.recommended] and not result.diverged[result.recommended].any()
+    assert result.passed[result.recommended_index] and not result.diverged[result.recommended_index].any()
     assert "Recommended step_size" in result.reason and "bias" in result.reason
-    assert result.recommended_settings["num_burnin"] >= 0
     table = result.table().splitlines()
-    assert len(table) == 13 and table[1 + result.recommended].startswith("*")
+    assert len(table) == 13 and table[1 + result.recommended_index].startswith("*")
+    assert "recommended step_size" in repr(result) and result.reason in result.summary()
+
+
+def test_recommended_config_runs_estimate_llc(exact_calibration):
+    result, _ = exact_calibration
+    params, data, _, _ = regression()
+    llc = sj.estimate_llc(exact_quadratic_loss, params, data, result.recommended.replace(num_draws=50), key=5, progress=False)
+    assert llc.config.step_size == result.recommended.step_size and llc.llc_per_chain.shape == (4,)
 
 
 def test_divergent_settings_flagged_never_recommended(exact_calibration):
@@ -54,7 +69,7 @@ def test_divergent_settings_flagged_never_recommended(exact_calibration):
     np.testing.assert_array_equal(divergent, [False] * 10 + [True, True])
     for i in np.flatnonzero(divergent):
         assert "divergence" in result.problems[i] and not result.passed[i]
-    assert not divergent[result.recommended]
+    assert not divergent[result.recommended_index]
 
 
 def test_all_divergent_grid_recommends_nothing(exact_calibration):
@@ -62,12 +77,12 @@ def test_all_divergent_grid_recommends_nothing(exact_calibration):
     a_max = NBETA * h.max() + LOCALIZATION
     with pytest.warns(RuntimeWarning, match="Every setting diverged"):
         result = sj.calibrate(
-            exact_quadratic_loss, params, data, key=0, batch_size=8, step_sizes=np.geomspace(6, 60, 12) / a_max,
-            nbetas=[NBETA], localizations=[LOCALIZATION], num_draws=1000, progress=False,
+            exact_quadratic_loss, params, data, CONFIG, key=0, step_sizes=np.geomspace(6, 60, 12) / a_max, progress=False,
         )
-    assert result.recommended == -1 and result.diverged.all()
-    with pytest.raises(KeyError, match="diverged"):
-        result.recommended_settings
+    assert result.recommended_index == -1 and result.diverged.all()
+    with pytest.raises(ValueError, match="diverged"):
+        result.recommended
+    assert "none recommended" in repr(result)
 
 
 def test_mala_acceptance_decreases_with_step_size(exact_calibration):
@@ -92,16 +107,16 @@ def test_mala_acceptance_matches_direct_computation():
     params, data, h, hessian = regression()
     a_max = NBETA * h.max() + LOCALIZATION
     step = 1.0 / a_max
-    chains = sj.sample(
-        exact_quadratic_loss, params, data, key=4, step_size=step, nbeta=NBETA, localization=LOCALIZATION, num_chains=2,
-        num_draws=200, batch_size=8, mala_every=1, observe=lambda position, info: position, keep_traces=True, progress=False,
-    )
-    positions = np.asarray(chains.observed, np.float64) - np.asarray(params, np.float64)  # δ at each draw
+    config = sj.SamplerConfig(step_size=step, nbeta=NBETA, localization=LOCALIZATION, num_chains=2, num_draws=200,
+                              batch_size=8, mala_every=1)
+    chains = sj.run_chains(exact_quadratic_loss, [params], data, config, key=4, observe=lambda position, info, context: position,
+                           keep_traces=True, progress=False)
+    positions = np.asarray(chains.observed[0], np.float64) - np.asarray(params, np.float64)  # δ at each draw
     direct = np.array([
         [np.exp(_direct_log_acceptance(positions[c, d], positions[c, d + 1], step, hessian)) for d in range(199)]
         for c in range(2)
     ])
-    chex.assert_trees_all_close(chains.mala_acceptance[:, :199], direct, atol=2e-3)
+    chex.assert_trees_all_close(chains.mala_acceptance[0, :, :199], direct, atol=2e-3)
     assert direct.min() < 0.95  # the comparison covers rejections, not only acceptance ≈ 1
 
 
@@ -115,7 +130,7 @@ def test_kernel_mala_log_acceptance_direct_formula():
         value = kernels.mala_log_acceptance(
             {"w": jnp.asarray(x)}, jnp.asarray(0.5 * x @ precision @ x), {"w": jnp.asarray(precision @ x)},
             {"w": jnp.asarray(proposal)}, jnp.asarray(0.5 * proposal @ precision @ proposal),
-            {"w": jnp.asarray(precision @ proposal)}, {"w": jnp.asarray(step)}, None,
+            {"w": jnp.asarray(precision @ proposal)}, {"w": jnp.asarray(step)},
         )
         chex.assert_trees_all_close(float(value), _direct_log_acceptance(x, proposal, step, hessian), rtol=1e-4, atol=1e-5)
 
@@ -124,18 +139,15 @@ def test_calibrate_minibatch_regression_default_grid():
     """With minibatches the gradient noise dominates the bias: the chosen ε is smaller than the
     full-batch one, its predicted bias is within tolerance, and its discretization bias is too."""
     params, data, h, _ = regression()
-    result = sj.calibrate(
-        regression_loss, params, data, key=1, batch_size=20, nbetas=[NBETA], localizations=[LOCALIZATION],
-        num_draws=1000, num_step_sizes=12, progress=False,
-    )
+    result = sj.calibrate(regression_loss, params, data, CONFIG.replace(batch_size=20), key=1, num_step_sizes=12, progress=False)
     chex.assert_shape(result.step_size, (12,))
     assert np.all(np.diff(result.step_size) > 0)
-    chosen = result.recommended_settings["step_size"]
-    assert result.metrics["relative_bias"][result.recommended] <= BIAS_TOLERANCE
+    chosen = result.recommended.step_size
+    assert result.metrics["relative_bias"][result.recommended_index] <= BIAS_TOLERANCE
     exact_zero = theory.quadratic_llc(h, NBETA, LOCALIZATION)
     assert theory.quadratic_llc(h, NBETA, LOCALIZATION, chosen) / exact_zero - 1 <= BIAS_TOLERANCE
     # The equilibrated settings agree with the closed form once their predicted bias is removed.
-    reference = result.metrics["reference_llc"][result.recommended]
+    reference = result.metrics["reference_llc"][result.recommended_index]
     assert abs(reference / exact_zero - 1) < 0.15, reference
 
 
@@ -149,12 +161,13 @@ def test_auto_step_size_on_deep_linear_network():
     widths, rank, n = (4, 3, 4), 1, 5000
     params, data, product_rank = dln(widths, rank, n)
     lam, _ = theory.dln_learning_coefficient(widths, product_rank)
-    result = sj.estimate_llc(
-        dln_loss, params, data, key=0, step_size="auto", localization=1.0, num_chains=8, num_burnin=1500,
-        num_draws=2500, batch_size=100, loss_estimator="paired", progress=False,
-    )
-    assert "calibration" in result.settings and "Recommended" in result.settings["calibration"]["reason"]
-    assert result.settings["step_size"] in result.settings["calibration"]["step_sizes"]
+    config = sj.SamplerConfig(step_size="auto", localization=1.0, num_chains=8, num_burnin=1500, num_draws=2500,
+                              batch_size=100)
+    result = sj.estimate_llc(dln_loss, params, data, config, key=0, loss_estimator="paired", progress=False)
+    calibration = result.chains.settings["calibration"]
+    assert "Recommended" in calibration["reason"]
+    assert result.config.step_size in calibration["step_sizes"]
+    assert result.config.replace(step_size="auto") == config  # only the step size was chosen
     stderr = result.llc_std / np.sqrt(8)
     assert abs(result.llc_mean - lam) <= 0.1 * lam + 3 * stderr, (result.llc_mean, stderr, lam)
     assert result.summary().metrics["relative_bias"] < 2 * BIAS_TOLERANCE
@@ -162,16 +175,44 @@ def test_auto_step_size_on_deep_linear_network():
 
 def test_calibrate_validates_arguments_before_compiling():
     params, data, _, _ = regression()
-    common = dict(key=0, batch_size=8, progress=False)
+    common = dict(key=0, progress=False)
     with pytest.raises(ValueError, match="num_chains"):
-        sj.calibrate(regression_loss, params, data, num_chains=1, **common)
+        sj.calibrate(regression_loss, params, data, CONFIG.replace(num_chains=1), **common)
+    with pytest.raises(ValueError, match="at least 8 steps"):
+        sj.calibrate(regression_loss, params, data, CONFIG.replace(num_draws=4), **common)
+    with pytest.raises(TypeError, match="SamplerConfig"):
+        sj.calibrate(regression_loss, params, data, dict(batch_size=8), **common)
     with pytest.raises(ValueError, match="burnin_fraction"):
-        sj.calibrate(regression_loss, params, data, burnin_fraction=1.5, **common)
+        sj.calibrate(regression_loss, params, data, CONFIG, burnin_fraction=1.5, **common)
     with pytest.raises(ValueError, match="step_sizes"):
-        sj.calibrate(regression_loss, params, data, step_sizes=[1e-3, -1.0], **common)
+        sj.calibrate(regression_loss, params, data, CONFIG, step_sizes=[1e-3, -1.0], **common)
     with pytest.raises(ValueError, match="nbetas"):
-        sj.calibrate(regression_loss, params, data, nbetas=[0.0], **common)
+        sj.calibrate(regression_loss, params, data, CONFIG, nbetas=[0.0], **common)
     with pytest.raises(ValueError, match="loss_estimator"):
-        sj.calibrate(regression_loss, params, data, loss_estimator="full", **common)
+        sj.calibrate(regression_loss, params, data, CONFIG, loss_estimator="full", **common)
     with pytest.raises(ValueError, match="'auto'"):
-        sj.estimate_llc(regression_loss, params, data, key=0, step_size="fast", localization=1.0, num_draws=10, batch_size=8)
+        sj.SamplerConfig(step_size="fast", localization=1.0, num_draws=10, batch_size=8)
+
+
+def test_calibration_schedule_of_a_long_run():
+    """A main run's long schedule gives short calibration chains with its burn-in fraction."""
+    long = CONFIG.replace(num_draws=5000, num_burnin=3000, num_steps_between_draws=4, mala_every=0, num_chains=8)
+    schedule, burnin_fraction = sj.calibration.calibration_schedule(long)
+    assert (schedule.num_draws, schedule.num_burnin, schedule.num_steps_between_draws) == (2000, 0, 1)
+    assert schedule.mala_every == 10 and schedule.num_chains == 8 and schedule.batch_size == 8
+    assert burnin_fraction == 0.2  # 3000 / 23000, clipped to [0.2, 0.5]
+    assert sj.calibration.calibration_schedule(CONFIG) == (CONFIG.replace(mala_every=10), 0.5)
+
+
+def test_calibrate_a_component():
+    """A restricted calibration: the default grid is anchored on the component's own curvature (the
+    top eigenvalue of H's block), and the chains carry only its two coordinates."""
+    params, data, _, hessian = regression()
+    component = jnp.array([True, True, False, False])
+    result = sj.calibrate(exact_quadratic_loss, params, data, CONFIG, key=0, component=component, num_step_sizes=6,
+                          progress=False)
+    np.testing.assert_array_equal(result.chains.num_sampled, np.full(6, 2))
+    # exact_quadratic_loss has no gradient at w*, so the curvature bound 1/(nβ h_max + γ) sets the top.
+    top = 1.0 / (NBETA * np.linalg.eigvalsh(hessian[:2, :2]).max() + LOCALIZATION)
+    chex.assert_trees_all_close(result.step_size[-1], top, rtol=1e-3)
+    assert result.recommended.step_size in result.step_size

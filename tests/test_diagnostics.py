@@ -7,20 +7,21 @@ import numpy as np
 import pytest
 
 import slt_jax as sj
-from slt_jax import diagnostics, theory
+from slt_jax import diagnostics, theory, traces
 
 from issue5_problems import LOCALIZATION, NBETA, exact_quadratic_loss, regression
 
-INIT = 1.0
+SYNTHETIC_NBETA = 100.0
 
 
 def _traces(seed=0, num_chains=4, num_draws=2000, level=0.05, noise=0.01):
+    """Synthetic per-draw nβ(L - L*) with nβ = 100 and L - L* = level + noise."""
     rng = np.random.default_rng(seed)
-    return INIT + level + noise * rng.normal(size=(num_chains, num_draws))
+    return SYNTHETIC_NBETA * (level + noise * rng.normal(size=(num_chains, num_draws)))
 
 
-def _checks(trace, **kwargs):
-    metrics = diagnostics.trace_metrics(trace, INIT, 100.0, **kwargs)
+def _checks(draws, **kwargs):
+    metrics = diagnostics.trace_metrics(draws, nbeta=SYNTHETIC_NBETA, **kwargs)
     return {finding.check for finding in diagnostics.problems(metrics)}, metrics
 
 
@@ -30,18 +31,25 @@ def test_trace_metrics_shapes_and_healthy_trace():
     # λ̂ = nβ · (mean L - L*) = 100 · 0.05
     chex.assert_trees_all_close(metrics["llc_mean"], 5.0, atol=4 * metrics["llc_stderr"] + 1e-3)
     assert metrics["fraction_below"] < 1e-3 and metrics["spike_fraction"] == 0.0
-    assert np.isnan(metrics["mala_acceptance"]) and np.isnan(metrics["predicted_bias"])
+    assert np.isnan(metrics["mala_acceptance"]) and np.isnan(metrics["predicted_bias"]) and metrics["note"] == ""
+
+
+def test_constant_trace_has_undefined_ess_without_numpy_warnings():
+    # filterwarnings=error: a numpy division warning would fail this test.
+    metrics = diagnostics.trace_metrics(np.zeros((4, 100)), nbeta=0.0)
+    assert np.isnan(metrics["ess"]) and np.isnan(metrics["rhat"]) and "constant" in metrics["note"]
+    assert "rise" in {f.check for f in diagnostics.problems(metrics)}
 
 
 def test_trace_metrics_flag_each_failure():
-    climb = _traces() + np.linspace(0.0, 0.05, 2000)  # the loss doubles over the run
+    climb = _traces() + SYNTHETIC_NBETA * np.linspace(0.0, 0.05, 2000)  # the loss doubles over the run
     assert "plateau" in _checks(climb)[0]
     spiky = _traces()
-    spiky[:, ::100] += 1.0
+    spiky[:, ::100] += SYNTHETIC_NBETA * 1.0
     assert "spikes" in _checks(spiky)[0]
     below = _traces(level=-0.02)
     assert {"below_init", "rise"} <= _checks(below)[0]
-    disagree = _traces() + np.array([[0.0], [0.0], [0.03], [0.03]])
+    disagree = _traces() + SYNTHETIC_NBETA * np.array([[0.0], [0.0], [0.03], [0.03]])
     assert "rhat" in _checks(disagree)[0]
     assert "mala" in _checks(_traces(), mala_acceptance=np.full((4, 2000), 0.5))[0]
     # predicted bias (ε/8)·nβ²·E||g||² = 1e-4/8 · 1e4 · 4 = 0.5 = 10% of λ̂ = 5
@@ -56,9 +64,9 @@ def test_trace_metrics_flag_each_failure():
 
 def test_trace_metrics_rejects_bad_shapes():
     with pytest.raises(ValueError, match="num_chains, num_draws"):
-        diagnostics.trace_metrics(np.zeros(10), 0.0, 1.0)
+        diagnostics.trace_metrics(np.zeros(10), nbeta=1.0)
     with pytest.raises(ValueError, match="burnin_draws"):
-        diagnostics.trace_metrics(np.zeros((2, 10)), 0.0, 1.0, burnin_draws=10)
+        diagnostics.trace_metrics(np.zeros((2, 10)), nbeta=1.0, burnin_draws=10)
 
 
 @pytest.fixture(scope="module")
@@ -67,21 +75,22 @@ def exact_grid():
     params, data, h, _ = regression()
     a_max = NBETA * h.max() + LOCALIZATION
     steps = np.array([0.05, 0.1, 0.2]) / a_max
-    chains = sj.run_chains(
-        exact_quadratic_loss, params, data, key=1, step_size=steps, nbeta=NBETA, localization=LOCALIZATION,
-        num_chains=4, num_draws=4000, num_burnin=2000, batch_size=8, progress=False, mala_every=0,
-    )
+    config = sj.SamplerConfig(step_size=steps[0], nbeta=NBETA, localization=LOCALIZATION, num_chains=4, num_draws=4000,
+                              num_burnin=2000, batch_size=8, mala_every=0)
+    chains = sj.run_chains(exact_quadratic_loss, [params], data, config, key=1, grid={"step_size": steps}, progress=False)
     return steps, chains, h
 
 
 def test_llc_and_predicted_bias_match_closed_form(exact_grid):
     steps, chains, h = exact_grid
     chex.assert_shape(chains.loss, (3, 4, 4000))
+    np.testing.assert_array_equal(chains.hyperparameters.step_size, steps)
     exact_zero = theory.quadratic_llc(h, NBETA, LOCALIZATION)
+    draws = traces.llc_draws(chains)
     for i, step in enumerate(steps):
-        metrics = diagnostics.trace_metrics(chains.loss[i], chains.init_loss, NBETA, grad_norm=chains.grad_norm[i], step_size=step)
+        metrics = diagnostics.trace_metrics(draws[i], nbeta=NBETA, grad_norm=chains.grad_norm[i], step_size=step)
         exact = theory.quadratic_llc(h, NBETA, LOCALIZATION, step)
-        # the sampler reproduces SCIENCE.md §2's λ̂_ε (tolerance from the chains' standard error)
+        # the sampler reproduces docs/conventions.md §2's λ̂_ε (tolerance from the chains' standard error)
         assert abs(metrics["llc_mean"] - exact) < 4 * metrics["llc_stderr"], (step, metrics["llc_mean"], exact)
         # (ε/8)·nβ²·E||g||² is the first-order bias: between nβh/a (≈ 0.5 for the flattest direction
         # here) and 1 times the exact bias λ̂_ε - λ̂_0.
@@ -97,18 +106,16 @@ def test_summary_names_problems_and_fixes():
     params, data, h, _ = regression()
     a_max = NBETA * h.max() + LOCALIZATION
     # γ = 10 lifts the flattest direction (nβh ≈ 1) so that every direction mixes within ~50 steps.
-    healthy = sj.estimate_llc(
-        exact_quadratic_loss, params, data, key=2, step_size=0.2 / a_max, nbeta=NBETA, localization=10.0,
-        num_draws=4000, num_burnin=2000, batch_size=8, progress=False,
-    )
+    config = sj.SamplerConfig(step_size=0.2 / a_max, nbeta=NBETA, localization=10.0, num_draws=4000, num_burnin=2000,
+                              batch_size=8)
+    healthy = sj.estimate_llc(exact_quadratic_loss, params, data, config, key=2, progress=False)
     report = healthy.summary()
     assert isinstance(report, sj.diagnostics.HealthReport)
     assert report.ok, str(report)
+    # The summary's LLC is the estimator's: both come from traces.llc_draws.
+    chex.assert_trees_all_close(report.metrics["llc_mean"], healthy.llc_mean, rtol=1e-12)
     assert "No problems found" in str(report) and "LLC" in report.headline
-    biased = sj.estimate_llc(
-        exact_quadratic_loss, params, data, key=2, step_size=1.5 / a_max, nbeta=NBETA, localization=10.0,
-        num_draws=4000, num_burnin=2000, batch_size=8, progress=False,
-    )
+    biased = sj.estimate_llc(exact_quadratic_loss, params, data, config.replace(step_size=1.5 / a_max), key=2, progress=False)
     report = biased.summary()
     checks = {f.check: f for f in report.findings}
     assert "bias" in checks and "Reduce step_size" in checks["bias"].fix
@@ -116,29 +123,41 @@ def test_summary_names_problems_and_fixes():
     # No burn-in and a relaxation time (2/(εA) = 12,000 steps) three times the run: every chain is still
     # climbing. 200 equal directions average out the per-coordinate noise, so the climb is clear.
     isotropic = lambda w, batch: 0.5 * jnp.sum(w**2) * jnp.ones(batch["y"].shape[0])
-    short = sj.estimate_llc(
-        isotropic, jnp.zeros(200), data, key=2, step_size=2.0 / ((NBETA + LOCALIZATION) * 12_000), nbeta=NBETA,
-        localization=LOCALIZATION, num_draws=4000, batch_size=8, progress=False,
-    )
+    short_config = sj.SamplerConfig(step_size=2.0 / ((NBETA + LOCALIZATION) * 12_000), nbeta=NBETA, localization=LOCALIZATION,
+                                    num_draws=4000, batch_size=8)
+    short = sj.estimate_llc(isotropic, jnp.zeros(200), data, short_config, key=2, progress=False)
     assert "plateau" in {f.check for f in short.summary().findings}
 
 
 def test_negative_control_matches_ou_variance():
     params, data, _, _ = regression()
-    control = sj.negative_control(
-        exact_quadratic_loss, params, data, key=3, step_size=0.05, localization=4.0, batch_size=8, num_draws=400,
-        progress=False,
-    )
+    config = sj.SamplerConfig(step_size=0.05, localization=4.0, batch_size=8, num_draws=400)
+    control = sj.negative_control(exact_quadratic_loss, params, data, config, key=3, progress=False)
     assert control.passed, repr(control)
     chex.assert_trees_all_close(control.expected_variance, 1.0 / (4.0 * (1.0 - 0.05 * 4.0 / 4.0)), rtol=1e-12)
     assert abs(control.relative_error) < 0.05
     chex.assert_shape(control.variance_trace, (4, 400))
     assert "PASS" in repr(control)
+    # nβ = 0, with the OU burn-in 5/(εγ) = 25 and thinning 1/(2εγ) = 3 the config's 0 and 1 were raised to.
+    ran = control.chains.config
+    assert (ran.nbeta, ran.num_burnin, ran.num_steps_between_draws) == (0.0, 25, 3)
+    assert control.chains.hyperparameters.nbeta[0] == 0.0
+
+
+def test_negative_control_of_a_component():
+    params, data, _, _ = regression()
+    config = sj.SamplerConfig(step_size=0.05, localization=4.0, batch_size=8, num_draws=400)
+    mask = jnp.array([True, False, True, False])
+    control = sj.negative_control(exact_quadratic_loss, params, data, config, key=4, component=mask, progress=False)
+    assert control.num_coordinates == 2 and control.passed, repr(control)
 
 
 def test_negative_control_validates_before_compiling():
     params, data, _, _ = regression()
+    config = sj.SamplerConfig(step_size=0.1, localization=0.0, batch_size=8, num_draws=100)
     with pytest.raises(ValueError, match="localization"):
-        sj.negative_control(exact_quadratic_loss, params, data, key=0, step_size=0.1, localization=0.0, batch_size=8)
+        sj.negative_control(exact_quadratic_loss, params, data, config, key=0)
     with pytest.raises(ValueError, match="unstable"):
-        sj.negative_control(exact_quadratic_loss, params, data, key=0, step_size=1.0, localization=5.0, batch_size=8)
+        sj.negative_control(exact_quadratic_loss, params, data, config.replace(step_size=1.0, localization=5.0), key=0)
+    with pytest.raises(ValueError, match="numeric step_size"):
+        sj.negative_control(exact_quadratic_loss, params, data, config.replace(step_size="auto", localization=1.0), key=0)

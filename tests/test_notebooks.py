@@ -1,4 +1,7 @@
-"""Every notebook's code cells run top to bottom (headless), so the notebooks cannot rot."""
+"""Every notebook's code cells run top to bottom (headless), so the notebooks cannot rot.
+
+They run in their fast mode (``SLT_JAX_FAST_NOTEBOOKS=1``: the same code with short chains).
+"""
 
 import json
 import pathlib
@@ -10,7 +13,8 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parents[1] / "notebooks").glob("*.ipy
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path):
+def test_notebook_runs(path, monkeypatch):
+    monkeypatch.setenv("SLT_JAX_FAST_NOTEBOOKS", "1")
     cells = json.loads(path.read_text())["cells"]
     namespace = {}
     last = None

@@ -37,6 +37,25 @@ def test_checkpoints_and_losses():
     np.testing.assert_array_equal(explicit.checkpoints[-1], result.checkpoints[-1])
 
 
+def _counted_loss(w, batch):
+    return 0.5 * (batch["y"] - batch["x"] @ w) ** 2
+
+
+def test_one_compilation_across_calls_and_uneven_checkpoint_gaps():
+    """Issue 12 item 10: the training loop compiles once per (loss_fn, optimizer, shapes)."""
+    _, data = _linear_problem()
+    loss_fn = chex.assert_max_traces(_counted_loss, n=1)  # traced once per compilation
+    optimizer = optax.adam(1e-2)
+    first = sj.train(loss_fn, jnp.zeros(3), data, optimizer=optimizer, num_steps=40, batch_size=8, checkpoint_steps=[3, 17, 18])
+    second = sj.train(loss_fn, jnp.ones(3), data, optimizer=optimizer, num_steps=23, batch_size=8, seed=1, checkpoint_every=7)
+    assert first.checkpoint_steps == [3, 17, 18, 40] and second.checkpoint_steps == [0, 7, 14, 21, 23]
+    chex.assert_shape(first.losses, (40,))
+    # longer than one compiled segment: still the same program, and the same numbers as one gap
+    long = sj.train(loss_fn, jnp.zeros(3), data, optimizer=optimizer, num_steps=sj.training.SEGMENT_STEPS + 5, batch_size=8)
+    np.testing.assert_array_equal(long.losses[:40], first.losses)
+    assert np.all(np.isfinite(long.losses))
+
+
 def test_full_batch_is_deterministic_gradient_descent():
     loss_fn, data = _linear_problem()
     result = sj.train(loss_fn, jnp.zeros(3), data, optimizer=optax.sgd(0.1), num_steps=2)
