@@ -2,7 +2,7 @@
 
 For observables μ = (⟨φ_1⟩, ..., ⟨φ_k⟩) and per-example weights ρ_j = 1 + α s_j over the n training
 examples, linear response gives dμ ≈ α β χ s (β = nβ / n, χ the (k, n) susceptibilities of the
-training examples, SCIENCE.md §3). The minimum-norm reweighting toward a target shift dμ is
+training examples, docs/conventions.md §3). The minimum-norm reweighting toward a target shift dμ is
 
     ρ = 1 + α χᵀ (χ χᵀ)^{-1} dμ          (χ⁺ dμ, least squares when χ lacks full row rank)
 

@@ -7,21 +7,32 @@ Two pieces, both pure:
   y (q,) and their co-moment Σ_d (x_d - x̄)(y_d - ȳ)ᵀ (p, q). Memory is O(p·q), independent of
   the number of draws; ``covariance_accumulator`` wraps it as a ``slt_jax.Accumulator`` for
   ``run_chains``.
-* ``observables``: an ``observe(position, info, observe_data, batch)`` function for ``run_chains`` that
+* ``observables``: an ``observe(params, info, context)`` function for ``run_chains`` that
   evaluates, at every draw, the per-example (per-token) losses of named probe datasets and
   arbitrary functions ``phi(params) -> array``. The probe data travel as ``observe_data`` (a traced
-  input), so new probe values of the same shapes never recompile.
+  input), so new probe values of the same shapes never recompile; w* and L_n(w*) come from the
+  draw's ``DrawContext`` (each configuration's own centre), so one program serves every checkpoint.
 
 The observable vector x of a run is ``[loss observable, functions...]`` where the loss observable is
-φ = L_n(w) - L_n(w*) on the full data (``centering="full"``) or its paired minibatch estimate
-L_B(w) - L_B(w*) on the draw's own SGLD batch (``centering="probe"``); the vector y is
+φ = L(w) - L_n(w*): its paired minibatch estimate L_B(w) - L_B(w*) on the draw's own SGLD batch
+(``centering="probe"``) or the full-data loss (``centering="full"``); the vector y is
 ``[probe losses..., centering loss]``. Their streamed cross-covariance is everything a
-susceptibility needs (``slt_jax.susceptibility``).
+susceptibility needs (``slt_jax.susceptibility``, docs/conventions.md §3).
+
+>>> import jax.numpy as jnp, numpy as np
+>>> from slt_jax import stats
+>>> x, y = jnp.arange(6.0).reshape(3, 2), jnp.array([[1.0], [0.0], [2.0]])
+>>> state = stats.covariance_init(x[0], y[0])
+>>> for d in range(3):
+...     state = stats.covariance_update(state, x[d], y[d])
+>>> np.round(stats.covariance(state), 6).tolist()
+[[1.0], [1.0]]
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -29,10 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import program, validation
-from slt_jax import kernels
-from slt_jax import sampler as sampler_lib
-from slt_jax.program import Accumulator
+from slt_jax import kernels, program, validation
+from slt_jax.config import SamplerConfig
+from slt_jax.program import Accumulator, DrawContext
 from slt_jax.types import Array, Batch, LossFn, Params, PyTree
 
 __all__ = [
@@ -49,7 +59,7 @@ __all__ = [
     "CENTERINGS",
 ]
 
-CENTERINGS = ("full", "probe")
+CENTERINGS = ("probe", "full")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +154,7 @@ class ProbeLabels(NamedTuple):
     """What each row of a response matrix is (numpy arrays of length N).
 
     Attributes:
-        probe: the probe dataset's name.
+        probe: the probe dataset's name (a fixed-width unicode array, dtype ``str``).
         example: the example's index in its probe dataset.
         token: the token position, or -1 for per-example losses.
     """
@@ -222,7 +232,8 @@ def _check_probes(loss_fn: LossFn, params: Params, probes, per_token: bool, name
             example, token = np.divmod(np.arange(num_examples * tokens), tokens)
         else:
             example, token = np.arange(num_examples), np.full(num_examples, -1)
-        labels.append(ProbeLabels(np.full(example.shape, probe_name, dtype=object), example, token))
+        # A fixed-width unicode array (not dtype=object), so results save without pickle.
+        labels.append(ProbeLabels(np.asarray([probe_name] * example.size, dtype=str), example, token))
     return ProbeLabels(*(np.concatenate(parts) for parts in zip(*labels)))
 
 
@@ -257,22 +268,23 @@ def _function_names(functions: tuple, params: Params) -> list[str]:
 def _build(loss_fn, functions, centering, per_token, probe_batch_size, full_batch_size):
     """The observe function and accumulator, cached so repeated runs reuse one compiled program."""
 
-    def observe(position: Params, info, observe_data: PyTree, batch: Batch) -> dict:
-        losses = probe_losses(loss_fn, position, observe_data["probes"], per_token=per_token, probe_batch_size=probe_batch_size)
+    def observe(params: Params, info, context: DrawContext) -> dict:
+        losses = probe_losses(loss_fn, params, context.data["probes"], per_token=per_token, probe_batch_size=probe_batch_size)
         if centering == "full":
             # L_n(w) at the draw: exact, no minibatch noise in either factor of the covariance.
-            loss = program.batched_mean(loss_fn, position, observe_data["data"], full_batch_size)
-            phi = loss - observe_data["init_loss"]
+            loss = program.batched_mean(loss_fn, params, context.data["data"], full_batch_size)
+            phi = loss - context.init_loss
             center = loss
         else:
             # Paired difference on the draw's own SGLD minibatch: B_t is drawn independently of w_t,
             # so E[L_B(w) - L_B(w*) | w] = L_n(w) - L_n(w*) (unbiased, and a control variate whose
             # noise vanishes as w -> w*), and its noise is uncorrelated with every probe loss. The
             # centering term is the probe mean, never that same minibatch (which would add the
-            # conditional covariance of the two minibatch terms to every χ).
-            phi = info.loss - kernels.mean_loss(loss_fn, observe_data["center"], batch)
+            # conditional covariance of the two minibatch terms to every χ). w* is the draw's own
+            # configuration's centre (a checkpoint), from the context.
+            phi = info.loss - kernels.mean_loss(loss_fn, context.center, context.batch)
             center = jnp.mean(losses)
-        values = {name: jnp.asarray(function(position)) for name, function in functions}
+        values = {name: jnp.asarray(function(params)) for name, function in functions}
         return {"loss": phi, "functions": values, "probes": losses, "center": center}
 
     def x_of(values):
@@ -294,10 +306,11 @@ class Observables(NamedTuple):
     ``labels`` followed by the centering loss (the last entry).
 
     Attributes:
-        observe: ``observe(position, info, observe_data, batch) -> {"loss", "functions", "probes",
-            "center"}``.
-        observe_data: ``{"probes": ...}`` plus ``data`` and ``init_loss`` (``"full"``) or the
-            centre w* (``"probe"``).
+        observe: ``observe(params, info, context) -> {"loss", "functions", "probes", "center"}``
+            (``context`` a ``slt_jax.DrawContext``: its ``center``, ``init_loss`` and ``batch`` are
+            the configuration's w*, L_n(w*) and the draw's SGLD minibatch).
+        observe_data: ``{"probes": (probe datasets...)}``, plus the training ``data`` for
+            ``centering="full"``.
         accumulator: the streamed cross-covariance of x and y.
         labels: ``ProbeLabels`` of the N probe rows.
         x_names: names of the entries of x.
@@ -317,34 +330,35 @@ def observables(
     *,
     probes: Mapping[str, Batch],
     functions: Mapping[str, Callable[[Params], Array]] | None = None,
-    centering: str = "full",
+    centering: str = "probe",
     per_token: bool = True,
     probe_batch_size: int | None = None,
     full_batch_size: int | None = None,
-    init_loss: float | None = None,
 ) -> Observables:
     """Builds the per-draw observables of a run: probe losses, functions and the loss observable.
 
     Args:
         loss_fn: ``loss_fn(params, batch)`` -> per-example or per-token losses.
-        params: w* (shapes, and L_n(w*) when ``init_loss`` is None).
+        params: w* (or any params of the model: only shapes are read).
         data: the training data (the full-data loss for ``centering="full"``).
         probes: ``{name: probe_data}``; every example (token) becomes a row.
         functions: ``{name: phi(params) -> array}`` evaluated at every draw.
-        centering: ``"full"``: φ and the centering term use L_n(w) (one pass over ``data`` per
-            draw; exact). ``"probe"``: φ is the paired difference L_B(w) - L_B(w*) on the draw's
-            SGLD minibatch (one extra forward pass; unbiased) and the centering term is the mean
-            probe loss.
+        centering: ``"probe"`` (default): φ is the paired difference L_B(w) - L_B(w*) on the draw's
+            SGLD minibatch (one extra forward pass of the batch; unbiased) and the centering term is
+            the mean probe loss. ``"full"``: φ and the centering term use L_n(w), one pass over all
+            of ``data`` per draw (exact, but n / batch_size forward passes per draw).
         per_token: one row per token for sequence losses (False: per sequence).
         probe_batch_size: evaluate probes in chunks of this many examples.
         full_batch_size: chunk size of the full-data pass (default: all of ``data`` at once).
-        init_loss: L_n(w*) if known (``"full"`` only).
 
     Returns:
         An ``Observables``.
     """
     if centering not in CENTERINGS:
-        raise ValueError(f"centering={centering!r}; use 'full' (exact L_n(w), one data pass per draw) or 'probe'.")
+        raise ValueError(
+            f"centering={centering!r}; use 'probe' (paired minibatch φ, one extra forward per draw) or 'full' "
+            "(exact L_n(w), one pass over the training data per draw)."
+        )
     if probe_batch_size is not None:
         probe_batch_size = validation.check_positive_int(probe_batch_size, "probe_batch_size")
     n = validation.check_data(data)
@@ -354,9 +368,37 @@ def observables(
     observe, accumulator = _build(loss_fn, items, centering, bool(per_token), probe_batch_size, full_batch_size)
     observe_data = {"probes": tuple(probes.values())}
     if centering == "full":
-        if init_loss is None:
-            init_loss = float(sampler_lib.full_data_loss(loss_fn, params, data, full_batch_size))
-        observe_data.update(data=data, init_loss=jnp.asarray(init_loss, jnp.float32))
-    else:
-        observe_data["center"] = params
+        observe_data["data"] = data
     return Observables(observe, observe_data, accumulator, labels, ["loss"] + _function_names(items, params))
+
+
+
+# ---------------------------------------------------------------------------------------------
+# shared checks of the covariance estimators (susceptibilities, BIF)
+
+
+def _check_config(config: SamplerConfig, what: str) -> None:
+    """A covariance estimator's ``SamplerConfig``: numeric ε, at least 2 draws (warns for 1 chain)."""
+    if not isinstance(config, SamplerConfig):
+        raise TypeError(
+            f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}; e.g. "
+            "sj.SamplerConfig(step_size=1e-4, localization=1.0, num_draws=1000, batch_size=100)."
+        )
+    if config.step_size == "auto":
+        raise ValueError(
+            f"{what} needs a numeric step_size: calibrate once (sj.calibrate(...).recommended) and pass that config."
+        )
+    if config.num_draws < 2:
+        raise ValueError(f"num_draws={config.num_draws}: a covariance needs at least 2 draws per chain (use hundreds).")
+    if config.num_chains < 2:
+        warnings.warn("num_chains=1: stderr needs at least 2 chains and will be NaN.", stacklevel=4)
+
+
+def _check_checkpoints(checkpoints, steps) -> tuple[list, list[int]]:
+    """A non-empty list of params pytrees and one distinct int step per checkpoint (default 0..K-1)."""
+    if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)) or not checkpoints:
+        raise TypeError("checkpoints must be a non-empty list of params pytrees; for one model pass [params].")
+    steps = list(range(len(checkpoints))) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
+    if len(steps) != len(checkpoints) or len(set(steps)) != len(steps):
+        raise ValueError(f"steps={steps}: pass one distinct training step per checkpoint ({len(checkpoints)}).")
+    return list(checkpoints), steps

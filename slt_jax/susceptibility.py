@@ -1,4 +1,4 @@
-"""Per-example and per-token susceptibilities of component-restricted posteriors (SCIENCE.md §3).
+"""Per-example and per-token susceptibilities of component-restricted posteriors (docs/conventions.md §3).
 
 For a component C (a bool mask) the chains sample only C's weights, the rest clamped at w*. With
 φ_C = L(w) - L_n(w*) at those draws, the response of probe example (or token) xy is
@@ -6,23 +6,29 @@ For a component C (a bool mask) the chains sample only C's weights, the rest cla
     χ^C_xy = -Cov_C[ φ_C, l_xy - L ]          (Baker et al. 2025; no nβ factor)
 
 estimated per chain from streamed Welford cross-moments (``slt_jax.stats``): memory O(N probe
-rows), independent of the number of draws. All components run as ONE compiled program, vmapped
-over the stack of masks.
+rows), independent of the number of draws. Every component is a restricted configuration of one
+``run_chains`` call (its chains carry only the component's coordinates; components sharing a
+layout, e.g. the heads of a layer, share one compiled program). Over the checkpoints of a training
+run (``estimate_susceptibilities_over_checkpoints``) the checkpoints are the centres of the same
+call: one stack of configurations checkpoint x component, each with its own w* and L_n(w*).
 
 Which L (the unbiased design). The posterior is defined by L_n, so the exact linear response of
 upweighting xy is -nβ Cov(φ, l_xy - L_n). Covariances are biased by any noise shared by both
 factors: evaluating φ AND the centering term on the same minibatch adds +E[Var(L_B | w)] to every
 χ (devinterp's estimator does this when its sampling-task batch changes per draw). Here:
 
-* ``centering="full"`` (default): φ and L are the full-data loss L_n(w) at each draw. Exact; one
-  pass over the training data per draw.
-* ``centering="probe"``: φ is the paired difference L_B(w) - L_B(w*) on the draw's own SGLD
-  minibatch. That batch is drawn independently of the draw's position, so the difference is an
+* ``centering="probe"`` (default): φ is the paired difference L_B(w) - L_B(w*) on the draw's own
+  SGLD minibatch. That batch is drawn independently of the draw's position, so the difference is an
   unbiased estimate of L_n(w) - L_n(w*) whose noise is uncorrelated with the probe losses, and
-  pairing with w* cancels most of the minibatch noise (a control variate). L is the mean loss of
-  the probe rows. Costs one forward pass of the batch per draw. The columns then sum to zero over
-  the probe rows; they equal the ``"full"`` values when the probes are the training set, and
-  otherwise differ from them by one constant per column (which z-scoring removes).
+  pairing with w* cancels most of the minibatch noise (a control variate); the tests check it
+  against ``"full"`` on real minibatches. L is the mean loss of the probe rows. Costs one forward
+  pass of the batch per draw. The columns then sum to zero over the probe rows; they equal the
+  ``"full"`` values when the probes are the training set, and otherwise differ from them by one
+  constant per column (which z-scoring removes).
+* ``centering="full"``: φ and L are the full-data loss L_n(w) at each draw. Exact, but it costs a
+  pass over ALL n training examples at every draw (n / batch_size forward passes: 256 per draw at
+  n = 4096, batch 16), which dominates the run for any realistic n. Use it for small datasets or
+  to check ``"probe"``.
 
 Step size. The identities hold for the sampled distribution; SGLD at step ε samples a slightly
 wider law than the posterior (for a quadratic loss the covariance is (A(I - εA/4))^{-1}, A = nβH + γI,
@@ -36,27 +42,38 @@ chain, the centering mean E[l_xy - L] from the full chain,
 
 which equals the covariance form only when restricting C does not move E[l_xy - L]; it is not
 invariant to the offset of φ. Per chain c it pairs restricted chain c with full chain c.
+
+Results. ``SusceptibilityResult.chi`` is the ``(N, K)`` response matrix. Raw columns are not
+comparable across components, so analyses start from the fluent ``ResponseMatrix``:
+``result.zscored().row_centered().pca()`` (z-score the columns, remove the uniform row mode, PCA).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-import jax
 import numpy as np
 
-from slt_jax import validation
-from slt_jax import llc as llc_lib
-from slt_jax import sampler as sampler_lib
-from slt_jax import stats
-from slt_jax.sampler import ChainsOutput
+from slt_jax import stats, traces, validation
+from slt_jax.config import SamplerConfig
+from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
 from slt_jax.stats import ProbeLabels
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params
 
-__all__ = ["SusceptibilityResult", "ResponsePCA", "estimate_susceptibilities", "METHODS", "stack_masks"]
+__all__ = [
+    "SusceptibilityResult",
+    "ResponseMatrix",
+    "ResponsePCA",
+    "estimate_susceptibilities",
+    "estimate_susceptibilities_over_checkpoints",
+    "METHODS",
+    "zscore_columns",
+    "center_rows",
+    "response_pca",
+]
 
 METHODS = ("covariance", "two_chain")
 
@@ -112,8 +129,72 @@ def response_pca(matrix: np.ndarray, num_components: int | None = None) -> Respo
 
 
 @dataclasses.dataclass(frozen=True)
+class ResponseMatrix:
+    """A response matrix with its row labels and column names; each transform returns a new one.
+
+    ``values`` is ``(N, K)``: one row per probe example (token), one column per component
+    (observable). Raw susceptibility columns are not comparable across components
+    (docs/conventions.md §3): z-score the columns, optionally centre the rows, then take the PCA.
+
+    Attributes:
+        values: ``(N, K)`` float64.
+        rows: ``ProbeLabels`` of the N rows (None when built from a bare array).
+        columns: the K column names.
+        transforms: the transforms applied so far, in order (``"zscored"``, ``"row_centered"``).
+
+    >>> import numpy as np
+    >>> from slt_jax.susceptibility import ResponseMatrix
+    >>> matrix = ResponseMatrix(np.array([[1.0, 2.0, 0.0], [3.0, 1.0, 1.0], [2.0, 5.0, 4.0], [0.0, 1.0, 2.0]]),
+    ...                         columns=["a", "b", "c"])
+    >>> pca = matrix.zscored().row_centered().pca()
+    >>> matrix.zscored().row_centered().transforms, pca.loadings.shape
+    (('zscored', 'row_centered'), (3, 3))
+    """
+
+    values: np.ndarray
+    rows: ProbeLabels | None = None
+    columns: list[str] | None = None
+    transforms: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        values = np.asarray(self.values, np.float64)
+        if values.ndim != 2:
+            raise ValueError(f"a response matrix is 2-D (rows, columns), got shape {values.shape}.")
+        object.__setattr__(self, "values", values)
+        columns = [str(c) for c in (range(values.shape[1]) if self.columns is None else self.columns)]
+        if len(columns) != values.shape[1]:
+            raise ValueError(f"{len(columns)} column names for {values.shape[1]} columns.")
+        object.__setattr__(self, "columns", columns)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.values.shape
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+    def _with(self, values: np.ndarray, transform: str) -> ResponseMatrix:
+        return dataclasses.replace(self, values=values, transforms=self.transforms + (transform,))
+
+    def zscored(self) -> ResponseMatrix:
+        """Every column minus its mean, divided by its std (ddof=0); a constant column becomes 0."""
+        return self._with(zscore_columns(self.values), "zscored")
+
+    def row_centered(self) -> ResponseMatrix:
+        """Every row minus its mean over columns (removes the mode shared uniformly by all columns)."""
+        return self._with(center_rows(self.values), "row_centered")
+
+    def pca(self, num_components: int | None = None) -> ResponsePCA:
+        """PCA (SVD after centering the columns) of ``values`` as transformed so far."""
+        return response_pca(self.values, num_components)
+
+
+@dataclasses.dataclass(frozen=True)
 class SusceptibilityResult:
     """A response matrix: one row per probe example (token), one column per component (observable).
+
+    Every field is a numpy array (numeric or fixed-width unicode), a float, a string, a list of
+    strings or the ``ChainsOutput``, so ``slt_jax.io.save`` stores it without pickle.
 
     Attributes:
         chi: ``(N, K)`` mean over non-diverged chains of the per-chain estimates.
@@ -121,15 +202,18 @@ class SusceptibilityResult:
         chi_per_chain: ``(num_chains, N, K)``; NaN for diverged chains.
         components: ``K`` column names: the component's name for its loss observable φ_C, and
             ``"component/function"`` for user functions.
-        column_component, column_observable: ``(K,)`` the two parts of each column name.
+        column_component, column_observable: ``(K,)`` str arrays, the two parts of each column name.
         labels: ``ProbeLabels`` (probe name, example, token) of the N rows.
         observable_mean: ``(K,)`` ⟨φ⟩ of each column in its restricted posterior.
         observable_mean_per_chain: ``(num_chains, K)``.
         nbeta: nβ of the run.
         method: ``"covariance"`` or ``"two_chain"``.
-        centering: ``"full"`` or ``"probe"``.
+        centering: ``"probe"`` or ``"full"``.
         diverged: ``(num_components, num_chains)`` bool.
-        chains: the raw ``ChainsOutput`` (accumulator states, traces if kept, settings, timings).
+        chains: this checkpoint's configurations of the ``ChainsOutput`` (one per component:
+            accumulator states, traces if kept, settings, timings).
+
+    Analyses go through the fluent ``ResponseMatrix``: ``result.zscored().row_centered().pca()``.
     """
 
     chi: np.ndarray
@@ -148,34 +232,40 @@ class SusceptibilityResult:
     chains: ChainsOutput
 
     @property
+    def config(self) -> SamplerConfig:
+        """The ``SamplerConfig`` the chains ran with."""
+        return self.chains.config
+
+    @property
     def llc(self) -> dict[str, float]:
         """The refined LLC nβ⟨φ_C⟩ of every component (its loss-observable column)."""
         loss = self.column_observable == "loss"
         return {str(c): float(self.nbeta * m) for c, m in zip(self.column_component[loss], self.observable_mean[loss])}
 
-    def zscored(self) -> np.ndarray:
-        """``chi`` with every column standardized (raw columns are not comparable across components)."""
-        return zscore_columns(self.chi)
+    @property
+    def matrix(self) -> ResponseMatrix:
+        """``chi`` as a ``ResponseMatrix`` (rows labelled, columns named), untransformed."""
+        return ResponseMatrix(self.chi, self.labels, list(self.components))
 
-    def row_centered(self, matrix: np.ndarray | None = None) -> np.ndarray:
-        """Rows of ``matrix`` (default: the z-scored chi) minus their mean over columns."""
-        return center_rows(self.zscored() if matrix is None else matrix)
+    def zscored(self) -> ResponseMatrix:
+        """``chi`` with every column standardized (raw columns are not comparable across components)."""
+        return self.matrix.zscored()
 
     def pca(self, num_components: int | None = None, *, standardize: bool = True, center: bool = False) -> ResponsePCA:
         """PCA of the response matrix: z-score columns (``standardize``), optionally center rows."""
-        matrix = self.zscored() if standardize else self.chi
-        return response_pca(center_rows(matrix) if center else matrix, num_components)
+        matrix = self.zscored() if standardize else self.matrix
+        return (matrix.row_centered() if center else matrix).pca(num_components)
 
     def to_numpy(self) -> dict[str, np.ndarray]:
-        """Plain numpy arrays (for ``np.savez`` / slt_jax's io)."""
+        """Plain numpy arrays (for ``np.savez``; ``slt_jax.io.save`` stores the whole result)."""
         return dict(
             chi=self.chi,
             stderr=self.stderr,
             chi_per_chain=self.chi_per_chain,
             components=np.asarray(self.components, dtype=str),
-            column_component=self.column_component.astype(str),
-            column_observable=self.column_observable.astype(str),
-            probe=self.labels.probe.astype(str),
+            column_component=self.column_component,
+            column_observable=self.column_observable,
+            probe=self.labels.probe,
             example=self.labels.example,
             token=self.labels.token,
             observable_mean=self.observable_mean,
@@ -192,9 +282,9 @@ class SusceptibilityResult:
             raise ImportError("to_xarray needs xarray: pip install 'slt_jax[interop]'.") from error
         coords = dict(
             column=self.components,
-            component=("column", self.column_component.astype(str)),
-            observable=("column", self.column_observable.astype(str)),
-            probe=("row", self.labels.probe.astype(str)),
+            component=("column", self.column_component),
+            observable=("column", self.column_observable),
+            probe=("row", self.labels.probe),
             example=("row", self.labels.example),
             token=("row", self.labels.token),
         )
@@ -216,18 +306,22 @@ class SusceptibilityResult:
         )
 
 
-def stack_masks(components: Mapping[str, Mask | Callable | None], params: Params) -> tuple[list[str], Mask]:
-    """Validates named masks (None = every weight) and stacks them: leaves ``(G,) + leaf.shape``."""
-    if not isinstance(components, Mapping) or not components:
-        raise TypeError(f"components must be a non-empty dict {{name: bool mask}}, got {components!r}.")
-    names, stacked = [], []
+def _components(components, include_full: bool, method: str, params: Params) -> tuple[list[str], list]:
+    """Component names and validated masks (None = the whole model), ``"full"`` first if included."""
+    if components is not None and not isinstance(components, Mapping):
+        raise TypeError(f"components must be a dict {{name: bool mask or None}}, got {type(components).__name__}.")
+    components = dict(components or {})
+    if include_full and "full" not in components:
+        components = {"full": None, **components}
+    if not components:
+        raise ValueError("no components: pass components={name: mask} or include_full=True.")
+    if method == "two_chain" and "full" not in components:
+        raise ValueError("method='two_chain' centers with the full chain: include a 'full' component (include_full=True).")
+    names, masks = [], []
     for name, mask in components.items():
-        if mask is None:
-            mask = jax.tree.map(lambda _: np.asarray(True), params)
-        checked = validation.check_masks(mask, params, None, name=f"components[{name!r}]")
         names.append(str(name))
-        stacked.append(jax.tree.map(np.asarray, checked))
-    return names, jax.tree.map(lambda *leaves: np.stack(leaves), *stacked)
+        masks.append(None if mask is None else validation.check_masks(mask, params, None, name=f"components[{name!r}]"))
+    return names, masks
 
 
 def _estimates(state: stats.CovarianceState, num_probe_rows: int, method: str, full_index: int | None) -> np.ndarray:
@@ -245,117 +339,19 @@ def _estimates(state: stats.CovarianceState, num_probe_rows: int, method: str, f
     return -(product - mean_x[..., :, None] * mean_delta[full_index][None, :, None, :])
 
 
-def estimate_susceptibilities(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    *,
-    probes: Mapping[str, Batch],
-    components: Mapping[str, Mask | Callable | None] | None = None,
-    key: KeyLike,
-    step_size: float,
-    nbeta: float | None = None,
-    localization: float,
-    num_chains: int = 4,
-    num_draws: int,
-    num_burnin: int = 0,
-    num_steps_between_draws: int = 1,
-    batch_size: int,
-    sampler: str = "sgld",
-    observables: Mapping[str, Callable[[Params], Array]] | None = None,
-    method: str = "covariance",
-    centering: str = "full",
-    include_full: bool = True,
-    per_token: bool = True,
-    probe_batch_size: int | None = None,
-    keep_traces: bool = False,
-    progress: bool = True,
-    **kwargs,
-) -> SusceptibilityResult:
-    """Estimates χ^C_xy = -Cov_C(φ_C, l_xy - L) for every component C and probe row xy.
-
-    Args:
-        loss_fn: ``loss_fn(params, batch)`` -> per-example ``(batch,)`` or per-token
-            ``(batch, seq)`` losses.
-        params: w*, a pytree.
-        data: the training data (sampling minibatches and, for ``centering="full"``, L_n).
-        probes: ``{name: probe_data}``; each example (token, if ``per_token``) is a row.
-        components: ``{name: bool mask or callable(params) -> mask or None (all weights)}``.
-        key: int seed or PRNG key; every component's chain c uses the same noise stream.
-        step_size, nbeta, localization: SGLD hyperparameters (scalars; nβ None: n / log n).
-        num_chains, num_draws, num_burnin, num_steps_between_draws, batch_size, sampler: the run.
-        observables: extra ``{name: phi(params) -> array}``; each entry of each becomes a column
-            ``"component/name"`` next to the component's loss observable φ_C.
-        method: ``"covariance"`` (Baker et al., default) or ``"two_chain"`` (devinterp 2.x; needs
-            the ``"full"`` component).
-        centering: ``"full"`` (exact L_n, one data pass per draw) or ``"probe"`` (paired minibatch
-            φ, one extra forward of the batch; centred on the probe mean); see the module docstring.
-        include_full: add the unrestricted component ``"full"`` first if absent.
-        per_token: rows per token for sequence losses (False: per sequence).
-        probe_batch_size: evaluate probes in chunks of this many examples.
-        keep_traces: also keep every draw's observables (memory grows with num_draws).
-        progress: tqdm bar.
-        **kwargs: passed to ``slt_jax.run_chains`` (``weight_decay``, ``chunk_draws``, ...).
-
-    Returns:
-        A ``SusceptibilityResult`` with ``chi`` of shape ``(N, K)``, K = components x observables.
-
-    >>> import jax.numpy as jnp, slt_jax as sj
-    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
-    >>> data = {"x": jnp.eye(2).repeat(10, axis=0), "y": jnp.ones(20)}
-    >>> result = sj.estimate_susceptibilities(loss_fn, jnp.ones(2), data, probes={"train": data},
-    ...     components={"w0": jnp.array([True, False])}, key=0, step_size=1e-2, nbeta=10.0,
-    ...     localization=1.0, num_draws=100, batch_size=20, progress=False)
-    >>> result.chi.shape, result.components
-    ((20, 2), ['full', 'w0'])
-    """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}; use 'covariance' (Baker et al.) or 'two_chain' (devinterp 2.x).")
-    for name, value in (("step_size", step_size), ("nbeta", nbeta), ("localization", localization)):
-        if value is not None and np.ndim(value) != 0:
-            raise ValueError(f"{name} must be a scalar; components (not hyperparameter grids) are vmapped here.")
-    if validation.check_positive_int(num_draws, "num_draws") < 2:
-        raise ValueError(f"num_draws={num_draws}: a covariance needs at least 2 draws per chain (use hundreds).")
-    if validation.check_positive_int(num_chains, "num_chains") < 2:
-        warnings.warn("num_chains=1: stderr needs at least 2 chains and will be NaN.", stacklevel=2)
-    n = validation.check_data(data)
-    components = dict(components or {})
-    if include_full and "full" not in components:
-        components = {"full": None, **components}
-    if method == "two_chain" and "full" not in components:
-        raise ValueError("method='two_chain' centers with the full chain: include a 'full' component (include_full=True).")
-    names, masks = stack_masks(components, params)
-    nbeta = sampler_lib.default_nbeta(n) if nbeta is None else nbeta
-    init_loss = float(sampler_lib.full_data_loss(loss_fn, params, data, batch_size))
-    observed = stats.observables(
-        loss_fn, params, data, probes=probes, functions=observables, centering=centering, per_token=per_token,
-        probe_batch_size=probe_batch_size, full_batch_size=batch_size, init_loss=init_loss,
-    )
-    chains = sampler_lib.run_chains(
-        loss_fn, params, data, key=key, step_size=step_size, nbeta=nbeta, localization=localization,
-        num_chains=num_chains, num_draws=num_draws, num_burnin=num_burnin,
-        num_steps_between_draws=num_steps_between_draws, batch_size=batch_size, sampler=sampler, masks=masks,
-        observe=observed.observe, observe_data=observed.observe_data, accumulator=observed.accumulator,
-        keep_traces=keep_traces, init_loss=init_loss, progress=progress, description="susceptibilities", **kwargs,
-    )
-    num_rows = len(observed.labels.example)
+def _result(chains: ChainsOutput, names: list[str], observed: stats.Observables, method: str, centering: str) -> SusceptibilityResult:
+    """The ``SusceptibilityResult`` of one checkpoint's configurations (one per component)."""
+    num_rows, num_x, num_chains = len(observed.labels.example), len(observed.x_names), chains.config.num_chains
     full_index = names.index("full") if "full" in names else None
-    per_chain = _estimates(chains.accumulator, num_rows, method, full_index)  # (G, C, p, N)
-    observable_mean = np.asarray(chains.accumulator.mean_x, np.float64)  # (G, C, p)
+    per_chain = _estimates(chains.accumulator, num_rows, method, full_index)  # (M, C, p, N)
+    observable_mean = np.asarray(chains.accumulator.mean_x, np.float64)  # (M, C, p)
     diverged = np.asarray(chains.diverged, bool)
     if method == "two_chain":
         # A diverged full chain poisons the centering of every component's chain with its index.
         diverged = diverged | diverged[full_index][None]
     per_chain = np.where(diverged[..., None, None], np.nan, per_chain)
     observable_mean = np.where(diverged[..., None], np.nan, observable_mean)
-    for g, name in enumerate(names):
-        if diverged[g].any():
-            diverged_at = np.where(diverged[g], np.maximum(chains.diverged_at[g], 0), -1)
-            message = llc_lib.divergence_message(diverged_at, num_chains).replace("the estimate", "chi")
-            warnings.warn(f"component {name!r}: {message}", RuntimeWarning, stacklevel=2)
-
-    num_x = len(observed.x_names)
-    # (G, C, p, N) -> (C, N, G * p): component-major columns.
+    # (M, C, p, N) -> (C, N, M * p): component-major columns.
     chi_per_chain = per_chain.transpose(1, 3, 0, 2).reshape(num_chains, num_rows, len(names) * num_x)
     mean_per_chain = observable_mean.transpose(1, 0, 2).reshape(num_chains, len(names) * num_x)
     with warnings.catch_warnings(), np.errstate(invalid="ignore"):
@@ -364,20 +360,19 @@ def estimate_susceptibilities(
         good = np.sum(np.isfinite(chi_per_chain), axis=0)
         stderr = np.nanstd(chi_per_chain, axis=0, ddof=1) / np.sqrt(np.maximum(good, 1))
         mean = np.nanmean(mean_per_chain, axis=0)
-    column_component = np.repeat(np.asarray(names, dtype=object), num_x)
-    column_observable = np.tile(np.asarray(observed.x_names, dtype=object), len(names))
-    column_names = [c if o == "loss" else f"{c}/{o}" for c, o in zip(column_component, column_observable)]
+    column_component = np.repeat(np.asarray(names, dtype=str), num_x)
+    column_observable = np.tile(np.asarray(observed.x_names, dtype=str), len(names))
     return SusceptibilityResult(
         chi=chi,
         stderr=stderr,
         chi_per_chain=chi_per_chain,
-        components=column_names,
+        components=[c if o == "loss" else f"{c}/{o}" for c, o in zip(column_component.tolist(), column_observable.tolist())],
         column_component=column_component,
         column_observable=column_observable,
         labels=observed.labels,
         observable_mean=mean,
         observable_mean_per_chain=mean_per_chain,
-        nbeta=float(nbeta),
+        nbeta=float(chains.hyperparameters.nbeta[0]),
         method=method,
         centering=centering,
         diverged=diverged,
@@ -385,5 +380,164 @@ def estimate_susceptibilities(
     )
 
 
-def estimate_susceptibilities_over_checkpoints(*args, **kwargs):  # TODO(helper B): implement
-    raise NotImplementedError
+def _report(results: list[SusceptibilityResult], steps: list[int] | None, names: list[str]) -> None:
+    """Warns per (checkpoint, component) with diverged chains; raises if every chain diverged."""
+    if all(r.diverged.all() for r in results):
+        raise DivergenceError("Every chain diverged; no susceptibilities.", results[0] if steps is None else dict(zip(steps, results)))
+    for k, result in enumerate(results):
+        at = np.asarray(result.chains.diverged_at)
+        full_at = at[names.index("full")] if "full" in names else np.full(at.shape[1], -1)
+        for m, name in enumerate(names):
+            if result.diverged[m].any():
+                # Under two_chain a chain is also lost when its full partner diverged.
+                diverged_at = np.where(result.diverged[m], np.where(at[m] >= 0, at[m], full_at), -1)
+                label = f"component {name!r}" if steps is None else f"checkpoint {steps[k]}, component {name!r}"
+                message = traces.divergence_message(diverged_at, "chi")
+                warnings.warn(f"{label}: {message}", RuntimeWarning, stacklevel=3)
+
+
+def _susceptibilities(loss_fn, checkpoints, data, config, key, probes, components, observables, method, centering,
+                      include_full, per_token, probe_batch_size, keep_traces, progress) -> tuple[list[SusceptibilityResult], list[str]]:
+    """The one implementation: every checkpoint x component is a configuration of one ``run_chains``."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; use 'covariance' (Baker et al.) or 'two_chain' (devinterp 2.x).")
+    stats._check_config(config, "estimate_susceptibilities")
+    names, masks = _components(components, include_full, method, checkpoints[0])
+    observed = stats.observables(
+        loss_fn, checkpoints[0], data, probes=probes, functions=observables, centering=centering, per_token=per_token,
+        probe_batch_size=probe_batch_size, full_batch_size=config.batch_size,
+    )
+    chains = run_chains(
+        loss_fn, checkpoints, data, config, key=key, masks=masks, observe=observed.observe,
+        observe_data=observed.observe_data, accumulator=observed.accumulator, keep_traces=keep_traces,
+        progress=progress, description="susceptibilities",
+    )
+    num_m = len(names)
+    results = [
+        _result(chains.select(range(k * num_m, (k + 1) * num_m)), names, observed, method, centering)
+        for k in range(len(checkpoints))
+    ]
+    return results, names
+
+
+def estimate_susceptibilities(
+    loss_fn: LossFn,
+    params: Params,
+    data: Batch,
+    config: SamplerConfig,
+    *,
+    key: KeyLike,
+    probes: Mapping[str, Batch],
+    components: Mapping[str, Mask | Callable | None] | None = None,
+    observables: Mapping[str, Callable[[Params], Array]] | None = None,
+    method: str = "covariance",
+    centering: str = "probe",
+    include_full: bool = True,
+    per_token: bool = True,
+    probe_batch_size: int | None = None,
+    keep_traces: bool = False,
+    progress: bool = True,
+) -> SusceptibilityResult:
+    """Estimates χ^C_xy = -Cov_C(φ_C, l_xy - L) for every component C and probe row xy.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch)`` -> per-example ``(batch,)`` or per-token
+            ``(batch, seq)`` losses.
+        params: w*, a pytree.
+        data: the training data (SGLD minibatches and, for ``centering="full"``, L_n).
+        config: the ``SamplerConfig`` (numeric ``step_size``; ``num_draws >= 2``).
+        key: int seed or PRNG key; every component's chain c uses the same noise stream.
+        probes: ``{name: probe_data}``; each example (token, if ``per_token``) is a row.
+        components: ``{name: bool mask or callable(params) -> mask or None (all weights)}``; each
+            runs restricted chains that carry only its coordinates.
+        observables: extra ``{name: phi(params) -> array}`` (evaluated at the draw's full params);
+            each entry of each becomes a column ``"component/name"`` next to the component's loss
+            observable φ_C.
+        method: ``"covariance"`` (Baker et al., default) or ``"two_chain"`` (devinterp 2.x; needs
+            the ``"full"`` component).
+        centering: ``"probe"`` (default: paired minibatch φ, one extra forward of the batch per
+            draw; centred on the probe mean) or ``"full"`` (exact L_n: a pass over all n training
+            examples at EVERY draw, which dominates the cost for large n); see the module docstring.
+        include_full: add the unrestricted component ``"full"`` first if absent.
+        per_token: rows per token for sequence losses (False: per sequence).
+        probe_batch_size: evaluate probes in chunks of this many examples.
+        keep_traces: also keep every draw's observables (memory grows with num_draws).
+        progress: tqdm bar.
+
+    Returns:
+        A ``SusceptibilityResult`` with ``chi`` of shape ``(N, K)``, K = components x observables.
+        Diverged chains are warned about per component; ``DivergenceError`` if every chain diverged.
+
+    >>> import jax.numpy as jnp, slt_jax as sj
+    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
+    >>> data = {"x": jnp.eye(2).repeat(10, axis=0), "y": jnp.ones(20)}
+    >>> config = sj.SamplerConfig(step_size=1e-2, nbeta=10.0, localization=1.0, num_draws=100, batch_size=20)
+    >>> result = sj.estimate_susceptibilities(loss_fn, jnp.ones(2), data, config, key=0, probes={"train": data},
+    ...     components={"w0": jnp.array([True, False])}, progress=False)
+    >>> result.chi.shape, result.components
+    ((20, 2), ['full', 'w0'])
+    >>> result.zscored().row_centered().pca().loadings.shape  # the fluent analysis chain
+    (2, 2)
+    """
+    results, names = _susceptibilities(
+        loss_fn, [params], data, config, key, probes, components, observables, method, centering, include_full,
+        per_token, probe_batch_size, keep_traces, progress,
+    )
+    _report(results, None, names)
+    return results[0]
+
+
+def estimate_susceptibilities_over_checkpoints(
+    loss_fn: LossFn,
+    checkpoints: Sequence[Params],
+    data: Batch,
+    config: SamplerConfig,
+    *,
+    key: KeyLike,
+    probes: Mapping[str, Batch],
+    components: Mapping[str, Mask | Callable | None] | None = None,
+    steps: Sequence[int] | None = None,
+    observables: Mapping[str, Callable[[Params], Array]] | None = None,
+    method: str = "covariance",
+    centering: str = "probe",
+    include_full: bool = True,
+    per_token: bool = True,
+    probe_batch_size: int | None = None,
+    keep_traces: bool = False,
+    progress: bool = True,
+) -> dict[int, SusceptibilityResult]:
+    """Susceptibilities at every checkpoint of a training run, as ONE stack of configurations.
+
+    The checkpoints are the centres of one ``run_chains`` call (configurations checkpoint x
+    component), each with its own w* and L_n(w*) (``centering="probe"`` pairs each draw with its own
+    checkpoint). With the same key, each checkpoint's result equals ``estimate_susceptibilities``
+    at that checkpoint alone (up to float32 rounding).
+
+    Args:
+        checkpoints: a list of params pytrees of one structure (e.g. ``sj.train(...).checkpoints``).
+        steps: the training step of each checkpoint (default 0..K-1): the keys of the result.
+        loss_fn, data, config, key, probes, components, observables, method, centering,
+        include_full, per_token, probe_batch_size, keep_traces, progress: as for
+            ``estimate_susceptibilities``; one ``config`` (calibrate once, e.g. on the last
+            checkpoint) keeps the checkpoints comparable.
+
+    Returns:
+        ``{step: SusceptibilityResult}`` in checkpoint order; each holds its own configurations of
+        the ``ChainsOutput``. ``DivergenceError`` only if every chain of every checkpoint diverged.
+
+    >>> import jax.numpy as jnp, slt_jax as sj
+    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
+    >>> data = {"x": jnp.eye(2).repeat(10, axis=0), "y": jnp.ones(20)}
+    >>> config = sj.SamplerConfig(step_size=1e-2, nbeta=10.0, localization=1.0, num_draws=100, batch_size=20)
+    >>> results = sj.estimate_susceptibilities_over_checkpoints(loss_fn, [jnp.zeros(2), jnp.ones(2)], data, config,
+    ...     key=0, probes={"train": data}, steps=[100, 200], progress=False)
+    >>> {step: r.chi.shape for step, r in results.items()}
+    {100: (20, 1), 200: (20, 1)}
+    """
+    checkpoints, steps = stats._check_checkpoints(checkpoints, steps)
+    results, names = _susceptibilities(
+        loss_fn, checkpoints, data, config, key, probes, components, observables, method, centering, include_full,
+        per_token, probe_batch_size, keep_traces, progress,
+    )
+    _report(results, steps, names)
+    return dict(zip(steps, results))

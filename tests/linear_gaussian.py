@@ -2,8 +2,8 @@
 
 l_i(w) = ½ (y_i - x_iᵀ w)², w* the least-squares solution (so x = w - w* has mean 0 under the
 localized posterior), H = XᵀX / n. Full-batch SGLD on this quadratic is a linear AR(1) process whose
-stationary law is exactly N(w*, Σ_ε) with Σ_ε = (A (I - εA/4))^{-1}, A = nβH + γI (SCIENCE.md §2),
-so the Isserlis forms of SCIENCE.md §3 hold exactly at any stable step size.
+stationary law is exactly N(w*, Σ_ε) with Σ_ε = (A (I - εA/4))^{-1}, A = nβH + γI (docs/conventions.md §2),
+so the Isserlis forms of docs/conventions.md §3 hold exactly at any stable step size.
 
 The sampler draws minibatches with replacement, so the tests feed the n examples as ONE data
 example of n rows (``data``) with batch_size=1: every step's gradient is the full-batch gradient.
@@ -24,8 +24,9 @@ import slt_jax as sj
 
 N, D = 16, 3
 NUM_CHAINS, NUM_DRAWS, CHUNK = 16, 24000, 2000
-RUN = dict(num_chains=NUM_CHAINS, num_draws=NUM_DRAWS, batch_size=1, chunk_draws=CHUNK, mala_every=0, progress=False)
 NBETA, GAMMA, EPS = 40.0, 1.0, 0.01
+CONFIG = sj.SamplerConfig(step_size=EPS, nbeta=NBETA, localization=GAMMA, num_chains=NUM_CHAINS, num_draws=NUM_DRAWS,
+                          batch_size=1, chunk_draws=CHUNK, mala_every=0)
 # Linear response compares a MEAN shift (exact for ULA on a quadratic: the stationary mean is the
 # posterior mean) with a covariance (ULA-inflated by (I - εA/4)^{-1}), so it needs εA/4 small.
 EPS_RESPONSE = 2e-3
@@ -89,24 +90,27 @@ def exact_chi(sigma: np.ndarray) -> np.ndarray:
     return np.stack([susceptibility(sigma, a, q) for a, q in COLUMN_FORMS], axis=1)
 
 
+def config(nbeta: float = NBETA, gamma: float = GAMMA, eps: float = EPS) -> sj.SamplerConfig:
+    return CONFIG.replace(step_size=eps, nbeta=nbeta, localization=gamma)
+
+
 @functools.cache
 def chi_run(nbeta: float = NBETA, gamma: float = GAMMA, eps: float = EPS, key: int = 0) -> sj.SusceptibilityResult:
     return sj.estimate_susceptibilities(
-        loss_fn, w_star, data, probes={"train": train}, key=key, step_size=eps, nbeta=nbeta, localization=gamma,
-        observables=OBSERVABLES, **RUN,
+        loss_fn, w_star, data, config(nbeta, gamma, eps), key=key, probes={"train": train}, observables=OBSERVABLES,
+        progress=False,
     )
 
 
 @functools.cache
 def bif_run(nbeta: float = NBETA, gamma: float = GAMMA, eps: float = EPS, key: int = 0, block_size: int | None = None) -> sj.BIFResult:
     return sj.estimate_bif(
-        loss_fn, w_star, data, probe=train, key=key, step_size=eps, nbeta=nbeta, localization=gamma,
-        block_size=block_size, **RUN,
+        loss_fn, w_star, data, config(nbeta, gamma, eps), key=key, probe=train, block_size=block_size, progress=False,
     )
 
 
-def observe_displacement(position, info):
-    return position - w_star
+def observe_displacement(params, info, context):
+    return params - context.center
 
 
 # A loss with weights travelling as data: ρ/ρ̄ attached per row, so one program serves every ρ.
@@ -121,11 +125,11 @@ def weighted_data(rho: np.ndarray) -> dict:
 
 def mean_displacement(rho: np.ndarray, key: int = 0, nbeta: float = NBETA) -> np.ndarray:
     """Per-chain ⟨w - w*⟩ under the reweighted posterior at step EPS_RESPONSE: ``(num_chains, D)``."""
-    out = sj.sample(
-        weighted_loss_fn, w_star, weighted_data(rho), key=key, step_size=EPS_RESPONSE, nbeta=nbeta, localization=GAMMA,
-        observe=observe_displacement, keep_traces=True, **RUN,
+    out = sj.run_chains(
+        weighted_loss_fn, [w_star], weighted_data(rho), config(nbeta, GAMMA, EPS_RESPONSE), key=key,
+        observe=observe_displacement, keep_traces=True, progress=False,
     )
-    return np.asarray(out.observed, np.float64).mean(axis=1)
+    return np.asarray(out.observed[0], np.float64).mean(axis=1)
 
 
 def exact_mean_displacement(rho: np.ndarray, nbeta: float = NBETA) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The Bayesian influence function against the Isserlis closed form (SCIENCE.md §3)."""
+"""The Bayesian influence function against the Isserlis closed form (docs/conventions.md §3)."""
 
 import chex
 import jax.numpy as jnp
@@ -77,14 +77,34 @@ def _sequence_loss(w, batch):
 def test_per_token_bif_and_sequence_means():
     """Per-sequence BIF = block means of the per-token BIF (same key, same chains): exact."""
     sequences = {"x": lg.train["x"].reshape(4, 4, lg.D), "y": lg.train["y"].reshape(4, 4)}
-    kwargs = dict(probe=sequences, key=1, step_size=lg.EPS, nbeta=lg.NBETA, localization=lg.GAMMA, num_chains=4,
-                  num_draws=500, batch_size=1, mala_every=0, progress=False)
-    tokens = sj.estimate_bif(_sequence_loss, lg.w_star, lg.data, **kwargs)
-    per_sequence = sj.estimate_bif(_sequence_loss, lg.w_star, lg.data, per_token=False, **kwargs)
+    config = lg.CONFIG.replace(num_chains=4, num_draws=500, chunk_draws=None)
+    kwargs = dict(probe=sequences, key=1, progress=False)
+    tokens = sj.estimate_bif(_sequence_loss, lg.w_star, lg.data, config, **kwargs)
+    per_sequence = sj.estimate_bif(_sequence_loss, lg.w_star, lg.data, config, per_token=False, **kwargs)
     chex.assert_shape((tokens.bif, per_sequence.bif), [(16, 16), (4, 4)])
     np.testing.assert_array_equal(tokens.labels.token, np.tile(np.arange(4), 4))
     block_means = tokens.bif.reshape(4, 4, 4, 4).mean(axis=(1, 3))
     np.testing.assert_allclose(per_sequence.bif, block_means, rtol=1e-4, atol=1e-9)
+
+
+def test_over_checkpoints_equals_separate_runs():
+    """Two checkpoints in one stack of configurations give each checkpoint's own estimate_bif numbers
+    (same key): also block by block, and with a restricted component."""
+    config = lg.CONFIG.replace(num_chains=4, num_draws=300, chunk_draws=None)
+    checkpoints = [lg.w_star, lg.w_star + jnp.asarray([0.3, -0.2, 0.1])]
+    for options in (dict(), dict(block_size=6, component=jnp.array([True, True, False]))):
+        stacked = sj.estimate_bif_over_checkpoints(lg.loss_fn, checkpoints, lg.data, config, key=4, probe=lg.train,
+                                                   steps=[10, 20], progress=False, **options)
+        assert list(stacked) == [10, 20]
+        for params, result in zip(checkpoints, stacked.values()):
+            alone = sj.estimate_bif(lg.loss_fn, params, lg.data, config, key=4, probe=lg.train, progress=False, **options)
+            np.testing.assert_allclose(result.bif, alone.bif, rtol=1e-5, atol=1e-5 * np.abs(alone.bif).max())
+            np.testing.assert_allclose(result.mean_loss, alone.mean_loss, rtol=1e-5)
+            assert result.chains.num_configs == 1
+            np.testing.assert_allclose(result.chains.init_loss, alone.chains.init_loss, rtol=1e-6)
+    # Each result is its own checkpoint's (w* + δ is not the minimum: higher losses there).
+    assert stacked[20].chains.init_loss[0] > stacked[10].chains.init_loss[0]
+    assert stacked[20].mean_loss.mean() > stacked[10].mean_loss.mean()
 
 
 def test_exports():
@@ -105,7 +125,18 @@ def test_exports():
     ],
 )
 def test_bif_validation(kwargs, error, match):
-    arguments = dict(key=0, step_size=lg.EPS, nbeta=lg.NBETA, localization=lg.GAMMA, num_draws=10, batch_size=1, progress=False)
-    arguments.update(kwargs)
+    config = lg.CONFIG.replace(num_draws=kwargs.pop("num_draws", 10), chunk_draws=None)
+    arguments = dict(key=0, progress=False, **kwargs)
     with pytest.raises(error, match=match):
-        sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, **arguments)
+        sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, config, **arguments)
+
+
+def test_bif_config_and_checkpoint_validation():
+    with pytest.raises(TypeError, match="SamplerConfig"):
+        sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, dict(step_size=lg.EPS), key=0)
+    with pytest.raises(ValueError, match="numeric step_size"):
+        sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, lg.CONFIG.replace(step_size="auto"), key=0)
+    with pytest.raises(TypeError, match="list of params"):
+        sj.estimate_bif_over_checkpoints(lg.loss_fn, lg.w_star, lg.data, lg.CONFIG, key=0)
+    with pytest.raises(ValueError, match="one distinct training step"):
+        sj.estimate_bif_over_checkpoints(lg.loss_fn, [lg.w_star, lg.w_star], lg.data, lg.CONFIG, key=0, steps=[1, 1])

@@ -1,4 +1,4 @@
-"""Patterning: ρ = 1 + α χᵀ(χχᵀ)^{-1} dμ and the reweighted loss (SCIENCE.md §3)."""
+"""Patterning: ρ = 1 + α χᵀ(χχᵀ)^{-1} dμ and the reweighted loss (docs/conventions.md §3)."""
 
 import jax
 import jax.numpy as jnp

@@ -44,18 +44,23 @@ def test_merge_equals_one_pass():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_streamed_covariance_equals_covariance_of_kept_traces():
-    observed = sj.observables(lg.loss_fn, lg.w_star, lg.data, probes={"train": lg.train}, functions=lg.OBSERVABLES)
-    out = sj.sample(
-        lg.loss_fn, lg.w_star, lg.data, key=3, step_size=lg.EPS, nbeta=lg.NBETA, localization=lg.GAMMA,
-        num_chains=3, num_draws=400, batch_size=1, mala_every=0, progress=False,
+@pytest.mark.parametrize("centering", ["probe", "full"])
+def test_streamed_covariance_equals_covariance_of_kept_traces(centering):
+    observed = sj.observables(lg.loss_fn, lg.w_star, lg.data, probes={"train": lg.train}, functions=lg.OBSERVABLES,
+                              centering=centering)
+    out = sj.run_chains(
+        lg.loss_fn, [lg.w_star], lg.data, lg.CONFIG.replace(num_chains=3, num_draws=400, chunk_draws=None), key=3,
         observe=observed.observe, observe_data=observed.observe_data, accumulator=observed.accumulator, keep_traces=True,
+        progress=False,
     )
-    traces = out.observed
+    traces = jax.tree.map(lambda leaf: leaf[0], out.observed)  # the one configuration
     x = np.concatenate([traces["loss"][..., None], traces["functions"]["q"][..., None], traces["functions"]["x"]], axis=-1)
     y = np.concatenate([traces["probes"], traces["center"][..., None]], axis=-1)
     chex.assert_shape((x, y), [(3, 400, 5), (3, 400, lg.N + 1)])
-    streamed = stats.covariance(out.accumulator)
+    # Full batch (one data example): both centerings give φ = L_n(w) - L_n(w*) up to float32 rounding.
+    displacement = np.asarray(traces["functions"]["x"], np.float64)  # w - w*, and L_n(w) - L_n(w*) = ½ xᵀHx
+    np.testing.assert_allclose(x[..., 0], 0.5 * np.einsum("cda,ab,cdb->cd", displacement, lg.H, displacement), atol=1e-5)
+    streamed = stats.covariance(out.accumulator)[0]
     for chain in range(3):
         batch = np.cov(np.concatenate([x[chain], y[chain]], axis=1).astype(np.float64).T)[:5, 5:]
         np.testing.assert_allclose(streamed[chain], batch, rtol=1e-3, atol=1e-6 * np.abs(batch).max())
@@ -64,13 +69,13 @@ def test_streamed_covariance_equals_covariance_of_kept_traces():
 
 def test_memory_is_independent_of_num_draws():
     observed = sj.observables(lg.loss_fn, lg.w_star, lg.data, probes={"train": lg.train})
-    kwargs = dict(key=0, step_size=lg.EPS, nbeta=lg.NBETA, localization=lg.GAMMA, num_chains=2, batch_size=1, mala_every=0,
-                  progress=False, chunk_draws=100, observe=observed.observe, observe_data=observed.observe_data,
+    config = lg.CONFIG.replace(num_chains=2, chunk_draws=100)
+    kwargs = dict(key=0, progress=False, observe=observed.observe, observe_data=observed.observe_data,
                   accumulator=observed.accumulator)
     nbytes = lambda tree: sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree))
-    short = sj.sample(lg.loss_fn, lg.w_star, lg.data, num_draws=100, **kwargs)
-    long = sj.sample(lg.loss_fn, lg.w_star, lg.data, num_draws=1000, **kwargs)
-    kept = sj.sample(lg.loss_fn, lg.w_star, lg.data, num_draws=1000, keep_traces=True, **kwargs)
+    short = sj.run_chains(lg.loss_fn, [lg.w_star], lg.data, config.replace(num_draws=100), **kwargs)
+    long = sj.run_chains(lg.loss_fn, [lg.w_star], lg.data, config.replace(num_draws=1000), **kwargs)
+    kept = sj.run_chains(lg.loss_fn, [lg.w_star], lg.data, config.replace(num_draws=1000), keep_traces=True, **kwargs)
     assert short.observed is None and long.observed is None
     # The statistics' state: O(p * N) per chain, the same for 100 and 1000 draws.
     assert nbytes(short.accumulator) == nbytes(long.accumulator) == 2 * 4 * (1 + 1 + (lg.N + 1) + (lg.N + 1))
@@ -87,9 +92,27 @@ def test_probe_rows_follow_insertion_order_inside_jit():
     np.testing.assert_array_equal(observed.labels.probe, ["zeta"] * 3 + ["alpha"] * 5)
     np.testing.assert_array_equal(observed.labels.example, [0, 1, 2, 0, 1, 2, 3, 4])
     info = sj.SGLDInfo(*(jnp.zeros(()) for _ in sj.SGLDInfo._fields))
-    values = jax.jit(observed.observe)(lg.w_star + 0.1, info, observed.observe_data, lg.data)
+    context = sj.DrawContext(lg.data, lg.w_star, jnp.zeros(()), observed.observe_data)
+    values = jax.jit(observed.observe)(lg.w_star + 0.1, info, context)
     expected = np.concatenate([lg.loss_fn(lg.w_star + 0.1, first), lg.loss_fn(lg.w_star + 0.1, second)])
     np.testing.assert_allclose(values["probes"], expected, rtol=1e-6)
+
+
+def test_probe_centering_uses_the_context_center():
+    """'probe' φ = L_B(w) - L_B(w*) with w* the configuration's own centre (``context.center``), so one
+    observe function serves every checkpoint; 'full' φ = L_n(w) - ``context.init_loss``."""
+    info_at = lambda w, batch: sj.SGLDInfo(jnp.mean(lg.loss_fn(w, batch)), *(jnp.zeros(()) for _ in sj.SGLDInfo._fields[1:]))
+    w, center, batch = lg.w_star + 0.2, lg.w_star - 0.1, jax.tree.map(lambda x: x[:, :5], lg.data)
+    probe = sj.observables(lg.loss_fn, lg.w_star, lg.data, probes={"train": lg.train})
+    values = probe.observe(w, info_at(w, batch), sj.DrawContext(batch, center, jnp.asarray(7.0), probe.observe_data))
+    expected = lg.loss_fn(w, batch).mean() - lg.loss_fn(center, batch).mean()
+    np.testing.assert_allclose(values["loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(values["center"], lg.loss_fn(w, lg.train).mean(), rtol=1e-6)
+    full = sj.observables(lg.loss_fn, lg.w_star, lg.data, probes={"train": lg.train}, centering="full")
+    values = full.observe(w, info_at(w, batch), sj.DrawContext(batch, center, jnp.asarray(7.0), full.observe_data))
+    np.testing.assert_allclose(values["loss"], lg.loss_fn(w, lg.train).mean() - 7.0, rtol=1e-5)
+    assert set(probe.observe_data) == {"probes"} and set(full.observe_data) == {"probes", "data"}
+    assert probe.labels.probe.dtype.kind == "U"  # fixed-width unicode, saved without pickle
 
 
 def test_per_token_labels_and_sequence_means():

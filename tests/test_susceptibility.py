@@ -1,4 +1,7 @@
-"""Susceptibilities against exact identities (SCIENCE.md §3) and on the induction transformer."""
+"""Susceptibilities against exact identities (docs/conventions.md §3) and on the induction transformer."""
+
+import dataclasses
+import inspect
 
 import chex
 import jax
@@ -7,7 +10,7 @@ import numpy as np
 import pytest
 
 import slt_jax as sj
-from slt_jax import susceptibility
+from slt_jax import io, susceptibility
 
 import linear_gaussian as lg
 
@@ -21,7 +24,8 @@ def _check_columns(result, exact):
 
 
 def test_gaussian_closed_form_and_mass_conservation():
-    result = lg.chi_run()
+    result = lg.chi_run()  # the default centering="probe" (here the minibatch is the full batch)
+    assert result.centering == "probe" == inspect.signature(sj.estimate_susceptibilities).parameters["centering"].default
     chex.assert_shape((result.chi, result.stderr, result.chi_per_chain), [(lg.N, 5), (lg.N, 5), (lg.NUM_CHAINS, lg.N, 5)])
     assert result.components == ["full", "full/q", "full/x[0]", "full/x[1]", "full/x[2]"]
     sigma = lg.stationary_covariance(lg.NBETA, lg.GAMMA, lg.EPS)
@@ -108,8 +112,8 @@ def _nonlinear_star():
     return jnp.asarray([np.sqrt(slope), np.sqrt(slope)], jnp.float32)
 
 
-_NONLINEAR = dict(key=5, step_size=2e-3, nbeta=16.0, localization=2.0, num_chains=16, num_draws=4000, batch_size=8,
-                  mala_every=0, progress=False)
+_NONLINEAR = sj.SamplerConfig(step_size=2e-3, nbeta=16.0, localization=2.0, num_chains=16, num_draws=4000, batch_size=8,
+                              mala_every=0)
 
 
 def test_probe_centering_is_unbiased_and_linear_response_nonlinear():
@@ -117,9 +121,9 @@ def test_probe_centering_is_unbiased_and_linear_response_nonlinear():
     and resampling with ρ_m = 1 ± δ matches β χ_m to O(δ²)."""
     w = _nonlinear_star()
     probes = {"train": _nonlinear_data}
-    full = sj.estimate_susceptibilities(_product_loss, w, _nonlinear_data, probes=probes, observables={"norm": _norm}, **_NONLINEAR)
-    probe = sj.estimate_susceptibilities(_product_loss, w, _nonlinear_data, probes=probes, observables={"norm": _norm},
-                                         centering="probe", **_NONLINEAR)
+    kwargs = dict(key=5, probes=probes, observables={"norm": _norm}, progress=False)
+    full = sj.estimate_susceptibilities(_product_loss, w, _nonlinear_data, _NONLINEAR, centering="full", **kwargs)
+    probe = sj.estimate_susceptibilities(_product_loss, w, _nonlinear_data, _NONLINEAR, centering="probe", **kwargs)
     # Same key, same chains: the difference is the minibatch noise of φ in the loss column only.
     np.testing.assert_allclose(probe.chi[:, 1], full.chi[:, 1], rtol=1e-4, atol=1e-7)
     difference = probe.chi_per_chain[..., 0] - full.chi_per_chain[..., 0]
@@ -129,14 +133,14 @@ def test_probe_centering_is_unbiased_and_linear_response_nonlinear():
 
     beta, delta = 16.0 / 64, 0.3
     weighted = sj.reweighted_loss(_product_loss, np.ones(64), normalize=False)
-    observe = lambda position, info: _norm(position)
+    observe = lambda params, info, context: _norm(params)
     means = {}
     for sign in (1, -1):
         rho = np.ones(64)
         rho[:4] += sign * delta  # upweight examples 0-3 together: a larger, clearer response
-        out = sj.sample(weighted, w, sj.attach_weights(_nonlinear_data, rho / rho.mean()), observe=observe, keep_traces=True,
-                        **_NONLINEAR)
-        means[sign] = np.asarray(out.observed, np.float64).mean(axis=1)
+        out = sj.run_chains(weighted, [w], sj.attach_weights(_nonlinear_data, rho / rho.mean()), _NONLINEAR, key=5,
+                            observe=observe, keep_traces=True, progress=False)
+        means[sign] = np.asarray(out.observed[0], np.float64).mean(axis=1)
     per_chain = (means[1] - means[-1]) / (2 * delta)
     predicted = beta * full.chi[:4, 1].sum()
     stderr = np.sqrt(per_chain.var(ddof=1) / 16 + (beta**2) * (full.stderr[:4, 1] ** 2).sum())
@@ -147,10 +151,10 @@ def test_probe_centering_is_unbiased_and_linear_response_nonlinear():
 def test_two_chain_variant():
     """devinterp's estimator: -(E_C[φΔ] - E_C[φ] E_full[Δ]); for 'full' it is the ddof=0 covariance."""
     components = {"x0": jnp.array([True, False, False])}
-    kwargs = dict(probes={"train": lg.train}, components=components, key=2, step_size=lg.EPS, nbeta=lg.NBETA,
-                  localization=lg.GAMMA, num_chains=4, num_draws=400, batch_size=1, mala_every=0, progress=False)
-    covariance = sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, **kwargs)
-    two_chain = sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, method="two_chain", **kwargs)
+    config = lg.CONFIG.replace(num_chains=4, num_draws=400, chunk_draws=None)
+    kwargs = dict(probes={"train": lg.train}, components=components, key=2, progress=False)
+    covariance = sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, config, **kwargs)
+    two_chain = sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, config, method="two_chain", **kwargs)
     np.testing.assert_allclose(two_chain.chi_per_chain[..., 0], covariance.chi_per_chain[..., 0] * 399 / 400, rtol=1e-5, atol=1e-10)
     state = covariance.chains.accumulator  # leaves (G, C, ...)
     count = np.asarray(state.count, np.float64)[1][:, None]
@@ -167,20 +171,30 @@ def test_new_probe_values_and_hyperparameters_do_not_recompile():
     before = sj.compile_count()
     shifted = {"x": lg.train["x"][::-1], "y": lg.train["y"][::-1] + 1.0}  # same shapes, new values
     result = sj.estimate_susceptibilities(
-        lg.loss_fn, lg.w_star, lg.data, probes={"train": shifted}, key=9, step_size=lg.EPS / 2, nbeta=lg.NBETA / 2,
-        localization=lg.GAMMA, observables=lg.OBSERVABLES, **lg.RUN,
+        lg.loss_fn, lg.w_star, lg.data, lg.config(lg.NBETA / 2, lg.GAMMA, lg.EPS / 2), key=9, probes={"train": shifted},
+        observables=lg.OBSERVABLES, progress=False,
     )
     assert sj.compile_count() == before
     assert np.all(np.isfinite(result.chi))
 
 
-def test_result_methods_and_exports():
+def test_result_methods_and_exports(tmp_path):
     result = lg.chi_run()
     z = result.zscored()
-    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-10)
-    np.testing.assert_allclose(z.std(0), 1.0, rtol=1e-10)
-    np.testing.assert_allclose(result.row_centered().mean(1), 0.0, atol=1e-10)
+    assert isinstance(z, susceptibility.ResponseMatrix) and z.transforms == ("zscored",)
+    assert z.columns == result.components and z.rows is result.labels
+    np.testing.assert_allclose(z.values.mean(0), 0.0, atol=1e-10)
+    np.testing.assert_allclose(z.values.std(0), 1.0, rtol=1e-10)
+    np.testing.assert_array_equal(np.asarray(z), z.values)
+    centered = result.zscored().row_centered()  # the README's chain
+    np.testing.assert_allclose(centered.values.mean(1), 0.0, atol=1e-10)
+    chained = centered.pca()
+    reference = susceptibility.response_pca(susceptibility.center_rows(susceptibility.zscore_columns(result.chi)))
+    np.testing.assert_allclose(chained.loadings, reference.loadings, atol=1e-12)
+    np.testing.assert_allclose(result.pca(center=True).scores, chained.scores, atol=1e-12)
+    np.testing.assert_allclose(result.pca(standardize=False).singular_values, result.matrix.pca().singular_values)
     pca = result.pca()
+    z = z.values
     chex.assert_shape((pca.scores, pca.loadings), [(lg.N, 5), (5, 5)])
     np.testing.assert_allclose(pca.explained_variance_ratio.sum(), 1.0, rtol=1e-10)
     np.testing.assert_allclose(pca.scores @ pca.loadings.T, z, atol=1e-10)  # exact reconstruction at full rank
@@ -189,6 +203,14 @@ def test_result_methods_and_exports():
     assert dataset["chi"].dims == ("row", "column")
     assert list(dataset["column"].values) == result.components
     assert set(result.to_numpy()) >= {"chi", "stderr", "chi_per_chain", "components", "probe", "example", "token"}
+    # Saved and loaded without pickle: labels are fixed-width unicode arrays, not object arrays.
+    assert {result.labels.probe.dtype.kind, result.column_component.dtype.kind, result.column_observable.dtype.kind} == {"U"}
+    path = sj.save(tmp_path / "chi", result)
+    assert io.read_header(path)["unsaved"] == []
+    loaded = sj.load(path)
+    np.testing.assert_array_equal(loaded.chi, result.chi)
+    np.testing.assert_array_equal(loaded.labels.probe, result.labels.probe)
+    assert loaded.components == result.components and loaded.llc == result.llc
 
 
 def test_response_pca_recovers_a_rank_two_matrix():
@@ -204,19 +226,72 @@ def test_response_pca_recovers_a_rank_two_matrix():
     [
         (dict(method="bayes"), ValueError, "method='bayes'"),
         (dict(method="two_chain", include_full=False, components={"a": None}), ValueError, "include a 'full' component"),
-        (dict(nbeta=np.array([1.0, 2.0])), ValueError, "nbeta must be a scalar"),
-        (dict(num_draws=1), ValueError, "at least 2 draws"),
-        (dict(components={"bad": jnp.array([True, False])}), ValueError, "shape"),
+        (dict(config=dict(step_size=lg.EPS)), TypeError, "must be a slt_jax.SamplerConfig"),
+        (dict(config=lg.CONFIG.replace(step_size="auto")), ValueError, "numeric step_size"),
+        (dict(config=lg.CONFIG.replace(num_draws=1)), ValueError, "at least 2 draws"),
+        (dict(centering="batch"), ValueError, "centering='batch'"),
+        (dict(components={"bad": jnp.array([True, False])}), ValueError, r"components\['bad'\].*shape"),
+        (dict(components=[None]), TypeError, "components must be a dict"),
         (dict(probes=lg.train), ValueError, "to pass one dataset"),
         (dict(probes=[lg.train]), TypeError, "probes must be a non-empty dict"),
+        (dict(checkpoints=lg.w_star), TypeError, "list of params"),
+        (dict(checkpoints=[lg.w_star], steps=[1, 2]), ValueError, "one distinct training step"),
     ],
 )
 def test_validation(kwargs, error, match):
-    arguments = dict(probes={"train": lg.train}, key=0, step_size=lg.EPS, nbeta=lg.NBETA, localization=lg.GAMMA,
-                     num_draws=10, batch_size=1, progress=False)
+    arguments = dict(probes={"train": lg.train}, key=0, progress=False)
+    config = kwargs.pop("config", lg.CONFIG.replace(num_draws=10, chunk_draws=None))
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
-        sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, **arguments)
+        if "checkpoints" in arguments:
+            sj.estimate_susceptibilities_over_checkpoints(lg.loss_fn, arguments.pop("checkpoints"), lg.data, config, **arguments)
+        else:
+            sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, config, **arguments)
+
+
+def test_restricted_component_matches_closed_form():
+    """Chains restricted to x0 sample the 1-D Gaussian x0 ~ N(0, σ²), σ² = 1/(a(1 - εa/4)),
+    a = nβ H_00 + γ, the other coordinates clamped at w*: the Isserlis forms with Σ = diag(σ², 0, 0)."""
+    result = sj.estimate_susceptibilities(
+        lg.loss_fn, lg.w_star, lg.data, lg.CONFIG, key=3, probes={"train": lg.train},
+        components={"x0": jnp.array([True, False, False])}, include_full=False, observables=lg.OBSERVABLES, progress=False,
+    )
+    assert result.components == ["x0", "x0/q", "x0/x[0]", "x0/x[1]", "x0/x[2]"]
+    assert result.chains.num_sampled.tolist() == [1]
+    a = lg.NBETA * lg.H[0, 0] + lg.GAMMA
+    sigma = np.zeros((lg.D, lg.D))
+    sigma[0, 0] = 1.0 / (a * (1 - lg.EPS * a / 4))
+    exact = lg.exact_chi(sigma)
+    # The clamped coordinates never move: their columns are exactly zero.
+    np.testing.assert_array_equal(result.chi[:, 3:], 0.0)
+    np.testing.assert_allclose(exact[:, 3:], 0.0, atol=1e-15)
+    _check_columns(dataclasses.replace(result, chi=result.chi[:, :3], stderr=result.stderr[:, :3]), exact[:, :3])
+    # nβ⟨φ_x0⟩ is the refined LLC ½ nβ H_00 σ².
+    llc_stderr = lg.NBETA * result.observable_mean_per_chain[:, 0].std(ddof=1) / np.sqrt(lg.NUM_CHAINS)
+    assert abs(result.llc["x0"] - 0.5 * lg.NBETA * lg.H[0, 0] * sigma[0, 0]) < 4 * llc_stderr
+
+
+@pytest.mark.parametrize("centering", ["probe", "full"])
+def test_over_checkpoints_equals_separate_runs(centering):
+    """Two checkpoints as one stack of configurations (checkpoint x component) give each checkpoint's
+    own estimate_susceptibilities numbers with the same key; 'probe' pairs each draw with its own w*."""
+    config = lg.CONFIG.replace(num_chains=4, num_draws=300, chunk_draws=None)
+    checkpoints = [lg.w_star, lg.w_star + jnp.asarray([0.3, -0.2, 0.1])]
+    kwargs = dict(key=6, probes={"train": lg.train}, components={"x0": jnp.array([True, False, False])},
+                  observables=lg.OBSERVABLES, centering=centering, progress=False)
+    stacked = sj.estimate_susceptibilities_over_checkpoints(lg.loss_fn, checkpoints, lg.data, config, steps=[100, 300], **kwargs)
+    assert list(stacked) == [100, 300]
+    for k, (params, result) in enumerate(zip(checkpoints, stacked.values())):
+        alone = sj.estimate_susceptibilities(lg.loss_fn, params, lg.data, config, **kwargs)
+        assert result.components == alone.components
+        np.testing.assert_allclose(result.chi_per_chain, alone.chi_per_chain, rtol=1e-5, atol=1e-5 * np.abs(alone.chi).max())
+        np.testing.assert_allclose(result.observable_mean_per_chain, alone.observable_mean_per_chain, rtol=1e-5, atol=1e-7)
+        # Each result holds its own configurations (full, x0) of the run.
+        assert result.chains.num_configs == 2 and result.chains.center_index.tolist() == [k, k]
+    # φ = L(w) - L_n(w*_k) uses each checkpoint's own centre: w*_0 is the global minimum, so φ >= 0 at
+    # every draw there; from w*_1 = w* + δ the chains move downhill and ⟨φ⟩ < 0 (a centre shared with
+    # checkpoint 0 would give φ >= 0 here too).
+    assert stacked[300].observable_mean[0] < 0 < stacked[100].observable_mean[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,10 +359,10 @@ def test_components_separate_induction_tokens_and_circuit_heads(induction_model)
     heads = {name: sj.head_mask(params, f"blocks/{name[1]}/attn", int(name[3])) for name in ablation}
     probe, mask = _induction_data(2, 18)
     sample, _ = _induction_data(5, 96)
-    result = sj.estimate_susceptibilities(
-        loss_fn, params, sample, probes={"induction": probe}, components=heads, key=0, step_size=1e-2, nbeta=50.0,
-        localization=100.0, num_chains=4, num_draws=800, batch_size=32, mala_every=0, progress=False,
-    )
+    config = sj.SamplerConfig(step_size=1e-2, nbeta=50.0, localization=100.0, num_chains=4, num_draws=800, batch_size=32,
+                              mala_every=0)
+    result = sj.estimate_susceptibilities(loss_fn, params, sample, config, key=0, probes={"induction": probe},
+                                          components=heads, progress=False)
     chex.assert_shape(result.chi, (18 * (LENGTH - 1), 5))
     assert not result.diverged.any()
     induction = mask[result.labels.example, result.labels.token]
@@ -299,8 +374,18 @@ def test_components_separate_induction_tokens_and_circuit_heads(induction_model)
     assert separation > 0.7, separation
 
     # Heads: the circuit heads' response columns resemble each other more than the other heads.
-    correlation = np.corrcoef(result.zscored().T)
+    correlation = np.corrcoef(result.zscored().values.T)
     index = {name: result.components.index(name) for name in ablation}
     within = np.mean([correlation[index[a], index[b]] for a in circuit for b in circuit if a < b] or [1.0])
     across = np.mean([correlation[index[a], index[b]] for a in circuit for b in others])
     assert within - across > 0.1, (within, across, ablation)
+
+
+def test_divergence_is_reported():
+    """Every chain diverged: DivergenceError carrying the (all-NaN) result; no numpy warnings on the way."""
+    config = lg.CONFIG.replace(step_size=1.0, num_chains=2, num_draws=50, chunk_draws=None)
+    with pytest.raises(sj.DivergenceError, match="Every chain diverged") as caught:
+        sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, config, key=0, probes={"train": lg.train}, progress=False)
+    assert isinstance(caught.value.result, sj.SusceptibilityResult) and np.isnan(caught.value.result.chi).all()
+    with pytest.raises(sj.DivergenceError, match="Every chain diverged"):
+        sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, config, key=0, probe=lg.train, block_size=8, progress=False)
