@@ -46,7 +46,6 @@ with ``--scale 10``).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -84,43 +83,14 @@ def peak_device_mb() -> float | None:
 
 
 def estimate(loss_fn, params, data, config, *, key, probes, components, keep_traces=False, include_full=True):
-    """``sj.estimate_susceptibilities`` with the v2 signature ``(loss_fn, params, data, config, *, key, ...)``.
-
-    Returns ``(chains, num_rows, api)``. While ``slt_jax.susceptibility`` still has the 0.1 keyword
-    signature (being ported in issue 8), the same work (the same ``stats.observables`` observe
-    function and accumulator over the same stacked components) runs through ``run_chains`` directly.
-    """
+    """``sj.estimate_susceptibilities``; returns ``(chains, num_rows, api)``."""
     import slt_jax as sj
 
-    if "config" in inspect.signature(sj.estimate_susceptibilities).parameters:
-        result = sj.estimate_susceptibilities(
-            loss_fn, params, data, config, key=key, probes=probes, components=components, centering="probe",
-            include_full=include_full, keep_traces=keep_traces, progress=False,
-        )
-        return result.chains, int(result.chi.shape[0]), "estimate_susceptibilities"
-    return _run_chains_fallback(loss_fn, params, data, config, key, probes, components, keep_traces, include_full)
-
-
-def _run_chains_fallback(loss_fn, params, data, config, key, probes, components, keep_traces, include_full):
-    import slt_jax as sj
-
-    components = dict(components)
-    if include_full and "full" not in components:
-        components = {"full": None, **components}
-    init_loss = float(sj.full_data_loss(loss_fn, params, data, config.batch_size))
-    observed = sj.stats.observables(loss_fn, params, data, probes=probes, centering="probe", per_token=True,
-                                    full_batch_size=config.batch_size, init_loss=init_loss)
-    observe = observed.observe
-    if len(inspect.signature(observe).parameters) == 4:  # 0.1: observe(position, info, observe_data, batch)
-        def observe(params, info, context, _old=observed.observe):
-            return _old(params, info, context.data, context.batch)
-
-    chains = sj.run_chains(
-        loss_fn, [params], data, config, key=key, masks=list(components.values()), observe=observe,
-        observe_data=observed.observe_data, accumulator=observed.accumulator, keep_traces=keep_traces,
-        init_losses=[init_loss], progress=False, description="susceptibilities",
+    result = sj.estimate_susceptibilities(
+        loss_fn, params, data, config, key=key, probes=probes, components=components, centering="probe",
+        include_full=include_full, keep_traces=keep_traces, progress=False,
     )
-    return chains, len(observed.labels.example), "run_chains (estimate_susceptibilities not yet on the v2 API)"
+    return result.chains, int(result.chi.shape[0]), "estimate_susceptibilities"
 
 
 def nbytes(tree) -> int:

@@ -1,4 +1,4 @@
-"""Closed-form learning coefficients and finite-nβ expectations (SCIENCE.md §2).
+"""Closed-form learning coefficients and finite-nβ expectations (docs/conventions.md §2).
 
 These are the ground truth the estimators are tested against.
 """

@@ -53,7 +53,7 @@ def _restricted_eigenvalues(params, loss_fn, data, layer):
 
 
 def test_restricted_llc_matches_closed_form(frozen_dln):
-    """All but one layer frozen = linear regression in that layer: λ̂_ε is exact (SCIENCE.md §2)."""
+    """All but one layer frozen = linear regression in that layer: λ̂_ε is exact (docs/conventions.md §2)."""
     params, loss_fn, data = frozen_dln
     components = {f"layer{j}": sj.component_mask(params, f"layers/{j}") for j in range(2)}
     config = sj.SamplerConfig(step_size=STEP_SIZE, nbeta=NBETA, localization=LOCALIZATION, num_chains=NUM_CHAINS,

@@ -1,4 +1,4 @@
-"""Closed forms of slt_jax.theory against SCIENCE.md §2 fixtures."""
+"""Closed forms of slt_jax.theory against docs/conventions.md §2 fixtures."""
 
 import numpy as np
 import pytest
