@@ -55,6 +55,7 @@ from jax.flatten_util import ravel_pytree
 
 from slt_jax import diagnostics, kernels, plots, traces, validation
 from slt_jax.config import SamplerConfig
+from slt_jax.restriction import embed, restrict
 from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
@@ -193,6 +194,13 @@ def _curvature_and_gradient(loss_fn, params, batch, batches, mask, start, num_it
     return top, jnp.mean(squared)
 
 
+# Pilot chains that measure the posterior's scales away from w* (where a degenerate loss has no
+# curvature): this many chains of this many steps, at most this many rounds.
+PILOT_CHAINS = 4
+PILOT_STEPS = 200
+PILOT_ROUNDS = 5
+
+
 def default_step_sizes(
     loss_fn: LossFn,
     params: Params,
@@ -204,14 +212,24 @@ def default_step_sizes(
     num_step_sizes: int = 10,
     bias_tolerance: float = 0.05,
 ) -> np.ndarray:
-    """A factor-2 grid of step sizes, ascending, anchored on the posterior's scales at w*.
+    """A factor-2 grid of step sizes, ascending, anchored on the posterior's measured scales.
 
-    Uses the config's nβ (``nbeta_for(n)``), γ, ``batch_size`` and ``preconditioner``. The top is the
-    smaller of 1/a_max (a_max = nβ h_max + γ, h_max the top Hessian eigenvalue from power iteration
-    over the ``component``'s coordinates; at ε a_max = 1 the stiffest direction's variance is 33% too
-    large) and twice the largest ε whose gradient-noise bias (ε/8)·nβ²·E||g_B(w*)||² could stay within
-    ``bias_tolerance`` of the largest possible LLC, d/2. The grid descends by factors of 2. For an
-    RMSProp preconditioner it is multiplied by sqrt(E[g_i²]) + eps, the typical preconditioner scale.
+    Uses the config's nβ (``nbeta_for(n)``), γ, ``batch_size`` and ``preconditioner``. The top of the
+    grid is the smaller of 1/a_max (a_max = nβ h_max + γ, h_max the top Hessian eigenvalue from power
+    iteration over the ``component``'s coordinates; at ε a_max = 1 the stiffest direction's variance is
+    33% too large) and twice the largest ε whose gradient-noise bias (ε/8)·nβ²·E||g_B||² could stay
+    within ``bias_tolerance`` of the largest possible LLC, d/2.
+
+    Both scales are measured where the chains go, not only at w*: at a degenerate point (normal
+    crossings w1^a w2^b, where the Hessian and gradient at w* vanish) the scales at w* are those of the
+    localizer alone, orders of magnitude too loose. So ``PILOT_CHAINS`` short plain-SGLD pilot chains
+    (``PILOT_STEPS`` steps at a quarter of the current top, keys independent of the calibration's) are
+    run from w*; h_max is the largest over w* and their end points, E||g_B||² the mean over the end
+    points, and the top is lowered to the new value until it changes by less than 2x (at most
+    ``PILOT_ROUNDS`` rounds; a pilot that diverges divides the top by 8). For a regular (quadratic)
+    minimum the top moves by at most the factor the gradient term adds. The grid descends by factors
+    of 2. For an RMSProp preconditioner it is multiplied by sqrt(E[g_i²]) + eps, the typical
+    preconditioner scale.
 
     Returns:
         ``(num_step_sizes,)`` ascending.
@@ -220,7 +238,8 @@ def default_step_sizes(
     validation.check_params(params)
     num_step_sizes = validation.check_positive_int(num_step_sizes, "num_step_sizes")
     nbeta, localization, batch_size = config.nbeta_for(n), config.localization, min(config.batch_size, n)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(validation.as_key(key))).ravel())
+    key = validation.as_key(key)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     subset = rng.choice(n, size=min(n, max(batch_size, 1024)), replace=False)
     batch = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[subset]), data)
     num_batches = 8
@@ -229,22 +248,54 @@ def default_step_sizes(
     flat = ravel_pytree(params)[0]
     start = jnp.asarray(rng.normal(size=flat.shape), flat.dtype)
     mask = validation.check_masks(component, params, None, name="component")
-    if mask is not None:
-        num_coordinates = int(sum(np.sum(np.asarray(m)) for m in jax.tree.leaves(mask)))
-    else:
-        num_coordinates = int(flat.size)
-    top, squared = _curvature_and_gradient(loss_fn, params, batch, batches, mask, start, 30)
-    a_max = nbeta * float(top) + localization
-    if not a_max > 0:
-        raise ValueError("the loss has no curvature at w* and localization is 0: pass step_sizes explicitly.")
-    largest = 1.0 / a_max
-    if float(squared) > 0 and nbeta > 0:
-        largest = min(largest, 2.0 * 8.0 * bias_tolerance * (num_coordinates / 2.0) / (nbeta**2 * float(squared)))
+    restriction = restrict(mask, params)
+    num_coordinates = restriction.num_sampled
+
+    def scales(points):
+        """(max top Hessian eigenvalue, mean E||g_B||²) over ``points``."""
+        measured = [_curvature_and_gradient(loss_fn, p, batch, batches, mask, start, 30) for p in points]
+        return max(float(top) for top, _ in measured), float(np.mean([float(sq) for _, sq in measured]))
+
+    def top_of_grid(top, squared):
+        a_max = nbeta * top + localization
+        if not a_max > 0:
+            raise ValueError("the loss has no curvature at w* and localization is 0: pass step_sizes explicitly.")
+        largest = 1.0 / a_max
+        if squared > 0 and nbeta > 0:
+            largest = min(largest, 2.0 * 8.0 * bias_tolerance * (num_coordinates / 2.0) / (nbeta**2 * squared))
+        return largest
+
+    top_at_center, squared = scales([params])
+    largest = top_of_grid(top_at_center, squared)
+    pilot = config.replace(
+        step_size=largest, num_chains=PILOT_CHAINS, num_draws=1, num_burnin=PILOT_STEPS - 1, num_steps_between_draws=1,
+        mala_every=0, diagnostics_every=PILOT_STEPS, preconditioner="sgld",
+    )
+    pilot_key = jax.random.fold_in(key, 0x9170)
+    for attempt in range(PILOT_ROUNDS):
+        chains = run_chains(
+            loss_fn, [params], data, pilot.replace(step_size=largest / 4.0), key=jax.random.fold_in(pilot_key, attempt),
+            masks=None if mask is None else [mask], progress=False, description="step-size pilot",
+        )
+        if np.asarray(chains.diverged).any():
+            largest /= 8.0
+            continue
+        positions = chains.final_positions[0]
+        ends = [
+            embed(restriction.layout, restriction.offsets, params, jax.tree.map(lambda x: x[c], positions))
+            for c in range(PILOT_CHAINS)
+        ]
+        top, squared = scales(ends)
+        measured = top_of_grid(max(top, top_at_center), squared)
+        if measured >= largest / 2.0:
+            largest = min(largest, measured)
+            break
+        largest = measured
     preconditioner = config.preconditioner_spec
     if preconditioner.adaptive:
         # RMSProp steps are ε / (sqrt(v) + eps) per coordinate, v ≈ E[g²] at the start: rescale the
         # grid so that the typical effective step matches the plain-SGLD anchor.
-        largest *= math.sqrt(float(squared) / num_coordinates) + preconditioner.eps
+        largest *= math.sqrt(squared / num_coordinates) + preconditioner.eps
     return largest * 2.0 ** -np.arange(num_step_sizes)[::-1]
 
 

@@ -28,6 +28,8 @@ import warnings
 
 import numpy as np
 
+from numpyro import diagnostics as numpyro_diagnostics
+
 from slt_jax import traces
 from slt_jax.config import SamplerConfig
 from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
@@ -50,7 +52,10 @@ THRESHOLDS: dict[str, float] = {
     "ess": 100.0,  # ESS of the loss trace below this: too few effective draws for a stable mean
     "trend": 0.1,  # second half of the draws above the first by this fraction of the LLC: still climbing
     "trend_z": 2.0,  # ... and by this many standard errors (paired over chains)
-    "spike_mads": 10.0,  # a draw this many robust standard deviations above its chain's median is a spike
+    "drift": 0.02,  # a slow drift: a later half (or quarter) of the draws differs from the earlier by this fraction
+    "drift_z": 4.0,  # ... and by this many within-chain standard errors (autocorrelation-aware, pooled over chains)
+    "spike_mads": 10.0,  # a spike: a draw this many robust standard deviations above its chain's median AND a
+    # jump of this many robust standard deviations of the draw-to-draw changes above both neighbours
     "spike_fraction": 0.005,  # more spikes than this fraction of draws is a problem
     "below_minibatch": 0.5,  # draws below L(w*), minibatch-loss trace (with a negative LLC; noise gives up to ~0.5)
     "below_full": 0.1,  # draws below L(w*), full-data-loss trace (a local minimum gives 0)
@@ -93,7 +98,9 @@ def trace_metrics(
         A dict: ``llc_mean``, ``llc_std`` (over chains, ddof=1), ``llc_stderr``, ``ess``, ``rhat``
         (``slt_jax.traces.loss_diagnostics``: NaN for a constant trace), ``trend`` (relative rise of
         the second half over the first), ``trend_z``, ``late_trend`` (same, fourth quarter over
-        third), ``plateau_fraction`` (first draw, as a fraction of all draws, at which the
+        third), ``drift`` and ``drift_z`` (the largest within-chain shift between the halves, or
+        between the last two quarters, relative to the LLC and in autocorrelation-aware standard
+        errors: a slow drift shared by every chain, which R-hat cannot see), ``plateau_fraction`` (first draw, as a fraction of all draws, at which the
         chain-mean trace reaches its final level), ``spike_fraction``, ``fraction_below`` (draws
         below L(w*)), ``mala_acceptance``, ``predicted_bias`` (absolute, see the module docstring),
         ``relative_bias``, ``num_chains``, ``num_diverged`` (floats) and ``note`` (a string saying
@@ -112,7 +119,8 @@ def trace_metrics(
     out: dict = {"num_chains": float(num_chains), "num_diverged": float(diverged.sum())}
     nan = float("nan")
     if not good.any():
-        keys = ("llc_mean", "llc_std", "llc_stderr", "ess", "rhat", "trend", "trend_z", "late_trend", "plateau_fraction",
+        keys = ("llc_mean", "llc_std", "llc_stderr", "ess", "rhat", "trend", "trend_z", "late_trend", "drift", "drift_z",
+                "plateau_fraction",
                 "spike_fraction", "fraction_below", "mala_acceptance", "predicted_bias", "relative_bias")
         return out | {k: nan for k in keys} | {"note": "every chain diverged"}
     per_chain = shifted.mean(axis=1)
@@ -137,6 +145,7 @@ def trace_metrics(
         out["late_trend"] = float(late.mean() / scale)
     else:
         out["late_trend"] = nan
+    out["drift"], out["drift_z"] = _drift(shifted, scale)
     # Plateau: the first draw where the (smoothed, chain-mean) trace reaches the level of the last half.
     mean_trace = shifted_all.mean(axis=0)
     window = max(1, num_draws // 20)
@@ -144,10 +153,7 @@ def trace_metrics(
     level = mean_trace[num_draws // 2 :].mean()
     reached = np.flatnonzero(smoothed >= level)
     out["plateau_fraction"] = float((reached[0] + window - 1) / num_draws) if reached.size else 1.0
-    median = np.median(shifted, axis=1, keepdims=True)
-    mad = 1.4826 * np.median(np.abs(shifted - median), axis=1, keepdims=True)
-    spikes = shifted > median + THRESHOLDS["spike_mads"] * np.maximum(mad, 1e-12)
-    out["spike_fraction"] = float(spikes.mean())
+    out["spike_fraction"] = _spike_fraction(shifted)
     out["fraction_below"] = float((shifted < 0).mean())
     if mala_acceptance is not None:
         out["mala_acceptance"] = _finite_mean(np.asarray(mala_acceptance)[good][:, burnin_draws:])
@@ -163,12 +169,78 @@ def trace_metrics(
     return out
 
 
+def _mean_variance(x: np.ndarray) -> np.ndarray:
+    """Per chain, the variance of the mean of ``x`` ``(C, L)``: var / ESS (numpyro's single-chain ESS)."""
+    out = np.empty(x.shape[0])
+    for c, chain in enumerate(x):
+        variance = chain.var(ddof=1)
+        if not variance > 0:
+            out[c] = 0.0
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ess = float(numpyro_diagnostics.effective_sample_size(chain[None, :]))
+        out[c] = variance / min(max(ess, 1.0), chain.size)
+    return out
+
+
+def _drift(shifted: np.ndarray, scale: float) -> tuple[float, float]:
+    """(relative shift, z) of the most significant within-chain shift: second half against first, and
+    fourth quarter against third. Each chain's shift is compared with its own autocorrelation-aware
+    standard error (variance / ESS of each segment), pooled over chains, so a drift that every chain
+    shares, which R-hat cannot see, is found too; the spread of the shifts over chains replaces it
+    when larger (slow modes that a fast-mixing part of the trace hides from the ESS).
+    docs/conventions.md §4."""
+    num_chains, length = shifted.shape
+    best = (float("nan"), float("nan"))
+    if length < 16:
+        return best
+    half, quarter = length // 2, length // 4
+    pairs = [(shifted[:, :half], shifted[:, half:]), (shifted[:, length - 2 * quarter:length - quarter], shifted[:, length - quarter:])]
+    for early, late in pairs:
+        per_chain = late.mean(axis=1) - early.mean(axis=1)
+        shift = per_chain.mean()
+        stderr = math.sqrt((_mean_variance(early) + _mean_variance(late)).sum()) / num_chains
+        if num_chains >= 2:  # the spread of the shifts over chains, when larger (slow modes the ESS misses)
+            stderr = max(stderr, per_chain.std(ddof=1) / math.sqrt(num_chains))
+        z = shift / stderr if stderr > 0 else (0.0 if shift == 0 else math.copysign(math.inf, shift))
+        if not abs(z) <= abs(best[1]):
+            best = (float(shift / scale), float(z))
+    return best
+
+
+def _spread(x: np.ndarray) -> np.ndarray:
+    """Per row, a scale robust to a few outliers yet faithful to heavy tails: the larger of the
+    MAD-based standard deviation and the standard deviation of the central 98% of the values (the
+    MAD alone collapses for traces like nβ(L - L*) at a degenerate point, mostly near 0)."""
+    median = np.median(x, axis=1, keepdims=True)
+    mad = 1.4826 * np.median(np.abs(x - median), axis=1, keepdims=True)
+    low, high = np.quantile(x, [0.01, 0.99], axis=1, keepdims=True)
+    central = np.where((x >= low) & (x <= high), x, np.nan)
+    trimmed = np.nanstd(central, axis=1, keepdims=True)
+    return np.maximum(np.maximum(mad, trimmed), 1e-12)
+
+
+def _spike_fraction(shifted: np.ndarray) -> float:
+    """Fraction of draws that are spikes: far above their chain's median (``_spread``s) AND an
+    isolated jump above both neighbours (``_spread``s of the draw-to-draw changes). The second
+    condition keeps the tail of a smooth trace from counting (nβ(L - L*) of a 1-D quadratic is ½χ²₁,
+    whose excursions are gradual, not jumps); the trimmed spread, the heavy tails of singular ones."""
+    if shifted.shape[1] < 3:
+        return 0.0
+    k = THRESHOLDS["spike_mads"]
+    median = np.median(shifted, axis=1, keepdims=True)
+    high = shifted[:, 1:-1] > median + k * _spread(shifted)
+    jump = np.minimum(shifted[:, 1:-1] - shifted[:, :-2], shifted[:, 1:-1] - shifted[:, 2:])
+    isolated = jump > k * _spread(np.diff(shifted, axis=1))
+    return float((high & isolated).sum() / shifted.size)
+
+
 @dataclasses.dataclass(frozen=True)
 class Finding:
     """One problem found in a run.
 
     Attributes:
-        check: short name (``"divergence"``, ``"rhat"``, ``"ess"``, ``"plateau"``, ``"spikes"``,
+        check: short name (``"divergence"``, ``"rhat"``, ``"ess"``, ``"plateau"``, ``"drift"``, ``"spikes"``,
             ``"below_init"``, ``"mala"``, ``"bias"``, ``"noise"``, ``"rise"``).
         severity: ``"error"`` (the estimate is unusable) or ``"warning"`` (probably biased or noisy).
         message: what looks wrong, with the numbers.
@@ -231,11 +303,22 @@ def problems(metrics: dict[str, float], *, full_loss: bool = False, thresholds: 
             "Increase localization (γ) or lower nbeta: the chain escapes the neighbourhood of w*."
             if late else "Increase num_burnin: the chains had not reached the plateau when recording began.",
         ))
+    if (m.get("drift_z", np.nan) > t["drift_z"] or m.get("drift_z", np.nan) < -t["drift_z"]) and abs(m["drift"]) > t["drift"] \
+            and not any(f.check == "plateau" for f in found):
+        direction = "rising" if m["drift"] > 0 else "falling"
+        found.append(Finding(
+            "drift", "warning",
+            f"slow drift: the loss is still {direction} within the chains ({m['drift']:+.1%} of the LLC between "
+            f"halves or late quarters, z = {m['drift_z']:+.1f} within-chain standard errors); every chain may "
+            "share it, so R-hat does not show it.",
+            "Increase num_burnin (the chains have not equilibrated; equilibration time scales as 1/step_size), "
+            "or raise step_size if its bias allows, or increase localization.",
+        ))
     if m["spike_fraction"] > t["spike_fraction"]:
         found.append(Finding(
             "spikes", "warning",
-            f"loss spikes: {m['spike_fraction']:.1%} of the draws lie more than {t['spike_mads']:.0f} robust "
-            "standard deviations above their chain's median.",
+            f"loss spikes: {m['spike_fraction']:.1%} of the draws jump more than {t['spike_mads']:.0f} robust "
+            "standard deviations above their chain's median and above both neighbouring draws.",
             "Reduce step_size, or increase batch_size (spikes are often gradient noise).",
         ))
     limit = t["below_full"] if full_loss else t["below_minibatch"]

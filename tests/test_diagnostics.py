@@ -1,6 +1,8 @@
 """Diagnostics: trace-shape checks on synthetic traces, the predicted step-size bias against the
 closed form (exact ULA on a quadratic), the health summary and the nβ = 0 negative control."""
 
+import math
+
 import chex
 import jax.numpy as jnp
 import numpy as np
@@ -161,3 +163,51 @@ def test_negative_control_validates_before_compiling():
         sj.negative_control(exact_quadratic_loss, params, data, config.replace(step_size=1.0, localization=5.0), key=0)
     with pytest.raises(ValueError, match="numeric step_size"):
         sj.negative_control(exact_quadratic_loss, params, data, config.replace(step_size="auto", localization=1.0), key=0)
+
+
+# Issue 12, item 12: the spikes check fired on a smooth 1-D quadratic (nβ(L - L*) is ½χ²₁, whose
+# right tail put 1.0% of the draws beyond median + 10 robust standard deviations; limit 0.5%).
+def test_spikes_do_not_fire_on_smooth_one_dimensional_quadratic():
+    loss_fn = lambda w, batch: 0.5 * jnp.sum(w ** 2)
+    config = sj.SamplerConfig(step_size=2.8e-5, nbeta=1000.0, localization=1.0, num_chains=4, num_draws=2000,
+                              num_burnin=2000, batch_size=1, mala_every=0)
+    result = sj.estimate_llc(loss_fn, jnp.zeros(1), jnp.zeros((1, 1)), config, key=0, progress=False)
+    report = result.summary()
+    assert "spikes" not in {f.check for f in report.findings}, report
+    assert report.metrics["spike_fraction"] < diagnostics.THRESHOLDS["spike_fraction"] / 10
+
+
+def _ar1(rng, num_chains, num_draws, rho):
+    noise = rng.normal(size=(num_chains, num_draws))
+    out = np.empty_like(noise)
+    out[:, 0] = noise[:, 0]
+    for t in range(1, num_draws):
+        out[:, t] = rho * out[:, t - 1] + math.sqrt(1 - rho**2) * noise[:, t]
+    return out
+
+
+def test_drift_shared_by_every_chain_is_flagged_and_stationary_traces_are_not():
+    rng = np.random.default_rng(0)
+    stationary = 5.0 + 0.3 * _ar1(rng, 4, 4000, 0.9)
+    checks, metrics = _checks(stationary)
+    assert "drift" not in checks and abs(metrics["drift_z"]) < diagnostics.THRESHOLDS["drift_z"]
+    drifting = stationary + np.linspace(0.0, 0.5, 4000)  # +10% of the LLC over the run, in every chain
+    checks, metrics = _checks(drifting)
+    assert metrics["rhat"] < 1.1 and metrics["trend"] < diagnostics.THRESHOLDS["trend"]  # invisible before
+    assert "drift" in checks and "plateau" not in checks and "rhat" not in checks
+
+
+# Issue 12, item 13: a slow drift shared by all chains went undetected (R-hat ≈ 1, the halves within
+# the 10% "plateau" limit). Here 2000 flat directions (a = nβh + γ = 0.0105, relaxation ~5e4 steps)
+# are still filling in while 100 stiff ones have equilibrated: the LLC creeps up by ~6% over the run.
+def test_summary_flags_a_slow_drift_in_a_real_run():
+    h = jnp.array([1.0] * 100 + [5e-6] * 2000)
+    loss_fn = lambda w, batch: 0.5 * jnp.sum(h * w ** 2)
+    config = sj.SamplerConfig(step_size=1e-3, nbeta=100.0, localization=0.01, num_chains=16, num_draws=8000,
+                              num_burnin=2000, num_steps_between_draws=2, batch_size=1, mala_every=0)
+    result = sj.estimate_llc(loss_fn, jnp.zeros(2100), jnp.zeros((1, 1)), config, key=0, progress=False)
+    report = result.summary()
+    checks = {f.check for f in report.findings}
+    assert report.metrics["rhat"] < 1.1 and "plateau" not in checks, report
+    assert "drift" in checks, report
+    assert report.metrics["drift_z"] > 2 * diagnostics.THRESHOLDS["drift_z"]
