@@ -46,6 +46,7 @@ import dataclasses
 import functools
 import itertools
 import math
+import time
 import warnings
 
 import jax
@@ -140,6 +141,18 @@ class CalibrationResult:
             num_steps_between_draws=1,
         )
 
+    @property
+    def reference_llc(self) -> float:
+        """The calibration's one LLC figure, quoted by ``reason`` and ``repr``: for plain SGLD the
+        median bias-corrected LLC of the recommended setting's equilibrated (nβ, γ) group (what its
+        relative bias is measured against); for RMSProp the recommended setting's LLC. NaN when
+        nothing is recommended."""
+        if self.recommended_index < 0:
+            return float("nan")
+        metrics = self.metrics
+        key = "reference_llc" if "reference_llc" in metrics else "llc_mean"
+        return float(metrics[key][self.recommended_index])
+
     def table(self) -> str:
         """One line per setting (``*`` recommended, ``=`` equilibrated, ``x`` divergent) with its health figures."""
         m = self.metrics
@@ -169,7 +182,8 @@ class CalibrationResult:
         return (
             f"CalibrationResult({self.step_size.size} settings; recommended step_size={self.step_size[i]:.3g}, "
             f"nbeta={self.nbeta[i]:.4g}, localization={self.localization[i]:.3g}, "
-            f"num_burnin={self.settings['recommended_num_burnin']}, llc={self.metrics['llc_mean'][i]:.4g})"
+            f"num_burnin={self.settings['recommended_num_burnin']}, num_draws={self.settings['validated_num_draws']}, "
+            f"reference_llc={self.reference_llc:.4g})"
         )
 
 
@@ -446,6 +460,7 @@ def calibrate(
     >>> result.recommended.step_size in result.step_size
     True
     """
+    started = time.perf_counter()
     n = validation.check_data(data)
     validation.check_params(params)
     schedule, default_fraction = calibration_schedule(config)
@@ -487,8 +502,23 @@ def calibrate(
         step_size, nbeta, localization, metrics, problems, passed, equilibrated, divergent, groups, target_nbeta,
         mala_threshold, bias_tolerance, burnin_draws,
     )
+    seconds = time.perf_counter() - started
+    grid_chain_steps = int(step_size.size * schedule.num_chains * schedule.num_steps)
+    if recommended >= 0:
+        validated = config.replace(num_burnin=int(num_burnin), num_draws=schedule.num_draws - burnin_draws, num_steps_between_draws=1)
+        estimate_chain_steps = int(validated.num_chains * validated.num_steps)
+        reason += (
+            f" Cost: {seconds:.1f} s ({chains.compile_seconds:.1f} s compiling), {step_size.size} settings x "
+            f"{schedule.num_chains} chains x {schedule.num_steps} steps = {grid_chain_steps / estimate_chain_steps:.1f}x "
+            f"the chain-steps of one estimate at the recommended config."
+        )
+    else:
+        estimate_chain_steps = 0
     settings = dict(
         chains.settings,
+        cost=dict(seconds=seconds, compile_seconds=float(chains.compile_seconds), grid_chain_steps=grid_chain_steps,
+                  estimate_chain_steps=estimate_chain_steps,
+                  relative_chain_steps=grid_chain_steps / estimate_chain_steps if estimate_chain_steps else float("nan")),
         rule=RULE.format(mala=mala_threshold, bias=bias_tolerance, target=target_nbeta),
         mala_threshold=mala_threshold,
         bias_tolerance=bias_tolerance,

@@ -291,8 +291,10 @@ def estimate_llc_table(
         loss_fn, data: as for ``estimate_llc``.
         checkpoints: a list of params pytrees of one structure (e.g. ``sj.train(...).checkpoints``);
             ``[params]`` for the components of one model.
-        config: the ``SamplerConfig`` shared by every cell (``step_size`` numeric: calibrate once,
-            e.g. on the last checkpoint, and reuse it, so the curve is comparable across training).
+        config: the ``SamplerConfig`` shared by every cell, so the curve is comparable across
+            training. ``step_size="auto"`` calibrates it ONCE, on the last checkpoint for the whole
+            model (``slt_jax.calibrate`` with an independent key; its reason, grid and checkpoint are
+            in ``table.chains.settings["calibration"]``), and reuses it for every cell.
         key: every cell's chain c uses the same key, so a cell equals its own ``estimate_llc`` run.
         components: ``{name: mask or None}`` (None = the whole model); default: the whole model.
         steps: training step of each checkpoint (default 0..K-1).
@@ -313,22 +315,28 @@ def estimate_llc_table(
     (2, 2, 4)
     """
     _check_llc_config(config)
-    if config.step_size == "auto":
-        raise ValueError(
-            "estimate_llc_table needs a numeric step_size shared by every cell: calibrate once "
-            "(sj.calibrate(...).recommended) on the last checkpoint and pass that config."
-        )
     options = traces.estimator_options(loss_estimator)
     names, masks = _components(components)
-    if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)):
-        raise TypeError("checkpoints must be a list of params pytrees; for one model pass [params].")
+    if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)) or not checkpoints:
+        raise TypeError("checkpoints must be a non-empty list of params pytrees; for one model pass [params].")
     steps = np.arange(len(checkpoints)) if steps is None else np.asarray(steps)
     if steps.shape != (len(checkpoints),):
         raise ValueError(f"steps has shape {steps.shape}; it needs one entry per checkpoint ({len(checkpoints)}).")
+    calibrated = None
+    if config.step_size == "auto":
+        # One setting for the whole sweep, so the curve is comparable across training: calibrated on
+        # the last checkpoint (the trained model, whose posterior is the tightest) for the whole model.
+        config, calibrated = calibration.auto_step_size(
+            loss_fn, checkpoints[-1], data, config, key=key, loss_estimator=loss_estimator, progress=progress
+        )
     chains = run_chains(
         loss_fn, list(checkpoints), data, config, key=key, masks=masks, progress=progress,
         checkpoint_dir=checkpoint_dir, description="LLC table", **options,
     )
+    if calibrated is not None:
+        chains.settings["calibration"] = {
+            "reason": calibrated.reason, "step_sizes": calibrated.step_size.tolist(), "checkpoint": int(steps[-1]),
+        }
     num_k, num_m, num_c = len(checkpoints), len(names), config.num_chains
     shifted = traces.llc_draws(chains, loss_estimator)  # (G, C, D)
     loss = traces.loss_trace(chains, loss_estimator)

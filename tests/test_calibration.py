@@ -56,6 +56,22 @@ def test_calibrate_exact_quadratic_bias_within_tolerance(exact_calibration):
     assert "recommended step_size" in repr(result) and result.reason in result.summary()
 
 
+# Issue 12, item 4: one reference figure in the reason and the repr (0.1 quoted 295.4 in one and
+# 236.9 in the other), the schedule the setting was validated at, and the measured cost.
+def test_calibration_quotes_one_reference_figure_its_validated_schedule_and_cost(exact_calibration):
+    result, _ = exact_calibration
+    reference = f"{result.reference_llc:.4g}"
+    assert f"reference LLC {reference}" in result.reason and f"reference_llc={reference}" in repr(result)
+    recommended = result.recommended
+    assert f"num_burnin={recommended.num_burnin}" in repr(result) and f"num_draws={recommended.num_draws}" in repr(result)
+    assert recommended.num_draws == result.settings["validated_num_draws"]
+    cost = result.settings["cost"]
+    assert cost["seconds"] > cost["compile_seconds"] > 0
+    expected = result.step_size.size * CONFIG.num_chains * CONFIG.num_draws / (recommended.num_chains * recommended.num_steps)
+    assert cost["relative_chain_steps"] == pytest.approx(expected)
+    assert f"{expected:.1f}x the chain-steps of one estimate" in result.reason
+
+
 def test_recommended_config_runs_estimate_llc(exact_calibration):
     result, _ = exact_calibration
     params, data, _, _ = regression()

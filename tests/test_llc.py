@@ -193,6 +193,24 @@ def test_checkpoint_axis_equals_separate_runs_with_the_same_key():
     assert "step" in table.table() and table.to_xarray().llc_mean.dims == ("checkpoint", "component")
 
 
+# Issue 12, item 4: a checkpoint sweep calibrates once (on the last checkpoint) and reuses that one
+# setting for every cell, in one call; on 0.1 this raised and asked for a separate calibrate call.
+def test_llc_table_with_auto_step_size_calibrates_once_and_reuses_it():
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
+    checkpoints = [w_star * 1.05, w_star]
+    config = sj.SamplerConfig(step_size="auto", nbeta=100.0, localization=1.0, num_draws=300, num_burnin=300,
+                              batch_size=50)
+    table = sj.estimate_llc_table(loss_fn, checkpoints, data, config, key=0, steps=[5, 10], progress=False)
+    calibration = table.chains.settings["calibration"]
+    assert calibration["checkpoint"] == 10 and "Recommended" in calibration["reason"]
+    chosen = table.chains.config.step_size
+    assert chosen in calibration["step_sizes"] and table.chains.config.replace(step_size="auto") == config
+    np.testing.assert_array_equal(table.chains.hyperparameters.step_size, chosen)  # one setting, every cell
+    # ... and equals calibrating the last checkpoint by hand, then running the table with its step size.
+    by_hand = sj.estimate_llc(loss_fn, w_star, data, config, key=0, progress=False)
+    assert by_hand.config.step_size == chosen
+
+
 def test_table_flags_unreliable_rows():
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
     # Full batch with a tiny step: the chains have barely moved, ESS is far below 100.
