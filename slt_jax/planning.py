@@ -90,6 +90,7 @@ class Plan(NamedTuple):
     data: Batch
     static: program.Static  # without num_draws / steps_per_draw / recorded
     observe_data: PyTree
+    center_caches: list  # per centre, the per-example losses at it (n, ...), or None (no cache)
 
 
 def _check_centers(centers: Sequence[Params]) -> list:
@@ -172,16 +173,44 @@ def prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_d
     bad = np.flatnonzero(~np.isfinite(init_losses))
     if bad.size:
         raise ValueError(f"the full-data loss at checkpoint(s) {bad.tolist()} is not finite; loss_fn must be finite at w*.")
+    caches = _center_caches(loss_fn, centers, data, config, len(variants)) if center_loss else None
     static = program.Static(
         loss_fn=loss_fn, layout=None, preconditioner=config.preconditioner_spec, batch_size=config.batch_size,
         num_draws=0, steps_per_draw=1, recorded=True, observe=observe, accumulator=accumulator,
         keep_traces=bool(keep_traces and observe is not None), full_loss_every=full_loss_every,
         full_loss_batch_size=config.batch_size, mala_every=config.mala_every,
-        diagnostics_every=config.diagnostics_every, center_loss=bool(center_loss), bulk_noise=False,
+        diagnostics_every=config.diagnostics_every, center_loss=bool(center_loss), center_cache=caches is not None,
+        bulk_noise=False,
     )
     chain_keys = jax.random.split(validation.as_key(key), config.num_chains)
     observe_data = jax.tree.map(jnp.asarray, observe_data)
-    return Plan(n, centers, init_losses, variants, chain_keys, data, static, observe_data)
+    return Plan(n, centers, init_losses, variants, chain_keys, data, static, observe_data, caches)
+
+
+# The per-example losses at a centre are kept on device when they take at most this many bytes.
+_CENTER_CACHE_MAX_BYTES = 256 * 2**20
+
+
+def _center_caches(loss_fn, centers, data, config: SamplerConfig, num_variants: int) -> list | None:
+    """Per-example losses at each centre, when gathering them beats a forward pass per draw.
+
+    The paired estimator and probe-centred susceptibilities need L_B(w*) on every draw's minibatch.
+    With per-example losses at w* computed once (n forward examples per centre), that is a gather
+    and a mean, the same number up to float32 rounding. Worth it when n is below the examples the
+    per-draw passes would evaluate (draws x chains x variants x batch_size), the loss is
+    per-example (leading batch axis) and the cache fits ``_CENTER_CACHE_MAX_BYTES``.
+    """
+    n = jax.tree.leaves(data)[0].shape[0]
+    per_draw_examples = config.num_draws * config.num_chains * num_variants * config.batch_size
+    if n > per_draw_examples:
+        return None
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((config.batch_size,) + x.shape[1:], x.dtype), data)
+    shape = jax.eval_shape(loss_fn, centers[0], batch).shape
+    if len(shape) == 0 or shape[0] != config.batch_size:
+        return None  # a scalar (or otherwise shaped) loss: evaluate at w* on each batch
+    if n * int(np.prod(shape[1:])) * 4 * len(centers) > _CENTER_CACHE_MAX_BYTES:
+        return None
+    return [program.example_losses(loss_fn, c, data, config.batch_size) for c in centers]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ runs under ``jit``; nothing here touches the host.
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -22,7 +23,8 @@ from slt_jax import kernels, restriction, validation
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax.types import Array, Batch, LossFn, Params, PRNGKey, PyTree
 
-__all__ = ["Accumulator", "DrawContext", "Carry", "DrawRecord", "take_rows", "batched_mean", "full_data_loss", "compiled_chunk", "compile_count"]
+__all__ = ["Accumulator", "DrawContext", "Carry", "DrawRecord", "take_rows", "batched_mean", "example_losses", "full_data_loss",
+           "compiled_chunk", "compile_count"]
 
 
 class Accumulator(NamedTuple):
@@ -45,12 +47,17 @@ class DrawContext(NamedTuple):
         center: this configuration's w* (full params).
         init_loss: this configuration's L_n(w*), float32 scalar.
         data: the run's ``observe_data`` (e.g. probe datasets), or None.
+        center_loss: the mean loss AT w* on ``batch`` (float32 scalar) when the run evaluates it
+            (``run_chains(center_loss=True)``), else None. The sampler gathers it from the
+            per-example losses at w*, computed once per centre, when that is cheaper than one
+            forward pass per draw (``slt_jax.planning``).
     """
 
     batch: Batch
     center: Params
     init_loss: Array
     data: PyTree
+    center_loss: Array | None = None
 
 
 class Carry(NamedTuple):
@@ -90,6 +97,22 @@ def batched_mean(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) 
 batched_mean_jit = jax.jit(batched_mean, static_argnums=(0, 3))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def example_losses(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> Array:
+    """``loss_fn(params, ·)`` of every example, ``(n, ...)``, evaluated in batches of ``batch_size``
+    (``loss_fn`` must return per-example losses with a leading batch axis)."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    num_full = n // batch_size
+    parts = []
+    if num_full:
+        head = jax.tree.map(lambda x: x[: num_full * batch_size].reshape((num_full, batch_size) + x.shape[1:]), data)
+        losses = jax.lax.map(lambda b: loss_fn(params, b), head)
+        parts.append(losses.reshape((num_full * batch_size,) + losses.shape[2:]))
+    if n - num_full * batch_size:
+        parts.append(loss_fn(params, jax.tree.map(lambda x: x[num_full * batch_size :], data)))
+    return jnp.concatenate(parts).astype(jnp.float32)
+
+
 def full_data_loss(loss_fn: LossFn, params: Params, data: Batch, batch_size: int | None = None) -> Array:
     """L_n(params): the exact mean loss over all n examples, evaluated in batches of ``batch_size``.
 
@@ -118,12 +141,17 @@ class Static(NamedTuple):
     mala_every: int
     diagnostics_every: int
     center_loss: bool
+    center_cache: bool  # the loss at w* on a batch is gathered from per-example losses at w*
     bulk_noise: bool
 
 
-def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, init_loss: Array, offsets: tuple,
-                hyper: Hyperparameters, step_offset: Array, draw_offset: Array, observe_data: PyTree, static: Static):
-    """Runs ``num_draws * steps_per_draw`` steps of ONE chain of ONE configuration."""
+def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, init_loss: Array, center_cache: Array,
+                offsets: tuple, hyper: Hyperparameters, step_offset: Array, draw_offset: Array, observe_data: PyTree,
+                static: Static):
+    """Runs ``num_draws * steps_per_draw`` steps of ONE chain of ONE configuration.
+
+    ``center_cache`` holds the per-example losses at the centre ``(n, ...)`` when
+    ``static.center_cache`` (else an empty placeholder)."""
     n = jax.tree.leaves(data)[0].shape[0]
     num_steps = static.num_draws * static.steps_per_draw
     noise_key, batch_key = jax.random.split(chain_key)
@@ -188,11 +216,19 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, i
                 lambda: batched_mean(static.loss_fn, params, data, static.full_loss_batch_size).astype(jnp.float32),
                 lambda: nan,
             )
-        at_center = kernels.mean_loss(static.loss_fn, center, batch).astype(jnp.float32) if static.center_loss else nan
+        at_center = nan
+        if static.center_loss:
+            if not static.center_cache:
+                at_center = kernels.mean_loss(static.loss_fn, center, batch).astype(jnp.float32)
+            elif static.batch_size == n:
+                at_center = jnp.mean(center_cache)
+            else:
+                at_center = jnp.mean(jnp.take(center_cache, first[1], axis=0, mode="clip"))
         observed = None
         accumulated = carry.accumulator
         if static.observe is not None:
-            observed = static.observe(params, info, DrawContext(batch, center, init_loss, observe_data))
+            context = DrawContext(batch, center, init_loss, observe_data, at_center if static.center_loss else None)
+            observed = static.observe(params, info, context)
             if static.accumulator is not None:
                 accumulated = static.accumulator.update(accumulated, observed)
         if static.steps_per_draw > 1:
@@ -205,14 +241,15 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, i
     return jax.lax.scan(draw, carry, (noise, indices, steps, draw_indices))
 
 
-def _chunk(carry, chain_keys, data, centers, init_losses, offsets, hyper, step_offset, draw_offset, observe_data, *, static: Static):
-    def run(c, k, center, init_loss, off, h):
-        return chain_chunk(c, k, data, center, init_loss, off, h, step_offset, draw_offset, observe_data, static)
+def _chunk(carry, chain_keys, data, centers, init_losses, center_caches, offsets, hyper, step_offset, draw_offset, observe_data,
+           *, static: Static):
+    def run(c, k, center, init_loss, cache, off, h):
+        return chain_chunk(c, k, data, center, init_loss, cache, off, h, step_offset, draw_offset, observe_data, static)
 
-    per_chain = jax.vmap(run, in_axes=(0, 0, None, None, None, None))
-    per_variant = jax.vmap(per_chain, in_axes=(0, None, None, None, 0, 0))
-    per_center = jax.vmap(per_variant, in_axes=(0, None, 0, 0, None, None))
-    return per_center(carry, chain_keys, centers, init_losses, offsets, hyper)
+    per_chain = jax.vmap(run, in_axes=(0, 0, None, None, None, None, None))
+    per_variant = jax.vmap(per_chain, in_axes=(0, None, None, None, None, 0, 0))
+    per_center = jax.vmap(per_variant, in_axes=(0, None, 0, 0, 0, None, None))
+    return per_center(carry, chain_keys, centers, init_losses, center_caches, offsets, hyper)
 
 
 _chunk_jit = jax.jit(_chunk, static_argnames=("static",), donate_argnums=(0,))

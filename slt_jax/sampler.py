@@ -180,6 +180,10 @@ def _group_inputs(plan: planning.Plan, config: SamplerConfig, group: planning.Gr
     hyper = Hyperparameters(*(jnp.asarray(np.stack([v.hyper[i] for v in variants]), jnp.float32) for i in range(4)))
     centers = jax.tree.map(lambda *xs: jnp.stack(xs), *[plan.centers[c] for c in group.centers])
     init_losses = jnp.asarray(plan.init_losses[group.centers], jnp.float32)
+    if plan.center_caches is None:
+        center_caches = jnp.zeros((len(group.centers), 0), jnp.float32)
+    else:
+        center_caches = jnp.stack([plan.center_caches[c] for c in group.centers])
     num_k, num_v, num_c = len(group.centers), len(group.variants), config.num_chains
     lead = lambda x: jnp.broadcast_to(x, (num_k, num_v, num_c) + jnp.shape(x))
     # Every chain starts at its own centre's piece.
@@ -201,7 +205,7 @@ def _group_inputs(plan: planning.Plan, config: SamplerConfig, group: planning.Gr
     carry = jax.tree.map(jnp.array, carry)  # own buffers (the chunk program donates its carry)
     num_sampled = layout.num_sampled
     static = static._replace(layout=layout, bulk_noise=num_sampled <= _BULK_NOISE_MAX_PARAMETERS)
-    return carry, centers, init_losses, offsets, hyper, static
+    return carry, centers, init_losses, center_caches, offsets, hyper, static
 
 
 def _open_checkpoint(plan: planning.Plan, directory, group_index, carry, static, schedule, arrays, settings):
@@ -225,7 +229,7 @@ def _open_checkpoint(plan: planning.Plan, directory, group_index, carry, static,
 
 def _drive(plan: planning.Plan, config: SamplerConfig, group_index: int, group: planning.Group, bar, checkpoint_dir) -> _GroupRun:
     """Runs one group's chunks, checking divergence (and saving a checkpoint) after each."""
-    carry, centers, init_losses, offsets, hyper, static = _group_inputs(plan, config, group)
+    carry, centers, init_losses, center_caches, offsets, hyper, static = _group_inputs(plan, config, group)
     num_configs = len(group.centers) * len(group.variants)
     per_step_values = static.layout.num_sampled if static.bulk_noise else config.batch_size
     schedule = planning.schedule(config, num_configs * config.num_chains * per_step_values * 4)
@@ -235,8 +239,8 @@ def _drive(plan: planning.Plan, config: SamplerConfig, group_index: int, group: 
         carry_sharding, key_sharding, replicated = sharding
         carry = jax.device_put(carry, carry_sharding)
         chain_keys = jax.device_put(chain_keys, key_sharding)
-        data, centers, init_losses, offsets, hyper, observe_data = jax.device_put(
-            (data, centers, init_losses, offsets, hyper, observe_data), replicated
+        data, centers, init_losses, center_caches, offsets, hyper, observe_data = jax.device_put(
+            (data, centers, init_losses, center_caches, offsets, hyper, observe_data), replicated
         )
     records, step_offset, draw_offset, chunks_done = [], 0, 0, 0
     checkpoint = None
@@ -258,9 +262,10 @@ def _drive(plan: planning.Plan, config: SamplerConfig, group_index: int, group: 
             break
         chunk_static = static._replace(num_draws=length, steps_per_draw=steps_per_draw, recorded=recorded)
         if not recorded:
-            chunk_static = chunk_static._replace(observe=None, accumulator=None, keep_traces=False, full_loss_every=0, center_loss=False)
+            chunk_static = chunk_static._replace(observe=None, accumulator=None, keep_traces=False, full_loss_every=0, center_loss=False,
+                                                 center_cache=False)
         chunk_carry = carry if recorded else carry._replace(accumulator=None)
-        args = (chunk_carry, chain_keys, data, centers, init_losses, offsets, hyper,
+        args = (chunk_carry, chain_keys, data, centers, init_losses, center_caches, offsets, hyper,
                 jnp.asarray(step_offset, jnp.int32), jnp.asarray(draw_offset if recorded else 0, jnp.int32),
                 observe_data if recorded else None)
         executable, seconds = program.compiled_chunk(args, chunk_static)
@@ -401,8 +406,10 @@ def run_chains(
         accumulator: streaming statistics of ``observe``'s values carried on device.
         keep_traces: keep every draw's ``observe`` values (memory grows with num_draws).
         full_loss_every: evaluate the full-data loss every this many draws (0 = never).
-        center_loss: also evaluate the loss at w* on every draw's minibatch (one forward pass per
-            draw), the control variate of the paired LLC estimator.
+        center_loss: also evaluate the loss at w* on every draw's minibatch, the control variate
+            of the paired LLC estimator (and ``DrawContext.center_loss``): one forward pass per draw,
+            or a gather from the per-example losses at each centre, computed once when n is at most
+            the examples those passes would evaluate and ``loss_fn`` is per-example.
         init_losses: L_n(w*) of each centre if already known (skips a full-data pass each).
         progress: show a tqdm bar (its rate excludes compilation).
         checkpoint_dir: a directory to write each group's state to after every chunk; a restarted

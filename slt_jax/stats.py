@@ -282,7 +282,12 @@ def _build(loss_fn, functions, centering, per_token, probe_batch_size, full_batc
             # centering term is the probe mean, never that same minibatch (which would add the
             # conditional covariance of the two minibatch terms to every χ). w* is the draw's own
             # configuration's centre (a checkpoint), from the context.
-            phi = info.loss - kernels.mean_loss(loss_fn, context.center, context.batch)
+            # The sampler supplies L_B(w*) when run with center_loss=True (gathered from per-example
+            # losses at w* computed once, when cheaper); else it is one forward pass here.
+            at_center = context.center_loss
+            if at_center is None:
+                at_center = kernels.mean_loss(loss_fn, context.center, context.batch)
+            phi = info.loss - at_center
             center = jnp.mean(losses)
         values = {name: jnp.asarray(function(params)) for name, function in functions}
         return {"loss": phi, "functions": values, "probes": losses, "center": center}

@@ -410,7 +410,7 @@ def _susceptibilities(loss_fn, checkpoints, data, config, key, probes, component
     chains = run_chains(
         loss_fn, checkpoints, data, config, key=key, masks=masks, observe=observed.observe,
         observe_data=observed.observe_data, accumulator=observed.accumulator, keep_traces=keep_traces,
-        progress=progress, description="susceptibilities",
+        center_loss=centering == "probe", progress=progress, description="susceptibilities",
     )
     num_m = len(names)
     results = [
