@@ -5,7 +5,7 @@ See README.md for a quickstart and docs/conventions.md for every formula and con
 
 # --- sampling core: kernels, restricted chains, run settings, the driver ---
 from slt_jax import config, kernels, program, restriction, sampler, theory, traces
-from slt_jax.config import SamplerConfig, batch_nbeta, default_nbeta
+from slt_jax.config import NbetaConventionWarning, SamplerConfig, batch_nbeta, default_nbeta
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax.program import Accumulator, DrawContext, compile_count
 from slt_jax.sampler import ChainsOutput, DivergenceError, full_data_loss, run_chains

@@ -25,7 +25,7 @@ import numpy as np
 from slt_jax.kernels import Preconditioner, get_preconditioner
 from slt_jax.validation import check_positive_int
 
-__all__ = ["SamplerConfig", "default_nbeta", "batch_nbeta"]
+__all__ = ["SamplerConfig", "default_nbeta", "batch_nbeta", "NbetaConventionWarning"]
 
 
 def _check_number(value, name: str, *, allow_zero: bool, fix: str) -> float:
@@ -35,6 +35,14 @@ def _check_number(value, name: str, *, allow_zero: bool, fix: str) -> float:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name}={value!r} must be finite and {'>= 0' if allow_zero else '> 0'}. {fix}")
     return value
+
+
+class NbetaConventionWarning(UserWarning):
+    """The default nβ = n / log n was used with per-token losses: n counts sequences, not tokens.
+
+    Issued once per process by the sampler; pass ``nbeta=`` explicitly to state the convention
+    (e.g. ``sj.default_nbeta(num_sequences)`` to keep the default, silently).
+    """
 
 
 def default_nbeta(n: int) -> float:

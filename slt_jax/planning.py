@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_jax import kernels, program, restriction, validation
-from slt_jax.config import SamplerConfig
+from slt_jax.config import NbetaConventionWarning, SamplerConfig
 from slt_jax.kernels import Hyperparameters, SGLDInfo
 from slt_jax.program import DrawContext, full_data_loss
 from slt_jax.types import Array, Batch, Params, PyTree
@@ -160,7 +161,13 @@ def prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_d
         raise ValueError(f"batch_size={config.batch_size} is larger than the dataset (n={n}); use batch_size <= {n}.")
     full_loss_every = validation.check_positive_int(full_loss_every, "full_loss_every", minimum=0)
     variants = _variants(config, n, centers[0], masks, grid)
-    validation.check_loss_fn(loss_fn, centers[0], data, config.batch_size)
+    loss_shape = validation.check_loss_fn(loss_fn, centers[0], data, config.batch_size)
+    if config.nbeta is None and len(loss_shape) >= 2:
+        warnings.warn(NbetaConventionWarning(
+            f"loss_fn returns per-token losses {loss_shape} and nbeta is the default n / log n with n = {n} "
+            f"SEQUENCES (nbeta = {config.nbeta_for(n):.4g}), not n tokens (docs/conventions.md §1). Pass nbeta= "
+            f"to choose the convention explicitly, e.g. nbeta=sj.default_nbeta({n}) to keep this one."
+        ), stacklevel=4)
     if observe_data is not None and observe is None:
         raise ValueError("observe_data was given without observe; pass observe(params, info, context).")
     if accumulator is not None and observe is None:

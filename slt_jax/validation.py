@@ -139,7 +139,8 @@ def check_masks(masks: Mask | None, params: Params, num_configs: int | None, nam
     return mask_arrays
 
 
-def check_loss_fn(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> None:
+def check_loss_fn(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> tuple[int, ...]:
+    """Checks ``loss_fn`` on an abstract batch; returns the shape of its output."""
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {loss_fn!r}.")
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size,) + np.shape(x)[1:], np.asarray(x).dtype), data)
@@ -156,3 +157,4 @@ def check_loss_fn(loss_fn: LossFn, params: Params, data: Batch, batch_size: int)
             f"loss_fn returned shape {out.shape} for a batch of {batch_size}; it must return per-example "
             f"losses of shape ({batch_size},) (or ({batch_size}, seq) per token), or a scalar mean."
         )
+    return tuple(out.shape)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import chex
 import jax
@@ -305,6 +306,19 @@ def test_center_loss_gathered_from_cached_example_losses_equals_a_forward_pass(p
     np.testing.assert_allclose(scalar.center_loss, forward.center_loss, rtol=1e-5)
     assert planning._center_caches(scalar_loss, centers, data, config, 1) is None
     assert planning._center_caches(loss_fn, centers, data, config, 1) is not None
+
+
+# Issue 12, item 6: with per-token losses the default nβ = n / log n counts sequences; say so.
+def test_default_nbeta_with_per_token_losses_warns_that_n_counts_sequences(problem):
+    loss_fn, w_star, data = problem
+    per_token = lambda w, batch: jnp.stack([loss_fn(w, batch)] * 3, axis=1)  # (batch, 3 "tokens")
+    config = CONFIG.replace(num_draws=4, nbeta=None)
+    with pytest.warns(sj.NbetaConventionWarning, match="SEQUENCES"):
+        sj.run_chains(per_token, [w_star], data, config, key=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sj.NbetaConventionWarning)
+        sj.run_chains(per_token, [w_star], data, config.replace(nbeta=sj.default_nbeta(200)), key=0, progress=False)
+        sj.run_chains(loss_fn, [w_star], data, config, key=0, progress=False)  # per-example: no warning
 
 
 def test_full_data_loss_handles_a_partial_last_batch(problem):
