@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from slt_jax import calibration, diagnostics, traces
+from slt_jax import calibration, diagnostics, planning, traces
 from slt_jax.config import SamplerConfig
 from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
@@ -324,6 +324,7 @@ def estimate_llc_table(
         raise ValueError(f"steps has shape {steps.shape}; it needs one entry per checkpoint ({len(checkpoints)}).")
     calibrated = None
     if config.step_size == "auto":
+        planning.check_inputs(loss_fn, list(checkpoints), data, config, masks)  # before calibrating
         # One setting for the whole sweep, so the curve is comparable across training: calibrated on
         # the last checkpoint (the trained model, whose posterior is the tightest) for the whole model.
         config, calibrated = calibration.auto_step_size(

@@ -119,6 +119,16 @@ def _check_centers(centers: Sequence[Params]) -> list:
     return list(centers)
 
 
+def check_inputs(loss_fn, centers, data, config: SamplerConfig, masks=None) -> None:
+    """The input checks ``run_chains`` makes before compiling, for callers that do work first
+    (``step_size="auto"`` calibrates before the main run): data, checkpoint structures, masks, loss_fn."""
+    n = validation.check_data(data)
+    centers = _check_centers(centers)
+    for index, mask in enumerate([None] if masks is None else masks):
+        validation.check_masks(mask, centers[0], None, name=f"masks[{index}]")
+    validation.check_loss_fn(loss_fn, centers[0], data, min(config.batch_size, n))
+
+
 def _variants(config: SamplerConfig, n: int, params: Params, masks, grid) -> list[Variant]:
     masks = [None] if masks is None else list(masks)
     if not masks:

@@ -150,8 +150,12 @@ def test_validation_errors_before_compiling():
         table({"bad": {"v": True}})
     with pytest.raises(ValueError, match="selects no coordinate"):
         table({"empty": {"w": False}})
-    with pytest.raises(ValueError, match="numeric step_size"):
-        table({"all": {"w": True}}, config=config.replace(step_size="auto"))
+    # step_size="auto" calibrates first: the inputs are still checked before anything compiles.
+    auto = config.replace(step_size="auto")
+    with pytest.raises(ValueError, match="selects no coordinate"):
+        table({"empty": {"w": False}}, config=auto)
+    with pytest.raises(ValueError, match="same structure"):
+        table({"bad": {"v": True}}, config=auto)
     with pytest.raises(ValueError, match="loss_estimator"):
         table({"all": {"w": True}}, loss_estimator="mean")
     with pytest.raises(ValueError, match="steps"):
