@@ -202,10 +202,13 @@ def _curvature_and_gradient(loss_fn, params, batch, batches, mask, start, num_it
         w = hvp(v)
         return w / (jnp.linalg.norm(w) + 1e-30)
 
-    v = jax.lax.fori_loop(0, num_iterations, power, start / jnp.linalg.norm(start))
+    start = start / jnp.linalg.norm(start)
+    v = jax.lax.fori_loop(0, num_iterations, power, start)
     top = jnp.abs(jnp.vdot(v, hvp(v)))
     squared = jax.lax.map(lambda b: jnp.sum((flat_mask * jax.grad(mean_loss)(flat, b)) ** 2), batches)
-    return top, jnp.mean(squared)
+    # Where the Hessian vanishes (a degenerate w*) the iteration collapses to 0: keep the start.
+    usable = jnp.isfinite(top) & (jnp.linalg.norm(v) > 0.5)
+    return jnp.where(usable, top, 0.0), jnp.mean(squared), jnp.where(usable, v, start)
 
 
 # Pilot chains that measure the posterior's scales away from w* (where a degenerate loss has no
@@ -265,10 +268,17 @@ def default_step_sizes(
     restriction = restrict(mask, params)
     num_coordinates = restriction.num_sampled
 
-    def scales(points):
-        """(max top Hessian eigenvalue, mean E||g_B||²) over ``points``."""
-        measured = [_curvature_and_gradient(loss_fn, p, batch, batches, mask, start, 30) for p in points]
-        return max(float(top) for top, _ in measured), float(np.mean([float(sq) for _, sq in measured]))
+    direction = [start]
+
+    def scales(points, num_iterations):
+        """(max top Hessian eigenvalue, mean E||g_B||²) over ``points``; each power iteration starts
+        from the previous top eigenvector (the pilot's end points need only a few iterations)."""
+        tops, squares = [], []
+        for point in points:
+            top, squared, direction[0] = _curvature_and_gradient(loss_fn, point, batch, batches, mask, direction[0], num_iterations)
+            tops.append(float(top))
+            squares.append(float(squared))
+        return max(tops), float(np.mean(squares))
 
     def top_of_grid(top, squared):
         a_max = nbeta * top + localization
@@ -279,7 +289,7 @@ def default_step_sizes(
             largest = min(largest, 2.0 * 8.0 * bias_tolerance * (num_coordinates / 2.0) / (nbeta**2 * squared))
         return largest
 
-    top_at_center, squared = scales([params])
+    top_at_center, squared = scales([params], 30)
     largest = top_of_grid(top_at_center, squared)
     pilot = config.replace(
         step_size=largest, num_chains=PILOT_CHAINS, num_draws=1, num_burnin=PILOT_STEPS - 1, num_steps_between_draws=1,
@@ -299,7 +309,7 @@ def default_step_sizes(
             embed(restriction.layout, restriction.offsets, params, jax.tree.map(lambda x: x[c], positions))
             for c in range(PILOT_CHAINS)
         ]
-        top, squared = scales(ends)
+        top, squared = scales(ends, 10)
         measured = top_of_grid(max(top, top_at_center), squared)
         if measured >= largest / 2.0:
             largest = min(largest, measured)
