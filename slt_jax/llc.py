@@ -218,9 +218,12 @@ class LLCTable:
 
     @property
     def unreliable(self) -> np.ndarray:
-        """``(K, M)`` bool: ESS below 100, R-hat above 1.1, undefined, or a diverged chain."""
+        """``(K, M)`` bool: ESS below 100, R-hat above 1.1, undefined, a diverged chain, or a negative
+        LLC (the chains found lower loss than L(w*): that checkpoint is not a local minimum, e.g.
+        untrained; ``result(k, m).summary()`` says more)."""
         with np.errstate(invalid="ignore"):
-            return ~(self.ess >= MIN_ESS) | ~(self.rhat <= MAX_RHAT) | self.diverged.any(axis=-1)
+            return (~(self.ess >= MIN_ESS) | ~(self.rhat <= MAX_RHAT) | self.diverged.any(axis=-1)
+                    | ~(self.llc_mean >= 0))
 
     def result(self, checkpoint: int = 0, component: str | int = 0) -> LLCResult:
         """The full ``LLCResult`` (traces, diagnostics) of one cell; ``checkpoint`` is an index."""

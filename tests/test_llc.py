@@ -211,6 +211,18 @@ def test_llc_table_with_auto_step_size_calibrates_once_and_reuses_it():
     assert by_hand.config.step_size == chosen
 
 
+# Issue 12, item 8: an untrained checkpoint (w* not a minimum) passed silently through summary().
+def test_untrained_checkpoint_is_flagged_in_table_and_summary():
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
+    untrained = w_star + jnp.array([1.0, 1.0, 1.0, 0.0])  # far up the quadratic's walls
+    config = sj.SamplerConfig(step_size=1e-3, nbeta=100.0, localization=1.0, num_draws=400, num_burnin=100,
+                              batch_size=50)
+    table = sj.estimate_llc_table(loss_fn, [untrained, w_star], data, config, key=0, progress=False)
+    assert table.llc_mean[0, 0] < 0 and table.unreliable[0, 0], table
+    report = table.result(0).summary()
+    assert "below_init" in {f.check for f in report.findings if f.severity == "error"}, report
+
+
 def test_table_flags_unreliable_rows():
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
     # Full batch with a tiny step: the chains have barely moved, ESS is far below 100.
