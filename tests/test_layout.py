@@ -2,6 +2,7 @@
 
 import ast
 import pathlib
+import re
 
 import slt_jax as sj
 
@@ -48,3 +49,20 @@ def test_dependencies_flow_one_way():
                 if target in rank and rank[target] >= rank[name]:
                     upward.append(f"{name} imports {target} (line {node.lineno})")
     assert not upward, upward
+
+
+# Issue 12, item 3: the conventions ship with the project (docs/conventions.md) and every citation
+# of them names a section that exists; nothing cites a document outside the repository.
+def test_code_and_docs_cite_the_projects_own_conventions():
+    root = pathlib.Path(__file__).resolve().parents[1]
+    conventions = (root / "docs" / "conventions.md").read_text()
+    sections = set(re.findall(r"^## (\d+)\.", conventions, flags=re.MULTILINE))
+    assert sections, "docs/conventions.md has no numbered sections"
+    cited = 0
+    for path in [*sorted((root / "slt_jax").glob("*.py")), root / "README.md"]:
+        text = path.read_text()
+        assert "SCIENCE.md" not in text, path
+        for section in re.findall(r"docs/conventions\.md §(\d+)", text):
+            assert section in sections, (path, section)
+            cited += 1
+    assert cited >= 10

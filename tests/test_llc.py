@@ -223,6 +223,27 @@ def test_untrained_checkpoint_is_flagged_in_table_and_summary():
     assert "below_init" in {f.check for f in report.findings if f.severity == "error"}, report
 
 
+# Issue 12, item 7: per-head LLCs summed to ~200 against 137 for the whole model. The miniature:
+# L = ½(w0 + w1)², coupled and rank 1. Each coordinate alone sees curvature 1 (restricted LLC
+# ≈ ½ each, so they sum to ≈ 1), while the whole model has one flat and one curvature-2 direction
+# (LLC ≈ ½). Closed forms from theory.quadratic_llc, including the step's exact discretisation.
+def test_restricted_llcs_do_not_add_up_on_a_coupled_loss():
+    loss_fn = lambda w, batch: 0.5 * (w[0] + w[1]) ** 2
+    step, nbeta, gamma = 1e-3, 100.0, 1.0
+    config = sj.SamplerConfig(step_size=step, nbeta=nbeta, localization=gamma, num_chains=16, num_draws=2000,
+                              num_steps_between_draws=5, num_burnin=1000, batch_size=1, mala_every=0)
+    components = {"w0": jnp.array([True, False]), "w1": jnp.array([False, True]), "full": None}
+    table = sj.estimate_llc_table(loss_fn, [jnp.zeros(2)], jnp.zeros((1, 1)), config, key=0, components=components,
+                                  progress=False)
+    expected = {"w0": theory.quadratic_llc([1.0], nbeta, gamma, step), "w1": theory.quadratic_llc([1.0], nbeta, gamma, step),
+                "full": theory.quadratic_llc([2.0, 0.0], nbeta, gamma, step)}
+    stderr = table.llc_std[0] / np.sqrt(16)
+    for m, name in enumerate(table.components):
+        assert abs(table.llc_mean[0, m] - expected[name]) < Z * stderr[m], (name, table.llc_mean[0, m], expected[name])
+    restricted_sum = table.llc_mean[0, 0] + table.llc_mean[0, 1]
+    assert restricted_sum - table.llc_mean[0, 2] > 0.4  # ≈ 0.99 against ≈ 0.50
+
+
 def test_table_flags_unreliable_rows():
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
     # Full batch with a tiny step: the chains have barely moved, ESS is far below 100.
