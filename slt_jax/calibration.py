@@ -57,7 +57,7 @@ from jax.flatten_util import ravel_pytree
 from slt_jax import diagnostics, kernels, plots, traces, validation
 from slt_jax.config import SamplerConfig
 from slt_jax.restriction import embed, restrict
-from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
+from slt_jax.sampler import ChainsOutput, DivergenceError, full_data_loss, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = ["CalibrationResult", "calibrate", "calibration_schedule", "default_step_sizes", "auto_step_size", "RULE"]
@@ -296,10 +296,11 @@ def default_step_sizes(
         mala_every=0, diagnostics_every=PILOT_STEPS, preconditioner="sgld",
     )
     pilot_key = jax.random.fold_in(key, 0x9170)
-    for attempt in range(PILOT_ROUNDS):
+    init_loss = [float(full_data_loss(loss_fn, params, data, batch_size))]  # once, not once per round
+    for attempt in range(PILOT_ROUNDS):  # one compiled program: only the step size changes
         chains = run_chains(
             loss_fn, [params], data, pilot.replace(step_size=largest / 4.0), key=jax.random.fold_in(pilot_key, attempt),
-            masks=None if mask is None else [mask], progress=False, description="step-size pilot",
+            masks=None if mask is None else [mask], init_losses=init_loss, progress=False, description="step-size pilot",
         )
         if np.asarray(chains.diverged).any():
             largest /= 8.0
@@ -515,8 +516,8 @@ def calibrate(
     seconds = time.perf_counter() - started
     grid_chain_steps = int(step_size.size * schedule.num_chains * schedule.num_steps)
     if recommended >= 0:
-        validated = config.replace(num_burnin=int(num_burnin), num_draws=schedule.num_draws - burnin_draws, num_steps_between_draws=1)
-        estimate_chain_steps = int(validated.num_chains * validated.num_steps)
+        # One estimate at the recommended config (``recommended``): its burn-in plus the validated draws.
+        estimate_chain_steps = int(config.num_chains * (num_burnin + schedule.num_draws - burnin_draws))
         reason += (
             f" Cost: {seconds:.1f} s ({chains.compile_seconds:.1f} s compiling), {step_size.size} settings x "
             f"{schedule.num_chains} chains x {schedule.num_steps} steps = {grid_chain_steps / estimate_chain_steps:.1f}x "

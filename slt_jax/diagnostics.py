@@ -100,8 +100,8 @@ def trace_metrics(
         the second half over the first), ``trend_z``, ``late_trend`` (same, fourth quarter over
         third), ``drift`` and ``drift_z`` (the largest within-chain shift between the halves, or
         between the last two quarters, relative to the LLC and in autocorrelation-aware standard
-        errors: a slow drift shared by every chain, which R-hat cannot see), ``plateau_fraction`` (first draw, as a fraction of all draws, at which the
-        chain-mean trace reaches its final level), ``spike_fraction``, ``fraction_below`` (draws
+        errors: a slow drift shared by every chain, which R-hat cannot see), ``plateau_fraction``
+        (first draw, as a fraction of all draws, at which the chain-mean trace reaches its final level), ``spike_fraction``, ``fraction_below`` (draws
         below L(w*)), ``mala_acceptance``, ``predicted_bias`` (absolute, see the module docstring),
         ``relative_bias``, ``num_chains``, ``num_diverged`` (floats) and ``note`` (a string saying
         why ESS / R-hat are undefined, or ``""``).
@@ -131,21 +131,16 @@ def trace_metrics(
     # ESS and R-hat are invariant under the affine map L -> nβ(L - L*), so these are the loss trace's.
     out["ess"], out["rhat"], note = traces.loss_diagnostics(shifted)
     scale = max(abs(out["llc_mean"]), 1e-12)
-    length = shifted.shape[1]
-    half, quarter = length // 2, length // 4
-    if half >= 1:
-        difference = shifted[:, half:].mean(axis=1) - shifted[:, :half].mean(axis=1)
+    halves, quarters = _segments(shifted)
+    if halves is not None:
+        difference = _shifts(halves)
         out["trend"] = float(difference.mean() / scale)
         spread = difference.std(ddof=1) if count >= 2 else nan
         out["trend_z"] = float(difference.mean() / (spread / math.sqrt(count))) if count >= 2 and spread > 0 else nan
     else:
         out["trend"] = out["trend_z"] = nan
-    if quarter >= 1:
-        late = shifted[:, length - quarter :].mean(axis=1) - shifted[:, length - 2 * quarter : length - quarter].mean(axis=1)
-        out["late_trend"] = float(late.mean() / scale)
-    else:
-        out["late_trend"] = nan
-    out["drift"], out["drift_z"] = _drift(shifted, scale)
+    out["late_trend"] = float(_shifts(quarters).mean() / scale) if quarters is not None else nan
+    out["drift"], out["drift_z"] = _drift([halves, quarters], scale) if shifted.shape[1] >= 16 else (nan, nan)
     # Plateau: the first draw where the (smoothed, chain-mean) trace reaches the level of the last half.
     mean_trace = shifted_all.mean(axis=0)
     window = max(1, num_draws // 20)
@@ -183,24 +178,36 @@ def _mean_variance(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _drift(shifted: np.ndarray, scale: float) -> tuple[float, float]:
-    """(relative shift, z) of the most significant within-chain shift: second half against first, and
-    fourth quarter against third. Each chain's shift is compared with its own autocorrelation-aware
-    standard error (variance / ESS of each segment), pooled over chains, so a drift that every chain
-    shares, which R-hat cannot see, is found too; the spread of the shifts over chains replaces it
-    when larger (slow modes that a fast-mixing part of the trace hides from the ESS).
-    docs/conventions.md §4."""
-    num_chains, length = shifted.shape
-    best = (float("nan"), float("nan"))
-    if length < 16:
-        return best
+def _segments(shifted: np.ndarray):
+    """(first half, second half) and (third quarter, fourth quarter) of each chain's draws, or None
+    where a segment would be empty: the trend, late-trend and drift checks compare these."""
+    length = shifted.shape[1]
     half, quarter = length // 2, length // 4
-    pairs = [(shifted[:, :half], shifted[:, half:]), (shifted[:, length - 2 * quarter:length - quarter], shifted[:, length - quarter:])]
+    halves = (shifted[:, :half], shifted[:, half:]) if half >= 1 else None
+    quarters = (shifted[:, length - 2 * quarter:length - quarter], shifted[:, length - quarter:]) if quarter >= 1 else None
+    return halves, quarters
+
+
+def _shifts(pair) -> np.ndarray:
+    """Per chain, the later segment's mean minus the earlier one's."""
+    early, late = pair
+    return late.mean(axis=1) - early.mean(axis=1)
+
+
+def _drift(pairs, scale: float) -> tuple[float, float]:
+    """(relative shift, z) of the most significant within-chain shift over ``pairs`` of segments
+    (``_segments``: halves, late quarters). Each chain's shift is compared with its own
+    autocorrelation-aware standard error (variance / ESS of each segment), pooled over chains, so a
+    drift that every chain shares, which R-hat cannot see, is found too; the spread of the shifts
+    over chains replaces it when larger (slow modes that a fast-mixing part of the trace hides from
+    the ESS). docs/conventions.md §4."""
+    best = (float("nan"), float("nan"))
     for early, late in pairs:
-        per_chain = late.mean(axis=1) - early.mean(axis=1)
+        num_chains = early.shape[0]
+        per_chain = _shifts((early, late))
         shift = per_chain.mean()
         stderr = math.sqrt((_mean_variance(early) + _mean_variance(late)).sum()) / num_chains
-        if num_chains >= 2:  # the spread of the shifts over chains, when larger (slow modes the ESS misses)
+        if num_chains >= 2:
             stderr = max(stderr, per_chain.std(ddof=1) / math.sqrt(num_chains))
         z = shift / stderr if stderr > 0 else (0.0 if shift == 0 else math.copysign(math.inf, shift))
         if not abs(z) <= abs(best[1]):
@@ -303,8 +310,7 @@ def problems(metrics: dict[str, float], *, full_loss: bool = False, thresholds: 
             "Increase localization (γ) or lower nbeta: the chain escapes the neighbourhood of w*."
             if late else "Increase num_burnin: the chains had not reached the plateau when recording began.",
         ))
-    if (m.get("drift_z", np.nan) > t["drift_z"] or m.get("drift_z", np.nan) < -t["drift_z"]) and abs(m["drift"]) > t["drift"] \
-            and not any(f.check == "plateau" for f in found):
+    if abs(m["drift_z"]) > t["drift_z"] and abs(m["drift"]) > t["drift"] and not any(f.check == "plateau" for f in found):
         direction = "rising" if m["drift"] > 0 else "falling"
         found.append(Finding(
             "drift", "warning",

@@ -184,13 +184,15 @@ def prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_d
         raise ValueError("accumulator was given without observe; the accumulator streams observe's values.")
     data = jax.tree.map(jnp.asarray, data)
     centers = [jax.tree.map(jnp.asarray, c) for c in centers]
-    if init_losses is None:
+    caches = _center_caches(loss_fn, centers, data, config, len(variants), loss_shape) if center_loss else None
+    if init_losses is None and caches is not None:
+        init_losses = np.array([float(jnp.mean(cache)) for cache in caches])  # the same full pass, once
+    elif init_losses is None:
         init_losses = np.array([float(full_data_loss(loss_fn, c, data, config.batch_size)) for c in centers])
     init_losses = np.asarray(init_losses, np.float64).reshape(len(centers))
     bad = np.flatnonzero(~np.isfinite(init_losses))
     if bad.size:
         raise ValueError(f"the full-data loss at checkpoint(s) {bad.tolist()} is not finite; loss_fn must be finite at w*.")
-    caches = _center_caches(loss_fn, centers, data, config, len(variants)) if center_loss else None
     static = program.Static(
         loss_fn=loss_fn, layout=None, preconditioner=config.preconditioner_spec, batch_size=config.batch_size,
         num_draws=0, steps_per_draw=1, recorded=True, observe=observe, accumulator=accumulator,
@@ -208,24 +210,23 @@ def prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_d
 _CENTER_CACHE_MAX_BYTES = 256 * 2**20
 
 
-def _center_caches(loss_fn, centers, data, config: SamplerConfig, num_variants: int) -> list | None:
+def _center_caches(loss_fn, centers, data, config: SamplerConfig, num_variants: int, loss_shape: tuple) -> list | None:
     """Per-example losses at each centre, when gathering them beats a forward pass per draw.
 
     The paired estimator and probe-centred susceptibilities need L_B(w*) on every draw's minibatch.
     With per-example losses at w* computed once (n forward examples per centre), that is a gather
     and a mean, the same number up to float32 rounding. Worth it when n is below the examples the
     per-draw passes would evaluate (draws x chains x variants x batch_size), the loss is
-    per-example (leading batch axis) and the cache fits ``_CENTER_CACHE_MAX_BYTES``.
+    per-example (``loss_shape``, its output on a batch, has a leading batch axis) and the cache fits
+    ``_CENTER_CACHE_MAX_BYTES``. L_n(w*) is then the cache's mean (no second full pass).
     """
     n = jax.tree.leaves(data)[0].shape[0]
     per_draw_examples = config.num_draws * config.num_chains * num_variants * config.batch_size
     if n > per_draw_examples:
         return None
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((config.batch_size,) + x.shape[1:], x.dtype), data)
-    shape = jax.eval_shape(loss_fn, centers[0], batch).shape
-    if len(shape) == 0 or shape[0] != config.batch_size:
-        return None  # a scalar (or otherwise shaped) loss: evaluate at w* on each batch
-    if n * int(np.prod(shape[1:])) * 4 * len(centers) > _CENTER_CACHE_MAX_BYTES:
+    if len(loss_shape) == 0:
+        return None  # a scalar mean loss: evaluate at w* on each batch
+    if n * int(np.prod(loss_shape[1:])) * 4 * len(centers) > _CENTER_CACHE_MAX_BYTES:
         return None
     return [program.example_losses(loss_fn, c, data, config.batch_size) for c in centers]
 

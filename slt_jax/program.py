@@ -78,19 +78,30 @@ def take_rows(data: Batch, indices: Array) -> Batch:
     return jax.tree.map(lambda x: jnp.take(x, indices, axis=0, mode="clip"), data)
 
 
-def batched_mean(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> Array:
-    """The mean loss over all of ``data`` in batches of ``batch_size`` (a partial last batch weighted)."""
+def _map_batches(function, data: Batch, batch_size: int) -> tuple:
+    """``function`` over ``data`` in batches of ``batch_size``: ``(stacked results of the full
+    batches or None, result of the partial last batch or None, its size)``, with ``lax.map``."""
     n = jax.tree.leaves(data)[0].shape[0]
     num_full = n // batch_size
     remainder = n - num_full * batch_size
-    total = jnp.zeros((), jnp.float32)
+    head = tail = None
     if num_full:
-        head = jax.tree.map(lambda x: x[: num_full * batch_size].reshape((num_full, batch_size) + x.shape[1:]), data)
-        means = jax.lax.map(lambda b: kernels.mean_loss(loss_fn, params, b), head)
-        total = total + jnp.sum(means) * batch_size
+        batches = jax.tree.map(lambda x: x[: num_full * batch_size].reshape((num_full, batch_size) + x.shape[1:]), data)
+        head = jax.lax.map(function, batches)
     if remainder:
-        tail = jax.tree.map(lambda x: x[num_full * batch_size :], data)
-        total = total + kernels.mean_loss(loss_fn, params, tail) * remainder
+        tail = function(jax.tree.map(lambda x: x[num_full * batch_size :], data))
+    return head, tail, remainder
+
+
+def batched_mean(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> Array:
+    """The mean loss over all of ``data`` in batches of ``batch_size`` (a partial last batch weighted)."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    head, tail, remainder = _map_batches(lambda b: kernels.mean_loss(loss_fn, params, b), data, batch_size)
+    total = jnp.zeros((), jnp.float32)
+    if head is not None:
+        total = total + jnp.sum(head) * batch_size
+    if tail is not None:
+        total = total + tail * remainder
     return total / n
 
 
@@ -101,15 +112,10 @@ batched_mean_jit = jax.jit(batched_mean, static_argnums=(0, 3))
 def example_losses(loss_fn: LossFn, params: Params, data: Batch, batch_size: int) -> Array:
     """``loss_fn(params, ·)`` of every example, ``(n, ...)``, evaluated in batches of ``batch_size``
     (``loss_fn`` must return per-example losses with a leading batch axis)."""
-    n = jax.tree.leaves(data)[0].shape[0]
-    num_full = n // batch_size
-    parts = []
-    if num_full:
-        head = jax.tree.map(lambda x: x[: num_full * batch_size].reshape((num_full, batch_size) + x.shape[1:]), data)
-        losses = jax.lax.map(lambda b: loss_fn(params, b), head)
-        parts.append(losses.reshape((num_full * batch_size,) + losses.shape[2:]))
-    if n - num_full * batch_size:
-        parts.append(loss_fn(params, jax.tree.map(lambda x: x[num_full * batch_size :], data)))
+    head, tail, _ = _map_batches(lambda b: loss_fn(params, b), data, batch_size)
+    parts = [] if head is None else [head.reshape((-1,) + head.shape[2:])]
+    if tail is not None:
+        parts.append(tail)
     return jnp.concatenate(parts).astype(jnp.float32)
 
 

@@ -175,6 +175,9 @@ def test_spikes_do_not_fire_on_smooth_one_dimensional_quadratic():
     report = result.summary()
     assert "spikes" not in {f.check for f in report.findings}, report
     assert report.metrics["spike_fraction"] < diagnostics.THRESHOLDS["spike_fraction"] / 10
+    # ... and the trace it judged is the right one: λ̂ agrees with the closed form (step included).
+    expected = theory.quadratic_llc([1.0], 1000.0, 1.0, step_size=2.8e-5)
+    assert abs(result.llc_mean - expected) < 4 * result.stderr, (result.llc_mean, expected, result.stderr)
 
 
 def _ar1(rng, num_chains, num_draws, rho):
@@ -211,3 +214,7 @@ def test_summary_flags_a_slow_drift_in_a_real_run():
     assert report.metrics["rhat"] < 1.1 and "plateau" not in checks, report
     assert "drift" in checks, report
     assert report.metrics["drift_z"] > 2 * diagnostics.THRESHOLDS["drift_z"]
+    # The flag is right: the estimate is far below the stationary closed form (≈ 77.8), which the
+    # chains have not reached.
+    stationary = theory.quadratic_llc(np.asarray(h), 100.0, 0.01, step_size=1e-3)
+    assert stationary - result.llc_mean > 10 * result.stderr, (result.llc_mean, stationary, result.stderr)
