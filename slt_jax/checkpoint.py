@@ -13,6 +13,11 @@ observe_data, the jax version and backend. Functions (``loss_fn``, ``observe``) 
 their qualified names only: do not change a loss function's code between a run and its resumption.
 A finished run's files stay, so repeating the call returns the stored result at once; delete the
 directory to start over.
+
+With several processes (``jax.distributed``) ``checkpoint_dir`` must be on a filesystem every process
+sees: every process gathers the state (a collective), process 0 alone writes it, and the others wait
+at a barrier until it is written; on restart every process reads the same files, and a process that
+finds a different state (a directory that is not shared) stops the run with a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import re
 
 import jax
 import numpy as np
+
+from slt_jax import multihost
 
 __all__ = ["fingerprint", "RunCheckpoint"]
 
@@ -110,7 +117,16 @@ class RunCheckpoint:
         self.record_def = jax.tree.structure(record_like)
 
     def save(self, chunk_index: int, carry, record, step_offset: int, draw_offset: int) -> None:
-        """Writes chunk ``chunk_index``'s record (if it recorded draws), then the carry and offsets."""
+        """Writes chunk ``chunk_index``'s record (if it recorded draws), then the carry and offsets.
+
+        Every process calls it; process 0 writes, and every process returns once the files are written.
+        """
+        carry, record = multihost.to_host((carry, record))
+        if multihost.is_writer():
+            self._write(chunk_index, carry, record, step_offset, draw_offset)
+        multihost.barrier(f"slt_jax checkpoint {self.key} chunk {chunk_index}")
+
+    def _write(self, chunk_index: int, carry, record, step_offset: int, draw_offset: int) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         if record is not None:
             leaves = jax.tree.leaves(record)
@@ -129,8 +145,18 @@ class RunCheckpoint:
     def restore(self):
         """Returns ``(carry, records, step_offset, draw_offset, chunks_done)`` or None if absent.
 
-        ``carry`` and ``records`` hold numpy arrays; the caller moves them to the device.
+        ``carry`` and ``records`` hold numpy arrays; the caller moves them to the device. Every
+        process calls it (it checks that every process found the same state).
         """
+        restored = self._read()
+        found = [-1, -1, -1] if restored is None else [restored[4], restored[2], restored[3]]
+        multihost.check_same(
+            f"The checkpoint found in {str(self.path)!r} (chunks done, step and draw offsets)", found,
+            "checkpoint_dir must be a directory that every process reads and process 0 writes (a shared filesystem).",
+        )
+        return restored
+
+    def _read(self):
         state = self.path / _STATE
         if not state.exists():
             return None

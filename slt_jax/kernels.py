@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
@@ -153,7 +154,7 @@ class SGLDInfo(NamedTuple):
     mala_acceptance: Array
 
 
-_NAN = jnp.full((), jnp.nan, jnp.float32)
+_NAN = np.float32(np.nan)  # a NumPy scalar: importing slt_jax must not start a JAX backend (jax.distributed.initialize comes first)
 
 
 def _when(flag, compute, otherwise):

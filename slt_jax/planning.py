@@ -42,7 +42,7 @@ _HYPERPARAMETERS = Hyperparameters._fields
 
 def default_memory_budget() -> int:
     """Bytes one compiled group may use: half the accelerator's memory, or min(2 GiB, RAM / 8) on CPU."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # jax.devices()[0] may belong to another process
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
         if "bytes_limit" in stats:
@@ -61,9 +61,11 @@ def _nbytes(tree) -> int:
 _ACTIVATION_BYTES: dict = {}
 
 
-def _temp_bytes(function, *args) -> int:
-    """XLA's temporary-buffer size of ``function(*args)`` (compiled once, cached by signature)."""
-    signature = (function, jax.tree.structure(args), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(args)))
+def _temp_bytes(identity, function, *args) -> int:
+    """XLA's temporary-buffer size of ``function(*args)``, compiled once per ``identity`` (what the
+    function computes, e.g. ``(loss_fn, layout)``: ``function`` itself is a fresh closure each call)
+    and argument signature."""
+    signature = (identity, jax.tree.structure(args), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(args)))
     if signature not in _ACTIVATION_BYTES:
         try:
             analysis = jax.jit(function).lower(*args).compile().memory_analysis()
@@ -94,7 +96,8 @@ class Plan(NamedTuple):
     center_caches: list  # per centre, the per-example losses at it (n, ...), or None (no cache)
 
 
-def _check_centers(centers: Sequence[Params]) -> list:
+def check_centers(centers: Sequence[Params]) -> list:
+    """``centers`` as a list, after checking that every checkpoint has checkpoint 0's structure and shapes."""
     if isinstance(centers, Mapping) or not isinstance(centers, (list, tuple)) or not centers:
         raise TypeError(
             "centers must be a non-empty list of params pytrees (one per checkpoint); for one w* pass [params]."
@@ -123,7 +126,7 @@ def check_inputs(loss_fn, centers, data, config: SamplerConfig, masks=None) -> N
     """The input checks ``run_chains`` makes before compiling, for callers that do work first
     (``step_size="auto"`` calibrates before the main run): data, checkpoint structures, masks, loss_fn."""
     n = validation.check_data(data)
-    centers = _check_centers(centers)
+    centers = check_centers(centers)
     for index, mask in enumerate([None] if masks is None else masks):
         validation.check_masks(mask, centers[0], None, name=f"masks[{index}]")
     validation.check_loss_fn(loss_fn, centers[0], data, min(config.batch_size, n))
@@ -166,7 +169,7 @@ def prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_d
     if not isinstance(config, SamplerConfig):
         raise TypeError(f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}.")
     n = validation.check_data(data)
-    centers = _check_centers(centers)
+    centers = check_centers(centers)
     if config.batch_size > n:
         raise ValueError(f"batch_size={config.batch_size} is larger than the dataset (n={n}); use batch_size <= {n}.")
     full_loss_every = validation.check_positive_int(full_loss_every, "full_loss_every", minimum=0)
@@ -254,13 +257,15 @@ def configuration_bytes(plan: Plan, config: SamplerConfig, layout: restriction.L
         loss = lambda p: kernels.mean_loss(plan.static.loss_fn, restriction.embed(layout, offsets, center, p), batch)
         return jax.value_and_grad(loss)(position)
 
-    per_chain = copies * _nbytes(piece) + 2 * touched + _temp_bytes(value_and_grad, piece, batch)
+    shapes = tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(center))
+    per_chain = copies * _nbytes(piece) + 2 * touched + _temp_bytes(("value_and_grad", plan.static.loss_fn, layout, shapes),
+                                                                    value_and_grad, piece, batch)
     observe = plan.static.observe
     if observe is not None:
         info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
         context = DrawContext(batch, center, jnp.zeros((), jnp.float32), plan.observe_data)
         values = jax.eval_shape(observe, center, info, context)
-        per_chain += _temp_bytes(lambda p, i, c: observe(p, i, c), center, info, context) + 2 * _nbytes(values)
+        per_chain += _temp_bytes(("observe", observe), lambda p, i, c: observe(p, i, c), center, info, context) + 2 * _nbytes(values)
         if plan.static.accumulator is not None:
             example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), values)
             per_chain += 2 * _nbytes(jax.eval_shape(plan.static.accumulator.init, example))

@@ -22,24 +22,26 @@ How it runs (``run_chains`` = prepare and group (``slt_jax.planning``), drive ea
   ``batch_size == n`` every step uses the whole dataset (exact full-batch SGLD, not a bootstrap).
 * Per-draw observables and on-device accumulators (``observe`` / ``accumulator``) are evaluated
   inside the same program at the draw's full parameters; full traces are kept only when asked.
+* Chains are split over every device when ``num_chains`` is a multiple of the device count, and
+  over every process's devices after ``jax.distributed.initialize`` (``slt_jax.multihost``): every
+  process makes the same call, the host reads are all-gathers, and every process returns the same,
+  whole result.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from slt_jax import checkpoint as checkpoint_lib
-from slt_jax import kernels, planning, program, restriction
+from slt_jax import kernels, multihost, planning, program, restriction
 from slt_jax.config import SamplerConfig
 from slt_jax.kernels import Hyperparameters, SGLDInfo, SGLDState
 from slt_jax.planning import default_memory_budget
@@ -94,7 +96,8 @@ class ChainsOutput:
         center_index, variant_index: ``(G,)`` which centre and which variant each configuration is.
         num_sampled: ``(G,)`` coordinates each configuration's chains move.
         final_positions: per configuration, the chains' last positions (leaves ``(C, ...)``, frozen
-            leaves ``None``).
+            leaves ``None``); jax arrays, whole on this process's default device when the chains
+            span several processes.
         num_steps: total steps taken per chain.
         compile_seconds: time spent compiling in this call.
         sampling_seconds: wall time of the sampling itself (excluding compilation).
@@ -147,21 +150,6 @@ class ChainsOutput:
                 value = take(value)
             fields[field.name] = value
         return ChainsOutput(**fields)
-
-
-def _chain_sharding(num_chains: int):
-    devices = jax.devices()
-    if len(devices) == 1:
-        return None
-    if num_chains % len(devices):
-        warnings.warn(
-            f"num_chains={num_chains} is not a multiple of the {len(devices)} devices; chains are not "
-            "sharded. Use a multiple of the device count to spread chains across devices.",
-            stacklevel=4,
-        )
-        return None
-    mesh = Mesh(np.array(devices), ("chain",))
-    return NamedSharding(mesh, PartitionSpec(None, None, "chain")), NamedSharding(mesh, PartitionSpec("chain")), NamedSharding(mesh, PartitionSpec())
 
 
 class _GroupRun(NamedTuple):
@@ -227,32 +215,47 @@ def _open_checkpoint(plan: planning.Plan, directory, group_index, carry, static,
     return run_checkpoint, run_checkpoint.restore()
 
 
+def _place(shardings: multihost.ChainShardings | None, carry: program.Carry, inputs: tuple) -> tuple:
+    """The carry split along the chain axis over every device, chain keys alike, the rest replicated;
+    unchanged on one device (or when the chains cannot be split evenly)."""
+    if shardings is None:
+        return carry, inputs
+    chain_keys, *rest = inputs
+    return (multihost.place(carry, shardings.carry),
+            (multihost.place(chain_keys, shardings.keys), *multihost.place(tuple(rest), shardings.replicated)))
+
+
+def _offset(value: int, shardings: multihost.ChainShardings | None) -> jax.Array:
+    """A step or draw offset, an int32 scalar (replicated beside sharded inputs)."""
+    value = jnp.asarray(value, jnp.int32)
+    return value if shardings is None else multihost.place(value, shardings.replicated)
+
+
 def _drive(plan: planning.Plan, config: SamplerConfig, group_index: int, group: planning.Group, bar, checkpoint_dir) -> _GroupRun:
-    """Runs one group's chunks, checking divergence (and saving a checkpoint) after each."""
+    """Runs one group's chunks, checking divergence (and saving a checkpoint) after each.
+
+    With several processes every process runs this in step with the others: the host reads are
+    all-gathers, so every process sees the same divergence and takes the same branches."""
     carry, centers, init_losses, center_caches, offsets, hyper, static = _group_inputs(plan, config, group)
     num_configs = len(group.centers) * len(group.variants)
     per_step_values = static.layout.num_sampled if static.bulk_noise else config.batch_size
     schedule = planning.schedule(config, num_configs * config.num_chains * per_step_values * 4)
-    data, observe_data, chain_keys = plan.data, plan.observe_data, plan.chain_keys
-    sharding = _chain_sharding(config.num_chains)
-    if sharding is not None:
-        carry_sharding, key_sharding, replicated = sharding
-        carry = jax.device_put(carry, carry_sharding)
-        chain_keys = jax.device_put(chain_keys, key_sharding)
-        data, centers, init_losses, center_caches, offsets, hyper, observe_data = jax.device_put(
-            (data, centers, init_losses, center_caches, offsets, hyper, observe_data), replicated
-        )
     records, step_offset, draw_offset, chunks_done = [], 0, 0, 0
     checkpoint = None
     if checkpoint_dir is not None:
-        arrays = dict(centers=centers, data=data, offsets=offsets, hyper=hyper, observe_data=observe_data, keys=jax.random.key_data(plan.chain_keys))
+        arrays = dict(centers=centers, data=plan.data, offsets=offsets, hyper=hyper, observe_data=plan.observe_data,
+                      keys=jax.random.key_data(plan.chain_keys))
         checkpoint, restored = _open_checkpoint(plan, checkpoint_dir, group_index, carry, static, schedule, arrays, config.to_dict())
         if restored is not None:
             carry, records, step_offset, draw_offset, chunks_done = restored
-            carry = jax.tree.map(jnp.asarray, carry) if sharding is None else jax.device_put(carry, sharding[0])
+            carry = jax.tree.map(jnp.asarray, carry)
             bar.update(step_offset)
+    shardings = multihost.chain_shardings(config.num_chains)
+    carry, inputs = _place(shardings, carry, (plan.chain_keys, plan.data, centers, init_losses, center_caches, offsets, hyper,
+                                               plan.observe_data))
+    chain_keys, data, centers, init_losses, center_caches, offsets, hyper, observe_data = inputs
     compile_seconds = sampling_seconds = 0.0
-    diverged_at = np.asarray(carry.diverged_at)
+    diverged_at = multihost.to_host(carry.diverged_at)
     stopped_early = False
     for index, (length, steps_per_draw, recorded) in enumerate(schedule):
         if index < chunks_done:
@@ -266,8 +269,7 @@ def _drive(plan: planning.Plan, config: SamplerConfig, group_index: int, group: 
                                                  center_cache=False)
         chunk_carry = carry if recorded else carry._replace(accumulator=None)
         args = (chunk_carry, chain_keys, data, centers, init_losses, center_caches, offsets, hyper,
-                jnp.asarray(step_offset, jnp.int32), jnp.asarray(draw_offset if recorded else 0, jnp.int32),
-                observe_data if recorded else None)
+                _offset(step_offset, shardings), _offset(draw_offset if recorded else 0, shardings), observe_data if recorded else None)
         executable, seconds = program.compiled_chunk(args, chunk_static)
         compile_seconds += seconds
         if not bar.disable:
@@ -280,7 +282,7 @@ def _drive(plan: planning.Plan, config: SamplerConfig, group_index: int, group: 
             draw_offset += length
         else:
             carry = new_carry._replace(accumulator=carry.accumulator)
-        diverged_at = np.asarray(carry.diverged_at)  # the one host sync per chunk
+        diverged_at = multihost.to_host(carry.diverged_at)  # the one host sync per chunk
         sampling_seconds += time.perf_counter() - start
         step_offset += length * steps_per_draw
         if checkpoint is not None:
@@ -297,9 +299,9 @@ def _drive(plan: planning.Plan, config: SamplerConfig, group_index: int, group: 
 
 
 def _host_records(records, num_draws: int, keep_traces: bool, full: bool, center: bool, shape) -> dict:
-    """Concatenates a group's chunk records, pads an early stop with NaN, moves to host once."""
+    """Moves a group's chunk records to host (gathered whole in every process), concatenates them,
+    pads an early stop with NaN."""
     def host(x):
-        x = np.asarray(x)
         done = x.shape[3]
         if done < num_draws:
             pad = np.full(x.shape[:3] + (num_draws - done,) + x.shape[4:], np.nan, np.float32 if x.dtype.kind != "f" else x.dtype)
@@ -310,7 +312,7 @@ def _host_records(records, num_draws: int, keep_traces: bool, full: bool, center
         empty = np.full(shape + (num_draws,), np.nan, np.float32)
         out = {f: empty for f in SGLDInfo._fields}
         return dict(out, full_loss=empty, center_loss=empty, observed=None)
-    joined = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=3), *records)
+    joined = jax.tree.map(lambda *xs: np.concatenate(xs, axis=3), *multihost.to_host(records))
     out = {f: host(getattr(joined.info, f)) for f in SGLDInfo._fields}
     out["full_loss"] = host(joined.full_loss) if full else None
     out["center_loss"] = host(joined.center_loss) if center else None
@@ -331,8 +333,8 @@ def _assemble(plan: planning.Plan, config: SamplerConfig, groups: list[planning.
     for group, run in zip(groups, runs):
         shape = (len(group.centers), len(group.variants), config.num_chains)
         host = _host_records(run.records, config.num_draws, static.keep_traces, bool(static.full_loss_every), static.center_loss, shape)
-        group_diverged = np.asarray(run.carry.diverged_at)
-        accumulated = None if run.carry.accumulator is None else jax.tree.map(np.asarray, run.carry.accumulator)
+        group_diverged, accumulated = multihost.to_host((run.carry.diverged_at, run.carry.accumulator))
+        positions = multihost.addressable(run.carry.state.position)
         for i in range(group.num_centers):
             for j in range(group.num_variants):
                 g = group.centers[i] * num_variants + group.variants[j]
@@ -348,7 +350,7 @@ def _assemble(plan: planning.Plan, config: SamplerConfig, groups: list[planning.
                 diverged_at[g] = group_diverged[i, j]
                 if accumulated is not None:
                     accumulator_parts[g] = jax.tree.map(lambda x: x[i, j], accumulated)
-                final_positions[g] = jax.tree.map(lambda x: x[i, j], run.carry.state.position)
+                final_positions[g] = jax.tree.map(lambda x: x[i, j], positions)
     stack = lambda parts: None if parts[0] is None else jax.tree.map(lambda *xs: np.stack(xs), *parts)
     fields["observed"] = stack(observed_parts)
     fields["accumulator"] = stack(accumulator_parts)
@@ -360,6 +362,25 @@ def _assemble(plan: planning.Plan, config: SamplerConfig, groups: list[planning.
 
 # ---------------------------------------------------------------------------------------------
 # the public entry point
+
+
+def _check_processes_agree(plan: planning.Plan, config: SamplerConfig) -> None:
+    """With several processes, every process must pass the same key, params and data: compares the
+    chain keys and L_n(w*) of every centre (a cheap witness of params and data) between processes,
+    and the memory budget (which decides the groups, so every process runs the same programs)."""
+    multihost.check_same(
+        "key", jax.random.key_data(plan.chain_keys),
+        "Pass the same key to every process (do not fold in jax.process_index()): the sampler itself "
+        "spreads the chains over the processes' devices.",
+    )
+    multihost.check_same(
+        "L_n(w*) (the full-data loss at each centre)", plan.init_losses,
+        "Pass the same params and the whole dataset to every process (not a per-process shard).", rtol=1e-5,
+    )
+    multihost.check_same(
+        "memory_budget", config.memory_budget or default_memory_budget(),
+        "Set SamplerConfig(memory_budget=...) explicitly, the same in every process.",
+    )
 
 
 def run_chains(
@@ -414,17 +435,24 @@ def run_chains(
         progress: show a tqdm bar (its rate excludes compilation).
         checkpoint_dir: a directory to write each group's state to after every chunk; a restarted
             run with the same inputs resumes from it and ends bitwise identical to an uninterrupted
-            one (``slt_jax.checkpoint``).
+            one (``slt_jax.checkpoint``). With several processes, a directory every process sees;
+            process 0 writes it.
         description: the progress bar's label.
 
     Returns:
         A ``ChainsOutput`` with leading axes ``(K * V, num_chains)``, centre-major.
+
+    Several processes (after ``jax.distributed.initialize``): call ``run_chains`` in every process
+    with the same arguments (key, params, data). The chains are split over the devices of every
+    process (``slt_jax.multihost``) and every process returns the same, whole ``ChainsOutput``.
     """
     plan = planning.prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_data, accumulator,
                     keep_traces, full_loss_every, center_loss, init_losses)
+    _check_processes_agree(plan, config)
     groups, configuration_bytes = planning.groups(plan, config)
     runs = []
-    with tqdm(total=config.num_steps * len(groups), desc=description, disable=not progress, unit="step", leave=False) as bar:
+    bar_off = not progress or not multihost.is_writer()  # one bar, on process 0
+    with tqdm(total=config.num_steps * len(groups), desc=description, disable=bar_off, unit="step", leave=False) as bar:
         for index, group in enumerate(groups):
             runs.append(_drive(plan, config, index, group, bar, checkpoint_dir))
     fields = _assemble(plan, config, groups, runs)
