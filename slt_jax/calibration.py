@@ -36,8 +36,11 @@ is 40% too high). The predicted bias (``slt_jax.diagnostics``) includes both and
 order for quadratic losses. For RMSProp preconditioners (no single ε) the empirical Richardson estimate
 from neighbouring step sizes (same chain keys, paired over chains) replaces it.
 
-A divergent setting is never recommended. When no setting passes, the non-divergent setting with
-the fewest failed checks is recommended with a warning naming what failed.
+A divergent setting is never recommended. When no setting passes, the recommendation is the
+non-divergent setting with the fewest failed candidate checks (bias, MALA, spikes, draws below
+L(w*)), then the fewest failed equilibrium checks, then the largest step size: the checks that
+fail at small ε are equilibrium checks, and a smaller ε only moves the chains less far from w*. A
+warning names what failed.
 """
 
 from __future__ import annotations
@@ -644,16 +647,22 @@ def _recommend(step_size, nbeta, localization, metrics, problems, passed, equili
         reason = "Every setting diverged: no recommendation. Try smaller step sizes and larger localizations."
         warnings.warn(reason, RuntimeWarning, stacklevel=3)
         return -1, reason, 0
+    # Failed required checks (bias, MALA, spikes, ...) grow with ε; failed equilibrium checks shrink
+    # with it (the relaxation time scales as 1/ε). So: the fewest failed required checks, then the
+    # fewest failed equilibrium checks, then the LARGEST step size (the one closest to levelling off),
+    # then the lowest predicted bias. Preferring the smallest ε here would pick the chain that has
+    # moved least from w*, whose LLC is the most underestimated.
     checks = set(_REQUIRED) | set(_EQUILIBRIUM)
-    failures = np.array([len(set(problems[i]) & checks) for i in usable])
+    required = np.array([len(set(problems[i]) & set(_REQUIRED)) for i in usable])
+    equilibrium = np.array([len(set(problems[i]) & set(_EQUILIBRIUM)) for i in usable])
     bias = np.nan_to_num(metrics["relative_bias"][usable], nan=np.inf)
-    order = np.lexsort((step_size[usable], bias, failures))
+    order = np.lexsort((bias, -step_size[usable], equilibrium, required))
     choice = int(usable[order[0]])
     failed = sorted(set(problems[choice]) & checks)
     reason = (
         f"No setting passed every check. Fallback: step_size={step_size[choice]:.3g}, nbeta={nbeta[choice]:.4g}, "
-        f"localization={localization[choice]:.3g}, a non-divergent setting with the fewest failed checks ({', '.join(failed)}). "
-        "Extend the grid (smaller step sizes, larger localizations, longer chains) before trusting it."
+        f"localization={localization[choice]:.3g}, the largest non-divergent step size with the fewest failed checks "
+        f"({', '.join(failed)}). Extend the grid (smaller step sizes, larger localizations, longer chains) before trusting it."
     )
     warnings.warn(reason, RuntimeWarning, stacklevel=3)
     return choice, reason, burnin_steps

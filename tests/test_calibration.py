@@ -264,3 +264,27 @@ def test_calibrate_a_component():
     assert result.step_size[-1] <= curvature_bound * (1 + 1e-6)
     assert 0.5 < result.step_size[-1] / min(curvature_bound, bias_cap) < 2.0, (result.step_size[-1], curvature_bound, bias_cap)
     assert result.recommended.step_size in result.step_size
+
+
+# Issue 9: on a deep linear network (widths 40-48-25-20-23, rank 8, λ = 297.5, nβ = 8686, γ = 1) no
+# calibration setting levelled off within 2000 steps, every one failed only equilibrium checks, and
+# the fallback's old order (fewest failures, then the lowest predicted bias) chose the SMALLEST step
+# size, 1.08e-9: λ̂ = 88.7 (-70%). Equilibrium failures shrink as ε grows, so among settings with
+# the same failures the largest step size is the least wrong (2.76e-7 there).
+def test_fallback_prefers_the_largest_step_size_among_equally_failing_settings():
+    step_size = np.array([1e-9, 1e-8, 1e-7, 1e-6, 1e-5])
+    problems = [["rhat", "plateau", "equilibration"]] * 4 + [["rhat", "mala", "bias"]]
+    metrics = {"llc_mean": np.array([27.0, 98.0, 179.0, 208.0, 400.0]),
+               "relative_bias": np.array([0.0001, 0.001, 0.006, 0.03, 0.6])}
+    groups = {(100.0, 1.0): list(range(5))}
+    none = np.zeros(5, bool)
+    with pytest.warns(RuntimeWarning, match="No setting passed every check"):
+        choice, reason, _ = sj.calibration._recommend(
+            step_size, np.full(5, 100.0), np.ones(5), metrics, problems, none, none, none, groups, 100.0, 0.9, 0.05, 1000)
+    assert choice == 3, reason  # the largest step size failing no candidate check, not the smallest
+    assert "largest non-divergent step size" in reason
+    problems[3] = ["rhat", "plateau", "equilibration", "spikes"]  # a failed candidate check outranks the rest
+    with pytest.warns(RuntimeWarning):
+        choice, _, _ = sj.calibration._recommend(
+            step_size, np.full(5, 100.0), np.ones(5), metrics, problems, none, none, none, groups, 100.0, 0.9, 0.05, 1000)
+    assert choice == 2
