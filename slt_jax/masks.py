@@ -33,6 +33,7 @@ __all__ = [
     "leaf_paths",
     "component_mask",
     "head_mask",
+    "mlp_mask",
     "mask_union",
     "mask_intersection",
     "mask_complement",
@@ -150,15 +151,35 @@ def component_mask(params: Params, include: Pattern | Sequence[Pattern], exclude
     return jax.tree.unflatten(jax.tree.structure(params), selected)
 
 
-def _child(node, segment: str, where: str):
+def _child(node, segment: str, where: str, name: str):
     if isinstance(node, Mapping):
         for key in node:
             if str(key) == segment:
                 return node[key]
-        raise ValueError(f"attention_path: no entry {segment!r} under {where or 'params'}; it has {sorted(map(str, node))}.")
+        raise ValueError(f"{name}: no entry {segment!r} under {where or 'params'}; it has {sorted(map(str, node))}.")
     if isinstance(node, Sequence) and segment.isdigit() and int(segment) < len(node):
         return node[int(segment)]
-    raise ValueError(f"attention_path: cannot descend into {segment!r} under {where or 'params'} ({type(node).__name__}).")
+    raise ValueError(f"{name}: cannot descend into {segment!r} under {where or 'params'} ({type(node).__name__}).")
+
+
+def _module_at(params: Params, path: str, name: str, example: str):
+    """``(stripped path, the subtree at path)``; ``name`` and ``example`` go into the errors."""
+    if not isinstance(path, str) or not path.strip("/"):
+        raise ValueError(f"{name}={path!r} must be a '/'-separated path such as {example!r}.")
+    path = path.strip("/")
+    node, where = params, ""
+    for segment in path.split("/"):
+        node = _child(node, segment, where, name)
+        where = f"{where}/{segment}".strip("/")
+    return path, node
+
+
+def _check_indices(value, size: int, name: str, noun: str, where: str) -> list[int]:
+    indices = [value] if np.ndim(value) == 0 else list(value)
+    for index in indices:
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)) or not 0 <= index < size:
+            raise ValueError(f"{name}={value!r}: {noun} indices must be ints in [0, {size}) for {where!r}.")
+    return [int(index) for index in indices]
 
 
 def head_mask(
@@ -186,16 +207,10 @@ def head_mask(
     Returns:
         A mask with partial leaves on the selected projections and 0-d False elsewhere.
     """
-    if not isinstance(attention_path, str) or not attention_path.strip("/"):
-        raise ValueError(f"attention_path={attention_path!r} must be a '/'-separated path such as 'blocks/0/attn'.")
-    attention_path = attention_path.strip("/")
     unknown = set(projections) - {"query", "key", "value", "out"}
     if unknown or not projections:
         raise ValueError(f"projections={tuple(projections)!r}: choose among 'query', 'key', 'value', 'out'.")
-    node, where = params, ""
-    for segment in attention_path.split("/"):
-        node = _child(node, segment, where)
-        where = f"{where}/{segment}".strip("/")
+    attention_path, node = _module_at(params, attention_path, "attention_path", "blocks/0/attn")
     missing = [p for p in ("query", "key", "value", "out") if not (isinstance(node, Mapping) and p in node)]
     if missing:
         found = sorted(map(str, node)) if isinstance(node, Mapping) else type(node).__name__
@@ -214,10 +229,7 @@ def head_mask(
                 f"{attention_path}/{projection} has {heads} heads but query has {num_heads}: grouped key/value heads "
                 "are shared between query heads; select them with component_mask instead."
             )
-    heads = [head] if np.ndim(head) == 0 else list(head)
-    for h in heads:
-        if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or not 0 <= h < num_heads:
-            raise ValueError(f"head={head!r}: head indices must be ints in [0, {num_heads}) for {attention_path!r}.")
+    heads = _check_indices(head, num_heads, "head", "head", attention_path)
 
     def select(path, leaf):
         parts = _path_string(path)
@@ -238,6 +250,81 @@ def head_mask(
             mask[heads] = True
         else:
             return np.asarray(False)
+        return mask
+
+    return jax.tree_util.tree_map_with_path(select, params)
+
+
+def mlp_mask(
+    params: Params,
+    mlp_path: str,
+    neurons: int | Sequence[int] | None = None,
+    layers: tuple[str, str] = ("hidden", "out"),
+) -> Mask:
+    """Selects the two-layer MLP at ``mlp_path``, or some of its hidden neurons.
+
+    The MLP is two linear layers, ``{layers[0]}`` with ``kernel`` ``(in, hidden)`` and optional
+    ``bias`` ``(hidden,)``, then ``{layers[1]}`` with ``kernel`` ``(hidden, out)`` and optional ``bias``
+    ``(out,)``: the ``FeedForward`` of ``slt_jax.models.TransformerLM`` and
+    ``InContextRegressionTransformer`` (``"blocks/{l}/mlp"``, listed by ``model.mlp_paths()``). Hidden
+    neuron j is ``{layers[0]}/kernel[:, j]``, ``{layers[0]}/bias[j]`` and ``{layers[1]}/kernel[j, :]``;
+    the second layer's bias is shared by all neurons and is selected only with the whole MLP.
+
+    Args:
+        params: the parameter pytree (e.g. from ``from_nnx``/``from_linen``).
+        mlp_path: ``"/"``-separated path of the MLP module inside params, e.g. ``"blocks/0/mlp"``.
+        neurons: None (the whole MLP: both kernels and both biases), a hidden-neuron index or a list
+            of them.
+        layers: names of the (first, second) linear layer under ``mlp_path``; e.g.
+            ``("Dense_0", "Dense_1")`` for a linen MLP.
+
+    Returns:
+        A mask with ``params``' structure: 0-d True on whole selected leaves, partial leaves for
+        neuron slices, 0-d False elsewhere (nothing outside the two layers, e.g. no LayerNorm).
+
+    >>> import numpy as np, slt_jax as sj
+    >>> params = {"mlp": {"hidden": {"kernel": np.zeros((2, 3)), "bias": np.zeros(3)},
+    ...                   "out": {"kernel": np.zeros((3, 2)), "bias": np.zeros(2)}}}
+    >>> mask = sj.mlp_mask(params, "mlp", neurons=1)   # column 1 in, row 1 out, bias[1]; out bias shared
+    >>> [int(np.sum(mask["mlp"][layer][kind])) for layer in ("hidden", "out") for kind in ("kernel", "bias")]
+    [2, 1, 2, 0]
+    """
+    if not (isinstance(layers, (tuple, list)) and len(layers) == 2 and all(isinstance(x, str) and x for x in layers)):
+        raise ValueError(f"layers={layers!r} must name the (first, second) linear layers, e.g. ('hidden', 'out').")
+    mlp_path, node = _module_at(params, mlp_path, "mlp_path", "blocks/0/mlp")
+    first, second = layers
+    missing = [name for name in layers if not (isinstance(node, Mapping) and isinstance(node.get(name), Mapping) and "kernel" in node[name])]
+    if missing:
+        found = sorted(map(str, node)) if isinstance(node, Mapping) else type(node).__name__
+        raise ValueError(
+            f"{mlp_path!r} is not a two-layer MLP with layers {tuple(layers)} (missing {missing}; found {found}). "
+            "Point mlp_path at the MLP module (e.g. 'blocks/0/mlp') or pass layers=(first, second)."
+        )
+    first_kernel, second_kernel = np.shape(node[first]["kernel"]), np.shape(node[second]["kernel"])
+    if len(first_kernel) != 2 or len(second_kernel) != 2 or first_kernel[1] != second_kernel[0]:
+        raise ValueError(
+            f"{mlp_path!r}: kernels {first}{first_kernel} and {second}{second_kernel} are not (in, hidden) and "
+            "(hidden, out) with the same hidden width."
+        )
+    selected = None if neurons is None else _check_indices(neurons, first_kernel[1], "neurons", "neuron", mlp_path)
+
+    def select(path, leaf):
+        parts = _path_string(path)
+        if not parts.startswith(mlp_path + "/"):
+            return np.asarray(False)
+        relative = parts[len(mlp_path) + 1:].split("/")
+        if len(relative) != 2 or relative[0] not in layers or relative[1] not in ("kernel", "bias"):
+            return np.asarray(False)
+        if selected is None:
+            return np.asarray(True)
+        layer, kind = relative
+        mask = np.zeros(np.shape(leaf), bool)
+        if layer == first and kind == "kernel":
+            mask[:, selected] = True
+        elif layer == first or kind == "kernel":  # the first bias, or the second kernel's rows
+            mask[selected] = True
+        else:
+            return np.asarray(False)  # the second bias is shared by all neurons
         return mask
 
     return jax.tree_util.tree_map_with_path(select, params)

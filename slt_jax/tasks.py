@@ -15,6 +15,11 @@ generator                   inputs                                targets
 ``balanced_parentheses``    ``(n, length)`` int, 0 = "(", 1 = ")" ``(n,)`` 1 if balanced
 ``boolean_formulas``        ``(n, 2^(depth+1) + v)`` int tokens   ``(n,)`` truth value
 ==========================  ====================================  =============================
+
+Reference predictors of in-context regression (the baselines of Raventós et al. 2023 and of the
+transient-ridge study, Carroll et al. 2025): ``ridge_predictions`` (Bayes-optimal under the
+Gaussian task prior) and ``dmmse_predictions`` (Bayes-optimal under the finite task pool, whose
+tasks ``regression_task_pool`` returns).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ __all__ = [
     "modular_addition",
     "repeated_tokens",
     "in_context_regression",
+    "regression_task_pool",
+    "ridge_predictions",
+    "dmmse_posterior",
+    "dmmse_predictions",
     "balanced_parentheses",
     "boolean_formulas",
     "BOOLEAN_TOKENS",
@@ -178,7 +187,7 @@ def in_context_regression(
         num_tasks: size of a finite task pool (M in Raventós et al.), drawn from ``task_seed`` so that
             several calls share it; ``None`` draws a fresh task per sequence (infinite pool).
         noise_std: label noise.
-        task_seed: seed of the finite pool.
+        task_seed: seed of the finite pool (``regression_task_pool(num_tasks, dim, task_seed)``).
 
     Returns:
         ``{"inputs": (n, 2K, d + 1), "targets": (n, K)}`` float32 and ``"task_index": (n,)`` int32
@@ -190,7 +199,7 @@ def in_context_regression(
         tasks = rng.normal(size=(n, dim))
         task_index = np.full(n, -1, np.int32)
     else:
-        pool = _rng(task_seed).normal(size=(_check_int(num_tasks, "num_tasks"), dim))
+        pool = regression_task_pool(num_tasks, dim, task_seed)
         task_index = rng.integers(0, num_tasks, n).astype(np.int32)
         tasks = pool[task_index]
     xs = rng.normal(size=(n, num_context, dim))
@@ -199,6 +208,126 @@ def in_context_regression(
     tokens[:, 0::2, 1:] = xs
     tokens[:, 1::2, 0] = ys
     return {"inputs": tokens.astype(np.float32), "targets": ys.astype(np.float32), "task_index": task_index}
+
+
+def regression_task_pool(num_tasks: int, dim: int, task_seed: int = 0) -> np.ndarray:
+    """The finite task pool of ``in_context_regression(..., num_tasks, task_seed=task_seed)``.
+
+    Returns:
+        ``(num_tasks, dim)`` float64, task m in row m (``task_index`` indexes it); entries N(0, 1).
+    """
+    num_tasks, dim = _check_int(num_tasks, "num_tasks"), _check_int(dim, "dim")
+    return _rng(task_seed).normal(size=(num_tasks, dim))
+
+
+def _split_regression_tokens(inputs) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, 2K, d + 1)`` tokens -> xs ``(n, K, d)`` and ys ``(n, K)`` in float64."""
+    inputs = np.asarray(inputs, np.float64)
+    if inputs.ndim != 3 or inputs.shape[1] % 2 or inputs.shape[1] == 0 or inputs.shape[2] < 2:
+        raise ValueError(
+            f"inputs has shape {inputs.shape}; expected (n, 2K, d + 1) tokens from in_context_regression "
+            "(an even number of tokens, width >= 2). Pass data['inputs']."
+        )
+    return inputs[:, 0::2, 1:], inputs[:, 1::2, 0]
+
+
+def _check_std(value, name: str, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+        raise TypeError(f"{name}={value!r} must be a finite number.")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'}.")
+    return float(value)
+
+
+def ridge_predictions(inputs, noise_std: float, prior_std: float = 1.0) -> np.ndarray:
+    """The Bayes-optimal prediction of every y_k under a Gaussian task prior: ridge on the context.
+
+    With tasks t ~ N(0, τ² I) (τ = ``prior_std``) and y = t·x + N(0, σ²) (σ = ``noise_std``), the
+    posterior mean of t given the pairs j < k is ``t̂_k = (X_kᵀX_k + (σ²/τ²) I)⁻¹ X_kᵀ y_k`` (X_k the
+    k × d matrix of earlier inputs) and the prediction at token 2k is ``x_k · t̂_k`` (0 at k = 0).
+    With ``noise_std=0`` it is the limit σ → 0, the minimum-norm interpolant ``pinv(X_k) y_k``.
+
+    Args:
+        inputs: ``(n, 2K, d + 1)`` tokens of ``in_context_regression``.
+        noise_std: σ of the label noise the predictor assumes (>= 0).
+        prior_std: τ of the task prior (> 0); ``in_context_regression`` draws tasks with τ = 1.
+
+    Returns:
+        ``(n, K)`` float64 predictions, column k predicting ``targets[:, k]`` from the context so far.
+
+    >>> import numpy as np, slt_jax as sj
+    >>> data = sj.tasks.in_context_regression(0, n=5, dim=2, num_context=6)
+    >>> predictions = sj.tasks.ridge_predictions(data["inputs"], noise_std=0.0)
+    >>> predictions.shape, bool(np.allclose(predictions[:, 2:], data["targets"][:, 2:], atol=1e-4))
+    ((5, 6), True)
+    """
+    xs, ys = _split_regression_tokens(inputs)
+    noise_std = _check_std(noise_std, "noise_std", allow_zero=True)
+    prior_std = _check_std(prior_std, "prior_std", allow_zero=False)
+    dim = xs.shape[2]
+    # Sufficient statistics of the pairs j < k: exclusive cumulative sums over the context axis.
+    outer = np.einsum("nki,nkj->nkij", xs, xs)
+    gram = np.cumsum(outer, axis=1) - outer  # (n, K, d, d)
+    moment = np.cumsum(xs * ys[..., None], axis=1) - xs * ys[..., None]  # (n, K, d)
+    if noise_std > 0:
+        ridge = (noise_std / prior_std) ** 2 * np.eye(dim)
+        tasks = np.linalg.solve(gram + ridge, moment[..., None])[..., 0]
+    else:
+        tasks = np.einsum("nkij,nkj->nki", np.linalg.pinv(gram, rcond=1e-10, hermitian=True), moment)
+    return np.einsum("nkd,nkd->nk", xs, tasks)
+
+
+def dmmse_posterior(inputs, task_pool, noise_std: float) -> np.ndarray:
+    """The posterior over a finite task pool after each context prefix (uniform prior over the pool).
+
+    ``p_k(m) ∝ exp(-Σ_{j<k} (y_j - t_m·x_j)² / (2σ²))``, the weights that ``dmmse_predictions``
+    averages with.
+
+    Args:
+        inputs: ``(n, 2K, d + 1)`` tokens of ``in_context_regression``.
+        task_pool: ``(M, d)`` tasks (``regression_task_pool``).
+        noise_std: σ > 0 of the label noise the predictor assumes (the noise-free posterior is a hard
+            argmin: pass a small σ such as 1e-3 for noise-free data).
+
+    Returns:
+        ``(n, K, M)`` float64; row ``[i, k]`` sums to 1 and is uniform at k = 0.
+    """
+    xs, ys = _split_regression_tokens(inputs)
+    pool = np.asarray(task_pool, np.float64)
+    if pool.ndim != 2 or pool.shape[1] != xs.shape[2] or pool.shape[0] == 0:
+        raise ValueError(f"task_pool has shape {pool.shape}; expected (M, d = {xs.shape[2]}), e.g. regression_task_pool(M, d).")
+    noise_std = _check_std(noise_std, "noise_std", allow_zero=False)
+    squared = (ys[..., None] - np.einsum("nkd,md->nkm", xs, pool)) ** 2  # (n, K, M)
+    log_weights = -(np.cumsum(squared, axis=1) - squared) / (2.0 * noise_std**2)
+    log_weights -= log_weights.max(axis=-1, keepdims=True)
+    weights = np.exp(log_weights)
+    return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def dmmse_predictions(inputs, task_pool, noise_std: float) -> np.ndarray:
+    """The Bayes-optimal prediction of every y_k when tasks are drawn uniformly from ``task_pool``.
+
+    The discrete minimum-mean-squared-error predictor (dMMSE, Raventós et al. 2023): the
+    posterior-weighted average ``Σ_m p_k(m) t_m·x_k`` of the pool tasks' predictions, with
+    ``p_k = dmmse_posterior(...)[:, k]`` the posterior given the pairs j < k.
+
+    Args:
+        inputs: ``(n, 2K, d + 1)`` tokens of ``in_context_regression``.
+        task_pool: ``(M, d)`` tasks (``regression_task_pool(num_tasks, dim, task_seed)``).
+        noise_std: σ > 0 of the label noise the predictor assumes.
+
+    Returns:
+        ``(n, K)`` float64 predictions, column k predicting ``targets[:, k]``.
+
+    >>> import numpy as np, slt_jax as sj
+    >>> data = sj.tasks.in_context_regression(0, n=5, dim=2, num_context=6, num_tasks=4, noise_std=0.1)
+    >>> pool = sj.tasks.regression_task_pool(4, 2)
+    >>> sj.tasks.dmmse_predictions(data["inputs"], pool, noise_std=0.1).shape
+    (5, 6)
+    """
+    xs, _ = _split_regression_tokens(inputs)
+    weights = dmmse_posterior(inputs, task_pool, noise_std)
+    return np.einsum("nkm,nkd,md->nk", weights, xs, np.asarray(task_pool, np.float64))
 
 
 def _is_balanced(strings: np.ndarray) -> np.ndarray:

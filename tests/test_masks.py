@@ -102,13 +102,17 @@ def tokens():
     return jax.random.randint(jax.random.key(0), (6, 5), 0, VOCAB)
 
 
-@pytest.fixture(scope="module", params=["nnx", "linen"])
+@pytest.fixture(scope="module", params=["nnx", "linen", "nnx_with_mlp"])
 def attention_model(request, tokens):
     """(params, jitted loss_fn, attention_path) for each Flax attention module."""
     if request.param == "nnx":
         model = sj.models.AttentionOnlyTransformer(VOCAB, 5, 1, HEADS, WIDTH, head_dim=HEAD_DIM, rngs=nnx.Rngs(0))
         params, loss_fn = sj.from_nnx(model, "next_token")
         path = "blocks/0/attn"
+    elif request.param == "nnx_with_mlp":
+        model = sj.models.TransformerLM(VOCAB, 5, 2, HEADS, WIDTH, mlp_width=6, head_dim=HEAD_DIM, rngs=nnx.Rngs(0))
+        params, loss_fn = sj.from_nnx(model, "next_token")
+        path = model.attention_paths()[1]
     else:
         module = _LinenAttention()
         params, loss_fn = sj.from_linen(module, module.init(jax.random.key(0), tokens), "next_token")
@@ -183,3 +187,61 @@ def test_head_mask_errors(attention_model):
         sj.head_mask(params, path + "/query", 0)
     with pytest.raises(ValueError, match="projections"):
         sj.head_mask(params, path, 0, projections=("qkv",))
+
+
+# ---------------------------------------------------------------------------------------------
+# MLP blocks and their hidden neurons
+
+
+class _LinenMLP(linen.Module):
+    @linen.compact
+    def __call__(self, x):
+        h = linen.Dense(3, name="embed")(x)
+        return linen.Dense(2, name="down")(linen.relu(linen.Dense(5, name="up")(h)))
+
+
+@pytest.fixture(scope="module")
+def feedforward_params():
+    model = sj.models.TransformerLM(VOCAB, 5, 1, HEADS, WIDTH, mlp_width=6, rngs=nnx.Rngs(0))
+    return sj.from_nnx(model, "next_token")[0]
+
+
+def test_mlp_mask_selects_the_mlp_or_its_neurons(feedforward_params):
+    params, hidden = feedforward_params, 6
+    whole = sj.mlp_mask(params, "blocks/0/mlp")
+    chex.assert_trees_all_equal_structs(whole, params)
+    assert _count(whole, params) == WIDTH * hidden + hidden + hidden * WIDTH + WIDTH
+    assert _count(whole, params) == _count(sj.component_mask(params, "blocks/0/mlp"), params)
+    for neuron in range(hidden):
+        mask = sj.mlp_mask(params, "blocks/0/mlp", neuron)["blocks"][0]["mlp"]
+        expected_in, expected_out = np.zeros((WIDTH, hidden), bool), np.zeros((hidden, WIDTH), bool)
+        expected_in[:, neuron], expected_out[neuron] = True, True
+        np.testing.assert_array_equal(mask["hidden"]["kernel"], expected_in)
+        np.testing.assert_array_equal(mask["hidden"]["bias"], np.arange(hidden) == neuron)
+        np.testing.assert_array_equal(mask["out"]["kernel"], expected_out)
+        assert not np.any(mask["out"]["bias"])  # shared by all neurons
+    all_neurons = sj.mlp_mask(params, "blocks/0/mlp", list(range(hidden)))
+    assert _count(all_neurons, params) == _count(whole, params) - WIDTH
+    assert _count(sj.mlp_mask(params, "blocks/0/mlp", [1, 4]), params) == 2 * (2 * WIDTH + 1)
+
+
+def test_mlp_mask_on_a_linen_mlp_and_errors(feedforward_params):
+    params = _LinenMLP().init(jax.random.key(0), jnp.ones((1, 4)))["params"]
+    wrapped = {"mlp": params}
+    mask = sj.mlp_mask(wrapped, "mlp", 2, layers=("up", "down"))
+    assert _count(mask, wrapped) == 3 + 1 + 2
+    assert not np.any(mask["mlp"]["embed"]["kernel"])
+    with pytest.raises(ValueError, match="not a two-layer MLP"):
+        sj.mlp_mask(wrapped, "mlp", 0)
+    with pytest.raises(ValueError, match="not a two-layer MLP"):
+        sj.mlp_mask(feedforward_params, "blocks/0/attn", 0)
+    with pytest.raises(ValueError, match="same hidden width"):
+        sj.mlp_mask(wrapped, "mlp", 0, layers=("embed", "down"))
+    with pytest.raises(ValueError, match="neuron indices"):
+        sj.mlp_mask(feedforward_params, "blocks/0/mlp", 6)
+    with pytest.raises(ValueError, match="mlp_path: no entry"):
+        sj.mlp_mask(feedforward_params, "blocks/3/mlp")
+    with pytest.raises(ValueError, match="mlp_path"):
+        sj.mlp_mask(feedforward_params, "")
+    with pytest.raises(ValueError, match="layers"):
+        sj.mlp_mask(feedforward_params, "blocks/0/mlp", layers=("hidden",))

@@ -85,6 +85,77 @@ def test_in_context_regression(num_tasks):
                 np.testing.assert_allclose(mine[0], theirs[0], rtol=1e-3, atol=1e-4)
 
 
+
+def test_regression_task_pool_is_the_pool_of_in_context_regression():
+    pool = sj.tasks.regression_task_pool(3, 2, task_seed=5)
+    chex.assert_shape(pool, (3, 2))
+    data = sj.tasks.in_context_regression(0, 30, 2, 4, num_tasks=3, task_seed=5)
+    xs = data["inputs"][:, 0::2, 1:]
+    np.testing.assert_allclose(data["targets"], np.einsum("nkd,nd->nk", xs, pool[data["task_index"]]), rtol=1e-5, atol=1e-5)
+
+
+def test_ridge_predictions_are_the_posterior_mean():
+    rng = np.random.default_rng(0)
+    dim, context, noise_std, prior_std = 2, 4, 0.5, 2.0
+    inputs = np.zeros((3, 2 * context, dim + 1))
+    inputs[:, 0::2, 1:] = rng.normal(size=(3, context, dim))
+    inputs[:, 1::2, 0] = rng.normal(size=(3, context))
+    predictions = sj.tasks.ridge_predictions(inputs, noise_std, prior_std)
+    chex.assert_shape(predictions, (3, context))
+    for i in range(3):
+        xs, ys = inputs[i, 0::2, 1:], inputs[i, 1::2, 0]
+        for k in range(context):
+            # Posterior of t ~ N(0, τ² I) given y_j = t·x_j + N(0, σ²), j < k.
+            precision = xs[:k].T @ xs[:k] / noise_std**2 + np.eye(dim) / prior_std**2
+            mean = np.linalg.solve(precision, xs[:k].T @ ys[:k] / noise_std**2)
+            np.testing.assert_allclose(predictions[i, k], xs[k] @ mean, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(predictions[:, 0], 0.0)  # no context: the prior mean
+    # Noise-free data: once k >= d pairs are seen the interpolant recovers each task exactly.
+    data = sj.tasks.in_context_regression(1, 10, 3, 6)
+    exact = sj.tasks.ridge_predictions(data["inputs"], noise_std=0.0)
+    np.testing.assert_allclose(exact[:, 3:], data["targets"][:, 3:], atol=1e-4)
+    assert np.max(np.abs(exact[:, :3] - data["targets"][:, :3])) > 0.1
+
+
+def test_dmmse_concentrates_on_the_true_task():
+    num_tasks, dim, context = 5, 3, 12
+    data = sj.tasks.in_context_regression(0, 40, dim, context, num_tasks=num_tasks, noise_std=0.05)
+    pool = sj.tasks.regression_task_pool(num_tasks, dim)
+    posterior = sj.tasks.dmmse_posterior(data["inputs"], pool, noise_std=0.05)
+    chex.assert_shape(posterior, (40, context, num_tasks))
+    np.testing.assert_allclose(posterior.sum(axis=-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(posterior[:, 0], 1.0 / num_tasks)  # the uniform prior
+    true_weight = posterior[np.arange(40), :, data["task_index"]]  # (40, context)
+    assert np.all(true_weight[:, -1] > 1 - 1e-6)
+    assert np.mean(true_weight[:, 1]) < np.mean(true_weight[:, 3]) < np.mean(true_weight[:, -1])
+    predictions = sj.tasks.dmmse_predictions(data["inputs"], pool, noise_std=0.05)
+    chex.assert_shape(predictions, (40, context))
+    clean = np.einsum("nkd,nd->nk", data["inputs"][:, 0::2, 1:], pool[data["task_index"]])
+    error = np.abs(predictions - clean).mean(axis=0)
+    assert error[-1] < 1e-5 < error[0]
+    # One task in the pool: the posterior is certain and the predictor is that task, exactly.
+    single = sj.tasks.in_context_regression(2, 6, dim, 4, num_tasks=1, noise_std=0.5)
+    one = sj.tasks.regression_task_pool(1, dim)
+    np.testing.assert_allclose(
+        sj.tasks.dmmse_predictions(single["inputs"], one, noise_std=0.5),
+        np.einsum("nkd,d->nk", single["inputs"][:, 0::2, 1:].astype(np.float64), one[0]),
+        rtol=1e-12,
+    )
+
+
+def test_reference_predictors_validate_their_input():
+    data = sj.tasks.in_context_regression(0, 4, 2, 3)
+    with pytest.raises(ValueError, match="inputs has shape"):
+        sj.tasks.ridge_predictions(data["inputs"][:, :5], 0.1)
+    with pytest.raises(ValueError, match="noise_std"):
+        sj.tasks.ridge_predictions(data["inputs"], -1.0)
+    with pytest.raises(ValueError, match="prior_std"):
+        sj.tasks.ridge_predictions(data["inputs"], 0.1, prior_std=0.0)
+    with pytest.raises(ValueError, match="task_pool"):
+        sj.tasks.dmmse_predictions(data["inputs"], np.zeros((3, 5)), 0.1)
+    with pytest.raises(ValueError, match="noise_std"):
+        sj.tasks.dmmse_predictions(data["inputs"], np.zeros((3, 2)), 0.0)
+
 def _balanced(string):
     depth = 0
     for symbol in string:
