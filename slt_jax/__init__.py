@@ -1,7 +1,12 @@
 """slt_jax: SGLD posterior sampling for singular learning theory, in pure JAX.
 
 See README.md for a quickstart and docs/conventions.md for every formula and convention.
+``slt_jax.analysis`` (clustering, embeddings, top influences; the optional extra
+``pip install "slt_jax[analysis]"``) loads on first use, so ``import slt_jax`` never imports
+scikit-learn or umap-learn.
 """
+
+import importlib
 
 # --- sampling core: kernels, restricted chains, run settings, the driver ---
 from slt_jax import config, kernels, program, restriction, sampler, theory, traces
@@ -10,8 +15,8 @@ from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax.program import Accumulator, DrawContext, compile_count
 from slt_jax.sampler import ChainsOutput, DivergenceError, full_data_loss, run_chains
 
-# --- adapters, masks, models, tasks ---
-from slt_jax import adapters, masks, models, tasks, training
+# --- adapters, masks, models, tasks, gridworld ---
+from slt_jax import adapters, gridworld, masks, models, tasks, training
 from slt_jax.adapters import from_linen, from_nnx, to_nnx
 from slt_jax.masks import (
     component_mask,
@@ -20,16 +25,18 @@ from slt_jax.masks import (
     mask_complement,
     mask_intersection,
     mask_union,
+    mlp_mask,
 )
 from slt_jax.training import train
 
 # --- estimators: LLC, susceptibilities, BIF, patterning, calibration ---
-from slt_jax import calibration, diagnostics, llc, stats
+from slt_jax import calibration, diagnostics, llc, reliability, stats
 from slt_jax.bif import BIFResult, estimate_bif, estimate_bif_over_checkpoints
 from slt_jax.calibration import CalibrationResult, calibrate
 from slt_jax.diagnostics import negative_control
 from slt_jax.llc import LLCResult, LLCTable, estimate_llc, estimate_llc_table
 from slt_jax.patterning import attach_weights, pattern, reweighted_loss
+from slt_jax.reliability import Reliability, estimate_reliability
 from slt_jax.stats import observables
 from slt_jax.susceptibility import (
     SusceptibilityResult,
@@ -37,13 +44,25 @@ from slt_jax.susceptibility import (
     estimate_susceptibilities_over_checkpoints,
 )
 
+# --- development over training ---
+from slt_jax import development
+from slt_jax.development import Development, track_development
+
 # --- results: io and plots ---
 from slt_jax import io, plots
 from slt_jax.io import load, save, to_arviz, to_xarray
-from slt_jax.plots import plot_calibration, plot_llc_checkpoints, plot_response_pca, plot_traces
+from slt_jax.plots import plot_calibration, plot_embedding, plot_llc_checkpoints, plot_response_pca, plot_traces
 
 __version__ = "0.2.0"
 
 __all__ = sorted(
-    name for name, value in dict(globals()).items() if not name.startswith("_") and name not in ("annotations",)
+    name for name, value in dict(globals()).items() if not name.startswith("_") and name not in ("annotations", "importlib")
 )
+
+
+def __getattr__(name: str):
+    # PEP 562: the analysis submodule imports scikit-learn and umap-learn (seconds, an optional
+    # extra), so it loads when first used, not with the package.
+    if name == "analysis":
+        return importlib.import_module("slt_jax.analysis")
+    raise AttributeError(f"module 'slt_jax' has no attribute {name!r}")

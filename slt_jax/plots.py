@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from slt_jax import traces
 from slt_jax.sampler import ChainsOutput
 
-__all__ = ["plot_traces", "plot_calibration", "plot_llc_checkpoints", "plot_response_pca"]
+__all__ = ["plot_traces", "plot_calibration", "plot_llc_checkpoints", "plot_response_pca", "plot_embedding", "plot_trajectories"]
 
 
 def _finish(figure: Figure, path) -> Figure:
@@ -183,6 +183,7 @@ def plot_llc_checkpoints(
     true_llc: float | None = None,
     xlabel: str = "training step",
     log_x: bool = False,
+    boundaries=None,
     path=None,
 ) -> Figure:
     """LLC over training checkpoints with error bars, and optionally the loss beside it.
@@ -199,6 +200,8 @@ def plot_llc_checkpoints(
         true_llc: a known learning coefficient to draw as a horizontal line.
         xlabel: label of the x axis.
         log_x: logarithmic x axis.
+        boundaries: steps of stage boundaries (``slt_jax.development.detect_stages``), drawn as
+            dotted vertical lines in every panel.
         path: where to save the figure (optional).
     """
     steps = np.asarray(steps, np.float64)
@@ -241,10 +244,65 @@ def plot_llc_checkpoints(
         if np.all(np.concatenate(list(series.values())) > 0):
             loss_axes.set_yscale("log")
         loss_axes.legend(fontsize=8)
+    for boundary in () if boundaries is None else np.atleast_1d(np.asarray(boundaries, np.float64)):
+        for panel in figure.axes:
+            panel.axvline(boundary, color="0.4", ls=":", lw=1.2)
+    return _finish(figure, path)
+
+
+def plot_trajectories(projections, steps, explained_variance_ratio=None, *, labels=None, path=None) -> Figure:
+    """Trajectories in the plane of two principal components (``slt_jax.development.trajectory_pca``).
+
+    Args:
+        projections: ``(R, K, >= 2)`` per run, per checkpoint, the coordinates.
+        steps: ``(R, K)`` the checkpoints' steps (the first and last are annotated).
+        explained_variance_ratio: ``(>= 2,)`` for the axis labels (optional).
+        labels: ``R`` run names (legend).
+        path: where to save the figure (optional).
+    """
+    projections = np.asarray(projections, np.float64)
+    steps = np.asarray(steps)
+    if projections.ndim != 3 or projections.shape[2] < 2 or steps.shape != projections.shape[:2]:
+        raise ValueError(f"projections {projections.shape} must be (runs, checkpoints, >= 2) and steps {steps.shape} (runs, checkpoints).")
+    labels = [f"run {r}" for r in range(projections.shape[0])] if labels is None else list(labels)
+    if len(labels) != projections.shape[0]:
+        raise ValueError(f"labels has {len(labels)} names for {projections.shape[0]} runs.")
+    figure = Figure(figsize=(6, 5))
+    axes = figure.subplots()
+    for run, label in zip(projections, labels):
+        line = axes.plot(run[:, 0], run[:, 1], marker=".", lw=1.2, label=str(label))[0]
+        axes.scatter(run[-1, 0], run[-1, 1], color=line.get_color(), marker="s", zorder=3)
+    for r in range(projections.shape[0]):
+        for k in (0, projections.shape[1] - 1):
+            axes.annotate(f"{steps[r, k]:g}", projections[r, k, :2], fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ratio = [None, None] if explained_variance_ratio is None else list(np.asarray(explained_variance_ratio)[:2])
+    axes.set(xlabel="PC1" + ("" if ratio[0] is None else f" ({ratio[0]:.0%})"),
+             ylabel="PC2" + ("" if ratio[1] is None else f" ({ratio[1]:.0%})"), title="trajectories over training")
+    axes.legend(fontsize=8)
     return _finish(figure, path)
 
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def _scatter_categories(axes, points: np.ndarray, codes: np.ndarray, num_categories: int) -> None:
+    """``points`` (n, 2) of category ``codes`` (n,): a colour and a marker per category, semi-transparent.
+
+    Interleaved layers: the points, shuffled, are drawn in rounds, each round every category in a
+    rotated order, so no category is always drawn last (on top of the others).
+    """
+    order = np.random.default_rng(0).permutation(points.shape[0])
+    for r, chunk in enumerate(np.array_split(order, min(8, points.shape[0]))):
+        for k in np.roll(np.arange(num_categories), -r):
+            chosen = chunk[codes[chunk] == k]
+            if chosen.size:
+                axes.scatter(points[chosen, 0], points[chosen, 1], s=16, color=f"C{k % 10}",
+                             marker=_MARKERS[k % len(_MARKERS)], alpha=0.65, edgecolors="white", linewidths=0.3)
+
+
+def _category_handles(categories) -> list[Line2D]:
+    return [Line2D([], [], ls="", marker=_MARKERS[k % len(_MARKERS)], color=f"C{k % 10}", label=str(value))
+            for k, value in enumerate(categories)]
 
 
 def plot_response_pca(
@@ -302,21 +360,8 @@ def plot_response_pca(
         if labels.shape != (chi.shape[0],):
             raise ValueError(f"labels has shape {labels.shape}; pass one label per probe ({chi.shape[0]},).")
         categories, codes = np.unique(labels, return_inverse=True)
-        colors = [f"C{k % 10}" for k in range(categories.size)]
-        markers = [_MARKERS[k % len(_MARKERS)] for k in range(categories.size)]
-        # Interleaved layers: the points, shuffled, are drawn in rounds, each round every category in
-        # a rotated order, so no category is always drawn last (on top of the others).
-        order = np.random.default_rng(0).permutation(chi.shape[0])
-        rounds = np.array_split(order, min(8, chi.shape[0]))
-        for r, chunk in enumerate(rounds):
-            for k in np.roll(np.arange(categories.size), -r):
-                chosen = chunk[codes[chunk] == k]
-                if chosen.size:
-                    axes.scatter(scores[chosen, 0], scores[chosen, 1], s=16, color=colors[k], marker=markers[k],
-                                 alpha=0.65, edgecolors="white", linewidths=0.3)
-        handles = [Line2D([], [], ls="", marker=markers[k], color=colors[k], label=str(value))
-                   for k, value in enumerate(categories)]
-        axes.legend(handles=handles, fontsize=7, markerscale=1.2, loc="best", framealpha=0.8)
+        _scatter_categories(axes, scores, codes, categories.size)
+        axes.legend(handles=_category_handles(categories), fontsize=7, markerscale=1.2, loc="best", framealpha=0.8)
     loadings = vt[[a, b]].T  # (num_components, 2)
     scale = np.abs(scores).max() / max(np.abs(loadings).max(), 1e-12) * 0.8
     tips = loadings * scale
@@ -336,4 +381,67 @@ def plot_response_pca(
     axes.set_ylim(low[1] - pad[1], high[1] + pad[1])
     axes.set(xlabel=f"PC{a + 1} ({explained[a]:.0%})", ylabel=f"PC{b + 1} ({explained[b]:.0%})")
     axes.set_title("response matrix PCA", pad=10)
+    return _finish(figure, path)
+
+
+def _panels(values) -> tuple[list, list[str] | None]:
+    """One entry per panel: an array, a list, or a ``{step: array}`` dict (panel titles from its keys)."""
+    if isinstance(values, Mapping):
+        return list(values.values()), [str(key) for key in values]
+    if isinstance(values, (list, tuple)):
+        return list(values), None
+    return [values], None
+
+
+def plot_embedding(
+    coordinates,
+    labels=None,
+    *,
+    titles=None,
+    axis_labels: tuple[str, str] = ("dimension 1", "dimension 2"),
+    title: str | None = None,
+    path=None,
+) -> Figure:
+    """Scatter of row embeddings (e.g. ``slt_jax.analysis.embed``), coloured by a label per row.
+
+    Several embeddings in one space (one per checkpoint: the development view) become one panel
+    each, with shared axes and one colour per category across panels. To see every checkpoint in
+    one panel instead, concatenate the coordinates and pass the checkpoint of each row as labels.
+
+    Args:
+        coordinates: ``(N, 2)``, or a list or ``{step: (N_t, 2)}`` dict of them (one panel each).
+        labels: a category per row (token type, cluster, checkpoint): ``(N,)``, or one array per
+            panel in the same form as ``coordinates``.
+        titles: a title per panel (default: the dict's keys, if any).
+        axis_labels: labels of the x and y axes.
+        title: the figure's title.
+        path: where to save the figure (optional).
+    """
+    panels, keys = _panels(coordinates)
+    panels = [np.asarray(points, np.float64) for points in panels]
+    for k, points in enumerate(panels):
+        if points.ndim != 2 or points.shape[1] != 2 or not np.all(np.isfinite(points)):
+            raise ValueError(f"coordinates[{k}] has shape {points.shape}; pass finite (N, 2) coordinates (embed(..., num_components=2)).")
+    titles = keys if titles is None else [str(t) for t in titles]
+    if titles is not None and len(titles) != len(panels):
+        raise ValueError(f"titles has {len(titles)} entries for {len(panels)} panels.")
+    if labels is not None:
+        labels = [np.asarray(values) for values in _panels(labels)[0]]
+        if len(labels) != len(panels) or any(l.shape != (p.shape[0],) for l, p in zip(labels, panels)):
+            raise ValueError(f"labels: pass one label per row of every panel, shapes {[(p.shape[0],) for p in panels]}.")
+        categories = np.unique(np.concatenate(labels))
+    figure = Figure(figsize=(4.2 * len(panels) + 0.8, 4.2))
+    axes_list = np.atleast_1d(figure.subplots(1, len(panels), sharex=True, sharey=True, squeeze=False)[0])
+    for k, (axes, points) in enumerate(zip(axes_list, panels)):
+        if labels is None:
+            axes.scatter(points[:, 0], points[:, 1], s=14, alpha=0.7, edgecolors="white", linewidths=0.3)
+        else:
+            _scatter_categories(axes, points, np.searchsorted(categories, labels[k]), categories.size)
+        axes.set(xlabel=axis_labels[0], ylabel=axis_labels[1] if k == 0 else None)
+        if titles is not None:
+            axes.set_title(titles[k], fontsize=9)
+    if labels is not None:
+        axes_list[-1].legend(handles=_category_handles(categories), fontsize=7, markerscale=1.2, loc="best", framealpha=0.8)
+    if title is not None:
+        figure.suptitle(title)
     return _finish(figure, path)

@@ -9,9 +9,10 @@ import slt_jax as sj
 PACKAGE = pathlib.Path(sj.__file__).parent
 # Lower layers first; a module may import only modules that appear before it.
 LAYERS = [
-    "types", "validation", "kernels", "restriction", "config", "program", "checkpoint", "planning", "sampler",
-    "traces", "plots", "theory", "masks", "adapters", "models", "tasks", "training",
-    "diagnostics", "calibration", "llc", "stats", "susceptibility", "bif", "patterning", "io", "cli",
+    "types", "validation", "kernels", "restriction", "config", "program", "multihost", "checkpoint", "planning", "sampler",
+    "traces", "plots", "theory", "masks", "adapters", "models", "tasks", "gridworld", "training",
+    "diagnostics", "calibration", "llc", "stats", "susceptibility", "bif", "reliability", "patterning", "development", "analysis",
+    "io", "cli",
 ]
 
 

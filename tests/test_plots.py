@@ -150,3 +150,21 @@ def test_plot_response_pca_labels_clear_of_title_and_categories_interleaved():
     assert len(last_colors) == 3
     # Three categories, three markers in the legend.
     assert [t.get_text() for t in axes.get_legend().get_texts()] == ["a", "b", "c"]
+
+
+def test_plot_embedding_renders_checkpoints_with_shared_colours(tmp_path):
+    rng = np.random.default_rng(0)
+    groups = np.repeat([0, 1, 2], 10)
+    steps = {100: rng.normal(size=(30, 2)), 200: rng.normal(size=(30, 2)) + groups[:, None]}
+    # The second checkpoint lacks category 0: category 2 keeps its colour (C2) in both panels.
+    figure = sj.plot_embedding(steps, {100: groups, 200: np.maximum(groups, 1)}, path=tmp_path / "embedding.png")
+    assert _is_png(tmp_path / "embedding.png")
+    assert len(figure.axes) == 2 and [a.get_title() for a in figure.axes] == ["100", "200"]
+    assert [t.get_text() for t in figure.axes[-1].get_legend().get_texts()] == ["0", "1", "2"]
+    colours = [{tuple(np.round(c.get_facecolor()[0][:3], 3)) for c in axes.collections} for axes in figure.axes]
+    assert len(colours[0]) == 3 and colours[1] < colours[0]
+    assert len(sj.plot_embedding(steps[100]).axes) == 1
+    with pytest.raises(ValueError, match="one label per row"):
+        sj.plot_embedding(steps, groups)
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        sj.plot_embedding(np.zeros((5, 3)))
