@@ -35,7 +35,7 @@ from slt_jax.bif import BIFResult, estimate_bif, estimate_bif_over_checkpoints
 from slt_jax.calibration import CalibrationResult, calibrate
 from slt_jax.diagnostics import negative_control
 from slt_jax.llc import LLCResult, LLCTable, estimate_llc, estimate_llc_table
-from slt_jax.patterning import attach_weights, pattern, reweighted_loss
+from slt_jax.patterning import PatterningEvaluation, PatterningResult, attach_weights, evaluate_patterning, pattern, reweighted_loss
 from slt_jax.reliability import Reliability, estimate_reliability
 from slt_jax.stats import observables
 from slt_jax.susceptibility import (

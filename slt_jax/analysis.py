@@ -1,6 +1,6 @@
 """Analyses of response matrices and BIFs: clusters, embeddings, top influences, a gradient baseline.
 
-Needs the optional extra: ``pip install "slt_jax[analysis]"`` (scikit-learn, umap-learn, pandas).
+Needs the optional extra: ``pip install "slt_jax[analysis]"`` (scikit-learn, umap-learn).
 ``import slt_jax`` imports neither this module nor them; ``sj.analysis`` loads it on first use,
 and a function that needs a missing library raises an ``ImportError`` that names the extra. PCA
 (numpy SVD) and ``top_influences`` need nothing beyond numpy.
@@ -50,6 +50,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from jax.flatten_util import ravel_pytree
 from scipy.sparse import csgraph
 from scipy.sparse import linalg as sparse_linalg
@@ -68,10 +69,6 @@ try:
     import sklearn.metrics.pairwise
 except ImportError:  # pragma: no cover
     sklearn = None
-try:
-    import pandas
-except ImportError:  # pragma: no cover
-    pandas = None
 try:
     with warnings.catch_warnings():
         # umap-learn warns at import when TensorFlow (for ParametricUMAP, unused here) is missing.
@@ -94,7 +91,7 @@ _DENSE_EIGEN_ROWS = 1000  # above this, the Laplacian's smallest eigenvalues com
 def _require(module, what: str) -> None:
     if module is None:
         raise ImportError(f'{what} needs the optional extra: pip install "slt_jax[analysis]" '
-                          "(scikit-learn, umap-learn, pandas).")
+                          "(scikit-learn, umap-learn).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +200,6 @@ class Clusters:
         Returns:
             Columns ``cluster, rank, row, distance`` and, when known, ``probe, example, token`` and ``context``.
         """
-        _require(pandas, "typical_rows")
         num_rows = validation.check_positive_int(num_rows, "num_rows")
         if context is not None and len(context) != self.labels.size:
             raise ValueError(f"context has {len(context)} entries for {self.labels.size} rows; pass one per row.")
@@ -215,7 +211,7 @@ class Clusters:
             table.update(probe=self.rows.probe[keep], example=self.rows.example[keep], token=self.rows.token[keep])
         if context is not None:
             table["context"] = np.asarray(context, dtype=object)[keep]
-        return pandas.DataFrame(table)
+        return pd.DataFrame(table)
 
     def __repr__(self) -> str:
         return f"Clusters(k={self.num_clusters}, sizes={self.sizes.tolist()}, rows={self.labels.size})"

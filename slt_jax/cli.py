@@ -1,10 +1,62 @@
-"""The ``slt-jax`` command line: ``slt-jax demo``.
+"""The ``slt-jax`` command line: ``slt-jax demo`` and ``slt-jax run sweep.toml``.
 
 The demo needs nothing downloaded: it builds a deep linear network teacher whose learning coefficient
 is known in closed form (Aoyagi 2024), generates regression data, estimates the LLC at the trained
 teacher with multi-chain SGLD (one ``SamplerConfig``, ``estimate_llc``) and prints the estimate beside
 the theory, then saves a plot: the loss per chain as a running mean with a band of its spread over a
 sliding window (raw minibatch losses overplotted are unreadable), and the per-chain running LLC.
+
+``slt-jax run sweep.toml [--output DIR] [--quiet]`` runs a batch experiment (``slt_jax.sweep``):
+train once keeping checkpoints, then ``track_development`` over checkpoints x components for every
+``[[settings]]`` entry, writing ``<dir>/<name>.npz`` (``slt_jax.load``), ``<dir>/<name>.png``,
+``<dir>/table.csv``, ``<dir>/training_loss.csv``, ``<dir>/sweep.toml`` and ``<dir>/resolved.json``,
+and printing a summary. The file is validated in full before anything trains or compiles; a mistake
+is a ``ValueError`` naming the section, the key and the allowed values. Schema::
+
+    [model]                  # required
+    name = "TransformerLM"   # TransformerLM, AttentionOnlyTransformer, MLP, DeepLinearNetwork,
+                             # InContextRegressionTransformer
+    seed = 0                 # initialisation seed (default 0)
+    ...                      # the constructor's keyword arguments (rngs excluded), e.g.
+                             # vocab_size, context_length, num_layers, num_heads, width; MLP's
+                             # activation by name: "relu", "gelu", "tanh", "sigmoid", "silu"
+
+    [task]                   # required
+    name = "repeated_tokens" # a generator of slt_jax.tasks: dln_regression, in_context_regression
+                             # (loss "mse"), repeated_tokens ("next_token"), modular_addition,
+                             # balanced_parentheses, boolean_formulas ("cross_entropy")
+    seed = 0                 # data seed, also the split's (default 0)
+    train_fraction = 0.8     # the rest is held out (test_loss); 1 = no split (default 0.8)
+    loss = "next_token"      # optional override: "mse", "cross_entropy" or "next_token"
+    ...                      # the generator's keyword arguments; dln_regression takes the
+                             # teacher's rank (and widths, default [model] widths, and scale)
+
+    [training]               # required
+    optimizer = "adam"       # "adam" or "sgd"
+    learning_rate = 1e-3
+    num_steps = 1000
+    batch_size = 64          # optional; omitted = full batch
+    checkpoint_every = 100   # or checkpoint_steps = [0, 10, 100, ...] (exactly one of the two)
+    seed = 0                 # minibatch seed (default 0)
+
+    [components]             # optional; absent or empty = the whole model only
+    full = true              # the whole model ("full"; default false once other components are named)
+    heads = "all"            # or [[layer, head], ...]  -> "L{layer}H{head}" (models with attention)
+    mlps = "all"             # or [layer, ...]          -> "mlp{layer}" (TransformerLM, InContext...)
+    layers = "all"           # or [j, ...]              -> "layer{j}" (DeepLinearNetwork, MLP)
+
+    [[settings]]             # one or more; each a SamplerConfig (SamplerConfig.from_dict)
+    name = "eps1e-4"         # unique; names <name>.npz and <name>.png
+    step_size = 1e-4         # or "auto"
+    localization = 100.0
+    num_draws = 200
+    batch_size = 64
+    nbeta = 20.0             # optional, like every other SamplerConfig field
+    seed = 0                 # sampling key (default 0)
+    loss_estimator = "minibatch"  # or "paired", "full" (default "minibatch")
+
+    [output]                 # optional
+    dir = "results"          # relative to the TOML file's folder (default "<file stem>_results")
 """
 
 from __future__ import annotations
@@ -23,7 +75,7 @@ import optax
 from matplotlib.figure import Figure
 
 import slt_jax as sj
-from slt_jax import theory
+from slt_jax import sweep, theory
 
 DEMO_WIDTHS = (10, 10, 10)
 DEMO_RANK = 5
@@ -114,6 +166,15 @@ def _save_plot(result, lam, output):
     return path
 
 
+def run(args) -> int:
+    start = time.perf_counter()
+    result = sweep.run_sweep(args.path, output=args.output, progress=not args.quiet)
+    print(sweep.summary(result))
+    print(f"{len(result.developments)} settings x {len(result.table) // max(len(result.developments), 1)} "
+          f"(checkpoint, component) cells in {time.perf_counter() - start:.1f} s; results in {result.output}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="slt-jax", description="slt_jax: SGLD for singular learning theory.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,9 +191,15 @@ def main(argv=None) -> int:
     p.add_argument("--train-steps", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="slt_jax_demo_output")
+    r = sub.add_parser("run", help="run a batch experiment described by a TOML sweep file")
+    r.add_argument("path", help="the sweep file (schema: python -m pydoc slt_jax.cli)")
+    r.add_argument("--output", default=None, help="results directory (overrides [output] dir)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args)
+    if args.command == "run":
+        return run(args)
     return 1  # pragma: no cover
 
 

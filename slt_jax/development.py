@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 from scipy.ndimage import gaussian_filter1d
 
 from slt_jax import planning, plots, validation
@@ -219,8 +220,6 @@ class Development:
     def to_dataframe(self):
         """A pandas DataFrame, one row per (checkpoint, component): LLC mean/std, ESS, R-hat, the
         losses and an ``unreliable`` flag."""
-        import pandas as pd
-
         k, m = self.llc.llc_mean.shape
         return pd.DataFrame({
             "step": np.repeat(self.steps, m), "component": np.tile(self.llc.components, k),

@@ -12,7 +12,7 @@ LAYERS = [
     "types", "validation", "kernels", "restriction", "config", "program", "multihost", "checkpoint", "planning", "sampler",
     "traces", "plots", "theory", "masks", "adapters", "models", "tasks", "gridworld", "training",
     "diagnostics", "calibration", "llc", "stats", "susceptibility", "bif", "reliability", "patterning", "development", "analysis",
-    "io", "cli",
+    "io", "sweep", "cli",
 ]
 
 

@@ -1,0 +1,484 @@
+"""Config-file sweeps: one TOML file -> a trained run read through checkpoints x components x settings.
+
+``run_sweep("sweep.toml")`` (the command ``slt-jax run sweep.toml``) trains one model on one task,
+keeping checkpoints (``slt_jax.train``), then runs ``slt_jax.track_development`` over every
+checkpoint x component once per ``[[settings]]`` entry, with the held-out split as ``held_out``.
+Everything in the file is checked (``load_sweep``: names, keys, types, every ``SamplerConfig``;
+``prepare``: the model, the data, the component masks and the loss's shapes, traced with
+``jax.eval_shape``) before anything trains or compiles; a mistake raises a ``ValueError`` that names
+the section, the key and the allowed values. The schema is documented in ``slt_jax.cli``.
+
+The results directory holds:
+
+* ``sweep.toml``: a copy of the file; ``resolved.json``: every setting with its default filled in,
+  the loss, the split sizes, the checkpoint steps, the component names and, per settings entry, the
+  ``SamplerConfig`` actually run (``step_size = "auto"`` resolved);
+* ``<settings name>.npz``: the ``Development`` of each entry (``slt_jax.save``; ``slt_jax.load``
+  reads it back);
+* ``table.csv``: one row per settings entry x checkpoint x component (``SWEEP_COLUMNS``);
+* ``<settings name>.png``: ``Development.plot`` of each entry; ``training_loss.csv``: the minibatch
+  loss of every training step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import pathlib
+import re
+import shutil
+import tomllib
+from collections.abc import Mapping
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+
+from slt_jax import adapters, masks, models, tasks, training, traces
+from slt_jax.config import SamplerConfig
+from slt_jax.development import Development, Stages, track_development
+from slt_jax.io import save
+
+__all__ = ["Sweep", "Prepared", "SweepResult", "load_sweep", "parse_sweep", "prepare", "run_sweep", "summary", "MODELS", "TASK_LOSSES",
+           "SWEEP_COLUMNS"]
+
+MODELS = {
+    "TransformerLM": models.TransformerLM,
+    "AttentionOnlyTransformer": models.AttentionOnlyTransformer,
+    "MLP": models.MLP,
+    "DeepLinearNetwork": models.DeepLinearNetwork,
+    "InContextRegressionTransformer": models.InContextRegressionTransformer,
+}
+# The loss each task implies (a [task] ``loss = "..."`` overrides it).
+TASK_LOSSES = {
+    "dln_regression": "mse",
+    "in_context_regression": "mse",
+    "repeated_tokens": "next_token",
+    "modular_addition": "cross_entropy",
+    "balanced_parentheses": "cross_entropy",
+    "boolean_formulas": "cross_entropy",
+}
+OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd}
+ACTIVATIONS = {"relu": nnx.relu, "gelu": nnx.gelu, "tanh": jnp.tanh, "sigmoid": nnx.sigmoid, "silu": nnx.silu}
+SECTIONS = ("model", "task", "training", "components", "settings", "output")
+TRAINING_KEYS = ("optimizer", "learning_rate", "num_steps", "batch_size", "checkpoint_every", "checkpoint_steps", "seed")
+COMPONENT_KEYS = ("full", "heads", "mlps", "layers")
+SWEEP_COLUMNS = ["settings", "step", "component", "llc_mean", "llc_std", "ess", "rhat", "unreliable", "train_loss", "test_loss"]
+# dln_regression needs teacher kernels: the file gives the teacher's shape (tasks.dln_teacher) instead.
+_DLN_TEACHER_KEYS = ("widths", "rank", "scale")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A validated sweep file (``load_sweep``); every value with its default filled in.
+
+    Attributes:
+        model: ``{"name", "seed", **constructor kwargs}`` (``activation`` still a name).
+        task: ``{"name", "seed", "train_fraction", "loss", **generator kwargs}``.
+        training: ``TRAINING_KEYS`` (``batch_size`` None = full batch).
+        components: ``{"full": bool, "heads", "mlps", "layers"}`` (each None, "all" or a list).
+        settings: ``(name, SamplerConfig, seed, loss_estimator)`` per ``[[settings]]`` entry.
+        output: the results directory (relative paths resolve against the file's directory).
+        source: the TOML file (None for a document given as a dict).
+    """
+
+    model: dict
+    task: dict
+    training: dict
+    components: dict
+    settings: tuple[tuple[str, SamplerConfig, int, str], ...]
+    output: pathlib.Path
+    source: pathlib.Path | None = None
+
+    def to_dict(self) -> dict:
+        """The resolved settings as a JSON-serialisable dict."""
+        return {
+            "source": None if self.source is None else str(self.source), "model": self.model, "task": self.task,
+            "training": self.training, "components": self.components, "output": {"dir": str(self.output)},
+            "settings": [{"name": n, "seed": s, "loss_estimator": e, "config": c.to_dict()} for n, c, s, e in self.settings],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` builds from a ``Sweep``, before training.
+
+    Attributes:
+        params, loss_fn: the model's ``from_nnx`` pair.
+        train, test: dicts of ``(n_train, ...)`` / ``(n_test, ...)`` arrays (``test`` None when
+            train_fraction = 1).
+        components: ``{name: mask or None}`` (``"full"``, ``"L{layer}H{head}"``, ``"mlp{layer}"``,
+            ``"layer{j}"``).
+        optimizer: the optax transformation; schedule: the checkpoint steps.
+    """
+
+    params: object
+    loss_fn: object
+    train: dict
+    test: dict | None
+    components: dict
+    optimizer: optax.GradientTransformation
+    schedule: list[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """What ``run_sweep`` returns: ``developments`` ``{settings name: Development}``, the combined
+    ``table`` (a DataFrame with ``SWEEP_COLUMNS``), the ``training`` result (``TrainResult``) and
+    the ``output`` directory."""
+
+    developments: dict[str, Development]
+    table: pd.DataFrame
+    training: training.TrainResult
+    output: pathlib.Path
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing and validation (no arrays)
+
+
+def _section(document: Mapping, name: str, required: bool) -> dict:
+    value = document.get(name)
+    if value is None:
+        if required:
+            raise ValueError(f"the sweep file has no [{name}] section; it needs {', '.join(f'[{s}]' for s in ('model', 'task', 'training'))} "
+                             "and at least one [[settings]] entry.")
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"[{name}] must be a table, got {value!r}.")
+    return dict(value)
+
+
+def _check_keys(section: str, values: Mapping, allowed, required=()) -> None:
+    unknown = [k for k in values if k not in allowed]
+    if unknown:
+        raise ValueError(f"[{section}] has unknown key(s) {unknown}; allowed keys: {', '.join(allowed)}.")
+    missing = [k for k in required if k not in values]
+    if missing:
+        raise ValueError(f"[{section}] is missing required key(s) {missing}; allowed keys: {', '.join(allowed)}.")
+
+
+def _int(section: str, key: str, value, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"[{section}] {key} = {value!r} must be an integer >= {minimum}.")
+    return value
+
+
+def _signature_keys(function, drop) -> tuple[list[str], list[str]]:
+    """(every keyword, the required ones) of ``function`` except ``drop``."""
+    parameters = [p for p in inspect.signature(function).parameters.values() if p.name not in ("self", *drop)]
+    return [p.name for p in parameters], [p.name for p in parameters if p.default is inspect.Parameter.empty]
+
+
+def _choice(section: str, key: str, value, allowed) -> str:
+    if value not in allowed:
+        raise ValueError(f"[{section}] {key} = {value!r} is not known; allowed values: {', '.join(map(repr, allowed))}.")
+    return value
+
+
+def _parse_model(model: dict) -> dict:
+    if "name" not in model:
+        raise ValueError(f"[model] needs name = one of {', '.join(map(repr, MODELS))}.")
+    name = _choice("model", "name", model.pop("name"), list(MODELS))
+    seed = _int("model", "seed", model.pop("seed", 0))
+    allowed, required = _signature_keys(MODELS[name].__init__, ("rngs", "kernels"))
+    _check_keys(f"model] ({name}", model, allowed + ["name", "seed"], required)
+    if "activation" in model:
+        _choice("model", "activation", model["activation"], list(ACTIVATIONS))
+    return {"name": name, "seed": seed, **model}
+
+
+def _parse_task(task: dict, model: dict) -> dict:
+    if "name" not in task:
+        raise ValueError(f"[task] needs name = one of {', '.join(map(repr, TASK_LOSSES))}.")
+    name = _choice("task", "name", task.pop("name"), list(TASK_LOSSES))
+    seed = _int("task", "seed", task.pop("seed", 0))
+    fraction = task.pop("train_fraction", 0.8)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise ValueError(f"[task] train_fraction = {fraction!r} must be a number in (0, 1] (1 = no held-out split).")
+    loss = _choice("task", "loss", task.pop("loss", TASK_LOSSES[name]), list(adapters.LOSSES))
+    if name == "dln_regression":
+        allowed, required = _signature_keys(tasks.dln_regression, ("seed", "kernels"))
+        allowed, required = allowed + list(_DLN_TEACHER_KEYS), required + ["rank"]
+        if "widths" not in task:
+            if model["name"] != "DeepLinearNetwork":
+                raise ValueError("[task] dln_regression needs widths = [...] (the teacher's widths) unless [model] is a DeepLinearNetwork.")
+            task["widths"] = list(model["widths"])
+    else:
+        allowed, required = _signature_keys(getattr(tasks, name), ("seed",))
+    _check_keys(f"task] ({name}", task, allowed + ["name", "seed", "train_fraction", "loss"], required)
+    return {"name": name, "seed": seed, "train_fraction": float(fraction), "loss": loss, **task}
+
+
+def _parse_training(values: dict) -> dict:
+    _check_keys("training", values, TRAINING_KEYS, ("optimizer", "learning_rate", "num_steps"))
+    _choice("training", "optimizer", values["optimizer"], list(OPTIMIZERS))
+    rate = values["learning_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+        raise ValueError(f"[training] learning_rate = {rate!r} must be a number > 0 (e.g. 1e-3).")
+    resolved = {"optimizer": values["optimizer"], "learning_rate": float(rate),
+                "num_steps": _int("training", "num_steps", values["num_steps"], 1),
+                "batch_size": None if values.get("batch_size") is None else _int("training", "batch_size", values["batch_size"], 1),
+                "seed": _int("training", "seed", values.get("seed", 0))}
+    if ("checkpoint_every" in values) == ("checkpoint_steps" in values):
+        raise ValueError("[training] needs exactly one of checkpoint_every = N or checkpoint_steps = [...].")
+    try:
+        schedule = training._checkpoint_schedule(resolved["num_steps"], values.get("checkpoint_every"), values.get("checkpoint_steps"))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"[training] {error}") from None
+    resolved["checkpoint_steps"] = schedule
+    return resolved
+
+
+def _index_list(key: str, value, width: int) -> list | str | None:
+    if value is None or value == "all":
+        return value
+    ok = isinstance(value, list) and all(
+        isinstance(v, list) and len(v) == width and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+        if width > 1 else isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    if not ok:
+        shape = "[[layer, head], ...]" if width > 1 else "[layer, ...]"
+        raise ValueError(f"[components] {key} = {value!r} must be \"all\" or a list {shape} of non-negative ints.")
+    return value
+
+
+def _parse_components(values: dict) -> dict:
+    _check_keys("components", values, COMPONENT_KEYS)
+    full = values.get("full", not values)
+    if not isinstance(full, bool):
+        raise ValueError(f"[components] full = {full!r} must be true or false.")
+    resolved = {"full": full, "heads": _index_list("heads", values.get("heads"), 2),
+                "mlps": _index_list("mlps", values.get("mlps"), 1), "layers": _index_list("layers", values.get("layers"), 1)}
+    if not full and not any(resolved[k] for k in ("heads", "mlps", "layers")):
+        raise ValueError("[components] selects nothing; set full = true or give heads / mlps / layers.")
+    return resolved
+
+
+def _parse_settings(entries) -> tuple:
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, Mapping) for e in entries):
+        raise ValueError("the sweep file needs at least one [[settings]] table (a SamplerConfig with a name).")
+    fields = [f.name for f in dataclasses.fields(SamplerConfig)]
+    settings, names = [], set()
+    for index, entry in enumerate(entries):
+        entry = dict(entry)
+        name = entry.pop("name", None)
+        if not isinstance(name, str) or not _NAME.match(name) or name in names:
+            raise ValueError(f"[[settings]] entry {index}: name = {name!r} must be a unique file-name-safe string "
+                             "(letters, digits, '_', '-', '.'); it names <dir>/<name>.npz and <name>.png.")
+        names.add(name)
+        seed = _int(f"settings] [{name}", "seed", entry.pop("seed", 0))
+        estimator = _choice(f"settings] [{name}", "loss_estimator", entry.pop("loss_estimator", "minibatch"), traces.LOSS_ESTIMATORS)
+        _check_keys(f"settings] [{name}", entry, fields + ["name", "seed", "loss_estimator"], ("step_size", "localization", "num_draws", "batch_size"))
+        try:
+            config = SamplerConfig.from_dict(entry)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"[[settings]] {name!r}: {error}") from None
+        settings.append((name, config, seed, estimator))
+    return tuple(settings)
+
+
+def parse_sweep(document: Mapping, *, source: pathlib.Path | None = None) -> Sweep:
+    """Validates a parsed sweep document (``tomllib.load`` output); see ``slt_jax.cli`` for the schema."""
+    unknown = [k for k in document if k not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown section(s) {unknown} in the sweep file; allowed: {', '.join(f'[{s}]' for s in SECTIONS)}.")
+    model = _parse_model(_section(document, "model", True))
+    task = _parse_task(_section(document, "task", True), model)
+    training_values = _parse_training(_section(document, "training", True))
+    components = _parse_components(_section(document, "components", False))
+    settings = _parse_settings(document.get("settings"))
+    output = _section(document, "output", False)
+    _check_keys("output", output, ("dir",))
+    default = f"{source.stem}_results" if source is not None else "slt_jax_sweep"
+    directory = output.get("dir", default)
+    if not isinstance(directory, str) or not directory:
+        raise ValueError(f"[output] dir = {directory!r} must be a non-empty path string.")
+    directory = pathlib.Path(directory)
+    if not directory.is_absolute() and source is not None:
+        directory = source.parent / directory
+    return Sweep(model=model, task=task, training=training_values, components=components, settings=settings,
+                 output=directory, source=source)
+
+
+def load_sweep(path) -> Sweep:
+    """Reads and validates the TOML sweep file at ``path`` (nothing is built or trained)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"path={str(path)!r}: no such sweep file; pass the path of a .toml file.")
+    try:
+        document = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path} is not valid TOML: {error}") from None
+    return parse_sweep(document, source=path.resolve())
+
+
+# ---------------------------------------------------------------------------------------------
+# building (arrays, no training, no compilation)
+
+
+def _build_data(task: dict) -> dict:
+    name = task["name"]
+    reserved = ("name", "seed", "train_fraction", "loss")
+    kwargs = {k: v for k, v in task.items() if k not in reserved}
+    if name == "dln_regression":
+        teacher = {k: kwargs.pop(k) for k in _DLN_TEACHER_KEYS if k in kwargs}
+        kwargs["kernels"] = tasks.dln_teacher(task["seed"], **teacher)
+    data = getattr(tasks, name)(seed=task["seed"], **kwargs)
+    # Only what the loss reads travels to the device (tasks also return e.g. "operands").
+    return {k: v for k, v in data.items() if k in ("inputs", "targets")}
+
+
+def _component_masks(sweep: Sweep, model, params) -> dict:
+    spec, name = sweep.components, sweep.model["name"]
+    components: dict = {"full": None} if spec["full"] else {}
+    if spec["heads"] is not None:
+        if not hasattr(model, "attention_paths"):
+            raise ValueError(f"[components] heads: {name} has no attention heads; models with heads: "
+                             f"{', '.join(n for n, c in MODELS.items() if hasattr(c, 'attention_paths'))}.")
+        paths, num_heads = model.attention_paths(), sweep.model["num_heads"]
+        pairs = [[l, h] for l in range(len(paths)) for h in range(num_heads)] if spec["heads"] == "all" else spec["heads"]
+        for layer, head in pairs:
+            if layer >= len(paths) or head >= num_heads:
+                raise ValueError(f"[components] heads: (layer {layer}, head {head}) does not exist; the model has "
+                                 f"{len(paths)} layer(s) x {num_heads} head(s).")
+            components[f"L{layer}H{head}"] = masks.head_mask(params, paths[layer], head)
+    for key, label, method in (("mlps", "mlp", "mlp_paths"), ("layers", "layer", None)):
+        if spec[key] is None:
+            continue
+        if method is not None and not hasattr(model, method):
+            raise ValueError(f"[components] {key}: {name} has no MLP blocks; models with them: "
+                             f"{', '.join(n for n, c in MODELS.items() if hasattr(c, method))}.")
+        if method is None and not isinstance(params.get("layers"), Mapping | list):
+            raise ValueError(f"[components] layers: {name} has no 'layers' list; use it with DeepLinearNetwork or MLP.")
+        count = len(model.mlp_paths()) if method else len(params["layers"])
+        for index in (range(count) if spec[key] == "all" else spec[key]):
+            if index >= count:
+                raise ValueError(f"[components] {key}: index {index} does not exist; the model has {count}.")
+            components[f"{label}{index}"] = (masks.mlp_mask(params, model.mlp_paths()[index]) if method
+                                             else masks.component_mask(params, f"layers/{index}/**"))
+    return components
+
+
+def _check_fit(sweep: Sweep, loss_fn, params, train: dict) -> None:
+    """Traces the loss on two examples (``jax.eval_shape``: no compilation) so a model that does not
+    fit the task fails here, with the names from the file."""
+    example = jax.tree.map(lambda x: jax.ShapeDtypeStruct((2, *x.shape[1:]), x.dtype), train)
+    try:
+        shape = jax.eval_shape(loss_fn, params, example).shape
+    except Exception as error:  # any trace-time failure means the pairing is wrong
+        raise ValueError(f"[model] {sweep.model['name']} does not fit [task] {sweep.task['name']} with loss "
+                         f"{sweep.task['loss']!r} (set [task] loss = ... or change the model's sizes): {error}") from None
+    if not shape or shape[0] != 2:
+        raise ValueError(f"[task] loss = {sweep.task['loss']!r} gives losses of shape {shape} for 2 examples; "
+                         "it needs (batch,) or (batch, seq).")
+
+
+def prepare(sweep: Sweep) -> Prepared:
+    """Builds the data, the split, the model, its ``(params, loss_fn)``, the component masks and the
+    optimizer, and checks that they fit together (batch sizes against the split), all before training."""
+    data = _build_data(sweep.task)
+    fraction = sweep.task["train_fraction"]
+    train, test = tasks.train_test_split(data, fraction, seed=sweep.task["seed"]) if fraction < 1 else (data, None)
+    n_train = len(next(iter(train.values())))
+    if test is not None and len(next(iter(test.values()))) == 0:
+        test = None
+    kwargs = {k: v for k, v in sweep.model.items() if k not in ("name", "seed")}
+    if "activation" in kwargs:
+        kwargs["activation"] = ACTIVATIONS[kwargs["activation"]]
+    try:
+        model = MODELS[sweep.model["name"]](**kwargs, rngs=nnx.Rngs(sweep.model["seed"]))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"[model] {sweep.model['name']}: {error}") from None
+    params, loss_fn = adapters.from_nnx(model, sweep.task["loss"])
+    _check_fit(sweep, loss_fn, params, train)
+    batch_size = sweep.training["batch_size"]
+    if batch_size is not None and batch_size > n_train:
+        raise ValueError(f"[training] batch_size = {batch_size} exceeds the {n_train} training examples.")
+    for name, config, _, _ in sweep.settings:
+        if config.batch_size > n_train:
+            raise ValueError(f"[[settings]] {name!r}: batch_size = {config.batch_size} exceeds the {n_train} training examples.")
+    optimizer = OPTIMIZERS[sweep.training["optimizer"]](sweep.training["learning_rate"])
+    return Prepared(params, loss_fn, train, test, _component_masks(sweep, model, params), optimizer,
+                    sweep.training["checkpoint_steps"])
+
+
+# ---------------------------------------------------------------------------------------------
+# running and writing
+
+
+def _stages(development: Development) -> Stages:
+    """The default stage boundaries, or none where the curve is too short to read them from."""
+    curve = development.llc.llc_mean[:, 0]
+    if np.isfinite(curve).sum() >= 3:
+        return development.stages(0)
+    empty = np.zeros(0)
+    return Stages(boundaries=empty, kinds=[], indices=np.zeros(0, np.int64), smoothed=curve, slope=np.zeros_like(curve),
+                  steps=np.asarray(development.steps))
+
+
+def _write_json(path: pathlib.Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def run_sweep(path, *, output=None, progress: bool = True) -> SweepResult:
+    """Runs the sweep file at ``path`` and writes its results directory (see the module docstring).
+
+    Args:
+        path: the TOML sweep file.
+        output: a results directory overriding ``[output] dir``.
+        progress: progress bars and the printed summary.
+
+    Returns:
+        A ``SweepResult``; ``table`` has one row per settings entry x checkpoint x component.
+    """
+    sweep = load_sweep(path)
+    if output is not None:
+        sweep = dataclasses.replace(sweep, output=pathlib.Path(output))
+    prepared = prepare(sweep)
+    directory = sweep.output
+    directory.mkdir(parents=True, exist_ok=True)
+    if sweep.source is not None and sweep.source != (directory / "sweep.toml").resolve():
+        shutil.copyfile(sweep.source, directory / "sweep.toml")
+    n_test = 0 if prepared.test is None else len(next(iter(prepared.test.values())))
+    resolved = sweep.to_dict() | {"data": {"n_train": len(next(iter(prepared.train.values()))), "n_test": n_test},
+                                  "component_names": list(prepared.components)}
+    _write_json(directory / "resolved.json", resolved)
+
+    trained = training.train(prepared.loss_fn, prepared.params, prepared.train, optimizer=prepared.optimizer,
+                             num_steps=sweep.training["num_steps"], batch_size=sweep.training["batch_size"],
+                             seed=sweep.training["seed"], checkpoint_steps=prepared.schedule)
+    pd.DataFrame({"step": np.arange(len(trained.losses)), "loss": trained.losses}).to_csv(directory / "training_loss.csv", index=False)
+    developments, frames = {}, []
+    for name, config, seed, estimator in sweep.settings:
+        development = track_development(
+            prepared.loss_fn, trained.checkpoints, prepared.train, config, key=seed, steps=trained.checkpoint_steps,
+            components=prepared.components, held_out=prepared.test, loss_estimator=estimator, progress=progress,
+        )
+        developments[name] = development
+        save(directory / f"{name}.npz", development)
+        development.plot(stages=_stages(development), path=directory / f"{name}.png")
+        frame = development.to_dataframe()
+        frame.insert(0, "settings", name)
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True)[SWEEP_COLUMNS]
+    table.to_csv(directory / "table.csv", index=False)
+    for entry in resolved["settings"]:
+        entry["config_run"] = developments[entry["name"]].llc.chains.config.to_dict()
+    _write_json(directory / "resolved.json", resolved)
+    return SweepResult(developments, table, trained, directory)
+
+
+def summary(result: SweepResult) -> str:
+    """A short text table: the LLC (mean ± std over chains) of every component at each settings
+    entry's checkpoints, flagged ``*`` where unreliable."""
+    table = result.table
+    cell = table["llc_mean"].map("{:.3g}".format) + " ± " + table["llc_std"].map("{:.2g}".format)
+    cell = cell + np.where(table["unreliable"], "*", "")
+    wide = table.assign(llc=cell).pivot_table(index=["settings", "step"], columns="component", values="llc", aggfunc="first",
+                                              sort=False)
+    return wide.to_string() + "\n(* = unreliable: low ESS, high R-hat or diverged chains)"
