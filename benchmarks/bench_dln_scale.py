@@ -33,7 +33,7 @@ calibration's share). A summary per class gives the median and 90th percentile |
 and the failures (any chain diverged or a NaN estimate) for each method.
 
 CPU budget (2 cores, about an hour for ``--classes 1K,10K,100K``): ``--models`` sets the number of
-models per class (default 1K: 6, 10K: 4, 100K: 1) and ``--max-params`` redraws architectures above a
+models per class (default 1K: 6, 10K: 2, 100K: 1; the committed 100K row ran with ``--num-chains 2``) and ``--max-params`` redraws architectures above a
 parameter cap (default: none for 1K/10K, 150,000 for 100K: the class's widest draws take tens of
 minutes per run here). 1M and larger are for accelerators (``--classes 1M,10M``).
 
@@ -68,7 +68,7 @@ import slt_jax as sj
 
 CLASSES = {
     "1K": dict(layers=(2, 5), widths=(5, 50), n=10**5, step_size=5e-7, steps=10_000, models=6, max_params=None),
-    "10K": dict(layers=(2, 10), widths=(5, 100), n=10**5, step_size=5e-7, steps=10_000, models=4, max_params=None),
+    "10K": dict(layers=(2, 10), widths=(5, 100), n=10**5, step_size=5e-7, steps=10_000, models=2, max_params=None),
     "100K": dict(layers=(2, 10), widths=(50, 500), n=10**6, step_size=1e-7, steps=50_000, models=1, max_params=150_000),
     "1M": dict(layers=(2, 20), widths=(100, 1000), n=10**6, step_size=5e-8, steps=50_000, models=4, max_params=None),
     "10M": dict(layers=(2, 20), widths=(500, 2000), n=10**6, step_size=2e-8, steps=50_000, models=2, max_params=None),

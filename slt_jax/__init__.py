@@ -50,7 +50,7 @@ from slt_jax.development import Development, track_development
 
 # --- results: io and plots ---
 from slt_jax import io, plots
-from slt_jax.io import load, save, to_arviz, to_xarray
+from slt_jax.io import load, save, to_arviz, to_dataframe, to_xarray
 from slt_jax.plots import plot_calibration, plot_embedding, plot_llc_checkpoints, plot_response_pca, plot_traces
 
 __version__ = "0.2.0"

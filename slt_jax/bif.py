@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import stats, traces, validation
+from slt_jax import reliability, stats, traces, validation
 from slt_jax.config import SamplerConfig
 from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
 from slt_jax.stats import ProbeLabels
@@ -91,6 +91,16 @@ class BIFResult:
             coords=coords,
             attrs=dict(nbeta=self.nbeta, sign="bif = -Cov(l_i, l_j); correlation = +corr(l_i, l_j)"),
         )
+
+    def summary(self) -> str:
+        """The matrix's shape, diverged chains, and its reliability line over the off-diagonal
+        entries (``slt_jax.estimate_reliability``; undefined for a BIF estimated in blocks)."""
+        lines = [repr(self)]
+        try:
+            lines.append("  " + reliability.estimate_reliability(self, warn=False).summary())
+        except (ValueError, TypeError) as error:
+            lines.append(f"  reliability undefined: {error}")
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"BIFResult(bif: {self.bif.shape}, nbeta={self.nbeta:.4g}, diverged={int(self.diverged.sum())})"
@@ -172,7 +182,10 @@ def _bif(loss_fn, checkpoints, data, config, key, probe, component, per_token, b
         if chains.diverged[k].any():
             label = "BIF" if steps is None else f"BIF, checkpoint {steps[k]}"
             warnings.warn(f"{label}: " + traces.divergence_message(chains.diverged_at[k]), RuntimeWarning, stacklevel=3)
-    return [_result(cov[k], stderr[k], chains.select(k), labels) for k in range(num_k)]
+    results = [_result(cov[k], stderr[k], chains.select(k), labels) for k in range(num_k)]
+    for k, result in enumerate(results):  # blocked runs keep only the last block's chains: undefined, skipped
+        reliability.check_reliability(result, "the BIF" + ("" if steps is None else f" at checkpoint {steps[k]}"))
+    return results
 
 
 def estimate_bif(

@@ -37,10 +37,11 @@ import numpy as np
 from slt_jax import bif, susceptibility, traces
 from slt_jax.calibration import CalibrationResult
 from slt_jax.config import SamplerConfig
+from slt_jax.development import Development
 from slt_jax.llc import LLCResult, LLCTable
 from slt_jax.sampler import ChainsOutput
 
-__all__ = ["save", "load", "read_header", "register", "to_xarray", "to_arviz", "FORMAT", "RESULT_TYPES"]
+__all__ = ["save", "load", "read_header", "register", "to_xarray", "to_dataframe", "to_arviz", "FORMAT", "RESULT_TYPES"]
 
 FORMAT = "slt_jax.result"
 _FORMAT_VERSION = 2
@@ -48,7 +49,7 @@ _REGISTRY: dict[str, type] = {}
 
 # The result types of the estimators (each round-trips through save / load; tested).
 RESULT_TYPES = (
-    LLCResult, LLCTable, ChainsOutput, CalibrationResult, susceptibility.SusceptibilityResult, bif.BIFResult,
+    LLCResult, LLCTable, ChainsOutput, CalibrationResult, susceptibility.SusceptibilityResult, bif.BIFResult, Development,
 )
 
 
@@ -352,6 +353,8 @@ def to_xarray(result):
       index of each configuration as coordinates / variables;
     * ``LLCResult``: ``(chain, draw)`` (its one configuration);
     * ``LLCTable``: ``table.to_xarray()``, ``(checkpoint, component, chain)``;
+    * ``Development``: ``development.to_xarray()``, the table's dims plus the losses and
+      susceptibilities per checkpoint;
     * ``CalibrationResult``: ``(setting, chain, draw)``;
     * any other slt_jax result dataclass: its arrays (dims from its ``xarray_dims``).
 
@@ -359,7 +362,7 @@ def to_xarray(result):
     run's settings and ``SamplerConfig`` as JSON.
     """
     xr = _require("xarray")
-    if isinstance(result, LLCTable):
+    if isinstance(result, (LLCTable, Development)):
         return result.to_xarray()
     attrs = {}
     coords: dict = {}
@@ -412,6 +415,31 @@ def to_xarray(result):
     attrs["result_type"] = _type_name(result)
     attrs["versions"] = json.dumps(_versions())
     return xr.Dataset({k: xr.Variable(*v) for k, v in variables.items()}, coords=coords, attrs=attrs)
+
+
+def to_dataframe(result, variables=None):
+    """A pandas DataFrame from ``to_xarray(result)``: one row per combination of the dimensions of
+    ``variables`` (names of data variables; default: every one). Variables with different dims are
+    broadcast against each other, so pick variables that share their dims, e.g.
+    ``to_dataframe(table, ["llc_mean", "llc_std", "ess", "rhat"])`` for one row per (checkpoint,
+    component).
+
+    >>> import jax.numpy as jnp, slt_jax as sj
+    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
+    >>> data = {"x": jnp.eye(2).repeat(10, axis=0), "y": jnp.zeros(20)}
+    >>> config = sj.SamplerConfig(step_size=1e-3, nbeta=10.0, localization=1.0, num_draws=20, batch_size=20)
+    >>> table = sj.estimate_llc_table(loss_fn, [jnp.zeros(2), jnp.ones(2)], data, config, key=0, progress=False)
+    >>> sj.to_dataframe(table, ["llc_mean", "ess"]).shape              # (checkpoint x component, variables)
+    (2, 2)
+    """
+    dataset = to_xarray(result)
+    if variables is not None:
+        variables = [variables] if isinstance(variables, str) else list(variables)
+        missing = [v for v in variables if v not in dataset.data_vars]
+        if missing:
+            raise ValueError(f"variables {missing} are not in this result's Dataset; it has {sorted(dataset.data_vars)}.")
+        dataset = dataset[variables]
+    return dataset.to_dataframe()
 
 
 def to_arviz(result, *, config: int | None = None):

@@ -26,7 +26,9 @@ off-diagonal entries: the diagonal is -Var(l_i), never zero):
   roughly as 1/draws once the chain is past burn-in, so m times the draws is worth up to m times
   the chains.
 * Mostly noise: R < 0.5 (noise variance above signal variance among rows) or fewer than 20% of
-  rows distinguishable. ``estimate_reliability`` then issues a ``RuntimeWarning``.
+  rows distinguishable. ``estimate_reliability`` then issues a ``NoisyResponseWarning`` (a
+  ``RuntimeWarning``); ``estimate_susceptibilities`` and ``estimate_bif`` check their own results
+  and issue it too, and their results' ``summary()`` has the reliability line.
 
 Chains with a non-finite entry anywhere (diverged chains) are left out.
 """
@@ -40,10 +42,15 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from slt_jax import stats
-from slt_jax.bif import BIFResult
-from slt_jax.susceptibility import SusceptibilityResult
 
-__all__ = ["Reliability", "estimate_reliability", "MOSTLY_NOISE_RELIABILITY", "MOSTLY_NOISE_FRACTION"]
+__all__ = ["Reliability", "NoisyResponseWarning", "estimate_reliability", "MOSTLY_NOISE_RELIABILITY", "MOSTLY_NOISE_FRACTION"]
+
+
+class NoisyResponseWarning(RuntimeWarning):
+    """A response matrix or BIF is mostly noise (``Reliability.mostly_noise``).
+
+    ``estimate_susceptibilities`` and ``estimate_bif`` issue it themselves, so a noisy matrix never
+    goes silently into a PCA, a clustering or a patterning solve."""
 
 MOSTLY_NOISE_RELIABILITY = 0.5
 MOSTLY_NOISE_FRACTION = 0.2
@@ -98,11 +105,15 @@ class Reliability:
 
 
 def _per_chain(result) -> tuple[np.ndarray, np.ndarray]:
-    """Per-chain estimates ``(C, N, K)`` and the bool ``(N, K)`` of entries that count."""
-    if isinstance(result, SusceptibilityResult):
+    """Per-chain estimates ``(C, N, K)`` and the bool ``(N, K)`` of entries that count.
+
+    Results are recognised by their fields (this module sits below ``susceptibility`` and ``bif``,
+    which call it): ``chi_per_chain`` (a ``SusceptibilityResult``), or ``bif`` with ``chains`` (a
+    ``BIFResult``)."""
+    if hasattr(result, "chi_per_chain"):
         per_chain = np.asarray(result.chi_per_chain, np.float64)
         return per_chain, np.ones(per_chain.shape[1:], bool)
-    if isinstance(result, BIFResult):
+    if hasattr(result, "bif") and hasattr(result, "chains"):
         if result.chains is None or result.chains.accumulator is None:
             raise ValueError("this BIFResult carries no per-chain state (chains.accumulator); rerun estimate_bif.")
         per_chain = -stats.covariance(result.chains.accumulator)[0]  # (C, rows of the last block, N)
@@ -151,7 +162,7 @@ def estimate_reliability(
         alpha: the row-wise false-positive rate of the distinguishability test, in (0, 1).
         num_splits: random halvings of the chains averaged in the split-half correlation.
         seed: seed of the halvings.
-        warn: issue a ``RuntimeWarning`` when the matrix is mostly noise (see the module docstring).
+        warn: issue a ``NoisyResponseWarning`` when the matrix is mostly noise (see the module docstring).
 
     Returns:
         A ``Reliability``; ``.summary()`` is one line.
@@ -215,6 +226,23 @@ def estimate_reliability(
     if warn and report.mostly_noise:
         warnings.warn(
             f"the matrix is mostly noise: {report.summary()}. Rows differ mainly by sampling noise; run more chains "
-            "(or draws) before clustering or PCA.", RuntimeWarning, stacklevel=2,
+            "(or draws) before clustering or PCA.", NoisyResponseWarning, stacklevel=2,
+        )
+    return report
+
+
+def check_reliability(result, what: str) -> Reliability | None:
+    """What the estimators call on their result: the ``Reliability`` with a ``NoisyResponseWarning``
+    when mostly noise, or None when it is undefined (fewer than 2 good chains or 3 rows, constant
+    columns, a BIF kept in blocks)."""
+    try:
+        report = estimate_reliability(result, warn=False)
+    except (ValueError, TypeError):
+        return None
+    if report.mostly_noise:
+        warnings.warn(
+            f"{what} is mostly noise: {report.summary()}. Its rows differ mainly by sampling noise; run more chains "
+            "(or draws) before a PCA, clustering or patterning (slt_jax.estimate_reliability).",
+            NoisyResponseWarning, stacklevel=3,
         )
     return report

@@ -57,7 +57,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from slt_jax import stats, traces, validation
+from slt_jax import reliability, stats, traces, validation
 from slt_jax.config import SamplerConfig
 from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
 from slt_jax.stats import ProbeLabels
@@ -299,6 +299,16 @@ class SusceptibilityResult:
             attrs=dict(nbeta=self.nbeta, method=self.method, centering=self.centering, sign="chi = -Cov(phi, l - L)"),
         )
 
+    def summary(self) -> str:
+        """The matrix's shape, the chains and diverged chains, and its reliability line
+        (``slt_jax.estimate_reliability``: is it signal or noise?)."""
+        lines = [repr(self), f"  {self.chi_per_chain.shape[0]} chains; diverged per column: {self.diverged.sum(axis=1).tolist()}"]
+        try:
+            lines.append("  " + reliability.estimate_reliability(self, warn=False).summary())
+        except (ValueError, TypeError) as error:
+            lines.append(f"  reliability undefined: {error}")
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
         return (
             f"SusceptibilityResult(chi: {self.chi.shape[0]} rows x {self.chi.shape[1]} columns "
@@ -394,6 +404,7 @@ def _report(results: list[SusceptibilityResult], steps: list[int] | None, names:
                 label = f"component {name!r}" if steps is None else f"checkpoint {steps[k]}, component {name!r}"
                 message = traces.divergence_message(diverged_at, "chi")
                 warnings.warn(f"{label}: {message}", RuntimeWarning, stacklevel=3)
+        reliability.check_reliability(result, "the response matrix" + ("" if steps is None else f" at checkpoint {steps[k]}"))
 
 
 def _susceptibilities(loss_fn, checkpoints, data, config, key, probes, components, observables, method, centering,

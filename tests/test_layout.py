@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(sj.__file__).parent
 LAYERS = [
     "types", "validation", "kernels", "restriction", "config", "program", "multihost", "checkpoint", "planning", "sampler",
     "traces", "plots", "theory", "masks", "adapters", "models", "tasks", "gridworld", "training",
-    "diagnostics", "calibration", "llc", "stats", "susceptibility", "bif", "reliability", "patterning", "development", "analysis",
+    "diagnostics", "calibration", "llc", "stats", "reliability", "susceptibility", "bif", "patterning", "development", "analysis",
     "io", "sweep", "cli",
 ]
 

@@ -123,3 +123,36 @@ def test_bad_input_names_the_fix():
         sj.estimate_reliability(per_chain[0])
     with pytest.raises(ValueError, match="constant"):
         sj.estimate_reliability(np.ones((4, 10, 2)), warn=False)
+
+
+def _noisy_and_clear_runs():
+    """A linear regression whose susceptibilities are pure noise after 10 draws x 2 chains, and clear
+    (planted by the inputs' scale, two groups) after 3000 draws x 8 chains."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(12, 2)) * [3.0, 0.1], rng.normal(size=(12, 2)) * [0.1, 3.0]])
+    data = {"x": jnp.asarray(x, jnp.float32), "y": jnp.asarray(x @ np.array([1.0, -1.0]) + rng.normal(size=24), jnp.float32)}
+    loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
+    w_star = jnp.asarray(np.linalg.lstsq(x, np.asarray(data["y"]), rcond=None)[0], jnp.float32)
+    components = {"w0": jnp.array([True, False]), "w1": jnp.array([False, True])}
+    noisy = sj.SamplerConfig(step_size=1e-3, nbeta=24.0, localization=1.0, num_chains=2, num_draws=10, batch_size=24)
+    clear = noisy.replace(num_chains=8, num_draws=3000, num_burnin=100)
+    return loss_fn, w_star, data, components, noisy, clear
+
+
+def test_the_estimators_warn_themselves_when_the_matrix_is_mostly_noise():
+    # Issue 10, part 5: a new user's 4-chain run was noise and nothing warned. Now the estimator itself
+    # issues NoisyResponseWarning, and summary() carries the reliability line.
+    loss_fn, w_star, data, components, noisy, clear = _noisy_and_clear_runs()
+    probes = {"train": data}
+    with pytest.warns(sj.reliability.NoisyResponseWarning, match="response matrix is mostly noise"):
+        res = sj.estimate_susceptibilities(loss_fn, w_star, data, noisy, key=0, probes=probes, components=components,
+                                           include_full=False, progress=False)
+    assert "MOSTLY NOISE" in res.summary()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sj.reliability.NoisyResponseWarning)
+        res = sj.estimate_susceptibilities(loss_fn, w_star, data, clear, key=0, probes=probes, components=components,
+                                           include_full=False, progress=False)
+    assert "[ok]" in res.summary(), res.summary()
+    with pytest.warns(sj.reliability.NoisyResponseWarning, match="the BIF is mostly noise"):
+        bif = sj.estimate_bif(loss_fn, w_star, data, noisy, key=0, progress=False)
+    assert "reliability" in bif.summary()
