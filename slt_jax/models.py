@@ -127,19 +127,18 @@ class MLP(nnx.Module):
         return self.layers[-1](x)
 
 
+def _causal_attention(width: int, num_heads: int, head_dim: int, rngs: nnx.Rngs) -> nnx.MultiHeadAttention:
+    """The attention layer every transformer here uses (the causal mask is passed at call time)."""
+    return nnx.MultiHeadAttention(num_heads=num_heads, in_features=width, qkv_features=num_heads * head_dim,
+                                  out_features=width, decode=False, rngs=rngs)
+
+
 class AttentionBlock(nnx.Module):
     """Residual causal self-attention: ``h + attn(norm(h))`` (norm optional)."""
 
     def __init__(self, width: int, num_heads: int, head_dim: int, *, layer_norm: bool, rngs: nnx.Rngs):
         self.norm = nnx.LayerNorm(width, rngs=rngs) if layer_norm else None
-        self.attn = nnx.MultiHeadAttention(
-            num_heads=num_heads,
-            in_features=width,
-            qkv_features=num_heads * head_dim,
-            out_features=width,
-            decode=False,
-            rngs=rngs,
-        )
+        self.attn = _causal_attention(width, num_heads, head_dim, rngs)
 
     def __call__(self, h: Array, mask: Array) -> Array:
         x = self.norm(h) if self.norm is not None else h
@@ -253,14 +252,7 @@ class TransformerBlock(nnx.Module):
 
     def __init__(self, width: int, num_heads: int, head_dim: int, mlp_width: int, *, rngs: nnx.Rngs):
         self.attn_norm = nnx.LayerNorm(width, rngs=rngs)
-        self.attn = nnx.MultiHeadAttention(
-            num_heads=num_heads,
-            in_features=width,
-            qkv_features=num_heads * head_dim,
-            out_features=width,
-            decode=False,
-            rngs=rngs,
-        )
+        self.attn = _causal_attention(width, num_heads, head_dim, rngs)
         self.mlp_norm = nnx.LayerNorm(width, rngs=rngs)
         self.mlp = FeedForward(width, mlp_width, rngs=rngs)
 
