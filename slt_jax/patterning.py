@@ -47,7 +47,7 @@ __all__ = ["PatterningResult", "PatterningEvaluation", "pattern", "evaluate_patt
 
 @dataclasses.dataclass(frozen=True)
 class PatterningResult:
-    """What ``pattern`` returns. ``np.asarray(result)`` is ``result.weights``.
+    """What ``pattern`` returns; ``evaluate_patterning`` and ``attach_weights`` take it as it is.
 
     Attributes:
         weights: ``(n,)`` per-example weights ρ = 1 + α s (each example takes its group's weight).
@@ -302,6 +302,11 @@ def _optional_vector(name: str, value, k: int) -> np.ndarray | None:
     return value
 
 
+def _weights(weights):
+    """The ``(n,)`` weights of a ``PatterningResult``, or ``weights`` itself."""
+    return weights.weights if isinstance(weights, PatterningResult) else weights
+
+
 def evaluate_patterning(
     loss_fn: LossFn,
     params: Params,
@@ -338,7 +343,7 @@ def evaluate_patterning(
     Returns:
         A ``PatterningEvaluation``.
     """
-    weights = np.asarray(weights, np.float64)
+    weights = np.asarray(_weights(weights), np.float64)
     if not callable(observe_fn):
         raise TypeError(f"observe_fn must be callable as observe_fn(params) -> (k,), got {observe_fn!r}.")
     seeds = [int(seed) for seed in seeds]
@@ -372,7 +377,7 @@ def attach_weights(data: Batch, weights) -> dict:
         data: a pytree of arrays with a leading example axis n.
         weights: ``(n,)`` weights ρ (e.g. from ``pattern``), or ``(n, seq)`` per-token weights.
     """
-    weights = np.asarray(weights)
+    weights = np.asarray(_weights(weights))
     lengths = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(data)}
     if weights.ndim == 0 or lengths != {weights.shape[0]}:
         raise ValueError(
@@ -405,7 +410,7 @@ def reweighted_loss(loss_fn: LossFn, weights, *, normalize: bool = True) -> Loss
     >>> round(float(sj.reweighted_loss(loss_fn, data["weight"])(0.0, data).mean()), 4)  # (2*0 + 1*1) / 3
     0.3333
     """
-    weights = np.asarray(weights, np.float64)
+    weights = np.asarray(_weights(weights), np.float64)
     if weights.ndim == 0 or weights.size == 0 or not np.all(np.isfinite(weights)):
         raise ValueError(f"weights must be a finite (n,) or (n, seq) array, got shape {weights.shape}.")
     scale = float(weights.mean()) if normalize else 1.0
