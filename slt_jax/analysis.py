@@ -55,7 +55,7 @@ from jax.flatten_util import ravel_pytree
 from scipy.sparse import csgraph
 from scipy.sparse import linalg as sparse_linalg
 
-from slt_jax import validation
+from slt_jax import stats, validation
 from slt_jax.bif import BIFResult
 from slt_jax.stats import ProbeLabels
 from slt_jax.susceptibility import ResponseMatrix, SusceptibilityResult, response_pca, zscore_columns
@@ -318,10 +318,7 @@ def _correlation(bif) -> np.ndarray:
     if isinstance(bif, BIFResult):
         correlation = np.asarray(bif.correlation, np.float64)
     else:
-        matrix = _square(bif)
-        scale = np.sqrt(np.maximum(-np.diagonal(matrix), 0.0))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            correlation = -matrix / np.outer(scale, scale)
+        correlation = stats.correlation(-_square(bif))  # BIF = -Cov
     if not np.all(np.isfinite(correlation)):
         raise ValueError("the BIF correlation has NaN entries (a row with zero loss variance?); drop those rows first.")
     return correlation

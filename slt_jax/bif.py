@@ -95,12 +95,7 @@ class BIFResult:
     def summary(self) -> str:
         """The matrix's shape, diverged chains, and its reliability line over the off-diagonal
         entries (``slt_jax.estimate_reliability``; undefined for a BIF estimated in blocks)."""
-        lines = [repr(self)]
-        try:
-            lines.append("  " + reliability.estimate_reliability(self, warn=False).summary())
-        except (ValueError, TypeError) as error:
-            lines.append(f"  reliability undefined: {error}")
-        return "\n".join(lines)
+        return "\n".join([repr(self), "  " + reliability.summary_line(self)])
 
     def __repr__(self) -> str:
         return f"BIFResult(bif: {self.bif.shape}, nbeta={self.nbeta:.4g}, diverged={int(self.diverged.sum())})"
@@ -126,9 +121,7 @@ def _result(cov: np.ndarray, stderr: np.ndarray, chains: ChainsOutput, labels: P
     cov = 0.5 * (cov + cov.T)
     stderr = 0.5 * (stderr + stderr.T)
     variance = np.diagonal(cov).copy()
-    scale = np.sqrt(np.maximum(variance, 0.0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        correlation = cov / np.outer(scale, scale)
+    correlation = stats.correlation(cov)
     return BIFResult(
         bif=-cov, stderr=stderr, correlation=correlation, variance=variance, mean_loss=mean_loss, labels=labels,
         nbeta=float(chains.hyperparameters.nbeta[0]), diverged=diverged, chains=chains,

@@ -280,9 +280,10 @@ class PatterningEvaluation:
 
 
 @functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=32)
 def _weighted_as_data(loss_fn: LossFn) -> LossFn:
-    # One loss object per loss_fn, weights travelling as data: the weighted and the unweighted runs
-    # (and later calls) share one compiled training program.
+    # One loss object per loss_fn (cached), weights travelling as data: the weighted and the
+    # unweighted runs, and later calls with the same loss_fn, share one compiled training program.
     return reweighted_loss(loss_fn, np.ones(1), normalize=False)
 
 

@@ -231,13 +231,26 @@ def estimate_reliability(
     return report
 
 
+def _report_or_why(result) -> tuple[Reliability | None, str]:
+    """The ``Reliability`` of ``result``, or None and why it is undefined (fewer than 2 good chains
+    or 3 rows, constant columns, a BIF kept in blocks)."""
+    try:
+        return estimate_reliability(result, warn=False), ""
+    except (ValueError, TypeError) as error:
+        return None, str(error)
+
+
+def summary_line(result) -> str:
+    """The reliability line of a result's ``summary()``."""
+    report, why = _report_or_why(result)
+    return report.summary() if report is not None else f"reliability undefined: {why}"
+
+
 def check_reliability(result, what: str) -> Reliability | None:
     """What the estimators call on their result: the ``Reliability`` with a ``NoisyResponseWarning``
-    when mostly noise, or None when it is undefined (fewer than 2 good chains or 3 rows, constant
-    columns, a BIF kept in blocks)."""
-    try:
-        report = estimate_reliability(result, warn=False)
-    except (ValueError, TypeError):
+    when mostly noise, or None when it is undefined."""
+    report, _ = _report_or_why(result)
+    if report is None:
         return None
     if report.mostly_noise:
         warnings.warn(

@@ -51,6 +51,7 @@ __all__ = [
     "covariance_update",
     "covariance_merge",
     "covariance",
+    "correlation",
     "covariance_accumulator",
     "ProbeLabels",
     "Observables",
@@ -126,6 +127,14 @@ def covariance(state: CovarianceState, ddof: int = 1) -> np.ndarray:
     count = np.asarray(state.count, np.float64)[..., None, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > ddof, np.asarray(state.comoment, np.float64) / (count - ddof), np.nan)
+
+
+def correlation(cov) -> np.ndarray:
+    """Pearson correlation ``(N, N)`` from a covariance matrix ``(N, N)`` (NaN where a variance is 0)."""
+    cov = np.asarray(cov, np.float64)
+    scale = np.sqrt(np.maximum(np.diagonal(cov), 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return cov / np.outer(scale, scale)
 
 
 def covariance_accumulator(x_of: Callable[[PyTree], Array], y_of: Callable[[PyTree], Array] | None = None) -> Accumulator:

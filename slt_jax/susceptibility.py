@@ -302,12 +302,10 @@ class SusceptibilityResult:
     def summary(self) -> str:
         """The matrix's shape, the chains and diverged chains, and its reliability line
         (``slt_jax.estimate_reliability``: is it signal or noise?)."""
-        lines = [repr(self), f"  {self.chi_per_chain.shape[0]} chains; diverged per column: {self.diverged.sum(axis=1).tolist()}"]
-        try:
-            lines.append("  " + reliability.estimate_reliability(self, warn=False).summary())
-        except (ValueError, TypeError) as error:
-            lines.append(f"  reliability undefined: {error}")
-        return "\n".join(lines)
+        return "\n".join([
+            repr(self), f"  {self.chi_per_chain.shape[0]} chains; diverged per column: {self.diverged.sum(axis=1).tolist()}",
+            "  " + reliability.summary_line(self),
+        ])
 
     def __repr__(self) -> str:
         return (

@@ -228,7 +228,7 @@ def _parse_training(values: dict) -> dict:
     if ("checkpoint_every" in values) == ("checkpoint_steps" in values):
         raise ValueError("[training] needs exactly one of checkpoint_every = N or checkpoint_steps = [...].")
     try:
-        schedule = training._checkpoint_schedule(resolved["num_steps"], values.get("checkpoint_every"), values.get("checkpoint_steps"))
+        schedule = training.checkpoint_schedule(resolved["num_steps"], values.get("checkpoint_every"), values.get("checkpoint_steps"))
     except (TypeError, ValueError) as error:
         raise ValueError(f"[training] {error}") from None
     resolved["checkpoint_steps"] = schedule

@@ -54,7 +54,8 @@ class TrainResult(NamedTuple):
     losses: np.ndarray
 
 
-def _checkpoint_schedule(num_steps: int, checkpoint_every: int | None, checkpoint_steps: Sequence[int] | None) -> list[int]:
+def checkpoint_schedule(num_steps: int, checkpoint_every: int | None, checkpoint_steps: Sequence[int] | None) -> list[int]:
+    """The sorted steps ``train`` keeps checkpoints at (0 = the initial parameters), validated."""
     if checkpoint_every is not None and checkpoint_steps is not None:
         raise ValueError("pass checkpoint_every or checkpoint_steps, not both.")
     if checkpoint_every is not None:
@@ -134,7 +135,7 @@ def train(
     n = validation.check_data(data)
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n):
         raise ValueError(f"batch_size={batch_size!r} must be an int in [1, n={n}] or None (full batch).")
-    schedule = _checkpoint_schedule(num_steps, checkpoint_every, checkpoint_steps)
+    schedule = checkpoint_schedule(num_steps, checkpoint_every, checkpoint_steps)
 
     data = jax.tree.map(jnp.asarray, data)
     params = jax.tree.map(jnp.asarray, params)

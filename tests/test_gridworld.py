@@ -102,14 +102,14 @@ def test_llc_of_the_soft_optimal_tabular_policy():
     hessian = jax.hessian(lambda logits: jnp.mean(loss_fn(logits, data)))(optimum).reshape(12, 12)
     curvature = np.clip(np.linalg.eigvalsh(hessian), 0.0, None)
     assert np.sum(curvature > 1e-3) == 6
-    a = nbeta * curvature + localization
-    expected = 0.5 * np.sum(nbeta * curvature / (a * (1 - step_size * a / 4)))
-    config = sj.SamplerConfig(step_size=step_size, nbeta=nbeta, localization=localization, num_chains=4,
-                              num_draws=1000, num_burnin=300, batch_size=2, mala_every=0)
+    expected = sj.theory.quadratic_llc(curvature, nbeta, localization, step_size)  # 3.017, step included
+    config = sj.SamplerConfig(step_size=step_size, nbeta=nbeta, localization=localization, num_chains=16,
+                              num_draws=2000, num_burnin=300, batch_size=2, mala_every=0)
     result = sj.estimate_llc(loss_fn, optimum, data, config, key=0, progress=False, loss_estimator="full")
     assert np.all(np.isfinite(result.llc_per_chain))
     stderr = result.llc_std / np.sqrt(config.num_chains)
-    assert abs(result.llc_mean - expected) < 4 * stderr + 0.1 * expected, (result.llc_mean, expected, stderr)
+    # Measured 3.114 ± 0.072 (z = 1.3): the regret's higher-order terms stay inside the chains' error.
+    assert abs(result.llc_mean - expected) < 4 * stderr, (result.llc_mean, expected, stderr)
 
 
 def test_bad_input_names_the_argument():

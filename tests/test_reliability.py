@@ -53,7 +53,9 @@ def test_the_ten_thousand_parameter_transformer_observation_fires_the_warning():
     with pytest.warns(RuntimeWarning, match="mostly noise"):
         report = sj.estimate_reliability(per_chain)
     assert 0.7 < report.median_snr < 1.1
-    assert abs(report.reliability - 4 * 0.05 / (1 + 3 * 0.05)) < 0.1  # 0.17
+    # Closed form 4 * 0.05 / (1 + 3 * 0.05) = 0.174; over 40 seeds the estimate scatters with SD 0.018
+    # (mean 0.178): the bound is 4 SDs.
+    assert abs(report.reliability - 4 * 0.05 / (1 + 3 * 0.05)) < 0.075
     assert report.chains_needed > 40
 
 
