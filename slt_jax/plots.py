@@ -348,6 +348,11 @@ def plot_response_pca(
     if center_rows:
         x = x - x.mean(axis=1, keepdims=True)
     u, singular, vt = np.linalg.svd(x, full_matrices=False)
+    # The sign convention of susceptibility.response_pca: each axis's largest loading is positive,
+    # so the picture and a table of that function's loadings agree.
+    signs = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
+    signs[signs == 0] = 1.0
+    u, vt = u * signs, vt * signs[:, None]
     explained = singular**2 / max(np.sum(singular**2), 1e-300)
     a, b = components
     scores = u[:, [a, b]] * singular[[a, b]]

@@ -168,3 +168,12 @@ def test_plot_embedding_renders_checkpoints_with_shared_colours(tmp_path):
         sj.plot_embedding(steps, groups)
     with pytest.raises(ValueError, match=r"\(N, 2\)"):
         sj.plot_embedding(np.zeros((5, 3)))
+
+
+def test_plot_response_pca_points_agree_with_response_pca_signs():
+    # The biplot and a table of sj.susceptibility.response_pca's scores use one sign convention.
+    chi = np.random.default_rng(3).normal(size=(40, 4)) @ np.diag([3.0, 2.0, 1.0, 0.5])
+    figure = sj.plot_response_pca(chi)
+    plotted = np.asarray(figure.axes[0].collections[0].get_offsets())
+    expected = sj.susceptibility.response_pca(sj.susceptibility.zscore_columns(chi)).scores[:, :2]
+    np.testing.assert_allclose(plotted, expected, atol=1e-10)
