@@ -42,19 +42,6 @@ import slt_jax as sj
 from flax import nnx
 
 
-def planted_task(seed: int, per_group: int, noise: float) -> tuple[dict, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    groups = np.repeat(np.arange(3), per_group)
-    x = np.zeros((groups.size, 6))
-    y = np.zeros(groups.size)
-    frequencies = rng.uniform(0.5, 1.5, size=(3, 2))
-    for g in range(3):
-        z = rng.uniform(-2.0, 2.0, size=(per_group, 2))
-        x[groups == g, 2 * g:2 * g + 2] = z
-        y[groups == g] = np.sin(z @ frequencies[g]) + 0.5 * z[:, 0] * z[:, 1] + noise * rng.normal(size=per_group)
-    return {"inputs": jnp.asarray(x, jnp.float32), "targets": jnp.asarray(y[:, None], jnp.float32)}, groups
-
-
 def nbytes(tree) -> int:
     return int(sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree)))
 
@@ -119,7 +106,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_attribution.json"))
     args = parser.parse_args()
-    data, groups = planted_task(args.seed, args.per_group, args.noise)
+    data = {k: jnp.asarray(v) for k, v in sj.tasks.planted_subtasks(args.seed, args.per_group, args.noise).items()}
+    groups = np.asarray(data.pop("groups"))
     rows = [run_width(int(w), data, groups, args) for w in args.widths.split(",")]
     out = dict(command=" ".join([os.path.basename(sys.executable)] + sys.argv), jax_version=jax.__version__,
                backend=jax.default_backend(), platform=platform.platform(), settings=vars(args), rows=rows)

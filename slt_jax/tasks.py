@@ -14,6 +14,7 @@ generator                   inputs                                targets
 ``in_context_regression``   ``(n, 2K, d + 1)`` (x, y) tokens      ``(n, K)`` y_k
 ``balanced_parentheses``    ``(n, length)`` int, 0 = "(", 1 = ")" ``(n,)`` 1 if balanced
 ``boolean_formulas``        ``(n, 2^(depth+1) + v)`` int tokens   ``(n,)`` truth value
+``planted_subtasks``        ``(n, 2G)`` float, one block per group ``(n, 1)`` float (+ ``"groups"``)
 ==========================  ====================================  =============================
 
 Reference predictors of in-context regression (the baselines of Raventós et al. 2023 and of the
@@ -433,6 +434,31 @@ def boolean_formulas(seed: int, n: int, num_variables: int, depth: int) -> dict[
     targets = np.concatenate([np.ones(wanted[1]), np.zeros(wanted[0])]).astype(np.int32)
     order = rng.permutation(n)
     return {"inputs": inputs[order], "targets": targets[order]}
+
+
+def planted_subtasks(seed: int, per_group: int, noise_std: float = 0.3, num_groups: int = 3) -> dict[str, np.ndarray]:
+    """Regression mixing ``num_groups`` planted sub-tasks: the known answer of data attribution.
+
+    Group g's examples draw z ~ U[-2, 2]^2 and put it on input coordinates (2g, 2g + 1), zero
+    elsewhere; their target is sin(z·a_g) + z_1 z_2 / 2 + ``noise_std``·N(0, 1) with frequencies
+    a_g ~ U[0.5, 1.5]^2. The groups share no input coordinate, so an example's influence (BIF) or
+    per-example gradient should single out its own group; the noise keeps w* from interpolating.
+
+    Returns:
+        ``{"inputs": (n, 2 G) float32, "targets": (n, 1) float32, "groups": (n,) int}`` with
+        n = G · ``per_group``, examples ordered by group. Drop ``"groups"`` before sampling.
+    """
+    per_group, num_groups = _check_int(per_group, "per_group"), _check_int(num_groups, "num_groups")
+    noise_std = _check_std(noise_std, "noise_std", allow_zero=True)
+    rng = _rng(seed)
+    groups = np.repeat(np.arange(num_groups), per_group)
+    inputs, targets = np.zeros((groups.size, 2 * num_groups)), np.zeros(groups.size)
+    frequencies = rng.uniform(0.5, 1.5, size=(num_groups, 2))
+    for g in range(num_groups):
+        z = rng.uniform(-2.0, 2.0, size=(per_group, 2))
+        inputs[groups == g, 2 * g:2 * g + 2] = z
+        targets[groups == g] = np.sin(z @ frequencies[g]) + 0.5 * z[:, 0] * z[:, 1] + noise_std * rng.normal(size=per_group)
+    return {"inputs": inputs.astype(np.float32), "targets": targets[:, None].astype(np.float32), "groups": groups}
 
 
 def train_test_split(data: dict[str, np.ndarray], train_fraction: float, seed: int = 0) -> tuple[dict, dict]:

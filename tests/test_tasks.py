@@ -209,3 +209,22 @@ def test_seeds_are_validated():
         sj.tasks.repeated_tokens(1.5, 4, 3, 2)
     with pytest.raises(ValueError, match="train_fraction"):
         sj.tasks.train_test_split({"x": np.zeros(3)}, 0.0)
+
+
+def test_planted_subtasks_blocks_and_noise():
+    data = sj.tasks.planted_subtasks(0, 1000, noise_std=0.3, num_groups=3)
+    assert data["inputs"].shape == (3000, 6) and data["targets"].shape == (3000, 1)
+    assert data["groups"].tolist() == [0] * 1000 + [1] * 1000 + [2] * 1000
+    for g in range(3):  # each group lives on its own two coordinates, nowhere else
+        rows = data["inputs"][data["groups"] == g]
+        assert np.all(rows[:, 2 * g:2 * g + 2] != 0) and np.all(np.delete(rows, [2 * g, 2 * g + 1], axis=1) == 0)
+        assert np.all(np.abs(rows) <= 2.0)
+    noiseless = sj.tasks.planted_subtasks(0, 1000, noise_std=0.0)
+    np.testing.assert_array_equal(noiseless["inputs"], data["inputs"])  # the noise draws do not move the inputs
+    z = (data["targets"] - noiseless["targets"])[:, 0] / 0.3  # the label noise itself: N(0, 1)
+    assert abs(z.mean()) < 4 / np.sqrt(z.size) and abs(z.var() - 1) < 4 * np.sqrt(2 / z.size)
+    signal = noiseless["targets"][:, 0] - 0.5 * np.prod(noiseless["inputs"].reshape(3000, 3, 2).sum(axis=1), axis=1)
+    assert np.all(np.abs(signal) <= 1 + 1e-5)  # sin(z . a_g) lies in [-1, 1]
+    assert _same(data, sj.tasks.planted_subtasks(0, 1000, noise_std=0.3))
+    with pytest.raises(ValueError, match="noise_std"):
+        sj.tasks.planted_subtasks(0, 10, noise_std=-1.0)
