@@ -1,10 +1,10 @@
 """Does step_size="auto" estimate the LLC as accurately as the best hand-tuned step size? (issue 5)
 
 Deep linear networks x -> x @ K_1 @ ... @ K_L with teachers of a chosen product rank
-(``slt_jax.tasks.dln_teacher``), n = 10,000 examples with unit label noise, w* = the teacher trained
+(``slt_jax.zoo.tasks.dln_teacher``), n = 10,000 examples with unit label noise, w* = the teacher trained
 to convergence on the data (full-batch Adam), nβ = n / log n, batch 100, 4 chains, the paired loss
 estimator, and a fixed budget of num_burnin + num_draws steps per chain. The known λ is Aoyagi's
-(``slt_jax.theory.dln_learning_coefficient``).
+(``slt_jax.zoo.theory.dln_learning_coefficient``).
 
   hand-tuned: one ``run_chains(grid={"step_size": ...})`` call over a log grid of step sizes
               (1e-7 ... 1e-4, 13 values) at the same schedule; "best" is the ORACLE choice, the step

@@ -3,7 +3,7 @@
 The workload a first research user reported (0.1: calibrate took 342 s; its setting, run with a
 shorter burn-in than its own message asked for, gave ESS 6.9 and R-hat 1.21): a ~10k-parameter
 attention-only transformer (2 layers x 4 heads, width 24, vocab 32, context 16) trained on the
-induction task (``slt_jax.tasks.repeated_tokens``, n = 2048 sequences), nβ = n / log n with n the
+induction task (``slt_jax.zoo.tasks.repeated_tokens``, n = 2048 sequences), nβ = n / log n with n the
 number of sequences, per-token next-token loss, batch 32, 4 chains of 1000 burn-in + 1000 draws.
 
   1. ``calibrate(config)`` with the default grid (timed: pilot chains, grid, compilation);

@@ -1,6 +1,6 @@
 """Per-component restricted LLC for every attention head of the tiny transformer (issue 3).
 
-Workload: ``slt_jax.models.AttentionOnlyTransformer`` (2 layers x 4 heads, width 32, vocab 16,
+Workload: ``slt_jax.zoo.models.AttentionOnlyTransformer`` (2 layers x 4 heads, width 32, vocab 16,
 context 16) trained with Adam for 300 steps on ``tasks.repeated_tokens`` (it learns an induction
 circuit), then the restricted LLC of each of the 8 heads (``head_mask``: its q/k/v/out slices) at
 the trained w*, two ways with identical settings and keys:

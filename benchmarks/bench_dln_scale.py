@@ -3,7 +3,7 @@
 Each model is a deep linear network x -> x @ W_1 @ ... @ W_L drawn for its size class, with a
 noiseless teacher: w* = the teacher, targets y = f(x; w*), so L_n(w*) = 0 up to float32 rounding and
 the true learning coefficient is Aoyagi's λ for the widths and the rank of the product
-(``slt_jax.theory.dln_learning_coefficient``).
+(``slt_jax.zoo.theory.dln_learning_coefficient``).
 
 Reference settings (the published code's ``get_params``):
 

@@ -9,14 +9,17 @@ scikit-learn or umap-learn.
 import importlib
 
 # --- sampling core: kernels, restricted chains, run settings, the driver ---
-from slt_jax import config, kernels, program, restriction, sampler, theory, traces
+from slt_jax import config, kernels, restriction, sampler, traces
+from slt_jax._src import program
+from slt_jax.zoo import theory
 from slt_jax.config import NbetaConventionWarning, SamplerConfig, batch_nbeta, default_nbeta
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
-from slt_jax.program import Accumulator, DrawContext, compile_count
+from slt_jax._src.program import Accumulator, DrawContext, compile_count
 from slt_jax.sampler import ChainsOutput, DivergenceError, full_data_loss, run_chains
 
 # --- adapters, masks, models, tasks, gridworld ---
-from slt_jax import adapters, gridworld, masks, models, tasks, training
+from slt_jax import adapters, masks, training
+from slt_jax.zoo import gridworld, models, tasks
 from slt_jax.adapters import from_linen, from_nnx, to_nnx
 from slt_jax.masks import (
     component_mask,

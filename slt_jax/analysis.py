@@ -55,7 +55,8 @@ from jax.flatten_util import ravel_pytree
 from scipy.sparse import csgraph
 from scipy.sparse import linalg as sparse_linalg
 
-from slt_jax import stats, validation
+from slt_jax import stats
+from slt_jax._src import validation
 from slt_jax.bif import BIFResult
 from slt_jax.stats import ProbeLabels
 from slt_jax.susceptibility import ResponseMatrix, SusceptibilityResult, response_pca, zscore_columns

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import reliability, stats, traces, validation
+from slt_jax import reliability, stats, traces
+from slt_jax._src import validation
 from slt_jax.config import SamplerConfig
 from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
 from slt_jax.stats import ProbeLabels

@@ -57,7 +57,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from slt_jax import diagnostics, kernels, plots, traces, validation
+from slt_jax import diagnostics, kernels, plots, traces
+from slt_jax._src import validation
 from slt_jax.config import SamplerConfig
 from slt_jax.restriction import embed, restrict
 from slt_jax.sampler import ChainsOutput, DivergenceError, full_data_loss, run_chains

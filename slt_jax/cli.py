@@ -22,7 +22,7 @@ is a ``ValueError`` naming the section, the key and the allowed values. Schema::
                              # activation by name: "relu", "gelu", "tanh", "sigmoid", "silu"
 
     [task]                   # required
-    name = "repeated_tokens" # a generator of slt_jax.tasks: dln_regression, in_context_regression
+    name = "repeated_tokens" # a generator of slt_jax.zoo.tasks: dln_regression, in_context_regression
                              # (loss "mse"), repeated_tokens ("next_token"), modular_addition,
                              # balanced_parentheses, boolean_formulas ("cross_entropy")
     seed = 0                 # data seed, also the split's (default 0)
@@ -75,7 +75,8 @@ import optax
 from matplotlib.figure import Figure
 
 import slt_jax as sj
-from slt_jax import sweep, theory
+from slt_jax import sweep
+from slt_jax.zoo import theory
 
 DEMO_WIDTHS = (10, 10, 10)
 DEMO_RANK = 5

@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from slt_jax.kernels import Preconditioner, get_preconditioner
-from slt_jax.validation import check_positive_int
+from slt_jax._src.validation import check_positive_int
 
 __all__ = ["SamplerConfig", "default_nbeta", "batch_nbeta", "NbetaConventionWarning"]
 
@@ -88,7 +88,7 @@ class SamplerConfig:
             progress, divergence and checkpoints are checked; results do not depend on it.
         memory_budget: bytes one compiled group of configurations may use (None: half of the
             accelerator's memory, or min(2 GiB, RAM / 8) on a CPU host; see
-            ``slt_jax.planning.default_memory_budget``). Results do not depend on it (up to float32
+            ``slt_jax._src.planning.default_memory_budget``). Results do not depend on it (up to float32
             rounding: XLA batches a smaller group differently).
     """
 

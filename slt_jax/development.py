@@ -32,10 +32,11 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter1d
 
-from slt_jax import planning, plots, validation
+from slt_jax import plots
+from slt_jax._src import planning, validation
 from slt_jax.config import SamplerConfig
 from slt_jax.llc import LLCTable, estimate_llc_table
-from slt_jax.program import full_data_loss
+from slt_jax._src.program import full_data_loss
 from slt_jax.susceptibility import SusceptibilityResult, estimate_susceptibilities_over_checkpoints
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 

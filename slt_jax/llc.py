@@ -21,7 +21,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from slt_jax import calibration, diagnostics, planning, traces
+from slt_jax import calibration, diagnostics, traces
+from slt_jax._src import planning
 from slt_jax.config import SamplerConfig
 from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params

@@ -265,7 +265,7 @@ def mlp_mask(
 
     The MLP is two linear layers, ``{layers[0]}`` with ``kernel`` ``(in, hidden)`` and optional
     ``bias`` ``(hidden,)``, then ``{layers[1]}`` with ``kernel`` ``(hidden, out)`` and optional ``bias``
-    ``(out,)``: the ``FeedForward`` of ``slt_jax.models.TransformerLM`` and
+    ``(out,)``: the ``FeedForward`` of ``slt_jax.zoo.models.TransformerLM`` and
     ``InContextRegressionTransformer`` (``"blocks/{l}/mlp"``, listed by ``model.mlp_paths()``). Hidden
     neuron j is ``{layers[0]}/kernel[:, j]``, ``{layers[0]}/bias[j]`` and ``{layers[1]}/kernel[j, :]``;
     the second layer's bias is shared by all neurons and is selected only with the whole MLP.

@@ -6,7 +6,7 @@ a training run (each with its own L_n(w*)), a variant is a component mask with i
 (a grid for calibration, components for per-head LLCs). Every array it returns has the layout
 ``(num_configs, num_chains, num_draws, ...)``, configurations centre-major (g = k * V + v).
 
-How it runs (``run_chains`` = prepare and group (``slt_jax.planning``), drive each group, assemble):
+How it runs (``run_chains`` = prepare and group (``slt_jax._src.planning``), drive each group, assemble):
 
 * Variants whose components share a restriction layout (``slt_jax.restriction``: the heads of one
   layer, whole leaves, the full model) share ONE compiled program, vmapped over centres, variants
@@ -23,7 +23,7 @@ How it runs (``run_chains`` = prepare and group (``slt_jax.planning``), drive ea
 * Per-draw observables and on-device accumulators (``observe`` / ``accumulator``) are evaluated
   inside the same program at the draw's full parameters; full traces are kept only when asked.
 * Chains are split over every device when ``num_chains`` is a multiple of the device count, and
-  over every process's devices after ``jax.distributed.initialize`` (``slt_jax.multihost``): every
+  over every process's devices after ``jax.distributed.initialize`` (``slt_jax._src.multihost``): every
   process makes the same call, the host reads are all-gathers, and every process returns the same,
   whole result.
 """
@@ -40,12 +40,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from slt_jax import checkpoint as checkpoint_lib
-from slt_jax import kernels, multihost, planning, program, restriction
+from slt_jax._src import checkpoint as checkpoint_lib
+from slt_jax import kernels, restriction
+from slt_jax._src import multihost, planning, program
 from slt_jax.config import SamplerConfig
 from slt_jax.kernels import Hyperparameters, SGLDInfo, SGLDState
-from slt_jax.planning import default_memory_budget
-from slt_jax.program import Accumulator, DrawContext, compile_count, full_data_loss
+from slt_jax._src.planning import default_memory_budget
+from slt_jax._src.program import Accumulator, DrawContext, compile_count, full_data_loss
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params, PyTree
 
 __all__ = [
@@ -435,7 +436,7 @@ def run_chains(
         progress: show a tqdm bar (its rate excludes compilation).
         checkpoint_dir: a directory to write each group's state to after every chunk; a restarted
             run with the same inputs resumes from it and ends bitwise identical to an uninterrupted
-            one (``slt_jax.checkpoint``). With several processes, a directory every process sees;
+            one (``slt_jax._src.checkpoint``). With several processes, a directory every process sees;
             process 0 writes it.
         description: the progress bar's label.
 
@@ -444,7 +445,7 @@ def run_chains(
 
     Several processes (after ``jax.distributed.initialize``): call ``run_chains`` in every process
     with the same arguments (key, params, data). The chains are split over the devices of every
-    process (``slt_jax.multihost``) and every process returns the same, whole ``ChainsOutput``.
+    process (``slt_jax._src.multihost``) and every process returns the same, whole ``ChainsOutput``.
     """
     plan = planning.prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_data, accumulator,
                     keep_traces, full_loss_every, center_loss, init_losses)

@@ -40,9 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import kernels, program, validation
+from slt_jax import kernels
+from slt_jax._src import program, validation
 from slt_jax.config import SamplerConfig
-from slt_jax.program import Accumulator, DrawContext
+from slt_jax._src.program import Accumulator, DrawContext
 from slt_jax.types import Array, Batch, LossFn, Params, PyTree
 
 __all__ = [

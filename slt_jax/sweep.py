@@ -38,7 +38,8 @@ import numpy as np
 import optax
 import pandas as pd
 
-from slt_jax import adapters, masks, models, tasks, training, traces
+from slt_jax import adapters, masks, training, traces
+from slt_jax.zoo import models, tasks
 from slt_jax.config import SamplerConfig
 from slt_jax.development import Development, Stages, track_development
 from slt_jax.io import save

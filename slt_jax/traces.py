@@ -8,7 +8,7 @@ Loss estimators (docs/conventions.md §2), all unbiased for L_n(w_d):
 * ``"minibatch"``: the minibatch loss of the draw's gradient step (the convention);
 * ``"paired"``: L_B(w_d) - L_B(w*) + L_n(w*) on the same minibatch B, a control variate that cancels
   the per-example noise nβ multiplies (L_B(w*): one forward pass per draw, or a gather from the
-  per-example losses at w* when cheaper, ``slt_jax.planning``);
+  per-example losses at w* when cheaper, ``slt_jax._src.planning``);
 * ``"full"``: the full-data loss at each draw (one full pass per draw).
 """
 

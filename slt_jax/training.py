@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from slt_jax import validation
+from slt_jax._src import validation
 from slt_jax.types import Batch, LossFn, Params
 
 __all__ = ["TrainResult", "train", "SEGMENT_STEPS"]

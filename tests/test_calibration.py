@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import slt_jax as sj
-from slt_jax import kernels, theory
+from slt_jax import kernels
+from slt_jax.zoo import theory
 
 from issue5_problems import LOCALIZATION, NBETA, dln, dln_loss, exact_quadratic_loss, regression, regression_loss
 

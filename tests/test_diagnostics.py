@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import slt_jax as sj
-from slt_jax import diagnostics, theory, traces
+from slt_jax import diagnostics, traces
+from slt_jax.zoo import theory
 
 from issue5_problems import LOCALIZATION, NBETA, exact_quadratic_loss, regression
 

@@ -1,4 +1,4 @@
-"""Tests for slt_jax.gridworld: exact values against closed forms, regret, gradients, the LLC."""
+"""Tests for slt_jax.zoo.gridworld: exact values against closed forms, regret, gradients, the LLC."""
 
 import chex
 import jax
@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 import slt_jax as sj
-from slt_jax.gridworld import Gridworld
+from slt_jax.zoo.gridworld import Gridworld
 
 
 @pytest.mark.parametrize("length, discount", [(6, 0.9), (4, 0.5)])

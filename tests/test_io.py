@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import slt_jax as sj
-from slt_jax import checkpoint, io
+from slt_jax import io
+from slt_jax._src import checkpoint
 
 from issue5_problems import LOCALIZATION, NBETA, exact_quadratic_loss, regression, regression_loss
 

@@ -15,7 +15,7 @@ from helpers import linear_regression, standard_error
 from issue5_problems import dln, dln_loss
 
 import slt_jax as sj
-from slt_jax import theory
+from slt_jax.zoo import theory
 
 Z = 4.0
 EIGENVALUES = [1.0, 0.5, 0.1, 0.0]

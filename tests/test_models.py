@@ -1,4 +1,4 @@
-"""Tests for slt_jax.models: documented parameter layouts and forward semantics."""
+"""Tests for slt_jax.zoo.models: documented parameter layouts and forward semantics."""
 
 import chex
 import jax

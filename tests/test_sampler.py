@@ -289,7 +289,7 @@ def test_full_and_paired_loss_estimators_agree_with_minibatch(problem):
 def test_center_loss_gathered_from_cached_example_losses_equals_a_forward_pass(problem, monkeypatch):
     """L_B(w*) per draw: gathered from per-example losses at w* (computed once per centre) or one
     forward pass per draw; the same numbers up to float32 rounding, the chains themselves bitwise."""
-    from slt_jax import planning
+    from slt_jax._src import planning
 
     loss_fn, w_star, data = problem
     config = CONFIG.replace(num_draws=60)

@@ -1,11 +1,11 @@
-"""Tests for slt_jax.tasks: seeded, correct synthetic data."""
+"""Tests for slt_jax.zoo.tasks: seeded, correct synthetic data."""
 
 import chex
 import numpy as np
 import pytest
 
 import slt_jax as sj
-from slt_jax.tasks import BOOLEAN_TOKENS
+from slt_jax.zoo.tasks import BOOLEAN_TOKENS
 
 
 def _same(a, b):

@@ -1,9 +1,9 @@
-"""Closed forms of slt_jax.theory against docs/conventions.md §2 fixtures."""
+"""Closed forms of slt_jax.zoo.theory against docs/conventions.md §2 fixtures."""
 
 import numpy as np
 import pytest
 
-from slt_jax import theory
+from slt_jax.zoo import theory
 
 DLN_FIXTURES = [
     ([3, 3], 0, 4.5),

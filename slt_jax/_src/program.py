@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import kernels, restriction, validation
+from slt_jax import kernels, restriction
+from slt_jax._src import validation
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax.types import Array, Batch, LossFn, Params, PRNGKey, PyTree
 
@@ -50,7 +51,7 @@ class DrawContext(NamedTuple):
         center_loss: the mean loss AT w* on ``batch`` (float32 scalar) when the run evaluates it
             (``run_chains(center_loss=True)``), else None. The sampler gathers it from the
             per-example losses at w*, computed once per centre, when that is cheaper than one
-            forward pass per draw (``slt_jax.planning``).
+            forward pass per draw (``slt_jax._src.planning``).
     """
 
     batch: Batch

@@ -73,9 +73,9 @@ def dln_teacher(seed: int, widths: Sequence[int], rank: int, scale: float = 1.0)
 
     Returns:
         Kernels ``[(H_1, H_2), ..., (H_L, H_{L+1})]`` (flax layout, ``x -> x @ K_1 @ ... @ K_L``),
-        float32; ``slt_jax.models.DeepLinearNetwork(widths, kernels=..., rngs=...)`` loads them.
+        float32; ``slt_jax.zoo.models.DeepLinearNetwork(widths, kernels=..., rngs=...)`` loads them.
         The product has rank ``rank`` up to float32 rounding: check it with a float32 tolerance,
-        e.g. ``slt_jax.theory.matrix_rank(product, rtol=1e-5)``.
+        e.g. ``slt_jax.zoo.theory.matrix_rank(product, rtol=1e-5)``.
     """
     widths = [_check_int(w, "widths[i]") for w in widths]
     if len(widths) < 2:

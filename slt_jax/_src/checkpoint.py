@@ -31,7 +31,7 @@ import re
 import jax
 import numpy as np
 
-from slt_jax import multihost
+from slt_jax._src import multihost
 
 __all__ = ["fingerprint", "RunCheckpoint"]
 

@@ -59,7 +59,7 @@ class DeepLinearNetwork(nnx.Module):
         widths: ``[H_1 (input), H_2, ..., H_{L+1} (output)]``.
         rngs: ``nnx.Rngs`` for the initial kernels (LeCun normal), ignored with ``kernels``.
         kernels: optional initial kernels ``[(H_1, H_2), ..., (H_L, H_{L+1})]`` (e.g. a teacher from
-            ``slt_jax.tasks.dln_teacher``).
+            ``slt_jax.zoo.tasks.dln_teacher``).
     """
 
     def __init__(self, widths: Sequence[int], *, rngs: nnx.Rngs, kernels: Sequence[Array] | None = None):
@@ -358,13 +358,13 @@ class TransformerLM(nnx.Module):
 class InContextRegressionTransformer(nnx.Module):
     """The in-context linear regression transformer (Garg et al. 2022; Raventós et al. 2023).
 
-    Reads the token layout of ``slt_jax.tasks.in_context_regression``, ``(batch, 2K, d + 1)`` with
+    Reads the token layout of ``slt_jax.zoo.tasks.in_context_regression``, ``(batch, 2K, d + 1)`` with
     token 2k = ``(0, x_k)`` and token 2k + 1 = ``(y_k, 0, ..., 0)``, and predicts y_k at each x-token
     (position 2k, which sees the pairs before k and x_k, never y_k): a linear token projection plus a
     learned position embedding, ``num_layers`` pre-LayerNorm ``TransformerBlock`` s with causal
     attention, a final LayerNorm and a scalar readout. ``from_nnx(model, "mse")`` against the task's
     ``"targets"`` ``(batch, K)`` gives the per-sequence loss ``0.5 * sum_k (y_k - ŷ_k)²``; compare with
-    ``slt_jax.tasks.ridge_predictions`` and ``slt_jax.tasks.dmmse_predictions``.
+    ``slt_jax.zoo.tasks.ridge_predictions`` and ``slt_jax.zoo.tasks.dmmse_predictions``.
 
     Parameter layout (``from_nnx``):
 
@@ -419,7 +419,7 @@ class InContextRegressionTransformer(nnx.Module):
         if tokens.ndim != 3 or tokens.shape[1] > 2 * self.num_context or tokens.shape[2] != self.dim + 1:
             raise ValueError(
                 f"tokens must have shape (batch, seq, dim + 1 = {self.dim + 1}) with seq <= 2 * num_context = "
-                f"{2 * self.num_context}, got {tokens.shape}; build them with slt_jax.tasks.in_context_regression."
+                f"{2 * self.num_context}, got {tokens.shape}; build them with slt_jax.zoo.tasks.in_context_regression."
             )
         h = self.embed(tokens) + self.position(jnp.arange(tokens.shape[1]))[None]
         mask = nnx.make_causal_mask(jnp.ones(tokens.shape[:2], jnp.int32))

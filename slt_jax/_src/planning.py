@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import kernels, program, restriction, validation
+from slt_jax import kernels, restriction
+from slt_jax._src import program, validation
 from slt_jax.config import NbetaConventionWarning, SamplerConfig
 from slt_jax.kernels import Hyperparameters, SGLDInfo
-from slt_jax.program import DrawContext, full_data_loss
+from slt_jax._src.program import DrawContext, full_data_loss
 from slt_jax.types import Array, Batch, Params, PyTree
 
 __all__ = ["Plan", "Group", "Variant", "prepare", "groups", "schedule", "configuration_bytes", "default_memory_budget"]
