@@ -78,6 +78,8 @@ import slt_jax as sj
 from slt_jax import sweep
 from slt_jax.zoo import theory
 
+# What a user's file or arguments can get wrong: printed as one line with exit status 2.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, PermissionError)
 DEMO_WIDTHS = (10, 10, 10)
 DEMO_RANK = 5
 
@@ -178,6 +180,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="slt-jax", description="slt_jax: SGLD for singular learning theory.")
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="estimate the LLC of a deep linear network against Aoyagi's formula")
     p.add_argument("--widths", type=int, nargs="+", default=list(DEMO_WIDTHS))
@@ -197,11 +200,15 @@ def main(argv=None) -> int:
     r.add_argument("--output", default=None, help="results directory (overrides [output] dir)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo(args)
-    if args.command == "run":
-        return run(args)
-    return 1  # pragma: no cover
+    command = demo if args.command == "demo" else run
+    if args.traceback:
+        return command(args)
+    try:
+        return command(args)
+    except USER_ERRORS as error:
+        # A mistake in the file or the arguments: one line, and argparse's exit status for usage errors.
+        print(f"slt-jax {args.command}: error: {error} (--traceback shows where)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ True
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import math
 
 import numpy as np
@@ -25,7 +27,32 @@ import numpy as np
 from slt_jax.kernels import Preconditioner, get_preconditioner
 from slt_jax._src.validation import check_positive_int
 
-__all__ = ["SamplerConfig", "default_nbeta", "batch_nbeta", "NbetaConventionWarning"]
+__all__ = ["SamplerConfig", "default_nbeta", "batch_nbeta", "NbetaConventionWarning", "check_names", "unknown_names"]
+
+
+def unknown_names(given, valid, what: str) -> str | None:
+    """A message naming each unknown name in ``given``, its closest valid name and the valid ones, or None.
+
+    >>> unknown_names(["num_chain"], ["num_chains", "num_draws"], "SamplerConfig field")
+    "unknown SamplerConfig field 'num_chain' (did you mean 'num_chains'?); valid: num_chains, num_draws."
+    """
+    valid = list(valid)
+    unknown = [name for name in given if name not in valid]
+    if not unknown:
+        return None
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.6)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    plural = "s" if len(unknown) > 1 else ""
+    return f"unknown {what}{plural} {', '.join(parts)}; valid: {', '.join(map(str, valid))}."
+
+
+def check_names(given, valid, what: str) -> None:
+    """Raises a ``TypeError`` with ``unknown_names``'s message when ``given`` holds a name not in ``valid``."""
+    message = unknown_names(given, valid, what)
+    if message is not None:
+        raise TypeError(message)
 
 
 def _check_number(value, name: str, *, allow_zero: bool, fix: str) -> float:
@@ -146,9 +173,7 @@ class SamplerConfig:
 
     def replace(self, **changes) -> SamplerConfig:
         """A copy with ``changes`` applied (validated again)."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
-        if unknown:
-            raise TypeError(f"SamplerConfig has no field(s) {sorted(unknown)}; fields: {[f.name for f in dataclasses.fields(self)]}.")
+        check_names(changes, _FIELDS, "SamplerConfig field")
         return dataclasses.replace(self, **changes)
 
     # -- JSON --------------------------------------------------------------------------------
@@ -163,7 +188,31 @@ class SamplerConfig:
     @classmethod
     def from_dict(cls, values: dict) -> SamplerConfig:
         """The config saved by ``to_dict`` (e.g. from a result file's JSON header)."""
+        if not isinstance(values, dict):
+            raise TypeError(f"values must be a dict of SamplerConfig fields (from to_dict), got {type(values).__name__}.")
         values = dict(values)
+        check_names(values, _FIELDS, "SamplerConfig field")
         if isinstance(values.get("preconditioner"), dict):
             values["preconditioner"] = Preconditioner(**values["preconditioner"])
         return cls(**values)
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(SamplerConfig))
+_REQUIRED = tuple(f.name for f in dataclasses.fields(SamplerConfig) if f.default is dataclasses.MISSING)
+_dataclass_init = SamplerConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self, *args, **fields):
+    # The dataclass's own errors name neither the closest field nor the valid ones.
+    if args:
+        raise TypeError(f"SamplerConfig takes keyword arguments only, e.g. SamplerConfig(step_size=1e-4, ...); fields: {', '.join(_FIELDS)}.")
+    check_names(fields, _FIELDS, "SamplerConfig field")
+    missing = [name for name in _REQUIRED if name not in fields]
+    if missing:
+        raise TypeError(f"SamplerConfig needs {', '.join(missing)}; e.g. SamplerConfig(step_size=1e-4, localization=1.0, "
+                        "num_draws=1000, batch_size=100).")
+    _dataclass_init(self, **fields)
+
+
+SamplerConfig.__init__ = _init

@@ -4,7 +4,7 @@
 keeping checkpoints (``slt_jax.train``), then runs ``slt_jax.track_development`` over every
 checkpoint x component once per ``[[settings]]`` entry, with the held-out split as ``held_out``.
 Everything in the file is checked (``load_sweep``: names, keys, types, every ``SamplerConfig``;
-``prepare``: the model, the data, the component masks and the loss's shapes, traced with
+``build``: the model, the data, the component masks and the loss's shapes, traced with
 ``jax.eval_shape``) before anything trains or compiles; a mistake raises a ``ValueError`` that names
 the section, the key and the allowed values. The schema is documented in ``slt_jax.cli``.
 
@@ -40,11 +40,11 @@ import pandas as pd
 
 from slt_jax import adapters, masks, training, traces
 from slt_jax.zoo import models, tasks
-from slt_jax.config import SamplerConfig
+from slt_jax.config import SamplerConfig, unknown_names
 from slt_jax.development import Development, Stages, track_development
 from slt_jax.io import save
 
-__all__ = ["Sweep", "Prepared", "SweepResult", "load_sweep", "parse_sweep", "prepare", "run_sweep", "summary", "MODELS", "TASK_LOSSES",
+__all__ = ["Sweep", "Prepared", "SweepResult", "load_sweep", "parse_sweep", "build", "run_sweep", "summary", "MODELS", "TASK_LOSSES",
            "SWEEP_COLUMNS"]
 
 MODELS = {
@@ -107,7 +107,7 @@ class Sweep:
 
 @dataclasses.dataclass(frozen=True)
 class Prepared:
-    """What ``prepare`` builds from a ``Sweep``, before training.
+    """What ``build`` builds from a ``Sweep``, before training.
 
     Attributes:
         params, loss_fn: the model's ``from_nnx`` pair.
@@ -156,12 +156,13 @@ def _section(document: Mapping, name: str, required: bool) -> dict:
 
 
 def _check_keys(section: str, values: Mapping, allowed, required=()) -> None:
-    unknown = [k for k in values if k not in allowed]
-    if unknown:
-        raise ValueError(f"[{section}] has unknown key(s) {unknown}; allowed keys: {', '.join(allowed)}.")
+    """``section`` is the label the messages start with, e.g. ``[model] (MLP)``."""
+    message = unknown_names(values, allowed, "key")
+    if message is not None:
+        raise ValueError(f"{section}: {message}")
     missing = [k for k in required if k not in values]
     if missing:
-        raise ValueError(f"[{section}] is missing required key(s) {missing}; allowed keys: {', '.join(allowed)}.")
+        raise ValueError(f"{section} is missing required key(s) {missing}; allowed keys: {', '.join(allowed)}.")
 
 
 def _int(section: str, key: str, value, minimum: int = 0) -> int:
@@ -188,7 +189,7 @@ def _parse_model(model: dict) -> dict:
     name = _choice("model", "name", model.pop("name"), list(MODELS))
     seed = _int("model", "seed", model.pop("seed", 0))
     allowed, required = _signature_keys(MODELS[name].__init__, ("rngs", "kernels"))
-    _check_keys(f"model] ({name}", model, allowed + ["name", "seed"], required)
+    _check_keys(f"[model] ({name})", model, allowed + ["name", "seed"], required)
     if "activation" in model:
         _choice("model", "activation", model["activation"], list(ACTIVATIONS))
     return {"name": name, "seed": seed, **model}
@@ -212,12 +213,12 @@ def _parse_task(task: dict, model: dict) -> dict:
             task["widths"] = list(model["widths"])
     else:
         allowed, required = _signature_keys(getattr(tasks, name), ("seed",))
-    _check_keys(f"task] ({name}", task, allowed + ["name", "seed", "train_fraction", "loss"], required)
+    _check_keys(f"[task] ({name})", task, allowed + ["name", "seed", "train_fraction", "loss"], required)
     return {"name": name, "seed": seed, "train_fraction": float(fraction), "loss": loss, **task}
 
 
 def _parse_training(values: dict) -> dict:
-    _check_keys("training", values, TRAINING_KEYS, ("optimizer", "learning_rate", "num_steps"))
+    _check_keys("[training]", values, TRAINING_KEYS, ("optimizer", "learning_rate", "num_steps"))
     _choice("training", "optimizer", values["optimizer"], list(OPTIMIZERS))
     rate = values["learning_rate"]
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
@@ -249,7 +250,7 @@ def _index_list(key: str, value, width: int) -> list | str | None:
 
 
 def _parse_components(values: dict) -> dict:
-    _check_keys("components", values, COMPONENT_KEYS)
+    _check_keys("[components]", values, COMPONENT_KEYS)
     full = values.get("full", not values)
     if not isinstance(full, bool):
         raise ValueError(f"[components] full = {full!r} must be true or false.")
@@ -274,7 +275,7 @@ def _parse_settings(entries) -> tuple:
         names.add(name)
         seed = _int(f"settings] [{name}", "seed", entry.pop("seed", 0))
         estimator = _choice(f"settings] [{name}", "loss_estimator", entry.pop("loss_estimator", "minibatch"), traces.LOSS_ESTIMATORS)
-        _check_keys(f"settings] [{name}", entry, fields + ["name", "seed", "loss_estimator"], ("step_size", "localization", "num_draws", "batch_size"))
+        _check_keys(f"[[settings]] {name!r}", entry, fields + ["name", "seed", "loss_estimator"], ("step_size", "localization", "num_draws", "batch_size"))
         try:
             config = SamplerConfig.from_dict(entry)
         except (TypeError, ValueError) as error:
@@ -294,7 +295,7 @@ def parse_sweep(document: Mapping, *, source: pathlib.Path | None = None) -> Swe
     components = _parse_components(_section(document, "components", False))
     settings = _parse_settings(document.get("settings"))
     output = _section(document, "output", False)
-    _check_keys("output", output, ("dir",))
+    _check_keys("[output]", output, ("dir",))
     default = f"{source.stem}_results" if source is not None else "slt_jax_sweep"
     directory = output.get("dir", default)
     if not isinstance(directory, str) or not directory:
@@ -379,7 +380,7 @@ def _check_fit(sweep: Sweep, loss_fn, params, train: dict) -> None:
                          "it needs (batch,) or (batch, seq).")
 
 
-def prepare(sweep: Sweep) -> Prepared:
+def build(sweep: Sweep) -> Prepared:
     """Builds the data, the split, the model, its ``(params, loss_fn)``, the component masks and the
     optimizer, and checks that they fit together (batch sizes against the split), all before training."""
     data = _build_data(sweep.task)
@@ -440,7 +441,7 @@ def run_sweep(path, *, output=None, progress: bool = True) -> SweepResult:
     sweep = load_sweep(path)
     if output is not None:
         sweep = dataclasses.replace(sweep, output=pathlib.Path(output))
-    prepared = prepare(sweep)
+    prepared = build(sweep)
     directory = sweep.output
     directory.mkdir(parents=True, exist_ok=True)
     if sweep.source is not None and sweep.source != (directory / "sweep.toml").resolve():

@@ -1,6 +1,7 @@
 """Config-file sweeps (issue 10 §5): ``slt-jax run sweep.toml`` -> results, a table and plots."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -99,10 +100,10 @@ def test_cli_run_writes_results_table_and_plots(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("edit, message", [
     (('name = "DeepLinearNetwork"', 'name = "DeepLinearNet"'), "[model] name = 'DeepLinearNet' is not known; allowed values: 'TransformerLM'"),
-    (("num_steps = 20", "num_steps = 20\nlr = 0.1"), "[training] has unknown key(s) ['lr']; allowed keys: optimizer"),
+    (("num_steps = 20", "num_steps = 20\nlr = 0.1"), "[training]: unknown key 'lr'; valid: optimizer"),
     (('name = "dln_regression"', 'name = "dln"'), "[task] name = 'dln' is not known"),
-    (("rank = 1", "rank = 1\nnoise = 0.5"), "unknown key(s) ['noise']"),
-    (("nbeta = 10.0\nnum_draws = 12", "nbeta = 10.0\nnum_draw = 12"), "[settings] [small] has unknown key(s) ['num_draw']"),
+    (("rank = 1", "rank = 1\nnoise = 0.5"), "[task] (dln_regression): unknown key 'noise'"),
+    (("nbeta = 10.0\nnum_draws = 12", "nbeta = 10.0\nnum_draw = 12"), "[[settings]] 'small': unknown key 'num_draw' (did you mean 'num_draws'?)"),
     (('step_size = 1e-3', 'step_size = "fast"'), "[[settings]] 'small': step_size='fast'"),
     (('optimizer = "adam"', 'optimizer = "adamw"'), "allowed values: 'adam', 'sgd'"),
     (("layers = [0]", "heads = \"all\""), "[components] heads: DeepLinearNetwork has no attention heads"),
@@ -112,7 +113,7 @@ def test_cli_run_writes_results_table_and_plots(tmp_path, capsys, monkeypatch):
     (("[output]", "[outputs]"), "unknown section(s) ['outputs']"),
     (("checkpoint_steps = [0]", "checkpoint_steps = [0, 50]"), "[training] checkpoint_steps [50] lie outside"),
 ])
-def test_bad_files_fail_before_training(tmp_path, monkeypatch, edit, message):
+def test_bad_files_fail_before_training(tmp_path, monkeypatch, capsys, edit, message):
     def must_not_train(*args, **kwargs):
         raise AssertionError("training started before the sweep file was validated")
 
@@ -120,9 +121,11 @@ def test_bad_files_fail_before_training(tmp_path, monkeypatch, edit, message):
     monkeypatch.setattr(sj, "train", must_not_train)
     path = _write(tmp_path, TINY.replace(*edit))
     assert TINY.replace(*edit) != TINY
-    with pytest.raises(ValueError) as error:
-        cli.main(["run", str(path)])
-    assert message in str(error.value)
+    assert cli.main(["run", str(path)]) == 2
+    printed = capsys.readouterr().err
+    assert message in printed and printed.count("\n") == 1 and "Traceback" not in printed
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cli.main(["--traceback", "run", str(path)])
     assert not (tmp_path / "out").exists()
 
 
@@ -136,9 +139,9 @@ def test_transformer_components_and_loss_are_derived_before_training():
     }
     parsed = sweep.parse_sweep(document)
     assert parsed.task["loss"] == "next_token" and parsed.training["checkpoint_steps"] == [0, 5, 10]
-    prepared = sweep.prepare(parsed)
+    prepared = sweep.build(parsed)
     assert list(prepared.components) == ["L1H0", "mlp0", "mlp1"]  # full = false once components are named
     assert prepared.test is None
     mismatched = {**document, "task": {**document["task"], "loss": "mse"}}
     with pytest.raises(ValueError, match=r"\[model\] TransformerLM does not fit \[task\] repeated_tokens with loss 'mse'"):
-        sweep.prepare(sweep.parse_sweep(mismatched))
+        sweep.build(sweep.parse_sweep(mismatched))
