@@ -55,7 +55,7 @@ from jax.flatten_util import ravel_pytree
 from scipy.sparse import csgraph
 from scipy.sparse import linalg as sparse_linalg
 
-from slt_jax import stats
+from slt_jax import reliability, stats
 from slt_jax._src import validation
 from slt_jax.bif import BIFResult
 from slt_jax.stats import ProbeLabels
@@ -99,9 +99,17 @@ def _require(module, what: str) -> None:
 # Inputs
 
 
+def _warn_if_noise(result, what: str) -> None:
+    """The estimators' check, again where a result is used: a ``NoisyResponseWarning`` when its
+    rows differ mainly by sampling noise (a plain array carries no chains to tell)."""
+    if isinstance(result, (SusceptibilityResult, BIFResult)):
+        reliability.check_reliability(result, what)
+
+
 def _matrix(matrix) -> ResponseMatrix:
     """A ``ResponseMatrix`` of finite values: z-scored for a ``SusceptibilityResult``, else as given."""
     if isinstance(matrix, SusceptibilityResult):
+        _warn_if_noise(matrix, "the response matrix")
         matrix = matrix.zscored()
     elif not isinstance(matrix, ResponseMatrix):
         if not isinstance(matrix, (np.ndarray, jax.Array)):
@@ -120,6 +128,8 @@ def _stacked(matrices: Sequence) -> list[ResponseMatrix]:
     if any(results) and not all(results):
         raise TypeError("mix of SusceptibilityResults and other matrices; pass one kind (z-scored alike).")
     if all(results):
+        for m in matrices:
+            _warn_if_noise(m, "a response matrix")
         values = zscore_columns(np.concatenate([m.chi for m in matrices]))
         split = np.cumsum([m.chi.shape[0] for m in matrices])[:-1]
         matrices = [ResponseMatrix(v, m.labels, list(m.components)) for v, m in zip(np.split(values, split), matrices)]
@@ -316,6 +326,7 @@ def cluster_rows(
 
 def _correlation(bif) -> np.ndarray:
     """The Pearson correlation of a ``BIFResult`` or of a square -Cov array."""
+    _warn_if_noise(bif, "the BIF")
     if isinstance(bif, BIFResult):
         correlation = np.asarray(bif.correlation, np.float64)
     else:
@@ -433,11 +444,20 @@ class Influences(NamedTuple):
     indices: np.ndarray
     values: np.ndarray
 
+    def __repr__(self) -> str:
+        num_queries, k = self.indices.shape
+        if num_queries == 0:
+            return f"Influences(0 queries, k={k})"
+        first = ", ".join(f"{int(i)} ({v:+.3g})" for i, v in zip(self.indices[0], self.values[0]))
+        return f"Influences({num_queries} queries x top {k}; row {int(self.queries[0])}: {first}{', ...' if num_queries > 1 else ''})"
+
 
 def _square(bif) -> np.ndarray:
     matrix = np.asarray(bif.bif if isinstance(bif, BIFResult) else bif, np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"expected a BIFResult or a square (N, N) BIF array, got shape {matrix.shape}.")
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError("the BIF has NaN or inf entries (diverged chains?); rerun or drop those rows first.")
     return matrix
 
 
@@ -478,6 +498,8 @@ def top_influences(
     >>> analysis.top_influences(bif, 1, order="helpful").indices[:, 0].tolist()
     [1, 0, 3, 2]
     """
+    if not normalized:
+        _warn_if_noise(bif, "the BIF")
     matrix = -_correlation(bif) if normalized else _square(bif)
     num_rows = matrix.shape[0]
     if order not in ("magnitude", "helpful", "harmful"):

@@ -11,6 +11,7 @@ import slt_jax as sj
 from slt_jax import analysis
 from slt_jax.susceptibility import ResponseMatrix, response_pca, zscore_columns
 
+import synthetic_results
 from synthetic_results import planted_regression, susceptibility_result
 
 
@@ -200,3 +201,20 @@ def test_bif_and_gradient_clusterings_recover_planted_subtasks():
         analysis.gradient_clusters(loss_fn, w_star, data, max_gradient_floats=100)
     with pytest.raises(ValueError, match="same rows"):
         analysis.agreement(by_bif, groups[:10])
+
+
+# Issue 18, item 7: the analysis functions refuse NaN and warn on a mostly-noise result, like the estimators.
+def test_noise_and_nan_are_not_accepted_silently():
+    rng = np.random.default_rng(0)
+    noisy = synthetic_results.susceptibility_result(rng.normal(size=(4, 24, 3)))  # no signal: chains disagree
+    with pytest.warns(sj.reliability.NoisyResponseWarning, match="mostly noise"):
+        analysis.cluster_rows(noisy, 2)
+    with pytest.warns(sj.reliability.NoisyResponseWarning, match="mostly noise"):
+        analysis.embed(noisy)
+    with pytest.warns(sj.reliability.NoisyResponseWarning, match="mostly noise"):
+        analysis.embed([noisy, noisy])
+    bif = -np.cov(rng.normal(size=(5, 40)))
+    with pytest.raises(ValueError, match="BIF has NaN"):
+        analysis.top_influences(np.where(np.eye(5, dtype=bool), np.nan, bif), 2)
+    top = analysis.top_influences(bif, 2)
+    assert repr(top).startswith("Influences(5 queries x top 2; row 0: ") and "\n" not in repr(top)
