@@ -184,3 +184,14 @@ def test_in_context_regression_transformer():
         jax.eval_shape(model, jnp.zeros((1, 2, dim)))
     with pytest.raises(ValueError, match="num_context"):
         jax.eval_shape(model, jnp.zeros((1, 2 * context + 2, dim + 1)))
+
+
+# Issue 18, item 7: help() and inspect show the zoo models' constructor arguments, not (*args, **kwargs).
+def test_zoo_models_show_their_constructor_signatures():
+    import inspect
+
+    for cls in (sj.models.DeepLinearNetwork, sj.models.MLP, sj.models.AttentionOnlyTransformer, sj.models.TransformerLM,
+                sj.models.InContextRegressionTransformer):
+        parameters = inspect.signature(cls).parameters
+        assert "rngs" in parameters and "args" not in parameters and "self" not in parameters, (cls, parameters)
+    assert list(inspect.signature(sj.models.MLP).parameters)[:3] == ["in_features", "hidden_features", "out_features"]

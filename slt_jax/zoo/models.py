@@ -22,6 +22,7 @@ neurons) is ``slt_jax.mlp_mask(params, f"blocks/{l}/mlp")``; ``model.attention_p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
@@ -434,3 +435,16 @@ class InContextRegressionTransformer(nnx.Module):
     def mlp_paths(self) -> list[str]:
         """``["blocks/0/mlp", ...]``, the ``mlp_path`` of each layer for ``mlp_mask``."""
         return _decoder_paths(self.blocks, "mlp")
+
+
+def _show_constructor_signature(cls: type) -> type:
+    # nnx.Module's metaclass wraps construction in ``__call__(*args, **kwargs)``, which is what
+    # ``help()`` and ``inspect.signature`` would show; point them at the real constructor.
+    signature = inspect.signature(cls.__init__)
+    cls.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    return cls
+
+
+for _cls in (DeepLinearNetwork, MLP, AttentionBlock, AttentionOnlyTransformer, FeedForward, TransformerBlock, TransformerLM,
+             InContextRegressionTransformer):
+    _show_constructor_signature(_cls)
