@@ -7,12 +7,13 @@ scikit-learn or umap-learn.
 """
 
 import importlib
+import os
 
 # --- sampling core: kernels, restricted chains, run settings, the driver ---
 from slt_jax import config, kernels, restriction, sampler, traces
 from slt_jax._src import program
 from slt_jax.zoo import theory
-from slt_jax.config import NbetaConventionWarning, SamplerConfig, batch_nbeta, default_nbeta
+from slt_jax.config import NbetaConventionWarning, SamplerConfig, batch_nbeta, default_nbeta, enable_compilation_cache
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax._src.program import Accumulator, DrawContext, compile_count
 from slt_jax.sampler import ChainsOutput, DivergenceError, full_data_loss, run_chains
@@ -57,6 +58,10 @@ from slt_jax.io import load, save, to_arviz, to_dataframe, to_xarray
 from slt_jax.plots import plot_calibration, plot_embedding, plot_llc_checkpoints, plot_response_pca, plot_traces
 
 __version__ = "0.2.0"
+
+if os.environ.get("SLT_JAX_CACHE_DIR"):
+    # The documented switch for scripts and sweeps: compiled programs persist across processes.
+    enable_compilation_cache()
 
 __all__ = sorted(
     name for name, value in dict(globals()).items() if not name.startswith("_") and name not in ("annotations", "importlib")

@@ -21,13 +21,17 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
+import pathlib
 
+import jax
 import numpy as np
 
 from slt_jax.kernels import Preconditioner, get_preconditioner
 from slt_jax._src.validation import check_positive_int
 
-__all__ = ["SamplerConfig", "default_nbeta", "batch_nbeta", "NbetaConventionWarning", "check_names", "unknown_names"]
+__all__ = ["SamplerConfig", "default_nbeta", "batch_nbeta", "NbetaConventionWarning", "check_names", "unknown_names",
+           "enable_compilation_cache"]
 
 
 def unknown_names(given, valid, what: str) -> str | None:
@@ -62,6 +66,34 @@ def _check_number(value, name: str, *, allow_zero: bool, fix: str) -> float:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name}={value!r} must be finite and {'>= 0' if allow_zero else '> 0'}. {fix}")
     return value
+
+
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> pathlib.Path:
+    """Keeps every compiled sampling program on disk, so a new Python process reuses it.
+
+    Each estimator compiles a few programs (seconds each on a CPU); a notebook restart or every
+    script of a sweep pays that again. With the cache on, a second process loads the executables
+    instead (JAX's persistent compilation cache, with no minimum compile time, so the small
+    programs of small models are kept too). Tracing still runs in Python (a fraction of a second).
+    Call it once, before the first estimate; the cache is keyed by the program, the JAX version and
+    the device, so a stale entry is never used.
+
+    Args:
+        directory: where to keep the cache; default ``$SLT_JAX_CACHE_DIR``, else
+            ``$XDG_CACHE_HOME/slt_jax/xla`` (``~/.cache/slt_jax/xla``).
+
+    Returns:
+        The cache directory (created if needed).
+    """
+    if directory is None:
+        directory = os.environ.get("SLT_JAX_CACHE_DIR") or (
+            pathlib.Path(os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache") / "slt_jax" / "xla")
+    path = pathlib.Path(directory).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
 
 
 class NbetaConventionWarning(UserWarning):
