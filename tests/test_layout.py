@@ -93,3 +93,27 @@ def test_code_and_docs_cite_the_projects_own_conventions():
             assert section in sections, (path, section)
             cited += 1
     assert cited >= 10
+
+
+# Issue 18: a function fits on a screen and takes a handful of arguments (STYLE.md habit 13). The
+# exceptions, each with its reason:
+LONG_FUNCTIONS: dict[str, str] = {}
+MAX_LINES, MAX_PARAMETERS = 80, 10
+
+
+def _function_sizes():
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args
+                count = len(arguments.posonlyargs + arguments.args + arguments.kwonlyargs)
+                count -= bool(arguments.args and arguments.args[0].arg in ("self", "cls"))
+                body_start = node.body[0].lineno if not isinstance(node.body[0], ast.Expr) or len(node.body) == 1 else node.body[1].lineno
+                yield f"{_module_name(path)}.{node.name}", node.end_lineno - body_start + 1, count
+
+
+def test_functions_fit_on_a_screen():
+    too_big = [f"{name}: {lines} lines, {count} parameters" for name, lines, count in _function_sizes()
+               if (lines > MAX_LINES or count > MAX_PARAMETERS) and name not in LONG_FUNCTIONS]
+    assert not too_big, "\n".join(too_big)
