@@ -22,7 +22,7 @@ from slt_jax import kernels
 from slt_jax._src import validation
 from slt_jax.calibration.schedule import check_config
 from slt_jax.config import SamplerConfig
-from slt_jax.restriction import embed, restrict
+from slt_jax.restriction import Restriction, embed, restrict
 from slt_jax.sampler import full_data_loss, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
@@ -101,7 +101,7 @@ class _Pilot(NamedTuple):
     data: Batch
     key: jax.Array
     init_loss: list[float]
-    restriction: object
+    restriction: Restriction
 
 
 def _scales(probe: _Probe, points, direction, num_iterations: int) -> _Scales:
@@ -127,8 +127,11 @@ def _pilot_ends(probe: _Probe, pilot: _Pilot, step_size: float, attempt: int) ->
     )
     if np.asarray(chains.diverged).any():
         return None
-    positions, layout = chains.final_positions[0], pilot.restriction
-    return [embed(layout.layout, layout.offsets, pilot.params, jax.tree.map(lambda x: x[c], positions)) for c in range(PILOT_CHAINS)]
+    positions, restriction = chains.final_positions[0], pilot.restriction
+    return [
+        embed(restriction.layout, restriction.offsets, pilot.params, jax.tree.map(lambda x: x[c], positions))
+        for c in range(PILOT_CHAINS)
+    ]
 
 
 def _refine(probe: _Probe, pilot: _Pilot, anchor: _Anchor, center: _Scales) -> tuple[float, float]:

@@ -34,12 +34,17 @@ def _rule(config: SamplerConfig, n: int, default_fraction: float, burnin_fractio
 
 
 def _axes(config: SamplerConfig, n: int, step_sizes, nbetas, localizations, num_step_sizes) -> Axes:
-    nbetas = [config.nbeta_for(n)] if nbetas is None else nbetas
-    nbetas = validation.check_scalar_grid(nbetas, "nbetas", allow_zero=False, fix="The LLC needs nbeta > 0; the default is n / log n.")
-    localizations = [config.localization] if localizations is None else localizations
-    localizations = validation.check_scalar_grid(localizations, "localizations", allow_zero=True, fix="Typical values are 1 to 1000.")
+    nbetas = validation.check_scalar_grid(
+        [config.nbeta_for(n)] if nbetas is None else nbetas, "nbetas", allow_zero=False,
+        fix="The LLC needs nbeta > 0; the default is n / log n.",
+    )
+    localizations = validation.check_scalar_grid(
+        [config.localization] if localizations is None else localizations, "localizations", allow_zero=True,
+        fix="Typical values are 1 to 1000.",
+    )
     if step_sizes is not None:
-        step_sizes = validation.check_scalar_grid(step_sizes, "step_sizes", allow_zero=False, fix="Or pass None for an automatic grid.")
+        step_sizes = validation.check_scalar_grid(step_sizes, "step_sizes", allow_zero=False,
+                                                  fix="Or pass None for an automatic grid.")
         step_sizes = np.sort(np.atleast_1d(step_sizes))
     return Axes(step_sizes, np.atleast_1d(nbetas), np.atleast_1d(localizations), num_step_sizes)
 
