@@ -1,13 +1,17 @@
 """Calibration: the rule's choice on quadratics (closed-form discretization bias), divergent settings,
 MALA acceptance against a direct computation, and step_size="auto" on a deep linear network."""
 
+import dataclasses
+
 import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import slt_jax as sj
-from slt_jax import kernels
+from slt_jax import diagnostics, kernels
+from slt_jax.calibration.grid import Axes, Grid, Problem, settings_grid
+from slt_jax.calibration.judge import EQUILIBRIUM, Rule, Verdict, judge, recommend
 from slt_jax.zoo import theory
 
 from issue5_problems import LOCALIZATION, NBETA, dln, dln_loss, exact_quadratic_loss, regression, regression_loss
@@ -217,8 +221,6 @@ def test_auto_step_size_on_normal_crossing_table(exponents, nbeta):
 def test_calibrate_validates_arguments_before_compiling():
     params, data, _, _ = regression()
     common = dict(key=0, progress=False)
-    with pytest.raises(ValueError, match="num_chains"):
-        sj.calibrate(regression_loss, params, data, CONFIG.replace(num_chains=1), **common)
     with pytest.raises(ValueError, match="at least 8 steps"):
         sj.calibrate(regression_loss, params, data, CONFIG.replace(num_draws=4), **common)
     with pytest.raises(TypeError, match="SamplerConfig"):
@@ -277,15 +279,118 @@ def test_fallback_prefers_the_largest_step_size_among_equally_failing_settings()
     problems = [["rhat", "plateau", "equilibration"]] * 4 + [["rhat", "mala", "bias"]]
     metrics = {"llc_mean": np.array([27.0, 98.0, 179.0, 208.0, 400.0]),
                "relative_bias": np.array([0.0001, 0.001, 0.006, 0.03, 0.6])}
-    groups = {(100.0, 1.0): list(range(5))}
+    grid = Grid(step_size, np.full(5, 100.0), np.ones(5))
     none = np.zeros(5, bool)
-    with pytest.warns(RuntimeWarning, match="No setting passed every check"):
-        choice, reason, _ = sj.calibration._recommend(
-            step_size, np.full(5, 100.0), np.ones(5), metrics, problems, none, none, none, groups, 100.0, 0.9, 0.05, 1000)
-    assert choice == 3, reason  # the largest step size failing no candidate check, not the smallest
-    assert "largest non-divergent step size" in reason
+    rule = Rule(target_nbeta=100.0)
+    choice = recommend(grid, Verdict(metrics, problems, none, none), none, rule, 1000)
+    assert choice.fallback and choice.index == 3, choice.reason  # the largest step size failing no candidate check
+    assert "largest non-divergent step size" in choice.reason and "No setting passed every check" in choice.reason
     problems[3] = ["rhat", "plateau", "equilibration", "spikes"]  # a failed candidate check outranks the rest
-    with pytest.warns(RuntimeWarning):
-        choice, _, _ = sj.calibration._recommend(
-            step_size, np.full(5, 100.0), np.ones(5), metrics, problems, none, none, none, groups, 100.0, 0.9, 0.05, 1000)
-    assert choice == 2
+    assert recommend(grid, Verdict(metrics, problems, none, none), none, rule, 1000).index == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 18, item 3: the package's units, one by one.
+
+
+def test_one_schedule_rule_for_calibrate_and_auto_step_size():
+    """auto_step_size is calibrate on the run's config: its chains ran calibration_schedule(config),
+    also for a one-chain run without burn-in (2 chains, half the draws as burn-in)."""
+    params, data, _, _ = regression()
+    run = CONFIG.replace(num_chains=1, num_draws=200)
+    schedule, burnin_fraction = sj.calibration.calibration_schedule(run)
+    assert (schedule.num_chains, schedule.num_draws, schedule.num_burnin, burnin_fraction) == (2, 200, 0, 0.5)
+    with pytest.warns(RuntimeWarning, match="num_burnin"):
+        chosen, result = sj.calibration.auto_step_size(exact_quadratic_loss, params, data, run.replace(step_size="auto"),
+                                                       key=0, progress=False)
+    assert result.chains.config == schedule and result.settings["burnin_fraction"] == burnin_fraction
+    assert result.config == run and chosen == run.replace(step_size=result.recommended.step_size)
+    assert result.settings["loss_estimator"] == "paired"
+
+
+def test_settings_grid_groups_by_nbeta_and_localization_with_step_sizes_ascending():
+    params, data, _, _ = regression()
+    axes = Axes(step_sizes=np.array([1e-3, 2e-3, 4e-3]), nbetas=np.array([10.0, 100.0]), localizations=np.array([1.0, 5.0]))
+    grid = settings_grid(Problem(regression_loss, params, data), CONFIG, axes, key=None, bias_tolerance=0.05)
+    chex.assert_shape(grid.step_size, (12,))
+    assert list(grid.groups()) == [(10.0, 1.0), (10.0, 5.0), (100.0, 1.0), (100.0, 5.0)]
+    for g, members in enumerate(grid.groups().values()):
+        assert members == [3 * g, 3 * g + 1, 3 * g + 2]
+        np.testing.assert_array_equal(grid.step_size[members], axes.step_sizes)
+    shuffled = Grid(np.array([4.0, 1.0, 2.0, 8.0]), np.full(4, 10.0), np.array([1.0, 1.0, 1.0, 2.0]))
+    assert shuffled.groups() == {(10.0, 1.0): [1, 2, 0], (10.0, 2.0): [3]}
+
+
+STEPS = np.array([1e-3, 2e-3, 4e-3, 8e-3, 16e-3])
+
+
+def _synthetic_metrics(levels, rng, chain_offsets=None, nbeta=100.0, grad_norm=0.12):
+    """trace_metrics of stationary Gaussian draws around ``levels[i]`` plus the predicted bias
+    (ε/8)·nβ²·g², which is 9ε here: 0.9%, 1.8%, 3.6%, 7.2%, 14% of an LLC of 2."""
+    rows, per_chain = [], []
+    for i, step in enumerate(STEPS):
+        offsets = np.zeros(4) if chain_offsets is None else chain_offsets[i]
+        bias = step / 8 * nbeta**2 * grad_norm**2
+        draws = levels[i] + bias + offsets[:, None] + 0.3 * rng.standard_normal((4, 400))
+        rows.append(diagnostics.trace_metrics(draws, nbeta=nbeta, mala_acceptance=np.full((4, 400), 0.99),
+                                              grad_norm=np.full((4, 400), grad_norm), step_size=step, burnin_draws=200))
+        per_chain.append(draws[:, 200:].mean(axis=1))
+    metrics = {k: np.array([row[k] for row in rows]) for k in rows[0] if k != "note"}
+    return metrics, np.array(per_chain)
+
+
+def test_judge_and_recommend_on_synthetic_metrics():
+    grid = Grid(STEPS, np.full(5, 100.0), np.ones(5))
+    rule = Rule(target_nbeta=100.0)
+    metrics, per_chain = _synthetic_metrics(np.full(5, 2.0), np.random.default_rng(0))
+    verdict = judge(metrics, per_chain, grid, rule, adaptive=False)
+    np.testing.assert_array_equal(verdict.passed, [True, True, True, False, False])
+    assert all("bias" in verdict.problems[i] for i in (3, 4)) and verdict.equilibrated.all()
+    np.testing.assert_allclose(verdict.metrics["reference_llc"], 2.0, atol=0.05)
+    np.testing.assert_allclose(verdict.metrics["relative_bias"], 9 * STEPS, rtol=0.05)
+    assert "relative_bias" in metrics and "reference_llc" not in metrics  # the input is not changed
+    choice = recommend(grid, verdict, np.zeros(5, bool), rule, 200)
+    assert (choice.index, choice.num_burnin, choice.fallback) == (2, 200, False)
+    assert choice.reason.startswith("Recommended step_size=0.004") and "level off within the calibration's 200" in choice.reason
+
+    # The smallest step size stops short of the level (its chains did not level off): flagged with
+    # every smaller step of its group, and excluded from the reference.
+    metrics, per_chain = _synthetic_metrics(np.array([1.0, 2.0, 2.0, 2.0, 2.0]), np.random.default_rng(1))
+    verdict = judge(metrics, per_chain, grid, rule, adaptive=False)
+    assert "equilibration" in verdict.problems[0] and not verdict.equilibrated[0] and verdict.equilibrated[1:].all()
+    assert recommend(grid, verdict, np.zeros(5, bool), rule, 200).index == 2
+
+    # Chains that disagree at the candidate step sizes: the largest candidate is still chosen, with a
+    # burn-in scaled by ε_eq/ε from the smallest step size that levelled off (8e-3: twice 4e-3).
+    disagree = [np.array([-1.0, -0.5, 0.5, 1.0])] * 3 + [np.zeros(4)] * 2
+    metrics, per_chain = _synthetic_metrics(np.full(5, 2.0), np.random.default_rng(2), chain_offsets=disagree)
+    verdict = judge(metrics, per_chain, grid, rule, adaptive=False)
+    assert all("rhat" in verdict.problems[i] for i in range(3)) and list(verdict.equilibrated) == [False] * 3 + [True] * 2
+    choice = recommend(grid, verdict, np.zeros(5, bool), rule, 200)
+    assert (choice.index, choice.num_burnin) == (2, 400) and "num_burnin >= 400" in choice.reason
+    assert set(verdict.problems[2]) & set(EQUILIBRIUM) and verdict.passed[2]
+
+
+def test_calibration_result_summary_xarray_dataframe(exact_calibration):
+    result, _ = exact_calibration
+    summary = result.summary()
+    assert isinstance(summary, str) and summary.startswith(result.table()) and summary.endswith(result.reason)
+    dataset = result.to_xarray()
+    assert dict(dataset.sizes) == {"setting": 12, "chain": 4, "draw": 1000}
+    assert dataset["llc_per_chain"].dims == ("setting", "chain") and dataset["llc_draws"].dims == ("setting", "chain", "draw")
+    np.testing.assert_array_equal(dataset["step_size"], result.step_size)
+    np.testing.assert_array_equal(dataset["metric_relative_bias"], result.metrics["relative_bias"])
+    # The per-chain LLC is the mean of the recorded draws after the calibration burn-in.
+    after = dataset["llc_draws"].values[:10, :, result.burnin_draws:].mean(axis=2)
+    np.testing.assert_allclose(after, result.llc_per_chain[:10], rtol=1e-6)
+    assert dataset.attrs["recommended_index"] == result.recommended_index and dataset.attrs["reason"] == result.reason
+    table = result.to_dataframe()  # one row per setting
+    assert table.shape[0] == 12 and {"step_size", "nbeta", "localization", "passed", "metric_llc_mean"} <= set(table.columns)
+    np.testing.assert_array_equal(table["passed"], result.passed)
+    assert result.to_dataframe("llc_per_chain").shape[0] == 12 * 4
+    with pytest.raises(ValueError, match="not in this result"):
+        result.to_dataframe(["nope"])
+    chains, loss_estimator = result.arviz_source()
+    assert chains.num_configs == 1 and loss_estimator == "paired"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.reason = "changed"

@@ -1,0 +1,174 @@
+"""``calibrate``: validate, build the grid, run it, judge it, recommend, assemble the result."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from slt_jax._src import validation
+from slt_jax.calibration.grid import Axes, Grid, GridRun, Problem, run_grid, settings_grid
+from slt_jax.calibration.judge import Recommendation, Rule, Verdict, judge, recommend
+from slt_jax.calibration.result import CalibrationResult
+from slt_jax.calibration.schedule import calibration_schedule, check_fraction
+from slt_jax.config import SamplerConfig
+from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
+
+__all__ = ["calibrate"]
+
+
+def _rule(config: SamplerConfig, n: int, default_fraction: float, burnin_fraction, mala_threshold, bias_tolerance,
+          target_nbeta) -> Rule:
+    burnin_fraction = default_fraction if burnin_fraction is None else burnin_fraction
+    rule = Rule(
+        burnin_fraction=check_fraction(burnin_fraction, "burnin_fraction", -1e-12, 0.9),
+        mala_threshold=check_fraction(mala_threshold, "mala_threshold", 0.0, 1.0),
+        bias_tolerance=check_fraction(bias_tolerance, "bias_tolerance", 0.0, 1.0),
+        target_nbeta=config.nbeta_for(n) if target_nbeta is None else float(target_nbeta),
+    )
+    if not rule.target_nbeta > 0:
+        raise ValueError(f"target_nbeta={target_nbeta!r} must be > 0 (the default is the config's nbeta, or n / log n).")
+    return rule
+
+
+def _axes(config: SamplerConfig, n: int, step_sizes, nbetas, localizations, num_step_sizes) -> Axes:
+    nbetas = validation.check_scalar_grid(
+        [config.nbeta_for(n)] if nbetas is None else nbetas, "nbetas", allow_zero=False,
+        fix="The LLC needs nbeta > 0; the default is n / log n.",
+    )
+    localizations = validation.check_scalar_grid(
+        [config.localization] if localizations is None else localizations, "localizations", allow_zero=True,
+        fix="Typical values are 1 to 1000.",
+    )
+    if step_sizes is not None:
+        step_sizes = validation.check_scalar_grid(step_sizes, "step_sizes", allow_zero=False,
+                                                  fix="Or pass None for an automatic grid.")
+        step_sizes = np.sort(np.atleast_1d(step_sizes))
+    return Axes(step_sizes, np.atleast_1d(nbetas), np.atleast_1d(localizations), num_step_sizes)
+
+
+class _Context(NamedTuple):
+    """What the result records about the call besides the grid and its verdict."""
+
+    config: SamplerConfig
+    started: float
+    burnin_draws: int
+    loss_estimator: str
+    step_size_grid: str
+
+
+def _settings(run: GridRun, grid: Grid, choice: Recommendation, rule: Rule, context: _Context) -> tuple[str, dict]:
+    """(the reason with the measured cost, the result's ``settings``)."""
+    config, schedule, burnin_draws = context.config, run.chains.config, context.burnin_draws
+    seconds = time.perf_counter() - context.started
+    grid_chain_steps = int(grid.size * schedule.num_chains * schedule.num_steps)
+    reason, estimate_chain_steps = choice.reason, 0
+    if choice.index >= 0:
+        # One estimate at the recommended config (``recommended``): its burn-in plus the validated draws.
+        estimate_chain_steps = int(config.num_chains * (choice.num_burnin + schedule.num_draws - burnin_draws))
+        reason += (
+            f" Cost: {seconds:.1f} s ({run.chains.compile_seconds:.1f} s compiling), {grid.size} settings x "
+            f"{schedule.num_chains} chains x {schedule.num_steps} steps = {grid_chain_steps / estimate_chain_steps:.1f}x "
+            f"the chain-steps of one estimate at the recommended config."
+        )
+    cost = dict(seconds=seconds, compile_seconds=float(run.chains.compile_seconds), grid_chain_steps=grid_chain_steps,
+                estimate_chain_steps=estimate_chain_steps,
+                relative_chain_steps=grid_chain_steps / estimate_chain_steps if estimate_chain_steps else float("nan"))
+    settings = dict(
+        run.chains.settings, cost=cost, rule=rule.describe(), mala_threshold=rule.mala_threshold,
+        bias_tolerance=rule.bias_tolerance, burnin_fraction=rule.burnin_fraction, loss_estimator=context.loss_estimator,
+        target_nbeta=rule.target_nbeta, step_size_grid=context.step_size_grid, recommended_num_burnin=int(choice.num_burnin),
+        validated_num_burnin=burnin_draws, validated_num_draws=schedule.num_draws - burnin_draws,
+    )
+    return reason, settings
+
+
+def _result(run: GridRun, grid: Grid, verdict: Verdict, choice: Recommendation, reason: str, settings: dict,
+            context: _Context) -> CalibrationResult:
+    return CalibrationResult(
+        step_size=grid.step_size, nbeta=grid.nbeta, localization=grid.localization, metrics=verdict.metrics,
+        llc_per_chain=run.llc_per_chain, diverged=np.asarray(run.chains.diverged), problems=verdict.problems,
+        passed=verdict.passed, equilibrated=verdict.equilibrated, recommended_index=int(choice.index), reason=reason,
+        init_loss=float(run.chains.init_loss[0]), burnin_draws=context.burnin_draws, config=context.config,
+        chains=run.chains, settings=settings,
+    )
+
+
+def calibrate(
+    loss_fn: LossFn,
+    params: Params,
+    data: Batch,
+    config: SamplerConfig,
+    *,
+    key: KeyLike,
+    component: Mask | None = None,
+    step_sizes=None,
+    nbetas=None,
+    localizations=None,
+    burnin_fraction: float | None = None,
+    mala_threshold: float = 0.9,
+    bias_tolerance: float = 0.05,
+    target_nbeta: float | None = None,
+    num_step_sizes: int = 10,
+    loss_estimator: str = "paired",
+    progress: bool = True,
+) -> CalibrationResult:
+    """Runs a grid of short chains in one ``run_chains`` call and recommends a setting (package docstring).
+
+    Args:
+        loss_fn, params, data, key, component: as for ``slt_jax.estimate_llc``.
+        config: the run's ``SamplerConfig``. Its ``num_chains`` (at least 2), ``batch_size``,
+            ``preconditioner``, ``weight_decay`` and ``memory_budget`` are the calibration chains';
+            their schedule is ``calibration_schedule(config)`` (short: at most 2000 recorded steps).
+            Its ``step_size`` is not used (the grid's are); its ``nbeta`` and ``localization`` are the
+            defaults of ``nbetas`` and ``localizations``.
+        step_sizes: ε values (tried with every (nβ, γ)), or None for ``default_step_sizes`` per (nβ, γ).
+        nbetas: nβ values; None uses the config's (n / log n when ``config.nbeta`` is None).
+        localizations: γ values; None uses the config's.
+        burnin_fraction: leading fraction of the calibration draws treated as burn-in by the metrics
+            (default: the config's ``num_burnin / num_steps`` clipped to [0.2, 0.5], 0.5 without one).
+        mala_threshold: minimum mean MALA acceptance of a passing setting.
+        bias_tolerance: maximum predicted relative step-size bias of a passing setting.
+        target_nbeta: the nβ to prefer (default: the config's, n / log n when None).
+        num_step_sizes: grid length when ``step_sizes`` is None.
+        loss_estimator: ``"paired"`` (default: L_B(w) - L_B(w*) + L_n(w*), which cancels the batch
+            noise that otherwise swamps short chains; one extra forward pass per draw) or
+            ``"minibatch"`` (``slt_jax.traces``).
+        progress: tqdm progress bar.
+
+    Returns:
+        A ``CalibrationResult``; ``.recommended`` is the chosen ``SamplerConfig``, ``.reason`` why.
+        Warns (``RuntimeWarning``) when no setting passed and the recommendation is a fallback, or
+        when every setting diverged.
+
+    >>> import jax.numpy as jnp, slt_jax as sj
+    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
+    >>> data = {"x": jnp.eye(4).repeat(50, axis=0), "y": jnp.zeros(200)}
+    >>> config = sj.SamplerConfig(step_size="auto", nbeta=100.0, localization=1.0, num_draws=500, batch_size=200)
+    >>> result = sj.calibrate(loss_fn, jnp.zeros(4), data, config, key=0, num_step_sizes=4, progress=False)
+    >>> result.recommended.step_size in result.step_size
+    True
+    """
+    started = time.perf_counter()
+    n = validation.check_data(data)
+    validation.check_params(params)
+    schedule, default_fraction = calibration_schedule(config)
+    rule = _rule(config, n, default_fraction, burnin_fraction, mala_threshold, bias_tolerance, target_nbeta)
+    axes = _axes(config, n, step_sizes, nbetas, localizations, num_step_sizes)
+    if loss_estimator not in ("paired", "minibatch"):
+        raise ValueError(f"loss_estimator={loss_estimator!r}; use 'paired' or 'minibatch' for calibration.")
+    key = validation.as_key(key)
+
+    problem = Problem(loss_fn, params, data, component)
+    grid = settings_grid(problem, schedule, axes, key=key, bias_tolerance=rule.bias_tolerance)
+    burnin_draws = int(rule.burnin_fraction * schedule.num_draws)
+    run = run_grid(problem, schedule, grid, key=key, loss_estimator=loss_estimator, burnin_draws=burnin_draws, progress=progress)
+    verdict = judge(run.metrics, run.llc_per_chain, grid, rule, adaptive=schedule.preconditioner_spec.adaptive)
+    choice = recommend(grid, verdict, np.asarray(run.chains.diverged).any(axis=1), rule, burnin_draws)
+    if choice.fallback:
+        warnings.warn(choice.reason, RuntimeWarning, stacklevel=2)
+    context = _Context(config, started, burnin_draws, loss_estimator, "given" if step_sizes is not None else "default_step_sizes")
+    reason, settings = _settings(run, grid, choice, rule, context)
+    return _result(run, grid, verdict, choice, reason, settings, context)
