@@ -30,7 +30,7 @@ import numpy as np
 from slt_jax import reliability, stats, traces
 from slt_jax._src import validation
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
+from slt_jax.sampler import ChainsResult, DivergenceError, run_chains
 from slt_jax.stats import ProbeLabels
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
@@ -51,7 +51,7 @@ class BIFResult:
         labels: ``ProbeLabels`` of the rows.
         nbeta: nβ of the run.
         diverged: ``(num_chains,)`` bool.
-        chains: this checkpoint's configuration of the ``ChainsOutput`` (of the last block's run).
+        chains: this checkpoint's configuration of the ``ChainsResult`` (of the last block's run).
     """
 
     bif: np.ndarray
@@ -62,7 +62,7 @@ class BIFResult:
     labels: ProbeLabels
     nbeta: float
     diverged: np.ndarray
-    chains: ChainsOutput
+    chains: ChainsResult
 
     @property
     def config(self) -> SamplerConfig:
@@ -113,7 +113,7 @@ def _build(loss_fn, per_token, probe_batch_size):
     return observe, accumulator
 
 
-def _result(cov: np.ndarray, stderr: np.ndarray, chains: ChainsOutput, labels: ProbeLabels) -> BIFResult:
+def _result(cov: np.ndarray, stderr: np.ndarray, chains: ChainsResult, labels: ProbeLabels) -> BIFResult:
     """The ``BIFResult`` of one checkpoint: its chain-mean covariance, stderr and configuration."""
     diverged = np.asarray(chains.diverged[0], bool)
     good = np.asarray(chains.accumulator.mean_y[0], np.float64)[~diverged]
@@ -256,7 +256,7 @@ def estimate_bif_over_checkpoints(
 
     Returns:
         ``{step: BIFResult}`` in checkpoint order, each holding its own configuration of the
-        ``ChainsOutput``. ``DivergenceError`` only if every chain of every checkpoint diverged.
+        ``ChainsResult``. ``DivergenceError`` only if every chain of every checkpoint diverged.
 
     >>> import jax.numpy as jnp, slt_jax as sj
     >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2

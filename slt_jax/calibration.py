@@ -61,7 +61,7 @@ from slt_jax import diagnostics, kernels, plots, traces
 from slt_jax._src import validation
 from slt_jax.config import SamplerConfig
 from slt_jax.restriction import embed, restrict
-from slt_jax.sampler import ChainsOutput, DivergenceError, full_data_loss, run_chains
+from slt_jax.sampler import ChainsResult, DivergenceError, full_data_loss, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = ["CalibrationResult", "calibrate", "calibration_schedule", "default_step_sizes", "auto_step_size", "RULE"]
@@ -100,7 +100,7 @@ class CalibrationResult:
         burnin_draws: leading draws of each chain excluded from the metrics.
         config: the ``SamplerConfig`` ``calibrate`` was given (``chains.config`` is the schedule
             the calibration chains ran).
-        chains: the grid's ``ChainsOutput`` (leading axes ``(G, num_chains)``).
+        chains: the grid's ``ChainsResult`` (leading axes ``(G, num_chains)``).
         settings: the rule's parameters and the run's settings.
     """
 
@@ -118,7 +118,7 @@ class CalibrationResult:
     init_loss: float
     burnin_draws: int
     config: SamplerConfig
-    chains: ChainsOutput
+    chains: ChainsResult
     settings: dict
 
     xarray_dims = {"llc_per_chain": ("setting", "chain"), "diverged": ("setting", "chain")}

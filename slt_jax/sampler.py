@@ -52,7 +52,7 @@ from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params, PyTree
 __all__ = [
     "Accumulator",
     "DrawContext",
-    "ChainsOutput",
+    "ChainsResult",
     "DivergenceError",
     "run_chains",
     "full_data_loss",
@@ -76,7 +76,7 @@ class DivergenceError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class ChainsOutput:
+class ChainsResult:
     """What ``run_chains`` returns. Leading axes ``(num_configs, num_chains)``; numpy on host.
 
     Attributes:
@@ -134,7 +134,7 @@ class ChainsOutput:
     def num_configs(self) -> int:
         return int(self.loss.shape[0])
 
-    def select(self, index: int | Sequence[int]) -> ChainsOutput:
+    def select(self, index: int | Sequence[int]) -> ChainsResult:
         """The configurations ``index`` (an int keeps a leading axis of 1), every field sliced."""
         indices = np.atleast_1d(np.asarray(index, int))
         take = lambda x: None if x is None else x[indices]
@@ -150,7 +150,7 @@ class ChainsOutput:
             elif isinstance(value, np.ndarray):
                 value = take(value)
             fields[field.name] = value
-        return ChainsOutput(**fields)
+        return ChainsResult(**fields)
 
 
 class _GroupRun(NamedTuple):
@@ -403,7 +403,7 @@ def run_chains(
     progress: bool = True,
     checkpoint_dir=None,
     description: str = "SGLD",
-) -> ChainsOutput:
+) -> ChainsResult:
     """Runs ``config.num_chains`` localized SGLD chains for every configuration ``centers x variants``.
 
     Args:
@@ -441,11 +441,11 @@ def run_chains(
         description: the progress bar's label.
 
     Returns:
-        A ``ChainsOutput`` with leading axes ``(K * V, num_chains)``, centre-major.
+        A ``ChainsResult`` with leading axes ``(K * V, num_chains)``, centre-major.
 
     Several processes (after ``jax.distributed.initialize``): call ``run_chains`` in every process
     with the same arguments (key, params, data). The chains are split over the devices of every
-    process (``slt_jax._src.multihost``) and every process returns the same, whole ``ChainsOutput``.
+    process (``slt_jax._src.multihost``) and every process returns the same, whole ``ChainsResult``.
     """
     plan = planning.prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_data, accumulator,
                     keep_traces, full_loss_every, center_loss, init_losses)
@@ -471,7 +471,7 @@ def run_chains(
         full_loss_every=plan.static.full_loss_every,
         center_loss=plan.static.center_loss,
     )
-    return ChainsOutput(
+    return ChainsResult(
         **fields,
         init_loss=plan.init_losses[center_index],
         hyperparameters=Hyperparameters(*(hyper[variant_index, i] for i in range(4))),
