@@ -30,7 +30,7 @@ import numpy as np
 from slt_jax import reliability, stats, traces
 from slt_jax._src import validation
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsResult, DivergenceError, run_chains
+from slt_jax.sampler import ChainsResult, DivergenceError, Recording, run_chains
 from slt_jax.stats import ProbeLabels
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
@@ -139,7 +139,7 @@ def _bif(loss_fn, checkpoints, data, config, key, probe, component, per_token, b
     block = num_rows if block_size is None else min(validation.check_positive_int(block_size, "block_size"), num_rows)
     if probe_batch_size is not None:
         probe_batch_size = validation.check_positive_int(probe_batch_size, "probe_batch_size")
-    masks = None if component is None else [validation.check_masks(component, checkpoints[0], None, name="component")]
+    masks = None if component is None else [validation.check_masks(component, checkpoints[0], name="component")]
     observe, accumulator = _build(loss_fn, bool(per_token), probe_batch_size)
     probe = jax.tree.map(jnp.asarray, probe)
     num_k = len(checkpoints)
@@ -153,10 +153,10 @@ def _bif(loss_fn, checkpoints, data, config, key, probe, component, per_token, b
         valid = rows < num_rows
         rows = np.where(valid, rows, 0)
         chains = run_chains(
-            loss_fn, checkpoints, data, config, key=key, masks=masks, observe=observe,
-            observe_data={"probe": probe, "rows": jnp.asarray(rows, jnp.int32)}, accumulator=accumulator,
-            init_losses=init_losses, progress=progress,
-            description=f"BIF rows {start}-{min(start + block, num_rows)}" if block < num_rows else "BIF",
+            loss_fn, checkpoints, data, config, key=key, masks=masks,
+            recording=Recording(observe=observe, observe_data={"probe": probe, "rows": jnp.asarray(rows, jnp.int32)},
+                                accumulator=accumulator, init_losses=init_losses),
+            progress=progress and (f"BIF rows {start}-{min(start + block, num_rows)}" if block < num_rows else "BIF"),
         )
         init_losses = chains.init_loss  # L_n(w*) once per checkpoint, not once per block
         if chains.diverged.all():  # the same trajectories in every block: no need to run the rest

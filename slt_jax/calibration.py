@@ -61,7 +61,7 @@ from slt_jax import diagnostics, kernels, plots, traces
 from slt_jax._src import validation
 from slt_jax.config import SamplerConfig
 from slt_jax.restriction import embed, restrict
-from slt_jax.sampler import ChainsResult, DivergenceError, full_data_loss, run_chains
+from slt_jax.sampler import ChainsResult, DivergenceError, Recording, full_data_loss, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = ["CalibrationResult", "calibrate", "calibration_schedule", "default_step_sizes", "auto_step_size", "RULE"]
@@ -268,7 +268,7 @@ def default_step_sizes(
     batches = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[indices]), data)
     flat = ravel_pytree(params)[0]
     start = jnp.asarray(rng.normal(size=flat.shape), flat.dtype)
-    mask = validation.check_masks(component, params, None, name="component")
+    mask = validation.check_masks(component, params, name="component")
     restriction = restrict(mask, params)
     num_coordinates = restriction.num_sampled
 
@@ -304,7 +304,7 @@ def default_step_sizes(
     for attempt in range(PILOT_ROUNDS):  # one compiled program: only the step size changes
         chains = run_chains(
             loss_fn, [params], data, pilot.replace(step_size=largest / 4.0), key=jax.random.fold_in(pilot_key, attempt),
-            masks=None if mask is None else [mask], init_losses=init_loss, progress=False, description="step-size pilot",
+            masks=None if mask is None else [mask], recording=Recording(init_losses=init_loss), progress=False,
         )
         if np.asarray(chains.diverged).any():
             largest /= 8.0
@@ -500,8 +500,8 @@ def calibrate(
     )
     chains = run_chains(
         loss_fn, [params], data, schedule, key=key, masks=None if component is None else [component],
-        grid={"step_size": step_size, "nbeta": nbeta, "localization": localization}, progress=progress,
-        description="calibration", **traces.estimator_options(loss_estimator),
+        grid={"step_size": step_size, "nbeta": nbeta, "localization": localization},
+        recording=Recording(**traces.estimator_options(loss_estimator)), progress=progress and "calibration",
     )
     draws = traces.llc_draws(chains, loss_estimator)  # (G, C, D) nβ(L - L*)
     burnin_draws = int(burnin_fraction * schedule.num_draws)

@@ -554,7 +554,7 @@ def negative_control(
     control = _control_config(config)
     chains = run_chains(
         loss_fn, [params], data, control, key=key, masks=None if component is None else [component],
-        progress=progress, description="negative control",
+        progress=progress and "negative control",
     )
     num_coordinates = int(chains.num_sampled[0])
     variance_trace = np.asarray(chains.distance[0], np.float64) ** 2 / num_coordinates

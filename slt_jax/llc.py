@@ -24,7 +24,7 @@ import numpy as np
 from slt_jax import calibration, diagnostics, traces
 from slt_jax._src import planning
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsResult, DivergenceError, run_chains
+from slt_jax.sampler import ChainsResult, DivergenceError, Recording, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = ["LLCResult", "LLCTable", "estimate_llc", "estimate_llc_table", "llc_result"]
@@ -179,7 +179,7 @@ def estimate_llc(
         )
     chains = run_chains(
         loss_fn, [params], data, config, key=key, masks=None if component is None else [component],
-        progress=progress, checkpoint_dir=checkpoint_dir, description="LLC", **options,
+        recording=Recording(**options), progress=progress and "LLC", resume_dir=checkpoint_dir,
     )
     if calibrated is not None:
         chains.settings["calibration"] = {"reason": calibrated.reason, "step_sizes": calibrated.step_size.tolist()}
@@ -335,8 +335,8 @@ def estimate_llc_table(
             loss_fn, checkpoints[-1], data, config, key=key, loss_estimator=loss_estimator, progress=progress
         )
     chains = run_chains(
-        loss_fn, list(checkpoints), data, config, key=key, masks=masks, progress=progress,
-        checkpoint_dir=checkpoint_dir, description="LLC table", **options,
+        loss_fn, list(checkpoints), data, config, key=key, masks=masks, recording=Recording(**options),
+        progress=progress and "LLC table", resume_dir=checkpoint_dir,
     )
     if calibrated is not None:
         chains.settings["calibration"] = {

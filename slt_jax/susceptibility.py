@@ -60,7 +60,7 @@ import numpy as np
 from slt_jax import reliability, stats, traces
 from slt_jax._src import validation
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsResult, DivergenceError, run_chains
+from slt_jax.sampler import ChainsResult, DivergenceError, Recording, run_chains
 from slt_jax.stats import ProbeLabels
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params
 
@@ -329,7 +329,7 @@ def _components(components, include_full: bool, method: str, params: Params) -> 
     names, masks = [], []
     for name, mask in components.items():
         names.append(str(name))
-        masks.append(None if mask is None else validation.check_masks(mask, params, None, name=f"components[{name!r}]"))
+        masks.append(None if mask is None else validation.check_masks(mask, params, name=f"components[{name!r}]"))
     return names, masks
 
 
@@ -418,9 +418,10 @@ def _susceptibilities(loss_fn, checkpoints, data, config, key, probes, component
         probe_batch_size=probe_batch_size, full_batch_size=config.batch_size,
     )
     chains = run_chains(
-        loss_fn, checkpoints, data, config, key=key, masks=masks, observe=observed.observe,
-        observe_data=observed.observe_data, accumulator=observed.accumulator, keep_traces=keep_traces,
-        center_loss=centering == "probe", progress=progress, description="susceptibilities",
+        loss_fn, checkpoints, data, config, key=key, masks=masks,
+        recording=Recording(observe=observed.observe, observe_data=observed.observe_data, accumulator=observed.accumulator,
+                            keep_traces=keep_traces, center_loss=centering == "probe"),
+        progress=progress and "susceptibilities",
     )
     num_m = len(names)
     results = [

@@ -294,15 +294,15 @@ def test_center_loss_gathered_from_cached_example_losses_equals_a_forward_pass(p
     loss_fn, w_star, data = problem
     config = CONFIG.replace(num_draws=60)
     centers = [w_star, w_star * 1.02]
-    cached = sj.run_chains(loss_fn, centers, data, config, key=2, center_loss=True, progress=False)
+    cached = sj.run_chains(loss_fn, centers, data, config, key=2, recording=sj.Recording(center_loss=True), progress=False)
     monkeypatch.setattr(planning, "_CENTER_CACHE_MAX_BYTES", 0)  # forces the per-draw forward pass
-    forward = sj.run_chains(loss_fn, centers, data, config, key=2, center_loss=True, progress=False)
+    forward = sj.run_chains(loss_fn, centers, data, config, key=2, recording=sj.Recording(center_loss=True), progress=False)
     np.testing.assert_array_equal(cached.loss, forward.loss)
     np.testing.assert_allclose(cached.center_loss, forward.center_loss, rtol=1e-5)
     # A scalar-mean loss has no per-example losses: the forward pass is used, with the same values.
     scalar_loss = lambda w, batch: jnp.mean(loss_fn(w, batch))
     monkeypatch.undo()
-    scalar = sj.run_chains(scalar_loss, centers, data, config, key=2, center_loss=True, progress=False)
+    scalar = sj.run_chains(scalar_loss, centers, data, config, key=2, recording=sj.Recording(center_loss=True), progress=False)
     np.testing.assert_allclose(scalar.center_loss, forward.center_loss, rtol=1e-5)
     assert planning._center_caches(scalar_loss, centers, data, config, 1, ()) is None
     caches = planning._center_caches(loss_fn, centers, data, config, 1, (config.batch_size,))
