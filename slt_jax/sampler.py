@@ -77,7 +77,9 @@ def draw_steps(config: SamplerConfig, num_draws: int | None = None) -> np.ndarra
 
     ``num_draws`` defaults to ``config.num_draws`` (pass a trace's length for a partial one).
 
-    >>> draw_steps(SamplerConfig(step_size=1e-3, num_burnin=10, num_draws=3, num_steps_between_draws=5))
+    >>> config = SamplerConfig(step_size=1e-3, localization=1.0, batch_size=32, num_burnin=10, num_draws=3,
+    ...                        num_steps_between_draws=5)
+    >>> draw_steps(config)
     array([10, 15, 20])
     """
     num_draws = config.num_draws if num_draws is None else int(num_draws)
@@ -281,16 +283,15 @@ class _Progress(NamedTuple):
     chunks_done: int
 
 
-def _chunk_call(inputs: tuple, progress: _Progress, chunk: tuple, static: program.Static, shardings):
+def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, static: program.Static, shardings):
     """The static settings and arguments of one chunk's program call."""
-    length, steps_per_draw, recorded = chunk
-    chunk_static = static._replace(num_draws=length, steps_per_draw=steps_per_draw, recorded=recorded)
+    chunk_static = static._replace(num_draws=chunk.num_draws, steps_per_draw=chunk.steps_per_draw, recorded=chunk.recorded)
     carry = progress.carry
     chain_keys, data, centers, variants, observe_data = inputs
-    if not recorded:
+    if not chunk.recorded:
         chunk_static = chunk_static._replace(recording=Recording(), center_cache=False)
         carry, observe_data = carry._replace(accumulator=None), None
-    start = _offsets(progress.step, progress.draw if recorded else 0, shardings)
+    start = _offsets(progress.step, progress.draw if chunk.recorded else 0, shardings)
     return chunk_static, (carry, chain_keys, data, centers, variants, start, observe_data)
 
 
@@ -338,21 +339,20 @@ def _drive(plan: planning.Plan, group_index: int, group: planning.Group, bar, re
         diverged_at = multihost.to_host(progress.carry.diverged_at)  # the one host sync per chunk
         sampling_seconds += time.perf_counter() - start
         if resume is not None:
-            resume.save(index, progress.carry, record if chunk[2] else None, progress.step, progress.draw)
-        bar.update(chunk[0] * chunk[1])
+            resume.save(index, progress.carry, record if chunk.recorded else None, progress.step, progress.draw)
+        bar.update(chunk.num_steps)
         if np.all(diverged_at >= 0):
             stopped_early = progress.step < config.num_steps
             break
     return _GroupRun(progress.records, progress.carry, progress.step, stopped_early, compile_seconds, sampling_seconds)
 
 
-def _advance(progress: _Progress, chunk: tuple, new_carry: program.Carry, record) -> _Progress:
+def _advance(progress: _Progress, chunk: planning.Chunk, new_carry: program.Carry, record) -> _Progress:
     """The run's standing after a chunk: an unrecorded (burn-in) chunk keeps the accumulator."""
-    length, steps_per_draw, recorded = chunk
-    step = progress.step + length * steps_per_draw
-    if not recorded:
+    step = progress.step + chunk.num_steps
+    if not chunk.recorded:
         return progress._replace(carry=new_carry._replace(accumulator=progress.carry.accumulator), step=step)
-    return _Progress(new_carry, progress.records + [record], step, progress.draw + length, progress.chunks_done)
+    return _Progress(new_carry, progress.records + [record], step, progress.draw + chunk.num_draws, progress.chunks_done)
 
 
 # ---------------------------------------------------------------------------------------------

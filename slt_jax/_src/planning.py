@@ -33,7 +33,7 @@ from slt_jax.kernels import Hyperparameters, SGLDInfo
 from slt_jax._src.program import DrawContext, Recording, full_data_loss
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
-__all__ = ["Plan", "Group", "Variant", "prepare", "groups", "schedule", "configuration_bytes", "default_memory_budget",
+__all__ = ["Plan", "Group", "Variant", "Chunk", "prepare", "groups", "schedule", "configuration_bytes", "default_memory_budget",
            "example_draw", "observed_shapes"]
 
 # Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
@@ -389,10 +389,23 @@ def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, r
     return lengths
 
 
-def schedule(config: SamplerConfig, per_step_bytes: int) -> list[tuple[int, int, bool]]:
-    """(draws, steps per draw, recorded) per chunk: burn-in chunks first, then the recorded ones."""
+class Chunk(NamedTuple):
+    """One call of the chunk program: ``num_draws * steps_per_draw`` steps, recording a draw at the
+    first of every ``steps_per_draw`` when ``recorded`` (burn-in chunks record nothing)."""
+
+    num_draws: int
+    steps_per_draw: int
+    recorded: bool
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_draws * self.steps_per_draw
+
+
+def schedule(config: SamplerConfig, per_step_bytes: int) -> list[Chunk]:
+    """The chunks of a group's run: burn-in chunks first, then the recorded ones."""
     burnin = _chunk_lengths(config.num_burnin, 1, per_step_bytes, config.chunk_draws)
     draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws)
-    return [(length, 1, False) for length in burnin] + [(length, config.num_steps_between_draws, True) for length in draws]
+    return [Chunk(length, 1, False) for length in burnin] + [Chunk(length, config.num_steps_between_draws, True) for length in draws]
 
 
