@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -71,13 +71,13 @@ class Recording(NamedTuple):
             it with one full-data pass per centre.
     """
 
-    observe: Callable[[Params, SGLDInfo, "DrawContext"], PyTree] | None = None
+    observe: Callable[[Params, SGLDInfo, DrawContext], PyTree] | None = None
     observe_data: PyTree | None = None
     accumulator: Accumulator | None = None
     keep_traces: bool = False
     full_loss_every: int = 0
     center_loss: bool = False
-    init_losses: Array | None = None
+    init_losses: Sequence[float] | None = None
 
     def compiled_part(self) -> Recording:
         """The settings that shape the compiled program (hashable): the data fields dropped, and
