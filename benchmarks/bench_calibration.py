@@ -98,7 +98,7 @@ def run(widths, rank, localization, schedule, step_grid, seed=0):
 
     start = time.perf_counter()
     hand = sj.run_chains(loss_fn, [params], data, config.replace(step_size=float(step_grid[0])), key=seed,
-                         grid={"step_size": step_grid}, center_loss=True, progress=False)
+                         grid={"step_size": step_grid}, recording=sj.Recording(center_loss=True), progress=False)
     hand_seconds = time.perf_counter() - start
     per_setting = [stats(row) for row in paired_llc(hand)]
     errors = np.array([abs(m - lam) if np.isfinite(m) else np.inf for m, _ in per_setting])

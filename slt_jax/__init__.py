@@ -15,8 +15,8 @@ from slt_jax._src import program
 from slt_jax.zoo import theory
 from slt_jax.config import NbetaConventionWarning, SamplerConfig, batch_nbeta, default_nbeta, enable_compilation_cache
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
-from slt_jax._src.program import Accumulator, DrawContext, compile_count
-from slt_jax.sampler import ChainsOutput, DivergenceError, full_data_loss, run_chains
+from slt_jax._src.program import Accumulator, DrawContext, Recording, compile_count
+from slt_jax.sampler import ChainsResult, DivergenceError, draw_steps, full_data_loss, run_chains
 
 # --- adapters, masks, models, tasks, gridworld ---
 from slt_jax import adapters, masks, training

@@ -30,7 +30,7 @@ import numpy as np
 from slt_jax import reliability, stats, traces
 from slt_jax._src import validation
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
+from slt_jax.sampler import ChainsResult, DivergenceError, Recording, run_chains
 from slt_jax.stats import ProbeLabels
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
@@ -51,7 +51,7 @@ class BIFResult:
         labels: ``ProbeLabels`` of the rows.
         nbeta: nβ of the run.
         diverged: ``(num_chains,)`` bool.
-        chains: this checkpoint's configuration of the ``ChainsOutput`` (of the last block's run).
+        chains: this checkpoint's configuration of the ``ChainsResult`` (of the last block's run).
     """
 
     bif: np.ndarray
@@ -62,7 +62,7 @@ class BIFResult:
     labels: ProbeLabels
     nbeta: float
     diverged: np.ndarray
-    chains: ChainsOutput
+    chains: ChainsResult
 
     @property
     def config(self) -> SamplerConfig:
@@ -113,7 +113,7 @@ def _build(loss_fn, per_token, probe_batch_size):
     return observe, accumulator
 
 
-def _result(cov: np.ndarray, stderr: np.ndarray, chains: ChainsOutput, labels: ProbeLabels) -> BIFResult:
+def _result(cov: np.ndarray, stderr: np.ndarray, chains: ChainsResult, labels: ProbeLabels) -> BIFResult:
     """The ``BIFResult`` of one checkpoint: its chain-mean covariance, stderr and configuration."""
     diverged = np.asarray(chains.diverged[0], bool)
     good = np.asarray(chains.accumulator.mean_y[0], np.float64)[~diverged]
@@ -139,7 +139,7 @@ def _bif(loss_fn, checkpoints, data, config, key, probe, component, per_token, b
     block = num_rows if block_size is None else min(validation.check_positive_int(block_size, "block_size"), num_rows)
     if probe_batch_size is not None:
         probe_batch_size = validation.check_positive_int(probe_batch_size, "probe_batch_size")
-    masks = None if component is None else [validation.check_masks(component, checkpoints[0], None, name="component")]
+    masks = None if component is None else [validation.check_masks(component, checkpoints[0], name="component")]
     observe, accumulator = _build(loss_fn, bool(per_token), probe_batch_size)
     probe = jax.tree.map(jnp.asarray, probe)
     num_k = len(checkpoints)
@@ -153,10 +153,10 @@ def _bif(loss_fn, checkpoints, data, config, key, probe, component, per_token, b
         valid = rows < num_rows
         rows = np.where(valid, rows, 0)
         chains = run_chains(
-            loss_fn, checkpoints, data, config, key=key, masks=masks, observe=observe,
-            observe_data={"probe": probe, "rows": jnp.asarray(rows, jnp.int32)}, accumulator=accumulator,
-            init_losses=init_losses, progress=progress,
-            description=f"BIF rows {start}-{min(start + block, num_rows)}" if block < num_rows else "BIF",
+            loss_fn, checkpoints, data, config, key=key, masks=masks,
+            recording=Recording(observe=observe, observe_data={"probe": probe, "rows": jnp.asarray(rows, jnp.int32)},
+                                accumulator=accumulator, init_losses=init_losses),
+            progress=progress and (f"BIF rows {start}-{min(start + block, num_rows)}" if block < num_rows else "BIF"),
         )
         init_losses = chains.init_loss  # L_n(w*) once per checkpoint, not once per block
         if chains.diverged.all():  # the same trajectories in every block: no need to run the rest
@@ -256,7 +256,7 @@ def estimate_bif_over_checkpoints(
 
     Returns:
         ``{step: BIFResult}`` in checkpoint order, each holding its own configuration of the
-        ``ChainsOutput``. ``DivergenceError`` only if every chain of every checkpoint diverged.
+        ``ChainsResult``. ``DivergenceError`` only if every chain of every checkpoint diverged.
 
     >>> import jax.numpy as jnp, slt_jax as sj
     >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2

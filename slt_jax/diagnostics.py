@@ -2,7 +2,7 @@
 
 docs/conventions.md §4: a trustworthy loss trace rises above L_n(w*), levels off quickly, has no large spikes,
 and its chains level off at the same value (R-hat ≈ 1). Everything here reads the per-draw records
-that every run already has (``ChainsOutput``: loss, grad_norm, noise_norm, mala_acceptance, ...), so
+that every run already has (``ChainsResult``: loss, grad_norm, noise_norm, mala_acceptance, ...), so
 it costs nothing extra on device. The per-draw values nβ(L_d - L_n(w*)) come from
 ``slt_jax.traces.llc_draws`` (the one place that computes them); ESS and R-hat from
 ``slt_jax.traces.loss_diagnostics``.
@@ -32,7 +32,7 @@ from numpyro import diagnostics as numpyro_diagnostics
 
 from slt_jax import traces
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
+from slt_jax.sampler import ChainsResult, DivergenceError, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = [
@@ -461,7 +461,7 @@ class NegativeControlResult:
         relative_error: measured / expected - 1.
         num_coordinates: d, the number of sampled coordinates.
         variance_trace: ``(num_chains, num_draws)`` ||w - w*||² / d at each draw.
-        chains: the raw ``ChainsOutput`` (one configuration; its ``config`` is the control's).
+        chains: the raw ``ChainsResult`` (one configuration; its ``config`` is the control's).
     """
 
     measured_variance: float
@@ -471,7 +471,7 @@ class NegativeControlResult:
     relative_error: float
     num_coordinates: int
     variance_trace: np.ndarray
-    chains: ChainsOutput
+    chains: ChainsResult
 
     @property
     def passed(self) -> bool:
@@ -554,7 +554,7 @@ def negative_control(
     control = _control_config(config)
     chains = run_chains(
         loss_fn, [params], data, control, key=key, masks=None if component is None else [component],
-        progress=progress, description="negative control",
+        progress=progress and "negative control",
     )
     num_coordinates = int(chains.num_sampled[0])
     variance_trace = np.asarray(chains.distance[0], np.float64) ** 2 / num_coordinates

@@ -39,7 +39,7 @@ from slt_jax.calibration import CalibrationResult
 from slt_jax.config import SamplerConfig
 from slt_jax.development import Development
 from slt_jax.llc import LLCResult, LLCTable
-from slt_jax.sampler import ChainsOutput
+from slt_jax.sampler import ChainsResult
 
 __all__ = ["save", "load", "read_header", "register", "to_xarray", "to_dataframe", "to_arviz", "FORMAT", "RESULT_TYPES"]
 
@@ -49,7 +49,7 @@ _REGISTRY: dict[str, type] = {}
 
 # The result types of the estimators (each round-trips through save / load; tested).
 RESULT_TYPES = (
-    LLCResult, LLCTable, ChainsOutput, CalibrationResult, susceptibility.SusceptibilityResult, bif.BIFResult, Development,
+    LLCResult, LLCTable, ChainsResult, CalibrationResult, susceptibility.SusceptibilityResult, bif.BIFResult, Development,
 )
 
 
@@ -182,8 +182,8 @@ def _versions() -> dict:
     return {"slt_jax": getattr(sys.modules.get("slt_jax"), "__version__", "unknown"), "jax": jax.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _chains_of(result) -> ChainsOutput | None:
-    return result if isinstance(result, ChainsOutput) else getattr(result, "chains", None)
+def _chains_of(result) -> ChainsResult | None:
+    return result if isinstance(result, ChainsResult) else getattr(result, "chains", None)
 
 
 def _description(result) -> tuple[dict | None, dict | None]:
@@ -191,7 +191,7 @@ def _description(result) -> tuple[dict | None, dict | None]:
     chains = _chains_of(result)
     settings = getattr(result, "settings", None)
     if not isinstance(settings, dict):
-        settings = getattr(chains, "settings", None) if isinstance(chains, ChainsOutput) else None
+        settings = getattr(chains, "settings", None) if isinstance(chains, ChainsResult) else None
     config = getattr(result, "config", None)
     if not isinstance(config, SamplerConfig):
         config = getattr(chains, "config", None)
@@ -290,7 +290,7 @@ def _tree_variables(prefix: str, tree, dims: tuple[str, ...]) -> dict:
     return variables
 
 
-def _final_position_variables(chains: ChainsOutput, lead: tuple[str, ...]) -> dict:
+def _final_position_variables(chains: ChainsResult, lead: tuple[str, ...]) -> dict:
     """One variable per sampled leaf: ``(config, chain, ...)`` when every configuration's piece has
     the same shape, else one ``final_positions[g]...`` variable per configuration."""
     positions = chains.final_positions
@@ -305,7 +305,7 @@ def _final_position_variables(chains: ChainsOutput, lead: tuple[str, ...]) -> di
     return variables
 
 
-def _chains_variables(chains: ChainsOutput, lead: tuple[str, ...] = ("config",)) -> dict:
+def _chains_variables(chains: ChainsResult, lead: tuple[str, ...] = ("config",)) -> dict:
     """The chains' arrays with dims ``lead + (chain, draw)``; ``lead=()`` squeezes one configuration."""
     squeeze = (lambda x: np.asarray(x)[0]) if not lead else np.asarray
     variables = {}
@@ -328,13 +328,13 @@ def _chains_variables(chains: ChainsOutput, lead: tuple[str, ...] = ("config",))
     return variables
 
 
-def _draw_coords(chains: ChainsOutput) -> dict:
+def _draw_coords(chains: ChainsResult) -> dict:
     config = chains.config
     num_draws = np.shape(chains.loss)[-1]
     return {"step": ("draw", config.num_burnin + np.arange(num_draws) * config.num_steps_between_draws)}
 
 
-def _hyper_coords(chains: ChainsOutput, dim: str) -> dict:
+def _hyper_coords(chains: ChainsResult, dim: str) -> dict:
     return {name: (dim, np.asarray(value)) for name, value in chains.hyperparameters._asdict().items()}
 
 
@@ -349,7 +349,7 @@ def _scalar_attrs(result) -> dict:
 def to_xarray(result):
     """An ``xarray.Dataset`` with named dimensions.
 
-    * ``ChainsOutput``: ``(config, chain, draw)``, with the hyperparameters, centre and variant
+    * ``ChainsResult``: ``(config, chain, draw)``, with the hyperparameters, centre and variant
       index of each configuration as coordinates / variables;
     * ``LLCResult``: ``(chain, draw)`` (its one configuration);
     * ``LLCTable``: ``table.to_xarray()``, ``(checkpoint, component, chain)``;
@@ -376,7 +376,7 @@ def to_xarray(result):
         )
         attrs.update(_scalar_attrs(result))
         coords.update(_draw_coords(chains))
-    elif isinstance(result, ChainsOutput):
+    elif isinstance(result, ChainsResult):
         variables = _chains_variables(result, ("config",))
         coords.update(_draw_coords(result), **_hyper_coords(result, "config"))
         attrs.update(num_steps=result.num_steps, compile_seconds=result.compile_seconds, sampling_seconds=result.sampling_seconds)
@@ -449,7 +449,7 @@ def to_arviz(result, *, config: int | None = None):
     and ``az.plot_trace`` work.
 
     Args:
-        result: an ``LLCResult`` (its loss estimator), a ``ChainsOutput`` (the minibatch loss;
+        result: an ``LLCResult`` (its loss estimator), a ``ChainsResult`` (the minibatch loss;
             ``config`` picks the configuration when there are several) or a ``CalibrationResult``
             (its loss estimator; ``config`` = setting index, default the recommended one).
         config: configuration index.
@@ -457,7 +457,7 @@ def to_arviz(result, *, config: int | None = None):
     az = _require("arviz")
     if isinstance(result, LLCResult):
         chains, loss_estimator = result.chains, result.loss_estimator
-    elif isinstance(result, (ChainsOutput, CalibrationResult)):
+    elif isinstance(result, (ChainsResult, CalibrationResult)):
         chains = _chains_of(result)
         loss_estimator = result.settings.get("loss_estimator", "paired") if isinstance(result, CalibrationResult) else "minibatch"
         if isinstance(result, CalibrationResult) and config is None:
@@ -465,10 +465,10 @@ def to_arviz(result, *, config: int | None = None):
                 raise ValueError(f"no setting was recommended ({result.reason}); pass config=<setting index>.")
             config = result.recommended_index
         if config is None and chains.num_configs > 1:
-            raise ValueError(f"this ChainsOutput holds {chains.num_configs} configurations: pass config=<index>.")
+            raise ValueError(f"this ChainsResult holds {chains.num_configs} configurations: pass config=<index>.")
         chains = chains.select(0 if config is None else config)
     else:
-        raise TypeError(f"to_arviz needs an LLCResult, ChainsOutput or CalibrationResult, got {type(result).__name__}.")
+        raise TypeError(f"to_arviz needs an LLCResult, ChainsResult or CalibrationResult, got {type(result).__name__}.")
     loss = traces.loss_trace(chains, loss_estimator)[0]
     posterior = {"loss": loss, "llc": traces.llc_draws(chains, loss_estimator)[0]}
     sample_stats = {name: np.asarray(getattr(chains, name))[0] for name in _TRACES[1:] if getattr(chains, name) is not None}

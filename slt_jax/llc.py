@@ -24,7 +24,7 @@ import numpy as np
 from slt_jax import calibration, diagnostics, traces
 from slt_jax._src import planning
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
+from slt_jax.sampler import ChainsResult, DivergenceError, Recording, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = ["LLCResult", "LLCTable", "estimate_llc", "estimate_llc_table", "llc_result"]
@@ -50,7 +50,7 @@ class LLCResult:
         rhat: split R-hat of the loss trace (numpyro); NaN with one chain.
         diverged: ``(num_chains,)`` bool.
         loss_estimator: which loss entered λ̂ (``slt_jax.traces``).
-        chains: the raw ``ChainsOutput`` of this one configuration (leading axis 1).
+        chains: the raw ``ChainsResult`` of this one configuration (leading axis 1).
     """
 
     llc_mean: float
@@ -64,7 +64,7 @@ class LLCResult:
     rhat: float
     diverged: np.ndarray
     loss_estimator: str
-    chains: ChainsOutput
+    chains: ChainsResult
 
     @property
     def config(self) -> SamplerConfig:
@@ -89,8 +89,8 @@ class LLCResult:
         )
 
 
-def llc_result(chains: ChainsOutput, loss_estimator: str = "minibatch") -> LLCResult:
-    """The ``LLCResult`` of a one-configuration ``ChainsOutput`` (``chains.select(g)``)."""
+def llc_result(chains: ChainsResult, loss_estimator: str = "minibatch") -> LLCResult:
+    """The ``LLCResult`` of a one-configuration ``ChainsResult`` (``chains.select(g)``)."""
     if chains.num_configs != 1:
         raise ValueError(f"llc_result needs one configuration; select one with chains.select(g) (got {chains.num_configs}).")
     shifted = traces.llc_draws(chains, loss_estimator)[0]  # (C, D)
@@ -179,7 +179,7 @@ def estimate_llc(
         )
     chains = run_chains(
         loss_fn, [params], data, config, key=key, masks=None if component is None else [component],
-        progress=progress, checkpoint_dir=checkpoint_dir, description="LLC", **options,
+        recording=Recording(**options), progress=progress and "LLC", resume_dir=checkpoint_dir,
     )
     if calibrated is not None:
         chains.settings["calibration"] = {"reason": calibrated.reason, "step_sizes": calibrated.step_size.tolist()}
@@ -201,7 +201,7 @@ class LLCTable:
         init_loss: ``(K,)`` L_n(w*) of each checkpoint.
         num_sampled: ``(M,)`` coordinates each component's chains move.
         loss_estimator: which loss entered λ̂.
-        chains: the ``ChainsOutput`` of the whole run (configurations g = k * M + m).
+        chains: the ``ChainsResult`` of the whole run (configurations g = k * M + m).
     """
 
     steps: np.ndarray
@@ -215,7 +215,7 @@ class LLCTable:
     init_loss: np.ndarray
     num_sampled: np.ndarray
     loss_estimator: str
-    chains: ChainsOutput
+    chains: ChainsResult
 
     @property
     def unreliable(self) -> np.ndarray:
@@ -335,8 +335,8 @@ def estimate_llc_table(
             loss_fn, checkpoints[-1], data, config, key=key, loss_estimator=loss_estimator, progress=progress
         )
     chains = run_chains(
-        loss_fn, list(checkpoints), data, config, key=key, masks=masks, progress=progress,
-        checkpoint_dir=checkpoint_dir, description="LLC table", **options,
+        loss_fn, list(checkpoints), data, config, key=key, masks=masks, recording=Recording(**options),
+        progress=progress and "LLC table", resume_dir=checkpoint_dir,
     )
     if calibrated is not None:
         chains.settings["calibration"] = {

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from slt_jax import traces
-from slt_jax.sampler import ChainsOutput
+from slt_jax.sampler import ChainsResult
 
 __all__ = ["plot_traces", "plot_calibration", "plot_llc_checkpoints", "plot_response_pca", "plot_embedding", "plot_trajectories"]
 
@@ -30,13 +30,13 @@ def _finish(figure: Figure, path) -> Figure:
 
 
 def _trace_inputs(result, config: int):
-    """(one-configuration ChainsOutput, loss_estimator) of an ``LLCResult`` or a ``ChainsOutput``."""
-    if isinstance(result, ChainsOutput):
+    """(one-configuration ChainsResult, loss_estimator) of an ``LLCResult`` or a ``ChainsResult``."""
+    if isinstance(result, ChainsResult):
         if not 0 <= config < result.num_configs:
-            raise ValueError(f"config={config} but the ChainsOutput has {result.num_configs} configurations.")
+            raise ValueError(f"config={config} but the ChainsResult has {result.num_configs} configurations.")
         return result.select(config), "minibatch"
-    if not isinstance(getattr(result, "chains", None), ChainsOutput):
-        raise TypeError(f"plot_traces needs an LLCResult or a ChainsOutput, got {type(result).__name__}.")
+    if not isinstance(getattr(result, "chains", None), ChainsResult):
+        raise TypeError(f"plot_traces needs an LLCResult or a ChainsResult, got {type(result).__name__}.")
     return result.chains, result.loss_estimator
 
 
@@ -44,10 +44,10 @@ def plot_traces(result, *, burnin_draws: int = 0, config: int = 0, title: str | 
     """Loss per chain (with L(w*)) and the running LLC per chain, burn-in shaded.
 
     Args:
-        result: an ``LLCResult`` (its loss estimator's trace) or a ``ChainsOutput`` (the minibatch
+        result: an ``LLCResult`` (its loss estimator's trace) or a ``ChainsResult`` (the minibatch
             loss; ``config`` picks one configuration of a grid).
         burnin_draws: recorded draws also treated as burn-in (shaded, excluded from the running LLC).
-        config: configuration index of a ``ChainsOutput``.
+        config: configuration index of a ``ChainsResult``.
         title: figure title.
         path: where to save the figure (optional).
     """

@@ -20,8 +20,9 @@ How it runs (``run_chains`` = prepare and group (``slt_jax._src.planning``), dri
   or on whether a run was resumed, and a configuration gives the same numbers alone or in a stack.
 * Minibatches are drawn WITH replacement (i.i.d. uniform indices), gathered on device; with
   ``batch_size == n`` every step uses the whole dataset (exact full-batch SGLD, not a bootstrap).
-* Per-draw observables and on-device accumulators (``observe`` / ``accumulator``) are evaluated
-  inside the same program at the draw's full parameters; full traces are kept only when asked.
+* What each draw records besides the loss and diagnostics is one ``Recording`` (observables and
+  on-device accumulators, full-data loss, loss at w*), evaluated inside the same program at the
+  draw's full parameters; full traces are kept only when asked.
 * Chains are split over every device when ``num_chains`` is a multiple of the device count, and
   over every process's devices after ``jax.distributed.initialize`` (``slt_jax._src.multihost``): every
   process makes the same call, the host reads are all-gathers, and every process returns the same,
@@ -31,8 +32,9 @@ How it runs (``run_chains`` = prepare and group (``slt_jax._src.planning``), dri
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -40,19 +42,21 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from slt_jax._src import checkpoint as checkpoint_lib
 from slt_jax import kernels, restriction
+from slt_jax._src import checkpoint as checkpoint_lib
 from slt_jax._src import multihost, planning, program
+from slt_jax._src.planning import default_memory_budget
+from slt_jax._src.program import Accumulator, DrawContext, Recording, compile_count, full_data_loss
 from slt_jax.config import SamplerConfig
 from slt_jax.kernels import Hyperparameters, SGLDInfo, SGLDState
-from slt_jax._src.planning import default_memory_budget
-from slt_jax._src.program import Accumulator, DrawContext, compile_count, full_data_loss
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params, PyTree
 
 __all__ = [
     "Accumulator",
     "DrawContext",
-    "ChainsOutput",
+    "Recording",
+    "ChainsResult",
+    "draw_steps",
     "DivergenceError",
     "run_chains",
     "full_data_loss",
@@ -67,6 +71,21 @@ __all__ = [
 _BULK_NOISE_MAX_PARAMETERS = 2**16
 
 
+def draw_steps(config: SamplerConfig, num_draws: int | None = None) -> np.ndarray:
+    """The SGLD step of each draw, ``(num_draws,)`` int: draw d is the state entering step
+    ``num_burnin + d * num_steps_between_draws`` (steps counted from 0).
+
+    ``num_draws`` defaults to ``config.num_draws`` (pass a trace's length for a partial one).
+
+    >>> config = SamplerConfig(step_size=1e-3, localization=1.0, batch_size=32, num_burnin=10, num_draws=3,
+    ...                        num_steps_between_draws=5)
+    >>> draw_steps(config)
+    array([10, 15, 20])
+    """
+    num_draws = config.num_draws if num_draws is None else int(num_draws)
+    return config.num_burnin + np.arange(num_draws) * config.num_steps_between_draws
+
+
 class DivergenceError(RuntimeError):
     """Raised when every chain diverged; ``.result`` holds what was sampled."""
 
@@ -76,7 +95,7 @@ class DivergenceError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class ChainsOutput:
+class ChainsResult:
     """What ``run_chains`` returns. Leading axes ``(num_configs, num_chains)``; numpy on host.
 
     Attributes:
@@ -134,7 +153,12 @@ class ChainsOutput:
     def num_configs(self) -> int:
         return int(self.loss.shape[0])
 
-    def select(self, index: int | Sequence[int]) -> ChainsOutput:
+    @property
+    def draw_steps(self) -> np.ndarray:
+        """The SGLD step of each draw, ``(D,)`` (``slt_jax.sampler.draw_steps``)."""
+        return draw_steps(self.config, self.loss.shape[2])
+
+    def select(self, index: int | Sequence[int]) -> ChainsResult:
         """The configurations ``index`` (an int keeps a leading axis of 1), every field sliced."""
         indices = np.atleast_1d(np.asarray(index, int))
         take = lambda x: None if x is None else x[indices]
@@ -150,7 +174,7 @@ class ChainsOutput:
             elif isinstance(value, np.ndarray):
                 value = take(value)
             fields[field.name] = value
-        return ChainsOutput(**fields)
+        return ChainsResult(**fields)
 
 
 class _GroupRun(NamedTuple):
@@ -162,58 +186,67 @@ class _GroupRun(NamedTuple):
     sampling_seconds: float
 
 
-def _group_inputs(plan: planning.Plan, config: SamplerConfig, group: planning.Group):
+class _GroupInputs(NamedTuple):
+    """A group's traced inputs (leading axes (K, V, C) for the carry) and its program settings."""
+
+    carry: program.Carry
+    centers: program.CenterInputs
+    variants: program.VariantInputs
+    static: program.Static
+
+
+def _start_state(plan: planning.Plan, group: planning.Group, centers: Params, offsets: tuple) -> SGLDState:
+    """Every chain's state at its own centre's piece, ``(K, V, C, ...)``."""
+    layout = plan.variants[group.variants[0]].restriction.layout
+    num_k, num_v, num_c = len(group.centers), len(group.variants), plan.config.num_chains
+    start = jax.vmap(lambda c: jax.vmap(lambda o: restriction.extract(layout, o, c), axis_size=num_v)(offsets))(centers)
+    state = kernels.init(start, plan.config.preconditioner_spec)
+    per_chain = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x[:, :, None], (num_k, num_v, num_c) + x.shape[2:]), tree)
+    return SGLDState(per_chain(state.position), per_chain(state.second_moment),
+                     jnp.broadcast_to(state.count, (num_k, num_v, num_c) + jnp.shape(state.count)))
+
+
+def _group_inputs(plan: planning.Plan, group: planning.Group) -> _GroupInputs:
     layout = plan.variants[group.variants[0]].restriction.layout
     variants = [plan.variants[v] for v in group.variants]
     offsets = restriction.stack_offsets([v.restriction for v in variants])
-    hyper = Hyperparameters(*(jnp.asarray(np.stack([v.hyper[i] for v in variants]), jnp.float32) for i in range(4)))
+    hyper = jax.tree.map(lambda *xs: jnp.asarray(np.stack(xs), jnp.float32), *[v.hyper for v in variants])
     centers = jax.tree.map(lambda *xs: jnp.stack(xs), *[plan.centers[c] for c in group.centers])
     init_losses = jnp.asarray(plan.init_losses[group.centers], jnp.float32)
     if plan.center_caches is None:
         center_caches = jnp.zeros((len(group.centers), 0), jnp.float32)
     else:
         center_caches = jnp.stack([plan.center_caches[c] for c in group.centers])
-    num_k, num_v, num_c = len(group.centers), len(group.variants), config.num_chains
-    lead = lambda x: jnp.broadcast_to(x, (num_k, num_v, num_c) + jnp.shape(x))
-    # Every chain starts at its own centre's piece.
-    start = jax.vmap(lambda c: jax.vmap(lambda o: restriction.extract(layout, o, c), axis_size=num_v)(offsets))(centers)
-    state = kernels.init(start, config.preconditioner_spec)
-    state = SGLDState(
-        jax.tree.map(lambda x: jnp.broadcast_to(x[:, :, None], (num_k, num_v, num_c) + x.shape[2:]), state.position),
-        None if state.second_moment is None else jax.tree.map(lambda x: jnp.broadcast_to(x[:, :, None], (num_k, num_v, num_c) + x.shape[2:]), state.second_moment),
-        lead(state.count),
-    )
+    lead = lambda x: jnp.broadcast_to(x, (len(group.centers), len(group.variants), plan.config.num_chains) + jnp.shape(x))
+    recording = plan.static.recording
     accumulated = None
-    static = plan.static
-    if static.observe is not None and static.accumulator is not None:
-        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((config.batch_size,) + x.shape[1:], x.dtype), plan.data)
-        info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
-        example = jax.eval_shape(static.observe, plan.centers[0], info, DrawContext(batch, plan.centers[0], jnp.zeros(()), plan.observe_data))
-        accumulated = jax.tree.map(lead, static.accumulator.init(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example)))
-    carry = program.Carry(state, accumulated, jnp.full((num_k, num_v, num_c), -1, jnp.int32))
+    if recording.accumulator is not None:
+        example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), planning.observed_shapes(plan))
+        accumulated = jax.tree.map(lead, recording.accumulator.init(example))
+    carry = program.Carry(_start_state(plan, group, centers, offsets), accumulated, lead(jnp.array(-1, jnp.int32)))
     carry = jax.tree.map(jnp.array, carry)  # own buffers (the chunk program donates its carry)
-    num_sampled = layout.num_sampled
-    static = static._replace(layout=layout, bulk_noise=num_sampled <= _BULK_NOISE_MAX_PARAMETERS)
-    return carry, centers, init_losses, center_caches, offsets, hyper, static
+    static = plan.static._replace(layout=layout, bulk_noise=layout.num_sampled <= _BULK_NOISE_MAX_PARAMETERS)
+    return _GroupInputs(carry, program.CenterInputs(centers, init_losses, center_caches), program.VariantInputs(offsets, hyper),
+                        static)
 
 
-def _open_checkpoint(plan: planning.Plan, directory, group_index, carry, static, schedule, arrays, settings):
-    """The group's ``RunCheckpoint`` (fingerprinted by its inputs and settings) and what it restores."""
-    observed = None
-    if static.keep_traces:
-        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((static.batch_size,) + x.shape[1:], x.dtype), plan.data)
-        info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
-        context = DrawContext(batch, plan.centers[0], jnp.zeros((), jnp.float32), plan.observe_data)
-        observed = jax.eval_shape(static.observe, plan.centers[0], info, context)
+def _open_resume(plan: planning.Plan, directory, group_index: int, inputs: _GroupInputs, schedule) -> tuple:
+    """The group's resume state (``RunCheckpoint``, fingerprinted by its inputs and settings) and
+    what it restores (None when starting afresh)."""
+    static = inputs.static
+    observed = planning.observed_shapes(plan) if static.recording.keep_traces else None
     zero = np.zeros(())
     record_like = program.DrawRecord(SGLDInfo(*(zero for _ in SGLDInfo._fields)), zero, zero, observed)
     # Functions are described by name (their repr holds a per-process address).
-    described_static = {k: v for k, v in static._asdict().items() if k != "layout"}
-    described = dict(settings, group=group_index, schedule=[list(c) for c in schedule], static=described_static,
+    described_static = dict(static._asdict(), recording=static.recording._asdict())
+    del described_static["layout"]
+    described = dict(plan.config.to_dict(), group=group_index, schedule=[list(c) for c in schedule], static=described_static,
                      layout=repr(static.layout))
+    arrays = dict(centers=inputs.centers.center, data=plan.data, offsets=inputs.variants.offsets, hyper=inputs.variants.hyper,
+                  observe_data=plan.observe_data, keys=jax.random.key_data(plan.chain_keys))
     key = checkpoint_lib.fingerprint(described, arrays)
-    run_checkpoint = checkpoint_lib.RunCheckpoint(directory, key, carry, record_like)
-    return run_checkpoint, run_checkpoint.restore()
+    resume = checkpoint_lib.RunCheckpoint(directory, key, inputs.carry, record_like)
+    return resume, resume.restore()
 
 
 def _place(shardings: multihost.ChainShardings | None, carry: program.Carry, inputs: tuple) -> tuple:
@@ -226,80 +259,107 @@ def _place(shardings: multihost.ChainShardings | None, carry: program.Carry, inp
             (multihost.place(chain_keys, shardings.keys), *multihost.place(tuple(rest), shardings.replicated)))
 
 
-def _offset(value: int, shardings: multihost.ChainShardings | None) -> jax.Array:
-    """A step or draw offset, an int32 scalar (replicated beside sharded inputs)."""
-    value = jnp.asarray(value, jnp.int32)
-    return value if shardings is None else multihost.place(value, shardings.replicated)
+def _offsets(step: int, draw: int, shardings: multihost.ChainShardings | None) -> program.Offsets:
+    """A chunk's step and draw offsets, int32 scalars (replicated beside sharded inputs)."""
+    offsets = program.Offsets(jnp.asarray(step, jnp.int32), jnp.asarray(draw, jnp.int32))
+    return offsets if shardings is None else multihost.place(offsets, shardings.replicated)
 
 
-def _drive(plan: planning.Plan, config: SamplerConfig, group_index: int, group: planning.Group, bar, checkpoint_dir) -> _GroupRun:
-    """Runs one group's chunks, checking divergence (and saving a checkpoint) after each.
+def _exclude_from_rate(bar, seconds: float) -> None:
+    """Shifts the bar's clocks by ``seconds`` (compilation), so that neither its average rate (from
+    ``start_t``) nor its smoothed rate and ETA (from ``last_print_t``) count them."""
+    if seconds and not bar.disable:
+        bar.start_t += seconds
+        bar.last_print_t += seconds
+
+
+class _Progress(NamedTuple):
+    """Where a group's run stands between chunks."""
+
+    carry: program.Carry
+    records: list
+    step: int
+    draw: int
+    chunks_done: int
+
+
+def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, static: program.Static, shardings):
+    """The static settings and arguments of one chunk's program call."""
+    chunk_static = static._replace(num_draws=chunk.num_draws, steps_per_draw=chunk.steps_per_draw, recorded=chunk.recorded)
+    carry = progress.carry
+    chain_keys, data, centers, variants, observe_data = inputs
+    if not chunk.recorded:
+        chunk_static = chunk_static._replace(recording=Recording(), center_cache=False)
+        carry, observe_data = carry._replace(accumulator=None), None
+    start = _offsets(progress.step, progress.draw if chunk.recorded else 0, shardings)
+    return chunk_static, (carry, chain_keys, data, centers, variants, start, observe_data)
+
+
+def _resume(plan: planning.Plan, group_index: int, inputs: _GroupInputs, schedule, resume_dir, bar):
+    """The group's resume state (or None) and where its run starts."""
+    progress = _Progress(inputs.carry, [], 0, 0, 0)
+    if resume_dir is None:
+        return None, progress
+    resume, restored = _open_resume(plan, resume_dir, group_index, inputs, schedule)
+    if restored is not None:
+        carry, records, step, draw, chunks_done = restored
+        progress = _Progress(jax.tree.map(jnp.asarray, carry), records, step, draw, chunks_done)
+        bar.update(step)
+    return resume, progress
+
+
+def _drive(plan: planning.Plan, group_index: int, group: planning.Group, bar, resume_dir) -> _GroupRun:
+    """Runs one group's chunks, checking divergence (and saving its resume state) after each.
 
     With several processes every process runs this in step with the others: the host reads are
     all-gathers, so every process sees the same divergence and takes the same branches."""
-    carry, centers, init_losses, center_caches, offsets, hyper, static = _group_inputs(plan, config, group)
-    num_configs = len(group.centers) * len(group.variants)
+    config = plan.config
+    inputs = _group_inputs(plan, group)
+    static = inputs.static
     per_step_values = static.layout.num_sampled if static.bulk_noise else config.batch_size
-    schedule = planning.schedule(config, num_configs * config.num_chains * per_step_values * 4)
-    records, step_offset, draw_offset, chunks_done = [], 0, 0, 0
-    checkpoint = None
-    if checkpoint_dir is not None:
-        arrays = dict(centers=centers, data=plan.data, offsets=offsets, hyper=hyper, observe_data=plan.observe_data,
-                      keys=jax.random.key_data(plan.chain_keys))
-        checkpoint, restored = _open_checkpoint(plan, checkpoint_dir, group_index, carry, static, schedule, arrays, config.to_dict())
-        if restored is not None:
-            carry, records, step_offset, draw_offset, chunks_done = restored
-            carry = jax.tree.map(jnp.asarray, carry)
-            bar.update(step_offset)
+    schedule = planning.schedule(config, len(group.centers) * len(group.variants) * config.num_chains * per_step_values * 4)
+    resume, progress = _resume(plan, group_index, inputs, schedule, resume_dir, bar)
     shardings = multihost.chain_shardings(config.num_chains)
-    carry, inputs = _place(shardings, carry, (plan.chain_keys, plan.data, centers, init_losses, center_caches, offsets, hyper,
-                                               plan.observe_data))
-    chain_keys, data, centers, init_losses, center_caches, offsets, hyper, observe_data = inputs
+    carry, placed = _place(shardings, progress.carry, (plan.chain_keys, plan.data, inputs.centers, inputs.variants, plan.observe_data))
+    progress = progress._replace(carry=carry)
     compile_seconds = sampling_seconds = 0.0
     diverged_at = multihost.to_host(carry.diverged_at)
     stopped_early = False
-    for index, (length, steps_per_draw, recorded) in enumerate(schedule):
-        if index < chunks_done:
-            continue
+    for index, chunk in enumerate(schedule[progress.chunks_done:], start=progress.chunks_done):
         if np.all(diverged_at >= 0):
             stopped_early = True
             break
-        chunk_static = static._replace(num_draws=length, steps_per_draw=steps_per_draw, recorded=recorded)
-        if not recorded:
-            chunk_static = chunk_static._replace(observe=None, accumulator=None, keep_traces=False, full_loss_every=0, center_loss=False,
-                                                 center_cache=False)
-        chunk_carry = carry if recorded else carry._replace(accumulator=None)
-        args = (chunk_carry, chain_keys, data, centers, init_losses, center_caches, offsets, hyper,
-                _offset(step_offset, shardings), _offset(draw_offset if recorded else 0, shardings), observe_data if recorded else None)
+        chunk_static, args = _chunk_call(placed, progress, chunk, static, shardings)
         executable, seconds = program.compiled_chunk(args, chunk_static)
         compile_seconds += seconds
-        if not bar.disable:
-            bar.start_t += seconds  # the progress rate excludes compilation
+        _exclude_from_rate(bar, seconds)
         start = time.perf_counter()
         new_carry, record = executable(*args)
-        if recorded:
-            carry = new_carry
-            records.append(record)
-            draw_offset += length
-        else:
-            carry = new_carry._replace(accumulator=carry.accumulator)
-        diverged_at = multihost.to_host(carry.diverged_at)  # the one host sync per chunk
+        progress = _advance(progress, chunk, new_carry, record)
+        diverged_at = multihost.to_host(progress.carry.diverged_at)  # the one host sync per chunk
         sampling_seconds += time.perf_counter() - start
-        step_offset += length * steps_per_draw
-        if checkpoint is not None:
-            checkpoint.save(index, carry, record if recorded else None, step_offset, draw_offset)
-        bar.update(length * steps_per_draw)
+        if resume is not None:
+            resume.save(index, progress.carry, record if chunk.recorded else None, progress.step, progress.draw)
+        bar.update(chunk.num_steps)
         if np.all(diverged_at >= 0):
-            stopped_early = step_offset < config.num_steps
+            stopped_early = progress.step < config.num_steps
             break
-    return _GroupRun(records, carry, step_offset, stopped_early, compile_seconds, sampling_seconds)
+    return _GroupRun(progress.records, progress.carry, progress.step, stopped_early, compile_seconds, sampling_seconds)
+
+
+def _advance(progress: _Progress, chunk: planning.Chunk, new_carry: program.Carry, record) -> _Progress:
+    """The run's standing after a chunk: an unrecorded (burn-in) chunk keeps the accumulator."""
+    step = progress.step + chunk.num_steps
+    if not chunk.recorded:
+        return progress._replace(carry=new_carry._replace(accumulator=progress.carry.accumulator), step=step)
+    return _Progress(new_carry, progress.records + [record], step, progress.draw + chunk.num_draws, progress.chunks_done)
 
 
 # ---------------------------------------------------------------------------------------------
 # assemble
 
 
-def _host_records(records, num_draws: int, keep_traces: bool, full: bool, center: bool, shape) -> dict:
+def _host_records(records, num_draws: int, recording: Recording, shape) -> dict:
     """Moves a group's chunk records to host (gathered whole in every process), concatenates them,
     pads an early stop with NaN."""
     def host(x):
@@ -315,17 +375,17 @@ def _host_records(records, num_draws: int, keep_traces: bool, full: bool, center
         return dict(out, full_loss=empty, center_loss=empty, observed=None)
     joined = jax.tree.map(lambda *xs: np.concatenate(xs, axis=3), *multihost.to_host(records))
     out = {f: host(getattr(joined.info, f)) for f in SGLDInfo._fields}
-    out["full_loss"] = host(joined.full_loss) if full else None
-    out["center_loss"] = host(joined.center_loss) if center else None
-    out["observed"] = jax.tree.map(host, joined.observed) if keep_traces and joined.observed is not None else None
+    out["full_loss"] = host(joined.full_loss) if recording.full_loss_every else None
+    out["center_loss"] = host(joined.center_loss) if recording.center_loss else None
+    out["observed"] = jax.tree.map(host, joined.observed) if recording.keep_traces and joined.observed is not None else None
     return out
 
 
-def _assemble(plan: planning.Plan, config: SamplerConfig, groups: list[planning.Group], runs: list[_GroupRun]) -> dict:
+def _assemble(plan: planning.Plan, groups: list[planning.Group], runs: list[_GroupRun]) -> dict:
     """Scatters every group's (centres x variants) block back into configuration order g = k * V + v."""
+    config, recording = plan.config, plan.static.recording
     num_variants = len(plan.variants)
     num_configs = len(plan.centers) * num_variants
-    static = plan.static
     fields: dict[str, Any] = {}
     accumulator_parts: list = [None] * num_configs
     observed_parts: list = [None] * num_configs
@@ -333,7 +393,7 @@ def _assemble(plan: planning.Plan, config: SamplerConfig, groups: list[planning.
     diverged_at = np.full((num_configs, config.num_chains), -1, np.int64)
     for group, run in zip(groups, runs):
         shape = (len(group.centers), len(group.variants), config.num_chains)
-        host = _host_records(run.records, config.num_draws, static.keep_traces, bool(static.full_loss_every), static.center_loss, shape)
+        host = _host_records(run.records, config.num_draws, recording, shape)
         group_diverged, accumulated = multihost.to_host((run.carry.diverged_at, run.carry.accumulator))
         positions = multihost.addressable(run.carry.state.position)
         for i in range(group.num_centers):
@@ -365,7 +425,7 @@ def _assemble(plan: planning.Plan, config: SamplerConfig, groups: list[planning.
 # the public entry point
 
 
-def _check_processes_agree(plan: planning.Plan, config: SamplerConfig) -> None:
+def _check_processes_agree(plan: planning.Plan) -> None:
     """With several processes, every process must pass the same key, params and data: compares the
     chain keys and L_n(w*) of every centre (a cheap witness of params and data) between processes,
     and the memory budget (which decides the groups, so every process runs the same programs)."""
@@ -379,7 +439,7 @@ def _check_processes_agree(plan: planning.Plan, config: SamplerConfig) -> None:
         "Pass the same params and the whole dataset to every process (not a per-process shard).", rtol=1e-5,
     )
     multihost.check_same(
-        "memory_budget", config.memory_budget or default_memory_budget(),
+        "memory_budget", plan.config.memory_budget or default_memory_budget(),
         "Set SamplerConfig(memory_budget=...) explicitly, the same in every process.",
     )
 
@@ -393,17 +453,10 @@ def run_chains(
     key: KeyLike,
     masks: Sequence[Mask | None] | None = None,
     grid: Mapping[str, Sequence[float]] | None = None,
-    observe: Callable[[Params, SGLDInfo, DrawContext], PyTree] | None = None,
-    observe_data: PyTree | None = None,
-    accumulator: Accumulator | None = None,
-    keep_traces: bool = False,
-    full_loss_every: int = 0,
-    center_loss: bool = False,
-    init_losses: Sequence[float] | None = None,
-    progress: bool = True,
-    checkpoint_dir=None,
-    description: str = "SGLD",
-) -> ChainsOutput:
+    recording: Recording | None = None,
+    progress: bool | str = True,
+    resume_dir: str | os.PathLike | None = None,
+) -> ChainsResult:
     """Runs ``config.num_chains`` localized SGLD chains for every configuration ``centers x variants``.
 
     Args:
@@ -420,45 +473,38 @@ def run_chains(
         grid: ``{hyperparameter: V values}`` overriding ``config``'s ``step_size``, ``nbeta``,
             ``localization`` or ``weight_decay`` per variant. ``masks`` and ``grid`` share the
             length V (or have length 1).
-        observe: ``observe(params, info, context) -> pytree`` evaluated at every draw at the draw's
-            full parameters (before that step moves them); ``context`` is a ``DrawContext`` (the
-            draw's minibatch, the centre, its L_n(w*), ``observe_data``).
-        observe_data: pytree of arrays for ``observe`` (e.g. probe datasets). A traced input, so new
-            values of the same shapes never recompile (a closure would bake them into the program).
-        accumulator: streaming statistics of ``observe``'s values carried on device.
-        keep_traces: keep every draw's ``observe`` values (memory grows with num_draws).
-        full_loss_every: evaluate the full-data loss every this many draws (0 = never).
-        center_loss: also evaluate the loss at w* on every draw's minibatch, the control variate
-            of the paired LLC estimator (and ``DrawContext.center_loss``): one forward pass per draw,
-            or a gather from the per-example losses at each centre, computed once when n is at most
-            the examples those passes would evaluate and ``loss_fn`` is per-example.
-        init_losses: L_n(w*) of each centre if already known (skips a full-data pass each).
-        progress: show a tqdm bar (its rate excludes compilation).
-        checkpoint_dir: a directory to write each group's state to after every chunk; a restarted
-            run with the same inputs resumes from it and ends bitwise identical to an uninterrupted
-            one (``slt_jax._src.checkpoint``). With several processes, a directory every process sees;
-            process 0 writes it.
-        description: the progress bar's label.
+        recording: what each draw records besides the minibatch loss and the diagnostics (a
+            ``Recording``: observables, accumulators, full-data loss, loss at w*, known L_n(w*));
+            None records nothing more.
+        progress: show a tqdm bar (its rate and ETA exclude compilation); a string shows it with
+            that label (default ``"SGLD"``).
+        resume_dir: a directory to write each group's sampler state to after every chunk; a
+            restarted run with the same inputs resumes from it and ends bitwise identical to an
+            uninterrupted one (``slt_jax._src.checkpoint``). With several processes, a directory
+            every process sees; process 0 writes it.
 
     Returns:
-        A ``ChainsOutput`` with leading axes ``(K * V, num_chains)``, centre-major.
+        A ``ChainsResult`` with leading axes ``(K * V, num_chains)``, centre-major.
 
     Several processes (after ``jax.distributed.initialize``): call ``run_chains`` in every process
     with the same arguments (key, params, data). The chains are split over the devices of every
-    process (``slt_jax._src.multihost``) and every process returns the same, whole ``ChainsOutput``.
+    process (``slt_jax._src.multihost``) and every process returns the same, whole ``ChainsResult``.
     """
-    plan = planning.prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_data, accumulator,
-                    keep_traces, full_loss_every, center_loss, init_losses)
-    _check_processes_agree(plan, config)
-    groups, configuration_bytes = planning.groups(plan, config)
+    plan = planning.prepare(loss_fn, centers, data, config, key=key, masks=masks, grid=grid, recording=recording)
+    _check_processes_agree(plan)
+    groups, configuration_bytes = planning.groups(plan)
     runs = []
+    label = progress if isinstance(progress, str) else "SGLD"
     bar_off = not progress or not multihost.is_writer()  # one bar, on process 0
-    with tqdm(total=config.num_steps * len(groups), desc=description, disable=bar_off, unit="step", leave=False) as bar:
+    with tqdm(total=config.num_steps * len(groups), desc=label, disable=bar_off, unit="step", leave=False) as bar:
         for index, group in enumerate(groups):
-            runs.append(_drive(plan, config, index, group, bar, checkpoint_dir))
-    fields = _assemble(plan, config, groups, runs)
+            runs.append(_drive(plan, index, group, bar, resume_dir))
+    return _result(plan, groups, runs, configuration_bytes)
+
+
+def _result(plan: planning.Plan, groups: list[planning.Group], runs: list[_GroupRun], configuration_bytes: int) -> ChainsResult:
+    config, recording = plan.config, plan.static.recording
     num_variants = len(plan.variants)
-    hyper = np.stack([v.hyper for v in plan.variants])  # (V, 4)
     center_index = np.repeat(np.arange(len(plan.centers)), num_variants)
     variant_index = np.tile(np.arange(num_variants), len(plan.centers))
     settings = dict(
@@ -468,13 +514,13 @@ def run_chains(
         configuration_bytes=configuration_bytes,
         memory_budget=config.memory_budget or default_memory_budget(),
         stopped_early=any(r.stopped_early for r in runs),
-        full_loss_every=plan.static.full_loss_every,
-        center_loss=plan.static.center_loss,
+        full_loss_every=recording.full_loss_every,
+        center_loss=recording.center_loss,
     )
-    return ChainsOutput(
-        **fields,
+    return ChainsResult(
+        **_assemble(plan, groups, runs),
         init_loss=plan.init_losses[center_index],
-        hyperparameters=Hyperparameters(*(hyper[variant_index, i] for i in range(4))),
+        hyperparameters=jax.tree.map(lambda *xs: np.asarray(xs, np.float64)[variant_index], *[v.hyper for v in plan.variants]),
         center_index=center_index,
         variant_index=variant_index,
         num_sampled=np.array([plan.variants[v].restriction.num_sampled for v in variant_index]),

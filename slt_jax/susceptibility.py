@@ -60,7 +60,7 @@ import numpy as np
 from slt_jax import reliability, stats, traces
 from slt_jax._src import validation
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
+from slt_jax.sampler import ChainsResult, DivergenceError, Recording, run_chains
 from slt_jax.stats import ProbeLabels
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params
 
@@ -195,7 +195,7 @@ class SusceptibilityResult:
     """A response matrix: one row per probe example (token), one column per component (observable).
 
     Every field is a numpy array (numeric or fixed-width unicode), a float, a string, a list of
-    strings or the ``ChainsOutput``, so ``slt_jax.io.save`` stores it without pickle.
+    strings or the ``ChainsResult``, so ``slt_jax.io.save`` stores it without pickle.
 
     Attributes:
         chi: ``(N, K)`` mean over non-diverged chains of the per-chain estimates.
@@ -211,7 +211,7 @@ class SusceptibilityResult:
         method: ``"covariance"`` or ``"two_chain"``.
         centering: ``"probe"`` or ``"full"``.
         diverged: ``(num_components, num_chains)`` bool.
-        chains: this checkpoint's configurations of the ``ChainsOutput`` (one per component:
+        chains: this checkpoint's configurations of the ``ChainsResult`` (one per component:
             accumulator states, traces if kept, settings, timings).
 
     Analyses go through the fluent ``ResponseMatrix``: ``result.zscored().row_centered().pca()``.
@@ -230,7 +230,7 @@ class SusceptibilityResult:
     method: str
     centering: str
     diverged: np.ndarray
-    chains: ChainsOutput
+    chains: ChainsResult
 
     @property
     def config(self) -> SamplerConfig:
@@ -329,7 +329,7 @@ def _components(components, include_full: bool, method: str, params: Params) -> 
     names, masks = [], []
     for name, mask in components.items():
         names.append(str(name))
-        masks.append(None if mask is None else validation.check_masks(mask, params, None, name=f"components[{name!r}]"))
+        masks.append(None if mask is None else validation.check_masks(mask, params, name=f"components[{name!r}]"))
     return names, masks
 
 
@@ -348,7 +348,7 @@ def _estimates(state: stats.CovarianceState, num_probe_rows: int, method: str, f
     return -(product - mean_x[..., :, None] * mean_delta[full_index][None, :, None, :])
 
 
-def _result(chains: ChainsOutput, names: list[str], observed: stats.Observables, method: str, centering: str) -> SusceptibilityResult:
+def _result(chains: ChainsResult, names: list[str], observed: stats.Observables, method: str, centering: str) -> SusceptibilityResult:
     """The ``SusceptibilityResult`` of one checkpoint's configurations (one per component)."""
     num_rows, num_x, num_chains = len(observed.labels.example), len(observed.x_names), chains.config.num_chains
     full_index = names.index("full") if "full" in names else None
@@ -418,9 +418,10 @@ def _susceptibilities(loss_fn, checkpoints, data, config, key, probes, component
         probe_batch_size=probe_batch_size, full_batch_size=config.batch_size,
     )
     chains = run_chains(
-        loss_fn, checkpoints, data, config, key=key, masks=masks, observe=observed.observe,
-        observe_data=observed.observe_data, accumulator=observed.accumulator, keep_traces=keep_traces,
-        center_loss=centering == "probe", progress=progress, description="susceptibilities",
+        loss_fn, checkpoints, data, config, key=key, masks=masks,
+        recording=Recording(observe=observed.observe, observe_data=observed.observe_data, accumulator=observed.accumulator,
+                            keep_traces=keep_traces, center_loss=centering == "probe"),
+        progress=progress and "susceptibilities",
     )
     num_m = len(names)
     results = [
@@ -533,7 +534,7 @@ def estimate_susceptibilities_over_checkpoints(
 
     Returns:
         ``{step: SusceptibilityResult}`` in checkpoint order; each holds its own configurations of
-        the ``ChainsOutput``. ``DivergenceError`` only if every chain of every checkpoint diverged.
+        the ``ChainsResult``. ``DivergenceError`` only if every chain of every checkpoint diverged.
 
     >>> import jax.numpy as jnp, slt_jax as sj
     >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2

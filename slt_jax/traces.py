@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 from numpyro import diagnostics as numpyro_diagnostics
 
-from slt_jax.sampler import ChainsOutput, DivergenceError
+from slt_jax.sampler import ChainsResult, DivergenceError
 
 __all__ = [
     "LOSS_ESTIMATORS",
@@ -41,7 +41,7 @@ def estimator_options(loss_estimator: str) -> dict:
     return {"full": {"full_loss_every": 1}, "paired": {"center_loss": True}, "minibatch": {}}[loss_estimator]
 
 
-def loss_trace(chains: ChainsOutput, loss_estimator: str) -> np.ndarray:
+def loss_trace(chains: ChainsResult, loss_estimator: str) -> np.ndarray:
     """The loss entering λ̂ at each draw, ``(G, C, D)`` float64."""
     estimator_options(loss_estimator)
     if loss_estimator == "full":
@@ -56,7 +56,7 @@ def loss_trace(chains: ChainsOutput, loss_estimator: str) -> np.ndarray:
     return loss
 
 
-def llc_draws(chains: ChainsOutput, loss_estimator: str = "minibatch") -> np.ndarray:
+def llc_draws(chains: ChainsResult, loss_estimator: str = "minibatch") -> np.ndarray:
     """nβ (L_{g,c,d} - L_n(w*_g)) per configuration, chain and draw: ``(G, C, D)`` float64.
 
     Its mean over draws is chain c's λ̂ (docs/conventions.md §2).

@@ -127,7 +127,7 @@ def mean_displacement(rho: np.ndarray, key: int = 0, nbeta: float = NBETA) -> np
     """Per-chain ⟨w - w*⟩ under the reweighted posterior at step EPS_RESPONSE: ``(num_chains, D)``."""
     out = sj.run_chains(
         weighted_loss_fn, [w_star], weighted_data(rho), config(nbeta, GAMMA, EPS_RESPONSE), key=key,
-        observe=observe_displacement, keep_traces=True, progress=False,
+        recording=sj.Recording(observe=observe_displacement, keep_traces=True), progress=False,
     )
     return np.asarray(out.observed[0], np.float64).mean(axis=1)
 

@@ -9,6 +9,7 @@ process runs the same calls with the same key and data and writes what it got to
 """
 
 import argparse
+import inspect
 import json
 import os
 import pathlib
@@ -19,6 +20,7 @@ import jax
 from jax.experimental import multihost_utils
 
 import slt_jax as sj  # before jax.distributed.initialize on purpose: importing slt_jax computes nothing
+from slt_jax._src import checkpoint as resume_files
 
 
 def _arguments():
@@ -69,7 +71,7 @@ def _checkpointed_runs(run, checkpoint_dir: str) -> dict:
     """A checkpointed run; the same run after rolling its state back to 2 of 4 chunks (an
     interruption: it resumes from chunk 2); and once more (it restores everything, writes nothing)."""
     out = {}
-    sj.checkpoint._save_npz = _logging_save(sj.checkpoint._save_npz)
+    resume_files._save_npz = _logging_save(resume_files._save_npz)
     for name in ("checkpointed", "resumed", "repeated"):
         written = len(WRITES)
         out[name] = _llc(run(checkpoint_dir))
@@ -91,8 +93,10 @@ def run(checkpoint_dir: str) -> dict:
     loss_fn, w_star, data = linear_regression([1.0, 0.5, 0.1, 0.0], n=200)
     out = {"process_index": jax.process_index(), "process_count": jax.process_count(), "device_count": jax.device_count()}
     out["llc"] = _llc(sj.estimate_llc(loss_fn, w_star, data, CONFIG, key=KEY, progress=False))
+    # The sampler's resume state: estimate_llc's argument is being renamed checkpoint_dir -> resume_dir.
+    resume = "resume_dir" if "resume_dir" in inspect.signature(sj.estimate_llc).parameters else "checkpoint_dir"
     out.update(_checkpointed_runs(
-        lambda directory: sj.estimate_llc(loss_fn, w_star, data, CONFIG, key=KEY, progress=False, checkpoint_dir=directory),
+        lambda directory: sj.estimate_llc(loss_fn, w_star, data, CONFIG, key=KEY, progress=False, **{resume: directory}),
         checkpoint_dir,
     ))
     # Several configurations in one program (two components of one layout), on-device accumulators.

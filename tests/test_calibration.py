@@ -130,8 +130,8 @@ def test_mala_acceptance_matches_direct_computation():
     step = 1.0 / a_max
     config = sj.SamplerConfig(step_size=step, nbeta=NBETA, localization=LOCALIZATION, num_chains=2, num_draws=200,
                               batch_size=8, mala_every=1)
-    chains = sj.run_chains(exact_quadratic_loss, [params], data, config, key=4, observe=lambda position, info, context: position,
-                           keep_traces=True, progress=False)
+    chains = sj.run_chains(exact_quadratic_loss, [params], data, config, key=4,
+                           recording=sj.Recording(observe=lambda position, info, context: position, keep_traces=True), progress=False)
     positions = np.asarray(chains.observed[0], np.float64) - np.asarray(params, np.float64)  # δ at each draw
     direct = np.array([
         [np.exp(_direct_log_acceptance(positions[c, d], positions[c, d + 1], step, hessian)) for d in range(199)]

@@ -85,7 +85,7 @@ def _grid_run(**kwargs):
     centers = [{"w": params}, {"w": params + 0.01}]
     return sj.run_chains(
         regression_loss_dict, centers, data, config, key=7, masks=[None, _FIRST_TWO], grid={"step_size": [1e-3, 2e-3]},
-        observe=_observe, keep_traces=True, accumulator=_SUM_OF_POSITIONS, progress=False, **kwargs,
+        recording=sj.Recording(observe=_observe, keep_traces=True, accumulator=_SUM_OF_POSITIONS), progress=False, **kwargs,
     )
 
 

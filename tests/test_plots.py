@@ -9,7 +9,7 @@ import slt_jax as sj
 from slt_jax import calibration, diagnostics, traces
 from slt_jax.kernels import Hyperparameters
 from slt_jax.llc import llc_result
-from slt_jax.sampler import ChainsOutput
+from slt_jax.sampler import ChainsResult
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CONFIG = sj.SamplerConfig(step_size=1e-3, nbeta=100.0, localization=1.0, num_draws=120, num_burnin=30,
@@ -17,7 +17,7 @@ CONFIG = sj.SamplerConfig(step_size=1e-3, nbeta=100.0, localization=1.0, num_dra
 
 
 def _chains(num_configs=1, num_chains=3, num_draws=120, seed=0, diverged_chain=None, center_loss=False):
-    """A synthetic ``ChainsOutput`` (no sampling): losses rising to 1.05 from L(w*) = 1."""
+    """A synthetic ``ChainsResult`` (no sampling): losses rising to 1.05 from L(w*) = 1."""
     rng = np.random.default_rng(seed)
     lead = (num_configs, num_chains)
     loss = 1.0 + 0.05 * (1 - np.exp(-np.arange(num_draws) / 20.0)) + 0.01 * rng.normal(size=lead + (num_draws,))
@@ -29,7 +29,7 @@ def _chains(num_configs=1, num_chains=3, num_draws=120, seed=0, diverged_chain=N
     norms = np.abs(rng.normal(size=lead + (num_draws,)))
     hyper = Hyperparameters(np.geomspace(1e-4, 1e-2, num_configs), np.full(num_configs, 100.0), np.ones(num_configs),
                             np.zeros(num_configs))
-    return ChainsOutput(
+    return ChainsResult(
         loss=loss, grad_norm=norms, localization_norm=norms, noise_norm=norms, distance=norms, mala_acceptance=mala,
         full_loss=None, center_loss=loss - 0.01 if center_loss else None, observed=None, accumulator=None,
         diverged=diverged_at >= 0, diverged_at=diverged_at, init_loss=np.ones(num_configs), hyperparameters=hyper,

@@ -294,15 +294,15 @@ def test_center_loss_gathered_from_cached_example_losses_equals_a_forward_pass(p
     loss_fn, w_star, data = problem
     config = CONFIG.replace(num_draws=60)
     centers = [w_star, w_star * 1.02]
-    cached = sj.run_chains(loss_fn, centers, data, config, key=2, center_loss=True, progress=False)
+    cached = sj.run_chains(loss_fn, centers, data, config, key=2, recording=sj.Recording(center_loss=True), progress=False)
     monkeypatch.setattr(planning, "_CENTER_CACHE_MAX_BYTES", 0)  # forces the per-draw forward pass
-    forward = sj.run_chains(loss_fn, centers, data, config, key=2, center_loss=True, progress=False)
+    forward = sj.run_chains(loss_fn, centers, data, config, key=2, recording=sj.Recording(center_loss=True), progress=False)
     np.testing.assert_array_equal(cached.loss, forward.loss)
     np.testing.assert_allclose(cached.center_loss, forward.center_loss, rtol=1e-5)
     # A scalar-mean loss has no per-example losses: the forward pass is used, with the same values.
     scalar_loss = lambda w, batch: jnp.mean(loss_fn(w, batch))
     monkeypatch.undo()
-    scalar = sj.run_chains(scalar_loss, centers, data, config, key=2, center_loss=True, progress=False)
+    scalar = sj.run_chains(scalar_loss, centers, data, config, key=2, recording=sj.Recording(center_loss=True), progress=False)
     np.testing.assert_allclose(scalar.center_loss, forward.center_loss, rtol=1e-5)
     assert planning._center_caches(scalar_loss, centers, data, config, 1, ()) is None
     caches = planning._center_caches(loss_fn, centers, data, config, 1, (config.batch_size,))
@@ -316,8 +316,12 @@ def test_default_nbeta_with_per_token_losses_warns_that_n_counts_sequences(probl
     loss_fn, w_star, data = problem
     per_token = lambda w, batch: jnp.stack([loss_fn(w, batch)] * 3, axis=1)  # (batch, 3 "tokens")
     config = CONFIG.replace(num_draws=4, nbeta=None)
-    with pytest.warns(sj.NbetaConventionWarning, match="SEQUENCES"):
+    with pytest.warns(sj.NbetaConventionWarning, match="SEQUENCES") as caught:
         sj.run_chains(per_token, [w_star], data, config, key=0, progress=False)
+    assert [w.filename for w in caught] == [__file__]  # the caller's line, not the library's
+    with pytest.warns(sj.NbetaConventionWarning) as caught:
+        sj.estimate_llc(per_token, w_star, data, config, key=0, progress=False)  # deeper inside the package
+    assert {w.filename for w in caught if issubclass(w.category, sj.NbetaConventionWarning)} == {__file__}
     with warnings.catch_warnings():
         warnings.simplefilter("error", sj.NbetaConventionWarning)
         sj.run_chains(per_token, [w_star], data, config.replace(nbeta=sj.default_nbeta(200)), key=0, progress=False)
@@ -329,3 +333,110 @@ def test_full_data_loss_handles_a_partial_last_batch(problem):
     exact = float(jnp.mean(loss_fn(w_star * 0.9, data)))
     for batch_size in (7, 50, 200):
         np.testing.assert_allclose(float(sj.full_data_loss(loss_fn, w_star * 0.9, data, batch_size)), exact, rtol=1e-5)
+
+
+# Issue 18, item 4: the recording options are one value; the numbers below were recorded from the
+# seven loose keyword arguments it replaced (same key, same draws).
+def _recorded_run(problem, **recording):
+    loss_fn, w_star, data = problem
+    config = CONFIG.replace(num_chains=3, num_draws=12, num_burnin=4, num_steps_between_draws=2)
+    observe = lambda params, info, context: {"w": params, "l": info.loss - context.init_loss}
+    add = sj.Accumulator(init=lambda v: jax.tree.map(jnp.zeros_like, v), update=lambda s, v: jax.tree.map(jnp.add, s, v))
+    recording = sj.Recording(**{**dict(observe=observe, observe_data=jnp.ones(3), accumulator=add, keep_traces=True,
+                                       full_loss_every=3, center_loss=True), **recording})
+    return sj.run_chains(loss_fn, [w_star, w_star * 1.1], data, config, key=5, masks=[None, np.array([True, False, True, False])],
+                         recording=recording, progress=False)
+
+
+def test_recording_reproduces_the_loose_flags_numbers(problem):
+    out = _recorded_run(problem)
+    f32 = lambda x: np.array(x, np.float32)
+    np.testing.assert_allclose(out.loss[:, 0, :3], f32([[0.35967597, 0.60182196, 0.634221], [0.35734913, 0.61891145, 0.6159484],
+                                                        [0.3805792, 0.60735786, 0.64296263], [0.37607875, 0.626233, 0.6246375]]), rtol=1e-6)
+    np.testing.assert_allclose(out.full_loss[:, 1, ::3], f32([[0.5065114, 0.5052259, 0.50107384, 0.5005958],
+                                                             [0.50015473, 0.50436383, 0.5004276, 0.5091018],
+                                                             [0.51856685, 0.50633645, 0.5008629, 0.5000797],
+                                                             [0.5046555, 0.510235, 0.5026054, 0.51208246]]), rtol=1e-6)
+    assert np.isnan(out.full_loss[..., 1::3]).all()
+    np.testing.assert_allclose(out.center_loss[:, 2, :2], f32([[0.31179297, 0.6076233], [0.31179297, 0.6076233],
+                                                              [0.322821, 0.62113965], [0.322821, 0.62113965]]), rtol=1e-6)
+    np.testing.assert_allclose(out.accumulator["l"], f32([[0.66891396, 0.27754095, -0.22134], [0.66633403, 0.260231, -0.20677316],
+                                                         [0.61383665, 0.19184846, -0.3251631], [0.63573855, 0.20642744, -0.25445694]]),
+                               rtol=1e-5)
+    np.testing.assert_allclose(out.observed["w"][3, 1, -1], f32([1.040764, 1.1, 0.93902755, 1.1]), rtol=1e-6)
+    np.testing.assert_allclose(out.init_loss, [0.5, 0.5, 0.5080000758171082, 0.5080000758171082], rtol=1e-7)
+    chex.assert_shape([out.observed["l"], out.accumulator["w"]], [(4, 3, 12), (4, 3, 4)])
+    np.testing.assert_array_equal(out.draw_steps, sj.draw_steps(out.config))
+    np.testing.assert_array_equal(out.draw_steps, 4 + 2 * np.arange(12))
+    # Known L_n(w*) skips the full-data pass; nothing recorded beyond the loss by default.
+    known = _recorded_run(problem, init_losses=[0.25, 0.75])
+    np.testing.assert_array_equal(known.init_loss, [0.25, 0.25, 0.75, 0.75])
+    np.testing.assert_array_equal(known.loss, out.loss)
+    bare = _run(problem, CONFIG.replace(num_draws=4))
+    assert bare.full_loss is None and bare.center_loss is None and bare.observed is None and bare.accumulator is None
+
+
+def test_accumulated_observables_may_use_the_loss_at_the_center(problem):
+    out = _recorded_run(problem, observe=lambda params, info, context: info.loss - context.center_loss, keep_traces=False)
+    np.testing.assert_allclose(out.accumulator, np.nansum(out.loss - out.center_loss, axis=2), rtol=1e-5)
+
+
+def test_bad_recording_raises_before_compiling(problem):
+    loss_fn, w_star, data = problem
+    run = lambda recording: _compiles(lambda: sj.run_chains(loss_fn, [w_star], data, CONFIG, key=0, recording=recording, progress=False))
+    with pytest.raises(TypeError, match="recording must be a slt_jax.Recording"):
+        run({"center_loss": True})
+    with pytest.raises(ValueError, match="accumulator was given without observe"):
+        run(sj.Recording(accumulator=sj.Accumulator(lambda v: v, lambda s, v: s)))
+    with pytest.raises(ValueError, match="observe_data was given without observe"):
+        run(sj.Recording(observe_data=jnp.ones(3)))
+    with pytest.raises(TypeError, match="full_loss_every must be an int"):
+        run(sj.Recording(full_loss_every=0.5))
+    with pytest.raises(ValueError, match="one L_n"):
+        run(sj.Recording(init_losses=[0.1, 0.2]))
+
+
+def test_variants_carry_their_hyperparameters(problem):
+    from slt_jax._src import planning
+
+    loss_fn, w_star, data = problem
+    plan = planning.prepare(loss_fn, [w_star], data, CONFIG, key=0, grid={"step_size": [1e-3, 2e-3]})
+    assert plan.config is CONFIG
+    assert [v.hyper for v in plan.variants] == [sj.kernels.Hyperparameters(1e-3, 200.0, 1.0, 0.0),
+                                                sj.kernels.Hyperparameters(2e-3, 200.0, 1.0, 0.0)]
+    out = _run(problem, CONFIG.replace(num_draws=4), grid={"nbeta": [100.0, 300.0]})
+    assert isinstance(out.hyperparameters, sj.kernels.Hyperparameters)
+    np.testing.assert_array_equal(out.hyperparameters.nbeta, [100.0, 300.0])
+    np.testing.assert_array_equal(out.hyperparameters.step_size, [1e-3, 1e-3])
+
+
+def test_progress_rate_and_eta_exclude_compilation(problem, monkeypatch):
+    """The first chunk compiles before it runs: the bar's clocks skip that time, so its first rate
+    (and ETA) is the sampling's, not the compiler's."""
+    import io
+
+    from tqdm.std import tqdm as std_tqdm
+
+    bars = []
+
+    class RecordingBar(std_tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "file": io.StringIO(), "mininterval": 0, "miniters": 1})
+            self.created, self.seen = self._time(), []
+            bars.append(self)
+
+        def update(self, n=1):
+            super().update(n)
+            self.seen.append((n, self.format_dict["rate"], self.format_dict["elapsed"], self._time() - self.created))
+
+    monkeypatch.setattr(sj.sampler, "tqdm", RecordingBar)
+    loss_fn, w_star, data = problem
+    fresh = lambda w, batch: loss_fn(w, batch) * 1.0  # a new function: the chunk program compiles
+    out = sj.run_chains(fresh, [w_star], data, CONFIG, key=0, progress="timed")
+    [bar] = bars
+    assert bar.desc == "timed" and out.compile_seconds > 0 and len(bar.seen) == 10
+    steps, rate, elapsed, wall = bar.seen[0]
+    assert steps / rate < 0.5 * out.compile_seconds  # seconds of the first chunk, compilation excluded
+    assert elapsed <= wall - 0.9 * out.compile_seconds
+    _, _, elapsed, wall = bar.seen[-1]
+    assert elapsed <= wall - 0.9 * out.compile_seconds

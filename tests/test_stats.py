@@ -50,7 +50,8 @@ def test_streamed_covariance_equals_covariance_of_kept_traces(centering):
                               centering=centering)
     out = sj.run_chains(
         lg.loss_fn, [lg.w_star], lg.data, lg.CONFIG.replace(num_chains=3, num_draws=400, chunk_draws=None), key=3,
-        observe=observed.observe, observe_data=observed.observe_data, accumulator=observed.accumulator, keep_traces=True,
+        recording=sj.Recording(observe=observed.observe, observe_data=observed.observe_data, accumulator=observed.accumulator,
+                               keep_traces=True),
         progress=False,
     )
     traces = jax.tree.map(lambda leaf: leaf[0], out.observed)  # the one configuration
@@ -70,12 +71,13 @@ def test_streamed_covariance_equals_covariance_of_kept_traces(centering):
 def test_memory_is_independent_of_num_draws():
     observed = sj.observables(lg.loss_fn, lg.w_star, lg.data, probes={"train": lg.train})
     config = lg.CONFIG.replace(num_chains=2, chunk_draws=100)
-    kwargs = dict(key=0, progress=False, observe=observed.observe, observe_data=observed.observe_data,
-                  accumulator=observed.accumulator)
+    recording = sj.Recording(observe=observed.observe, observe_data=observed.observe_data, accumulator=observed.accumulator)
+    kwargs = dict(key=0, progress=False)
     nbytes = lambda tree: sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(tree))
-    short = sj.run_chains(lg.loss_fn, [lg.w_star], lg.data, config.replace(num_draws=100), **kwargs)
-    long = sj.run_chains(lg.loss_fn, [lg.w_star], lg.data, config.replace(num_draws=1000), **kwargs)
-    kept = sj.run_chains(lg.loss_fn, [lg.w_star], lg.data, config.replace(num_draws=1000), keep_traces=True, **kwargs)
+    short = sj.run_chains(lg.loss_fn, [lg.w_star], lg.data, config.replace(num_draws=100), recording=recording, **kwargs)
+    long = sj.run_chains(lg.loss_fn, [lg.w_star], lg.data, config.replace(num_draws=1000), recording=recording, **kwargs)
+    kept = sj.run_chains(lg.loss_fn, [lg.w_star], lg.data, config.replace(num_draws=1000),
+                         recording=recording._replace(keep_traces=True), **kwargs)
     assert short.observed is None and long.observed is None
     # The statistics' state: O(p * N) per chain, the same for 100 and 1000 draws.
     assert nbytes(short.accumulator) == nbytes(long.accumulator) == 2 * 4 * (1 + 1 + (lg.N + 1) + (lg.N + 1))

@@ -139,7 +139,7 @@ def test_probe_centering_is_unbiased_and_linear_response_nonlinear():
         rho = np.ones(64)
         rho[:4] += sign * delta  # upweight examples 0-3 together: a larger, clearer response
         out = sj.run_chains(weighted, [w], sj.attach_weights(_nonlinear_data, rho / rho.mean()), _NONLINEAR, key=5,
-                            observe=observe, keep_traces=True, progress=False)
+                            recording=sj.Recording(observe=observe, keep_traces=True), progress=False)
         means[sign] = np.asarray(out.observed[0], np.float64).mean(axis=1)
     per_chain = (means[1] - means[-1]) / (2 * delta)
     predicted = beta * full.chi[:4, 1].sum()

@@ -1,6 +1,9 @@
-"""Resumable runs: the sampler's state at chunk boundaries, as npz files (no pickle).
+"""Resumable runs: the sampler's resume state at chunk boundaries, as npz files (no pickle).
 
-``run_chains(..., checkpoint_dir=path)`` writes, after every chunk, the chunk's per-draw records
+(In slt_jax a *checkpoint* is a training run's parameters; what this module writes is the sampler's
+*resume* state, in the user's ``resume_dir``.)
+
+``run_chains(..., resume_dir=path)`` writes, after every chunk, the chunk's per-draw records
 (``records_00003.npz``) and then the carry (chain states, accumulators, divergence steps) with the
 offsets (``state.npz``, replaced atomically) into ``path/<fingerprint>/``. A restarted run with the
 same fingerprint loads them and skips the chunks already done. Noise and minibatches are keyed by
@@ -14,7 +17,7 @@ their qualified names only: do not change a loss function's code between a run a
 A finished run's files stay, so repeating the call returns the stored result at once; delete the
 directory to start over.
 
-With several processes (``jax.distributed``) ``checkpoint_dir`` must be on a filesystem every process
+With several processes (``jax.distributed``) ``resume_dir`` must be on a filesystem every process
 sees: every process gathers the state (a collective), process 0 alone writes it, and the others wait
 at a barrier until it is written; on restart every process reads the same files, and a process that
 finds a different state (a directory that is not shared) stops the run with a ``ValueError``.
@@ -57,7 +60,7 @@ def _name(value) -> str:
 
 # Object reprs such as "<function loss at 0x7f...>" (inside a repr'd settings string) change from one
 # process to the next; the fingerprint keeps the name and drops the address, so a restarted process
-# finds its checkpoint.
+# finds its resume state.
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
@@ -101,10 +104,10 @@ def _load_npz(path: pathlib.Path) -> tuple[list, dict]:
 
 
 class RunCheckpoint:
-    """The checkpoint files of one run (one fingerprint) under ``directory``.
+    """The resume files of one run (one fingerprint) under ``directory``.
 
     Args:
-        directory: the user's ``checkpoint_dir``.
+        directory: the user's ``resume_dir``.
         key: the run's fingerprint.
         carry_like: a carry pytree with the run's structure (its values are not used).
         record_like: a chunk-record pytree with the run's structure.
@@ -124,7 +127,7 @@ class RunCheckpoint:
         carry, record = multihost.to_host((carry, record))
         if multihost.is_writer():
             self._write(chunk_index, carry, record, step_offset, draw_offset)
-        multihost.barrier(f"slt_jax checkpoint {self.key} chunk {chunk_index}")
+        multihost.barrier(f"slt_jax resume {self.key} chunk {chunk_index}")
 
     def _write(self, chunk_index: int, carry, record, step_offset: int, draw_offset: int) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -151,8 +154,8 @@ class RunCheckpoint:
         restored = self._read()
         found = [-1, -1, -1] if restored is None else [restored[4], restored[2], restored[3]]
         multihost.check_same(
-            f"The checkpoint found in {str(self.path)!r} (chunks done, step and draw offsets)", found,
-            "checkpoint_dir must be a directory that every process reads and process 0 writes (a shared filesystem).",
+            f"The resume state found in {str(self.path)!r} (chunks done, step and draw offsets)", found,
+            "resume_dir must be a directory that every process reads and process 0 writes (a shared filesystem).",
         )
         return restored
 

@@ -15,6 +15,7 @@ or min(2 GiB, RAM / 8) on a CPU host.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import warnings
@@ -29,10 +30,11 @@ from slt_jax import kernels, restriction
 from slt_jax._src import program, validation
 from slt_jax.config import NbetaConventionWarning, SamplerConfig
 from slt_jax.kernels import Hyperparameters, SGLDInfo
-from slt_jax._src.program import DrawContext, full_data_loss
-from slt_jax.types import Array, Batch, Params, PyTree
+from slt_jax._src.program import DrawContext, Recording, full_data_loss
+from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
-__all__ = ["Plan", "Group", "Variant", "prepare", "groups", "schedule", "configuration_bytes", "default_memory_budget"]
+__all__ = ["Plan", "Group", "Variant", "Chunk", "prepare", "groups", "schedule", "configuration_bytes", "default_memory_budget",
+           "example_draw", "observed_shapes"]
 
 # Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
 _NOISE_BUDGET_BYTES = 128 * 2**20
@@ -59,7 +61,10 @@ def _nbytes(tree) -> int:
     return sum(int(np.prod(np.shape(x))) * np.dtype(getattr(x, "dtype", np.float32)).itemsize for x in jax.tree.leaves(tree))
 
 
-_ACTIVATION_BYTES: dict = {}
+# Memory analyses by signature, least recently used first; bounded (each key holds a loss function,
+# and notebooks that redefine theirs would otherwise keep every old one alive).
+_ACTIVATION_BYTES: collections.OrderedDict = collections.OrderedDict()
+_MAX_ACTIVATION_ENTRIES = 128
 
 
 def _temp_bytes(identity, function, *args) -> int:
@@ -67,13 +72,18 @@ def _temp_bytes(identity, function, *args) -> int:
     function computes, e.g. ``(loss_fn, layout)``: ``function`` itself is a fresh closure each call)
     and argument signature."""
     signature = (identity, jax.tree.structure(args), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(args)))
-    if signature not in _ACTIVATION_BYTES:
-        try:
-            analysis = jax.jit(function).lower(*args).compile().memory_analysis()
-            _ACTIVATION_BYTES[signature] = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
-        except Exception:  # pragma: no cover - backends without memory analysis
-            _ACTIVATION_BYTES[signature] = 0
-    return _ACTIVATION_BYTES[signature]
+    if signature in _ACTIVATION_BYTES:
+        _ACTIVATION_BYTES.move_to_end(signature)
+        return _ACTIVATION_BYTES[signature]
+    try:
+        analysis = jax.jit(function).lower(*args).compile().memory_analysis()
+        size = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+    except Exception:  # pragma: no cover - backends without memory analysis
+        size = 0
+    _ACTIVATION_BYTES[signature] = size
+    while len(_ACTIVATION_BYTES) > _MAX_ACTIVATION_ENTRIES:
+        _ACTIVATION_BYTES.popitem(last=False)
+    return size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,17 +92,18 @@ def _temp_bytes(identity, function, *args) -> int:
 
 class Variant(NamedTuple):
     restriction: restriction.Restriction
-    hyper: np.ndarray  # (4,) step_size, nbeta, localization, weight_decay
+    hyper: Hyperparameters  # float64 numpy scalars (nβ resolved)
 
 
 class Plan(NamedTuple):
     n: int
+    config: SamplerConfig  # as given (``nbeta`` unresolved); the batch size is ``config.batch_size``
     centers: list  # device pytrees
     init_losses: np.ndarray  # (K,)
     variants: list[Variant]
     chain_keys: Array
     data: Batch
-    static: program.Static  # without num_draws / steps_per_draw / recorded
+    static: program.Static  # without layout / num_draws / steps_per_draw / recorded
     observe_data: PyTree
     center_caches: list  # per centre, the per-example losses at it (n, ...), or None (no cache)
 
@@ -129,7 +140,7 @@ def check_inputs(loss_fn, centers, data, config: SamplerConfig, masks=None) -> N
     n = validation.check_data(data)
     centers = check_centers(centers)
     for index, mask in enumerate([None] if masks is None else masks):
-        validation.check_masks(mask, centers[0], None, name=f"masks[{index}]")
+        validation.check_masks(mask, centers[0], name=f"masks[{index}]")
     validation.check_loss_fn(loss_fn, centers[0], data, min(config.batch_size, n))
 
 
@@ -157,57 +168,85 @@ def _variants(config: SamplerConfig, n: int, params: Params, masks, grid) -> lis
     num_variants = lengths.pop() if lengths else 1
     restrictions = []
     for index, mask in enumerate(masks):
-        checked = validation.check_masks(mask, params, None, name=f"masks[{index}]")
+        checked = validation.check_masks(mask, params, name=f"masks[{index}]")
         restrictions.append(restriction.restrict(checked, params))
     if len(restrictions) == 1:
         restrictions = restrictions * num_variants
-    hyper = np.stack([np.broadcast_to(columns[name], (num_variants,)) for name in _HYPERPARAMETERS], axis=1)
-    return [Variant(r, h) for r, h in zip(restrictions, hyper)]
+    columns = {name: np.broadcast_to(values, (num_variants,)) for name, values in columns.items()}
+    return [Variant(r, Hyperparameters(**{name: columns[name][v] for name in _HYPERPARAMETERS}))
+            for v, r in enumerate(restrictions)]
 
 
-def prepare(loss_fn, centers, data, config, key, masks, grid, observe, observe_data, accumulator, keep_traces,
-             full_loss_every, center_loss, init_losses) -> Plan:
+def _check_recording(recording: Recording | None) -> Recording:
+    if recording is None:
+        return Recording()
+    if not isinstance(recording, Recording):
+        raise TypeError(
+            f"recording must be a slt_jax.Recording (or None), got {type(recording).__name__}; build one with "
+            "sj.Recording(observe=..., accumulator=..., keep_traces=..., full_loss_every=..., center_loss=...)."
+        )
+    if recording.observe is not None and not callable(recording.observe):
+        raise TypeError(f"Recording.observe must be callable as observe(params, info, context), got {recording.observe!r}.")
+    if recording.observe_data is not None and recording.observe is None:
+        raise ValueError("Recording.observe_data was given without observe; pass observe(params, info, context).")
+    if recording.accumulator is not None and recording.observe is None:
+        raise ValueError("Recording.accumulator was given without observe; the accumulator streams observe's values.")
+    every = validation.check_positive_int(recording.full_loss_every, "Recording.full_loss_every", minimum=0)
+    return recording._replace(full_loss_every=every, keep_traces=bool(recording.keep_traces), center_loss=bool(recording.center_loss))
+
+
+def _warn_per_token_nbeta(config: SamplerConfig, n: int, loss_shape: tuple) -> None:
+    if config.nbeta is None and len(loss_shape) >= 2:
+        warnings.warn(NbetaConventionWarning(
+            f"loss_fn returns per-token losses {loss_shape} and nbeta is the default n / log n with n = {n} "
+            f"SEQUENCES (nbeta = {config.nbeta_for(n):.4g}), not n tokens (docs/conventions.md §1). Pass nbeta= "
+            f"to choose the convention explicitly, e.g. nbeta=sj.default_nbeta({n}) to keep this one."
+        ), stacklevel=validation.external_stacklevel())
+
+
+def _init_losses(loss_fn, centers: list, data, config: SamplerConfig, known, caches) -> np.ndarray:
+    """L_n(w*) of every centre: as given, the mean of its cached per-example losses (the same full
+    pass, once), or one batched full-data pass."""
+    if known is None and caches is not None:
+        known = [float(jnp.mean(cache)) for cache in caches]
+    elif known is None:
+        known = [float(full_data_loss(loss_fn, c, data, config.batch_size)) for c in centers]
+    try:
+        losses = np.asarray(known, np.float64).reshape(len(centers))
+    except (TypeError, ValueError):
+        raise ValueError(f"Recording.init_losses={known!r} must hold one L_n(w*) per centre ({len(centers)}).") from None
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        raise ValueError(f"the full-data loss at checkpoint(s) {bad.tolist()} is not finite; loss_fn must be finite at w*.")
+    return losses
+
+
+def prepare(loss_fn: LossFn, centers: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
+            masks: Sequence[Mask | None] | None = None, grid: Mapping[str, Sequence[float]] | None = None,
+            recording: Recording | None = None) -> Plan:
+    """Validates a run's inputs (before anything compiles) and resolves its configurations."""
     if not isinstance(config, SamplerConfig):
         raise TypeError(f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}.")
     n = validation.check_data(data)
     centers = check_centers(centers)
     if config.batch_size > n:
         raise ValueError(f"batch_size={config.batch_size} is larger than the dataset (n={n}); use batch_size <= {n}.")
-    full_loss_every = validation.check_positive_int(full_loss_every, "full_loss_every", minimum=0)
+    recording = _check_recording(recording)
     variants = _variants(config, n, centers[0], masks, grid)
     loss_shape = validation.check_loss_fn(loss_fn, centers[0], data, config.batch_size)
-    if config.nbeta is None and len(loss_shape) >= 2:
-        warnings.warn(NbetaConventionWarning(
-            f"loss_fn returns per-token losses {loss_shape} and nbeta is the default n / log n with n = {n} "
-            f"SEQUENCES (nbeta = {config.nbeta_for(n):.4g}), not n tokens (docs/conventions.md §1). Pass nbeta= "
-            f"to choose the convention explicitly, e.g. nbeta=sj.default_nbeta({n}) to keep this one."
-        ), stacklevel=4)
-    if observe_data is not None and observe is None:
-        raise ValueError("observe_data was given without observe; pass observe(params, info, context).")
-    if accumulator is not None and observe is None:
-        raise ValueError("accumulator was given without observe; the accumulator streams observe's values.")
+    _warn_per_token_nbeta(config, n, loss_shape)
     data = jax.tree.map(jnp.asarray, data)
     centers = [jax.tree.map(jnp.asarray, c) for c in centers]
-    caches = _center_caches(loss_fn, centers, data, config, len(variants), loss_shape) if center_loss else None
-    if init_losses is None and caches is not None:
-        init_losses = np.array([float(jnp.mean(cache)) for cache in caches])  # the same full pass, once
-    elif init_losses is None:
-        init_losses = np.array([float(full_data_loss(loss_fn, c, data, config.batch_size)) for c in centers])
-    init_losses = np.asarray(init_losses, np.float64).reshape(len(centers))
-    bad = np.flatnonzero(~np.isfinite(init_losses))
-    if bad.size:
-        raise ValueError(f"the full-data loss at checkpoint(s) {bad.tolist()} is not finite; loss_fn must be finite at w*.")
+    caches = _center_caches(loss_fn, centers, data, config, len(variants), loss_shape) if recording.center_loss else None
+    init_losses = _init_losses(loss_fn, centers, data, config, recording.init_losses, caches)
     static = program.Static(
         loss_fn=loss_fn, layout=None, preconditioner=config.preconditioner_spec, batch_size=config.batch_size,
-        num_draws=0, steps_per_draw=1, recorded=True, observe=observe, accumulator=accumulator,
-        keep_traces=bool(keep_traces and observe is not None), full_loss_every=full_loss_every,
-        full_loss_batch_size=config.batch_size, mala_every=config.mala_every,
-        diagnostics_every=config.diagnostics_every, center_loss=bool(center_loss), center_cache=caches is not None,
-        bulk_noise=False,
+        num_draws=0, steps_per_draw=1, recorded=True, recording=recording.compiled_part(), mala_every=config.mala_every,
+        diagnostics_every=config.diagnostics_every, center_cache=caches is not None, bulk_noise=False,
     )
     chain_keys = jax.random.split(validation.as_key(key), config.num_chains)
-    observe_data = jax.tree.map(jnp.asarray, observe_data)
-    return Plan(n, centers, init_losses, variants, chain_keys, data, static, observe_data, caches)
+    observe_data = jax.tree.map(jnp.asarray, recording.observe_data)
+    return Plan(n, config, centers, init_losses, variants, chain_keys, data, static, observe_data, caches)
 
 
 # The per-example losses at a centre are kept on device when they take at most this many bytes.
@@ -246,8 +285,26 @@ class Group(NamedTuple):
     num_variants: int
 
 
-def configuration_bytes(plan: Plan, config: SamplerConfig, layout: restriction.Layout, offsets: tuple) -> int:
+def example_draw(plan: Plan, batch: Batch | None = None) -> tuple[SGLDInfo, DrawContext]:
+    """Zero ``info`` and a ``context`` of the shapes ``observe`` sees at a draw (``batch``: a
+    minibatch, by default abstract), to trace ``observe`` outside the program."""
+    if batch is None:
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((plan.config.batch_size,) + x.shape[1:], x.dtype), plan.data)
+    zero = jnp.zeros((), jnp.float32)
+    info = SGLDInfo(*(zero for _ in SGLDInfo._fields))
+    center_loss = zero if plan.static.recording.center_loss else None
+    return info, DrawContext(batch, plan.centers[0], zero, plan.observe_data, center_loss)
+
+
+def observed_shapes(plan: Plan) -> PyTree | None:
+    """``observe``'s values at one draw as ``jax.ShapeDtypeStruct`` leaves, or None without observe."""
+    observe = plan.static.recording.observe
+    return None if observe is None else jax.eval_shape(observe, plan.centers[0], *example_draw(plan))
+
+
+def configuration_bytes(plan: Plan, layout: restriction.Layout, offsets: tuple) -> int:
     """Bytes one configuration needs in a group: chains' state, activations, observables."""
+    config, recording = plan.config, plan.static.recording
     center = plan.centers[0]
     piece = restriction.extract(layout, offsets, center)
     copies = 6 + (2 if config.preconditioner_spec.adaptive else 0)
@@ -261,22 +318,24 @@ def configuration_bytes(plan: Plan, config: SamplerConfig, layout: restriction.L
     shapes = tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(center))
     per_chain = copies * _nbytes(piece) + 2 * touched + _temp_bytes(("value_and_grad", plan.static.loss_fn, layout, shapes),
                                                                     value_and_grad, piece, batch)
-    observe = plan.static.observe
+    observe = recording.observe
     if observe is not None:
-        info = SGLDInfo(*(jnp.zeros((), jnp.float32) for _ in SGLDInfo._fields))
-        context = DrawContext(batch, center, jnp.zeros((), jnp.float32), plan.observe_data)
+        info, context = example_draw(plan, batch)
         values = jax.eval_shape(observe, center, info, context)
         per_chain += _temp_bytes(("observe", observe), lambda p, i, c: observe(p, i, c), center, info, context) + 2 * _nbytes(values)
-        if plan.static.accumulator is not None:
+        if recording.accumulator is not None:
             example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), values)
-            per_chain += 2 * _nbytes(jax.eval_shape(plan.static.accumulator.init, example))
-        if plan.static.keep_traces:
+            per_chain += 2 * _nbytes(jax.eval_shape(recording.accumulator.init, example))
+        if recording.keep_traces:
             per_chain += config.num_draws * _nbytes(values)
     per_chain += config.num_draws * 8 * 4  # the records
     return config.num_chains * per_chain + (_nbytes(center) if len(plan.centers) > 1 else 0)
 
 
-def groups(plan: Plan, config: SamplerConfig) -> tuple[list[Group], int]:
+def groups(plan: Plan) -> tuple[list[Group], int]:
+    """The compiled groups (one per restriction layout, split by the memory budget) and the largest
+    configuration's bytes."""
+    config = plan.config
     budget = config.memory_budget or default_memory_budget()
     by_layout: dict = {}
     largest = 0
@@ -285,7 +344,7 @@ def groups(plan: Plan, config: SamplerConfig) -> tuple[list[Group], int]:
     num_centers = len(plan.centers)
     groups = []
     for layout, members in by_layout.items():
-        per_config = configuration_bytes(plan, config, layout, plan.variants[members[0]].restriction.offsets)
+        per_config = configuration_bytes(plan, layout, plan.variants[members[0]].restriction.offsets)
         if per_config > budget:
             raise ValueError(
                 f"memory_budget={budget} bytes is too small for one configuration ({per_config} bytes: "
@@ -330,10 +389,23 @@ def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, r
     return lengths
 
 
-def schedule(config: SamplerConfig, per_step_bytes: int) -> list[tuple[int, int, bool]]:
-    """(draws, steps per draw, recorded) per chunk: burn-in chunks first, then the recorded ones."""
+class Chunk(NamedTuple):
+    """One call of the chunk program: ``num_draws * steps_per_draw`` steps, recording a draw at the
+    first of every ``steps_per_draw`` when ``recorded`` (burn-in chunks record nothing)."""
+
+    num_draws: int
+    steps_per_draw: int
+    recorded: bool
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_draws * self.steps_per_draw
+
+
+def schedule(config: SamplerConfig, per_step_bytes: int) -> list[Chunk]:
+    """The chunks of a group's run: burn-in chunks first, then the recorded ones."""
     burnin = _chunk_lengths(config.num_burnin, 1, per_step_bytes, config.chunk_draws)
     draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws)
-    return [(length, 1, False) for length in burnin] + [(length, config.num_steps_between_draws, True) for length in draws]
+    return [Chunk(length, 1, False) for length in burnin] + [Chunk(length, config.num_steps_between_draws, True) for length in draws]
 
 

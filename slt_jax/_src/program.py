@@ -3,8 +3,10 @@
 ``slt_jax.sampler`` drives it. One call runs ``num_draws * steps_per_draw`` steps of every chain of
 every configuration in a group: ``vmap`` (centres) ∘ ``vmap`` (variants: component offsets and
 hyperparameters) ∘ ``vmap`` (chains) ∘ ``lax.scan`` (draws) ∘ ``lax.scan`` (steps between draws).
-The step is ``kernels.build_kernel``'s kernel applied to the chain's restricted loss. Everything here
-runs under ``jit``; nothing here touches the host.
+The step is ``kernels.build_kernel``'s kernel applied to the chain's restricted loss. The chunk
+program (``chain_chunk``) runs under ``jit`` and never touches the host; ``compiled_chunk`` compiles it
+on the host (timed, cached per signature), and ``full_data_loss`` / ``example_losses`` are jitted
+passes over the whole dataset that the planning step calls from the host.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import collections
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -24,7 +26,7 @@ from slt_jax._src import validation
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax.types import Array, Batch, LossFn, Params, PRNGKey, PyTree
 
-__all__ = ["Accumulator", "DrawContext", "Carry", "DrawRecord", "take_rows", "batched_mean", "example_losses", "full_data_loss",
+__all__ = ["Accumulator", "DrawContext", "Recording", "Carry", "DrawRecord", "CenterInputs", "VariantInputs", "Offsets", "take_rows", "batched_mean", "example_losses", "full_data_loss",
            "compiled_chunk", "compile_count"]
 
 
@@ -40,6 +42,49 @@ class Accumulator(NamedTuple):
     update: Callable[[PyTree, PyTree], PyTree]
 
 
+class Recording(NamedTuple):
+    """What a run records at each draw besides the minibatch loss and the kernel's diagnostics.
+
+    One immutable value, passed whole to ``run_chains(recording=...)``; the default records nothing
+    extra. ``G`` configurations, ``C`` chains, ``D`` draws, ``K`` centres.
+
+    Attributes:
+        observe: ``observe(params, info, context) -> pytree`` evaluated at every draw at the draw's
+            full parameters (before that step moves them); ``info`` is the draw's ``SGLDInfo`` and
+            ``context`` a ``DrawContext``. Its values are streamed into ``accumulator`` and/or kept
+            (``keep_traces``) as ``ChainsResult.observed`` of leaves ``(G, C, D, ...)``.
+        observe_data: pytree of arrays for ``observe`` (e.g. probe datasets), seen as
+            ``context.data``. A traced input, so new values of the same shapes never recompile (a
+            closure would bake them into the program). Needs ``observe``.
+        accumulator: an ``Accumulator`` of ``observe``'s values carried on device, returned as
+            ``ChainsResult.accumulator`` of leaves ``(G, C, ...)``. Needs ``observe``.
+        keep_traces: keep every draw's ``observe`` values (memory grows with the draws).
+        full_loss_every: evaluate the full-data loss L_n(w) every this many draws, 0 = never
+            (``ChainsResult.full_loss``, ``(G, C, D)``, NaN between).
+        center_loss: also evaluate the loss at w* on every draw's minibatch, the control variate of
+            the paired LLC estimator (``ChainsResult.center_loss`` ``(G, C, D)`` and
+            ``DrawContext.center_loss``): one forward pass per draw, or a gather from the
+            per-example losses at each centre, computed once when n is at most the examples those
+            passes would evaluate and ``loss_fn`` is per-example.
+        init_losses: L_n(w*) of each centre ``(K,)`` if already known (the baseline every draw is
+            recorded against: ``DrawContext.init_loss``, ``ChainsResult.init_loss``); None computes
+            it with one full-data pass per centre.
+    """
+
+    observe: Callable[[Params, SGLDInfo, DrawContext], PyTree] | None = None
+    observe_data: PyTree | None = None
+    accumulator: Accumulator | None = None
+    keep_traces: bool = False
+    full_loss_every: int = 0
+    center_loss: bool = False
+    init_losses: Sequence[float] | None = None
+
+    def compiled_part(self) -> Recording:
+        """The settings that shape the compiled program (hashable): the data fields dropped, and
+        ``keep_traces`` only where there is something to keep."""
+        return self._replace(observe_data=None, init_losses=None, keep_traces=bool(self.keep_traces and self.observe is not None))
+
+
 class DrawContext(NamedTuple):
     """What ``observe(params, info, context)`` sees besides the draw's full parameters.
 
@@ -49,7 +94,7 @@ class DrawContext(NamedTuple):
         init_loss: this configuration's L_n(w*), float32 scalar.
         data: the run's ``observe_data`` (e.g. probe datasets), or None.
         center_loss: the mean loss AT w* on ``batch`` (float32 scalar) when the run evaluates it
-            (``run_chains(center_loss=True)``), else None. The sampler gathers it from the
+            (``Recording(center_loss=True)``), else None. The sampler gathers it from the
             per-example losses at w*, computed once per centre, when that is cheaper than one
             forward pass per draw (``slt_jax._src.planning``).
     """
@@ -140,55 +185,103 @@ class Static(NamedTuple):
     num_draws: int
     steps_per_draw: int
     recorded: bool
-    observe: Callable | None
-    accumulator: Accumulator | None
-    keep_traces: bool
-    full_loss_every: int
-    full_loss_batch_size: int
+    recording: Recording  # its ``compiled_part()``; ``Recording()`` in unrecorded (burn-in) chunks
     mala_every: int
     diagnostics_every: int
-    center_loss: bool
     center_cache: bool  # the loss at w* on a batch is gathered from per-example losses at w*
     bulk_noise: bool
 
 
-def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, init_loss: Array, center_cache: Array,
-                offsets: tuple, hyper: Hyperparameters, step_offset: Array, draw_offset: Array, observe_data: PyTree,
-                static: Static):
-    """Runs ``num_draws * steps_per_draw`` steps of ONE chain of ONE configuration.
+class CenterInputs(NamedTuple):
+    """A centre's traced inputs (leading axis K in a group, none inside one chain's program)."""
 
-    ``center_cache`` holds the per-example losses at the centre ``(n, ...)`` when
-    ``static.center_cache`` (else an empty placeholder)."""
-    n = jax.tree.leaves(data)[0].shape[0]
-    num_steps = static.num_draws * static.steps_per_draw
+    center: Params  # w*, full params
+    init_loss: Array  # L_n(w*), float32 scalar
+    center_cache: Array  # per-example losses at w* (n, ...) when ``Static.center_cache``, else a placeholder
+
+
+class VariantInputs(NamedTuple):
+    """A variant's traced inputs (leading axis V in a group): its component and hyperparameters."""
+
+    offsets: tuple
+    hyper: Hyperparameters
+
+
+class Offsets(NamedTuple):
+    """Where a chunk starts: its first global step and its first recorded draw (int32 scalars)."""
+
+    step: Array
+    draw: Array
+
+
+def _loss_at_center(static: Static, at: CenterInputs, batch: Batch, indices: Array) -> Array:
+    """The mean loss at w* on a draw's minibatch: a forward pass, or a gather from the cached
+    per-example losses at w*."""
+    if not static.center_cache:
+        return kernels.mean_loss(static.loss_fn, at.center, batch).astype(jnp.float32)
+    if indices.shape[0] == 0:  # full batch (no indices drawn)
+        return jnp.mean(at.center_cache)
+    return jnp.mean(jnp.take(at.center_cache, indices, axis=0, mode="clip"))
+
+
+def _full_loss(static: Static, params: Params, data: Batch, draw_index: Array) -> Array:
+    """L_n at the draw on the draws due (every ``full_loss_every``-th), else NaN."""
+    nan = jnp.full((), jnp.nan, jnp.float32)
+    if not static.recording.full_loss_every:
+        return nan
+    return jax.lax.cond(
+        draw_index % static.recording.full_loss_every == 0,
+        lambda: batched_mean(static.loss_fn, params, data, static.batch_size).astype(jnp.float32),
+        lambda: nan,
+    )
+
+
+def _observe(static: Static, at: CenterInputs, params: Params, info: SGLDInfo, batch: Batch, indices: Array,
+             observe_data: PyTree, accumulated: PyTree) -> tuple[Array, PyTree, PyTree]:
+    """A draw's loss at w* (NaN unless recorded), observables (None unless observed) and the
+    updated accumulator."""
+    recording = static.recording
+    at_center = _loss_at_center(static, at, batch, indices) if recording.center_loss else jnp.full((), jnp.nan, jnp.float32)
+    observed = None
+    if recording.observe is not None:
+        context = DrawContext(batch, at.center, at.init_loss, observe_data, at_center if recording.center_loss else None)
+        observed = recording.observe(params, info, context)
+        if recording.accumulator is not None:
+            accumulated = recording.accumulator.update(accumulated, observed)
+    return at_center, observed, accumulated
+
+
+def _step_inputs(chain_key: PRNGKey, position_center: Params, n: int, start: Offsets, static: Static):
+    """Per-step noise (bulk, or None: drawn inside each step), minibatch indices and global step
+    numbers, shaped ``(num_draws, steps_per_draw, ...)``; keyed ``fold_in(key, t)``, so chunking
+    never changes the draws."""
     noise_key, batch_key = jax.random.split(chain_key)
-    steps = step_offset + jnp.arange(num_steps, dtype=jnp.int32)
-    layout = static.layout
-    position_center = restriction.extract(layout, offsets, center)
-
-    def position_loss(position, batch):
-        return static.loss_fn(restriction.embed(layout, offsets, center, position), batch)
-
-    kernel = kernels.build_kernel(position_loss, preconditioner=static.preconditioner)
-    step_kernel = lambda *args: kernel(*args, diagnostics=False)
-
-    # Randomness is keyed per step: fold_in(key, t), so chunking never changes the draws.
+    num_steps = static.num_draws * static.steps_per_draw
+    steps = start.step + jnp.arange(num_steps, dtype=jnp.int32)
+    noise = None
     if static.bulk_noise:
         noise = jax.vmap(lambda t: kernels.tree_normal(jax.random.fold_in(noise_key, t), position_center))(steps)
-    else:
-        noise = None  # drawn inside each step from the same per-step key
     if static.batch_size == n:
         indices = jnp.zeros((num_steps, 0), jnp.int32)  # full batch: every step sees all the data
     else:
         indices = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(batch_key, t), (static.batch_size,), 0, n))(steps)
     reshape = lambda x: x.reshape((static.num_draws, static.steps_per_draw) + x.shape[1:])
-    noise, indices, steps = jax.tree.map(reshape, (noise, indices, steps))
+    return noise_key, jax.tree.map(reshape, (noise, indices, steps))
 
-    def batch_of(step_indices):
-        return data if static.batch_size == n else take_rows(data, step_indices)
+
+def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs, variant: VariantInputs, start: Offsets,
+                observe_data: PyTree, static: Static):
+    """Runs ``num_draws * steps_per_draw`` steps of ONE chain of ONE configuration."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    layout, offsets, hyper = static.layout, variant.offsets, variant.hyper
+    position_center = restriction.extract(layout, offsets, at.center)
+    kernel = kernels.build_kernel(lambda position, batch: static.loss_fn(restriction.embed(layout, offsets, at.center, position), batch),
+                                  preconditioner=static.preconditioner)
+    step_kernel = lambda *args: kernel(*args, diagnostics=False)
+    noise_key, (noise, indices, steps) = _step_inputs(chain_key, position_center, n, start, static)
 
     def one_step(kernel, state, diverged_at, step_noise, step_indices, step):
-        batch = batch_of(step_indices)
+        batch = data if static.batch_size == n else take_rows(data, step_indices)
         new_state, info = kernel(jax.random.fold_in(noise_key, step), state, batch, position_center, hyper, step_noise)
         diverged_at = jnp.where((diverged_at < 0) & ~jnp.isfinite(info.loss), step, diverged_at)
         return new_state, info, diverged_at, batch
@@ -200,7 +293,6 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, i
 
     def draw(carry: Carry, xs):
         draw_noise, draw_indices, draw_steps, draw_index = xs
-        first = (jax.tree.map(lambda x: x[0], draw_noise), draw_indices[0], draw_steps[0])
         if not static.recorded:
             (state, diverged_at), _ = jax.lax.scan(inner, (carry.state, carry.diverged_at), (draw_noise, draw_indices, draw_steps))
             return Carry(state, carry.accumulator, diverged_at), None
@@ -210,53 +302,32 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, center: Params, i
         draw_kernel = lambda *args: kernel(
             *args, diagnostics=due(static.diagnostics_every), mala=bool(static.mala_every) and due(static.mala_every)
         )
-        state = carry.state
-        new_state, info, diverged_at, batch = one_step(draw_kernel, state, carry.diverged_at, *first)
-        nan = jnp.full((), jnp.nan, jnp.float32)
+        first = (jax.tree.map(lambda x: x[0], draw_noise), draw_indices[0], draw_steps[0])
+        new_state, info, diverged_at, batch = one_step(draw_kernel, carry.state, carry.diverged_at, *first)
         params = None
-        if static.full_loss_every or static.observe is not None:
-            params = restriction.embed(layout, offsets, center, state.position)
-        full_loss = nan
-        if static.full_loss_every:
-            full_loss = jax.lax.cond(
-                draw_index % static.full_loss_every == 0,
-                lambda: batched_mean(static.loss_fn, params, data, static.full_loss_batch_size).astype(jnp.float32),
-                lambda: nan,
-            )
-        at_center = nan
-        if static.center_loss:
-            if not static.center_cache:
-                at_center = kernels.mean_loss(static.loss_fn, center, batch).astype(jnp.float32)
-            elif static.batch_size == n:
-                at_center = jnp.mean(center_cache)
-            else:
-                at_center = jnp.mean(jnp.take(center_cache, first[1], axis=0, mode="clip"))
-        observed = None
-        accumulated = carry.accumulator
-        if static.observe is not None:
-            context = DrawContext(batch, center, init_loss, observe_data, at_center if static.center_loss else None)
-            observed = static.observe(params, info, context)
-            if static.accumulator is not None:
-                accumulated = static.accumulator.update(accumulated, observed)
+        if static.recording.full_loss_every or static.recording.observe is not None:
+            params = restriction.embed(layout, offsets, at.center, carry.state.position)
+        full_loss = _full_loss(static, params, data, draw_index)
+        at_center, observed, accumulated = _observe(static, at, params, info, batch, first[1], observe_data, carry.accumulator)
+        record = DrawRecord(info, full_loss, at_center, observed if static.recording.keep_traces else None)
         if static.steps_per_draw > 1:
             rest = (jax.tree.map(lambda x: x[1:], draw_noise), draw_indices[1:], draw_steps[1:])
             (new_state, diverged_at), _ = jax.lax.scan(inner, (new_state, diverged_at), rest)
-        record = DrawRecord(info, full_loss, at_center, observed if static.keep_traces else None)
         return Carry(new_state, accumulated, diverged_at), record
 
-    draw_indices = draw_offset + jnp.arange(static.num_draws, dtype=jnp.int32)
+    draw_indices = start.draw + jnp.arange(static.num_draws, dtype=jnp.int32)
     return jax.lax.scan(draw, carry, (noise, indices, steps, draw_indices))
 
 
-def _chunk(carry, chain_keys, data, centers, init_losses, center_caches, offsets, hyper, step_offset, draw_offset, observe_data,
-           *, static: Static):
-    def run(c, k, center, init_loss, cache, off, h):
-        return chain_chunk(c, k, data, center, init_loss, cache, off, h, step_offset, draw_offset, observe_data, static)
+def _chunk(carry, chain_keys, data, centers: CenterInputs, variants: VariantInputs, start: Offsets, observe_data, *,
+           static: Static):
+    def run(c, k, at, variant):
+        return chain_chunk(c, k, data, at, variant, start, observe_data, static)
 
-    per_chain = jax.vmap(run, in_axes=(0, 0, None, None, None, None, None))
-    per_variant = jax.vmap(per_chain, in_axes=(0, None, None, None, None, 0, 0))
-    per_center = jax.vmap(per_variant, in_axes=(0, None, 0, 0, 0, None, None))
-    return per_center(carry, chain_keys, centers, init_losses, center_caches, offsets, hyper)
+    per_chain = jax.vmap(run, in_axes=(0, 0, None, None))
+    per_variant = jax.vmap(per_chain, in_axes=(0, None, None, 0))
+    per_center = jax.vmap(per_variant, in_axes=(0, None, 0, None))
+    return per_center(carry, chain_keys, centers, variants)
 
 
 _chunk_jit = jax.jit(_chunk, static_argnames=("static",), donate_argnums=(0,))

@@ -1,9 +1,13 @@
-"""Input validation, all in Python, before anything compiles (STYLE.md habit 9).
+"""Input validation, all in Python, before anything compiles.
 
 Every check raises a ``ValueError`` or ``TypeError`` that names the argument, the value and the fix.
+``external_stacklevel`` points a warning at the user's line, outside the package.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +23,22 @@ __all__ = [
     "check_params",
     "check_positive_int",
     "check_scalar_grid",
+    "external_stacklevel",
 ]
+
+_PACKAGE_DIRECTORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../slt_jax
+
+
+def external_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point at the first
+    frame outside the slt_jax package (the user's line), however deep inside the package the
+    warning is raised. (Python 3.12's ``skip_file_prefixes`` does this; we support 3.11.)"""
+    frame = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIRECTORY + os.sep):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 def check_positive_int(value, name: str, minimum: int = 1) -> int:
@@ -97,8 +116,9 @@ def check_params(params: Params) -> None:
             raise ValueError(f"params{jax.tree_util.keystr(path)} contains NaN or inf; w* must be finite.")
 
 
-def check_masks(masks: Mask | None, params: Params, num_configs: int | None, name: str = "mask") -> Mask | None:
-    """Validates a mask (``num_configs=None``) or a stack of masks and broadcasts leaves to full shape."""
+def check_masks(masks: Mask | None, params: Params, name: str = "mask") -> Mask | None:
+    """Validates a bool mask (or a callable ``params -> mask``) and broadcasts its leaves to the
+    parameters' shapes."""
     if masks is None:
         return None
     if callable(masks):
@@ -121,18 +141,12 @@ def check_masks(masks: Mask | None, params: Params, num_configs: int | None, nam
         if array.dtype != np.bool_:
             raise TypeError(f"{where} has dtype {array.dtype}; masks are bool (True = sampled).")
         param_shape = np.shape(param)
-        lead = () if num_configs is None else (num_configs,)
-        if num_configs is not None and (array.ndim == 0 or array.shape[0] != num_configs):
-            raise ValueError(f"{where}: a stack of {num_configs} masks needs a leading axis of {num_configs}, got shape {array.shape}.")
-        inner = array.shape[len(lead):]
-        if inner not in ((), param_shape):
+        if array.shape not in ((), param_shape):
             raise ValueError(
-                f"{where} has shape {inner} but the parameter has shape {param_shape}; a mask leaf is a "
+                f"{where} has shape {array.shape} but the parameter has shape {param_shape}; a mask leaf is a "
                 "scalar bool or an array of the parameter's shape."
             )
-        if inner == ():
-            array = array.reshape(lead + (1,) * len(param_shape))
-        out.append(np.broadcast_to(array, lead + param_shape))
+        out.append(np.broadcast_to(array, param_shape))
     mask_arrays = jax.tree.unflatten(params_structure, [jnp.asarray(m) for m in out])
     if not any(bool(np.any(m)) for m in out):
         raise ValueError(f"{name} selects no coordinate at all; at least one parameter must be sampled.")

@@ -23,7 +23,7 @@ from slt_jax._src import validation
 from slt_jax.calibration.schedule import check_config
 from slt_jax.config import SamplerConfig
 from slt_jax.restriction import Restriction, embed, restrict
-from slt_jax.sampler import full_data_loss, run_chains
+from slt_jax.sampler import Recording, full_data_loss, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = ["default_step_sizes", "PILOT_CHAINS", "PILOT_STEPS", "PILOT_ROUNDS"]
@@ -123,7 +123,7 @@ def _pilot_ends(probe: _Probe, pilot: _Pilot, step_size: float, attempt: int) ->
     chains = run_chains(
         probe.loss_fn, [pilot.params], pilot.data, pilot.config.replace(step_size=step_size),
         key=jax.random.fold_in(pilot.key, attempt), masks=None if mask is None else [mask],
-        init_losses=pilot.init_loss, progress=False, description="step-size pilot",
+        recording=Recording(init_losses=pilot.init_loss), progress=False,
     )
     if np.asarray(chains.diverged).any():
         return None
@@ -198,7 +198,7 @@ def default_step_sizes(
     num_step_sizes = validation.check_positive_int(num_step_sizes, "num_step_sizes")
     key = validation.as_key(key)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
-    mask = validation.check_masks(component, params, None, name="component")
+    mask = validation.check_masks(component, params, name="component")
     probe = _probe(loss_fn, data, n, min(config.batch_size, n), mask, rng)
     flat = ravel_pytree(params)[0]
     start = jnp.asarray(rng.normal(size=flat.shape), flat.dtype)

@@ -15,7 +15,7 @@ import numpy as np
 from slt_jax import diagnostics, traces
 from slt_jax.calibration.curvature import default_step_sizes
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsOutput, run_chains
+from slt_jax.sampler import ChainsResult, Recording, run_chains
 from slt_jax.types import Batch, LossFn, Mask, Params
 
 __all__ = ["Problem", "Axes", "Grid", "GridRun", "settings_grid", "run_grid"]
@@ -62,7 +62,7 @@ class GridRun(NamedTuple):
     """The grid's chains and health: ``metrics`` ``{name: (G,)}``, ``llc_per_chain`` ``(G, C)`` (NaN
     for diverged chains) and the per-draw nβ(L - L*) ``draws`` ``(G, C, D)``."""
 
-    chains: ChainsOutput
+    chains: ChainsResult
     draws: np.ndarray
     metrics: dict
     llc_per_chain: np.ndarray
@@ -89,7 +89,8 @@ def run_grid(problem: Problem, schedule: SamplerConfig, grid: Grid, *, key, loss
     component = problem.component
     chains = run_chains(
         problem.loss_fn, [problem.params], problem.data, schedule, key=key, masks=None if component is None else [component],
-        grid=grid._asdict(), progress=progress, description="calibration", **traces.estimator_options(loss_estimator),
+        grid=grid._asdict(), recording=Recording(**traces.estimator_options(loss_estimator)),
+        progress=progress and "calibration",
     )
     draws = traces.llc_draws(chains, loss_estimator)  # (G, C, D) nβ(L - L*)
     adaptive = schedule.preconditioner_spec.adaptive

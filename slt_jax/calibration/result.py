@@ -10,7 +10,7 @@ import numpy as np
 
 from slt_jax import plots, traces
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsOutput
+from slt_jax.sampler import ChainsResult
 
 __all__ = ["CalibrationResult"]
 
@@ -49,7 +49,7 @@ class CalibrationResult:
         burnin_draws: leading draws of each chain excluded from the metrics.
         config: the ``SamplerConfig`` ``calibrate`` was given (``chains.config`` is the schedule
             the calibration chains ran, ``calibration_schedule(config)``).
-        chains: the grid's ``ChainsOutput`` (leading axes ``(G, num_chains)``).
+        chains: the grid's ``ChainsResult`` (leading axes ``(G, num_chains)``).
         settings: the rule's parameters and the run's settings.
     """
 
@@ -67,7 +67,7 @@ class CalibrationResult:
     init_loss: float
     burnin_draws: int
     config: SamplerConfig
-    chains: ChainsOutput
+    chains: ChainsResult
     settings: dict
 
     xarray_dims = {"llc_per_chain": ("setting", "chain"), "diverged": ("setting", "chain")}
@@ -185,7 +185,7 @@ class CalibrationResult:
             raise ValueError(f"variables {missing} are not in this result's Dataset; it has {sorted(dataset.data_vars)}.")
         return dataset[variables].to_dataframe()
 
-    def arviz_source(self, index: int | None = None) -> tuple[ChainsOutput, str]:
+    def arviz_source(self, index: int | None = None) -> tuple[ChainsResult, str]:
         """(one setting's chains, loss estimator) for ``slt_jax.to_arviz``; default the recommended setting."""
         if index is None:
             if self.recommended_index < 0:
