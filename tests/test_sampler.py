@@ -226,7 +226,7 @@ def test_config_is_immutable_and_json_round_trips():
     assert sj.SamplerConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(Exception):
         config.step_size = 1.0
-    with pytest.raises(TypeError, match="no field"):
+    with pytest.raises(TypeError, match="unknown SamplerConfig field"):
         CONFIG.replace(sampler="sgld")
 
 
