@@ -30,9 +30,10 @@ import numpy as np
 
 from numpyro import diagnostics as numpyro_diagnostics
 
-from slt_jax import traces
+from slt_jax import results, traces
+from slt_jax._src import frontdoor
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsOutput, DivergenceError, run_chains
+from slt_jax.sampler import ChainsOutput, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = [
@@ -449,8 +450,9 @@ def ou_variance(step_size: float, localization: float) -> float:
     return 1.0 / (localization * (1.0 - step_size * localization / 4.0))
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class NegativeControlResult:
+class NegativeControlResult(results.Result):
     """The nβ = 0 control: chains must be an OU process around w* with a known variance.
 
     Attributes:
@@ -473,6 +475,8 @@ class NegativeControlResult:
     variance_trace: np.ndarray
     chains: ChainsOutput
 
+    xarray_dims = {"variance_trace": ("chain", "draw")}
+
     @property
     def passed(self) -> bool:
         """Whether the measured variance agrees with the expected one within 4 standard errors."""
@@ -489,8 +493,7 @@ class NegativeControlResult:
 
 def _control_config(config: SamplerConfig) -> SamplerConfig:
     """The control's schedule: nβ = 0, no weight decay, burn-in and thinning at least the OU's."""
-    if not isinstance(config, SamplerConfig):
-        raise TypeError(f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}.")
+    frontdoor.check_config(config, "negative_control")
     if isinstance(config.step_size, str):
         raise ValueError("negative_control needs a numeric step_size (calibrate first: sj.calibrate(...).recommended).")
     if config.localization <= 0:
@@ -559,8 +562,7 @@ def negative_control(
     num_coordinates = int(chains.num_sampled[0])
     variance_trace = np.asarray(chains.distance[0], np.float64) ** 2 / num_coordinates
     good = ~np.asarray(chains.diverged[0])
-    if not good.any():
-        raise DivergenceError("every chain of the negative control diverged; reduce step_size.", chains)
+    frontdoor.report_divergence(chains.diverged_at[0], what="the negative control", result=chains)
     trace = variance_trace[good]
     measured = float(trace.mean())
     ess, _, _ = traces.loss_diagnostics(trace)

@@ -92,7 +92,7 @@ def run(checkpoint_dir: str) -> dict:
     out = {"process_index": jax.process_index(), "process_count": jax.process_count(), "device_count": jax.device_count()}
     out["llc"] = _llc(sj.estimate_llc(loss_fn, w_star, data, CONFIG, key=KEY, progress=False))
     out.update(_checkpointed_runs(
-        lambda directory: sj.estimate_llc(loss_fn, w_star, data, CONFIG, key=KEY, progress=False, checkpoint_dir=directory),
+        lambda directory: sj.estimate_llc(loss_fn, w_star, data, CONFIG, key=KEY, progress=False, resume_dir=directory),
         checkpoint_dir,
     ))
     # Several configurations in one program (two components of one layout), on-device accumulators.

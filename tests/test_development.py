@@ -101,7 +101,7 @@ def test_track_development_with_probes_stacks_susceptibilities_per_checkpoint():
     probes = {"a": jax.tree.map(lambda v: v[:5], data), "b": jax.tree.map(lambda v: v[5:9], data)}
     dev = sj.track_development(_loss, checkpoints, data, config, key=0, steps=[0, 100], probes=probes, progress=False)
     alone = sj.estimate_susceptibilities(_loss, checkpoints[1], data, config, key=0, probes=probes, progress=False)
-    np.testing.assert_allclose(dev.susceptibilities[1].chi, alone.chi, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dev.susceptibilities.result(1).chi, alone.chi, rtol=1e-4, atol=1e-6)
     ds = dev.to_xarray()
     assert ds["chi"].dims == ("checkpoint", "row", "column") and ds["chi"].shape == (2, 9, alone.chi.shape[1])
 

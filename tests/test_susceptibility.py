@@ -202,7 +202,8 @@ def test_result_methods_and_exports(tmp_path):
     dataset = result.to_xarray()
     assert dataset["chi"].dims == ("row", "column")
     assert list(dataset["column"].values) == result.components
-    assert set(result.to_numpy()) >= {"chi", "stderr", "chi_per_chain", "components", "probe", "example", "token"}
+    assert set(dataset.data_vars) >= {"chi", "stderr", "chi_per_chain", "observable_mean"}
+    assert {"probe", "example", "token", "component", "observable"} <= set(dataset.coords)
     # Saved and loaded without pickle: labels are fixed-width unicode arrays, not object arrays.
     assert {result.labels.probe.dtype.kind, result.column_component.dtype.kind, result.column_observable.dtype.kind} == {"U"}
     path = sj.save(tmp_path / "chi", result)
@@ -244,7 +245,7 @@ def test_validation(kwargs, error, match):
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         if "checkpoints" in arguments:
-            sj.estimate_susceptibilities_over_checkpoints(lg.loss_fn, arguments.pop("checkpoints"), lg.data, config, **arguments)
+            sj.estimate_susceptibilities_table(lg.loss_fn, arguments.pop("checkpoints"), lg.data, config, **arguments)
         else:
             sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, config, **arguments)
 
@@ -279,9 +280,10 @@ def test_over_checkpoints_equals_separate_runs(centering):
     checkpoints = [lg.w_star, lg.w_star + jnp.asarray([0.3, -0.2, 0.1])]
     kwargs = dict(key=6, probes={"train": lg.train}, components={"x0": jnp.array([True, False, False])},
                   observables=lg.OBSERVABLES, centering=centering, progress=False)
-    stacked = sj.estimate_susceptibilities_over_checkpoints(lg.loss_fn, checkpoints, lg.data, config, steps=[100, 300], **kwargs)
-    assert list(stacked) == [100, 300]
-    for k, (params, result) in enumerate(zip(checkpoints, stacked.values())):
+    stacked = sj.estimate_susceptibilities_table(lg.loss_fn, checkpoints, lg.data, config, steps=[100, 300], **kwargs)
+    assert stacked.steps.tolist() == [100, 300] and stacked.chi.shape[0] == 2
+    for k, params in enumerate(checkpoints):
+        result = stacked.result(k)
         alone = sj.estimate_susceptibilities(lg.loss_fn, params, lg.data, config, **kwargs)
         assert result.components == alone.components
         np.testing.assert_allclose(result.chi_per_chain, alone.chi_per_chain, rtol=1e-5, atol=1e-5 * np.abs(alone.chi).max())
@@ -291,7 +293,7 @@ def test_over_checkpoints_equals_separate_runs(centering):
     # φ = L(w) - L_n(w*_k) uses each checkpoint's own centre: w*_0 is the global minimum, so φ >= 0 at
     # every draw there; from w*_1 = w* + δ the chains move downhill and ⟨φ⟩ < 0 (a centre shared with
     # checkpoint 0 would give φ >= 0 here too).
-    assert stacked[300].observable_mean[0] < 0 < stacked[100].observable_mean[0]
+    assert stacked.observable_mean[1, 0] < 0 < stacked.observable_mean[0, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,4 +390,4 @@ def test_divergence_is_reported():
         sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, config, key=0, probes={"train": lg.train}, progress=False)
     assert isinstance(caught.value.result, sj.SusceptibilityResult) and np.isnan(caught.value.result.chi).all()
     with pytest.raises(sj.DivergenceError, match="Every chain diverged"):
-        sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, config, key=0, probe=lg.train, block_size=8, progress=False)
+        sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, config, key=0, probes={"train": lg.train}, block_size=8, progress=False)
