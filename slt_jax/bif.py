@@ -65,11 +65,6 @@ class BIFResult(results.Result):
     diverged: np.ndarray
     chains: ChainsOutput
 
-    @property
-    def config(self) -> SamplerConfig:
-        """The ``SamplerConfig`` the chains ran with."""
-        return self.chains.config
-
     def _dataset(self):
         xr = results.require("xarray")
         pair = ("row", "column")
@@ -125,46 +120,20 @@ def _result(cov: np.ndarray, stderr: np.ndarray, chains: ChainsOutput, labels: P
 
 
 @results.register
-@dataclasses.dataclass(frozen=True)
-class BIFTable(results.Result):
+@results.table_of(BIFResult, shared=("labels", "nbeta"))
+class BIFTable(results.Table):
     """BIF matrices over checkpoints: ``(checkpoint, row, column)`` (``estimate_bif_table``).
 
     Attributes:
         steps: ``(K,)`` training step of each checkpoint.
         bif, stderr, correlation: ``(K, N, N)``.
         variance, mean_loss: ``(K, N)``.
-        labels: ``ProbeLabels`` of the N rows (shared).
-        nbeta: nβ of the run.
         diverged: ``(K, C)`` bool.
+        labels, nbeta: as for ``BIFResult`` (shared by every checkpoint).
         chains: the ``ChainsOutput`` of the (last block's) run, one configuration per checkpoint.
 
     ``table.result(k)`` is checkpoint k's ``BIFResult``.
     """
-
-    steps: np.ndarray
-    bif: np.ndarray
-    stderr: np.ndarray
-    correlation: np.ndarray
-    variance: np.ndarray
-    mean_loss: np.ndarray
-    labels: ProbeLabels
-    nbeta: float
-    diverged: np.ndarray
-    chains: ChainsOutput
-
-    @property
-    def config(self) -> SamplerConfig:
-        """The ``SamplerConfig`` the chains ran with."""
-        return self.chains.config
-
-    def result(self, checkpoint: int = 0) -> BIFResult:
-        """The ``BIFResult`` of one checkpoint (an index, 0..K-1)."""
-        k = int(checkpoint)
-        return BIFResult(
-            bif=self.bif[k], stderr=self.stderr[k], correlation=self.correlation[k], variance=self.variance[k],
-            mean_loss=self.mean_loss[k], labels=self.labels, nbeta=self.nbeta, diverged=self.diverged[k],
-            chains=self.chains.select(k),
-        )
 
     def summary(self) -> str:
         """Per checkpoint: diverged chains and the reliability line."""
@@ -190,10 +159,7 @@ class BIFTable(results.Result):
 
 def _table(steps, cov, stderr, chains: ChainsOutput, labels: ProbeLabels) -> BIFTable:
     """The ``BIFTable`` of the chain-mean covariances ``(K, N, N)`` and their stderr."""
-    parts = [_result(cov[k], stderr[k], chains.select(k), labels) for k in range(len(steps))]
-    stacked = {name: np.stack([getattr(r, name) for r in parts])
-               for name in ("bif", "stderr", "correlation", "variance", "mean_loss", "diverged")}
-    return BIFTable(steps=steps, labels=labels, nbeta=parts[0].nbeta, chains=chains, **stacked)
+    return BIFTable.stack(steps, [_result(cov[k], stderr[k], chains.select(k), labels) for k in range(len(steps))], chains)
 
 
 def _blocks(loss_fn, admitted: frontdoor.Admission, data, key, probes, block, options, progress):
@@ -254,12 +220,7 @@ def _report(table: BIFTable, single: bool) -> None:
 
 
 def estimate_bif_table(
-    loss_fn: LossFn,
-    checkpoints: Sequence[Params],
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, checkpoints: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
     probes: Mapping[str, Batch] | None = None,
     component: Mask | None = None,
     steps: Sequence[int] | None = None,
@@ -300,12 +261,7 @@ def estimate_bif_table(
 
 
 def estimate_bif(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     probes: Mapping[str, Batch] | None = None,
     component: Mask | None = None,
     per_token: bool = True,

@@ -266,12 +266,7 @@ class DevelopmentResult(results.Result):
 
 
 def track_development(
-    loss_fn: LossFn,
-    checkpoints: Sequence[Params],
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, checkpoints: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
     steps: Sequence[int] | None = None,
     components: Mapping[str, Mask | None] | None = None,
     held_out: Batch | None = None,

@@ -520,12 +520,7 @@ def _control_config(config: SamplerConfig) -> SamplerConfig:
 
 
 def negative_control(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     component: Mask | None = None,
     progress: bool = True,
 ) -> NegativeControlResult:

@@ -70,11 +70,6 @@ class LLCResult(results.Result):
     chains: ChainsOutput
 
     @property
-    def config(self) -> SamplerConfig:
-        """The ``SamplerConfig`` the chains ran with."""
-        return self.chains.config
-
-    @property
     def stderr(self) -> float:
         """Standard error of ``llc_mean`` from the spread of the independent chains."""
         good = np.isfinite(self.llc_per_chain)
@@ -288,12 +283,7 @@ def _llc_table(loss_fn, admitted: frontdoor.Admission, data, key, loss_estimator
 
 
 def estimate_llc_table(
-    loss_fn: LossFn,
-    checkpoints: Sequence[Params],
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, checkpoints: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
     components: Mapping[str, Mask | None] | None = None,
     steps: Sequence[int] | None = None,
     loss_estimator: str = "minibatch",
@@ -338,12 +328,7 @@ def estimate_llc_table(
 
 
 def estimate_llc(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     component: Mask | None = None,
     loss_estimator: str = "minibatch",
     progress: bool = True,

@@ -47,6 +47,8 @@ from slt_jax.sampler import ChainsOutput
 
 __all__ = [
     "Result",
+    "Table",
+    "table_of",
     "register",
     "resolve",
     "registered_types",
@@ -295,3 +297,56 @@ class Result:
         """(one-configuration chains, loss estimator) that ``slt_jax.to_arviz`` converts."""
         raise TypeError(f"to_arviz needs a result with LLC draws (LLCResult, CalibrationResult, ChainsOutput), "
                         f"got {type(self).__name__}.")
+
+    @property
+    def config(self) -> SamplerConfig | None:
+        """The ``SamplerConfig`` the chains ran with (None for a result without chains)."""
+        chains = getattr(self, "chains", None)
+        return chains.config if isinstance(chains, ChainsOutput) else None
+
+
+class Table(Result):
+    """A one-checkpoint result type stacked over checkpoints (see ``table_of``).
+
+    Every field of the cell type is a field of the table: the ``shared`` ones (the same at every
+    checkpoint: labels, names, nβ) as they are, the others with a leading checkpoint axis; ``steps``
+    ``(K,)`` comes first and ``chains`` is the whole run (each checkpoint's configurations in a block).
+    """
+
+    cell_type: ClassVar[type]
+    shared: ClassVar[frozenset[str]]
+
+    @classmethod
+    def stack(cls, steps: np.ndarray, cells: list, chains: ChainsOutput):
+        """The table of ``cells`` (one result per checkpoint) from the run ``chains``."""
+        values = {name: getattr(cells[0], name) if name in cls.shared else np.stack([getattr(c, name) for c in cells])
+                  for name in _cell_fields(cls)}
+        return cls(steps=np.asarray(steps), chains=chains, **values)
+
+    def result(self, checkpoint: int = 0):
+        """The one-checkpoint result of checkpoint index ``checkpoint`` (0..K-1), as the
+        one-checkpoint estimator returns it."""
+        k = int(checkpoint)
+        if not 0 <= k < len(self.steps):
+            raise IndexError(f"checkpoint={checkpoint}: this table has checkpoints 0..{len(self.steps) - 1} (an index, not a step).")
+        per = self.chains.num_configs // len(self.steps)
+        values = {name: getattr(self, name) if name in self.shared else getattr(self, name)[k] for name in _cell_fields(self)}
+        return self.cell_type(chains=self.chains.select(range(k * per, (k + 1) * per)), **values)
+
+
+def _cell_fields(table) -> list[str]:
+    return [f.name for f in dataclasses.fields(table.cell_type) if f.name != "chains"]
+
+
+def table_of(cell_type: type, *, shared: tuple[str, ...] = ()):
+    """Class decorator: a frozen dataclass ``Table`` whose fields are ``steps`` and ``cell_type``'s
+    fields (``shared`` ones unstacked), so a table's fields are declared once, by its cell type."""
+
+    def build(cls: type) -> type:
+        annotations = {"steps": "np.ndarray"}
+        annotations.update({f.name: f.type for f in dataclasses.fields(cell_type)})
+        cls.__annotations__ = {**annotations, **cls.__dict__.get("__annotations__", {})}
+        cls.cell_type, cls.shared = cell_type, frozenset(shared)
+        return dataclasses.dataclass(frozen=True)(cls)
+
+    return build

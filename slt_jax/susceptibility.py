@@ -235,11 +235,6 @@ class SusceptibilityResult(results.Result):
     chains: ChainsOutput
 
     @property
-    def config(self) -> SamplerConfig:
-        """The ``SamplerConfig`` the chains ran with."""
-        return self.chains.config
-
-    @property
     def llc(self) -> dict[str, float]:
         """The refined LLC nβ⟨φ_C⟩ of every component (its loss-observable column)."""
         loss = self.column_observable == "loss"
@@ -367,54 +362,23 @@ def _result(chains: ChainsOutput, names: list[str], observed: stats.Observables,
 
 
 @results.register
-@dataclasses.dataclass(frozen=True)
-class SusceptibilityTable(results.Result):
+@results.table_of(SusceptibilityResult, shared=(
+    "components", "column_component", "column_observable", "labels", "nbeta", "method", "centering"))
+class SusceptibilityTable(results.Table):
     """Response matrices over checkpoints: ``(checkpoint, row, column)`` (``estimate_susceptibilities_table``).
 
     Attributes:
         steps: ``(K,)`` training step of each checkpoint.
         chi, stderr: ``(K, N, P)``, P columns = components x observables.
         chi_per_chain: ``(K, C, N, P)``; NaN for diverged chains.
-        components, column_component, column_observable, labels, nbeta, method, centering: as for
-            ``SusceptibilityResult`` (shared by every checkpoint).
         observable_mean: ``(K, P)``; observable_mean_per_chain: ``(K, C, P)``.
         diverged: ``(K, M, C)`` bool (M components).
+        components, column_component, column_observable, labels, nbeta, method, centering: as for
+            ``SusceptibilityResult`` (shared by every checkpoint).
         chains: the ``ChainsOutput`` of the whole run (configurations g = k * M + m).
 
     ``table.result(k)`` is checkpoint k's ``SusceptibilityResult``.
     """
-
-    steps: np.ndarray
-    chi: np.ndarray
-    stderr: np.ndarray
-    chi_per_chain: np.ndarray
-    components: list[str]
-    column_component: np.ndarray
-    column_observable: np.ndarray
-    labels: ProbeLabels
-    observable_mean: np.ndarray
-    observable_mean_per_chain: np.ndarray
-    nbeta: float
-    method: str
-    centering: str
-    diverged: np.ndarray
-    chains: ChainsOutput
-
-    @property
-    def config(self) -> SamplerConfig:
-        """The ``SamplerConfig`` the chains ran with."""
-        return self.chains.config
-
-    def result(self, checkpoint: int = 0) -> SusceptibilityResult:
-        """The ``SusceptibilityResult`` of one checkpoint (an index, 0..K-1)."""
-        k, num_m = int(checkpoint), self.diverged.shape[1]
-        return SusceptibilityResult(
-            chi=self.chi[k], stderr=self.stderr[k], chi_per_chain=self.chi_per_chain[k], components=list(self.components),
-            column_component=self.column_component, column_observable=self.column_observable, labels=self.labels,
-            observable_mean=self.observable_mean[k], observable_mean_per_chain=self.observable_mean_per_chain[k],
-            nbeta=self.nbeta, method=self.method, centering=self.centering, diverged=self.diverged[k],
-            chains=self.chains.select(range(k * num_m, (k + 1) * num_m)),
-        )
 
     def summary(self) -> str:
         """Per checkpoint: its chains line and reliability line."""
@@ -440,17 +404,6 @@ class SusceptibilityTable(results.Result):
     def __repr__(self) -> str:
         return (f"SusceptibilityTable({len(self.steps)} checkpoints x {self.chi.shape[1]} rows x {self.chi.shape[2]} "
                 f"columns {self.components}, method={self.method!r}, centering={self.centering!r}, nbeta={self.nbeta:.4g})")
-
-
-def _stack(steps: np.ndarray, per_checkpoint: list[SusceptibilityResult], chains: ChainsOutput) -> SusceptibilityTable:
-    first = per_checkpoint[0]
-    stacked = {name: np.stack([getattr(r, name) for r in per_checkpoint]) for name in (
-        "chi", "stderr", "chi_per_chain", "observable_mean", "observable_mean_per_chain", "diverged")}
-    return SusceptibilityTable(
-        steps=steps, components=list(first.components), column_component=first.column_component,
-        column_observable=first.column_observable, labels=first.labels, nbeta=first.nbeta, method=first.method,
-        centering=first.centering, chains=chains, **stacked,
-    )
 
 
 def _report(table: SusceptibilityTable, single: bool) -> None:
@@ -503,16 +456,11 @@ def _table(loss_fn, checkpoints, data, config, key, probes, components, steps, o
         _result(chains.select(range(k * num_m, (k + 1) * num_m)), names, observed, options.method, options.centering)
         for k in range(len(admitted.checkpoints))
     ]
-    return _stack(admitted.steps, per_checkpoint, chains)
+    return SusceptibilityTable.stack(admitted.steps, per_checkpoint, chains)
 
 
 def estimate_susceptibilities_table(
-    loss_fn: LossFn,
-    checkpoints: Sequence[Params],
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, checkpoints: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
     probes: Mapping[str, Batch],
     components: Mapping[str, Mask | Callable | None] | None = None,
     steps: Sequence[int] | None = None,
@@ -561,12 +509,7 @@ def estimate_susceptibilities_table(
 
 
 def estimate_susceptibilities(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     probes: Mapping[str, Batch],
     components: Mapping[str, Mask | Callable | None] | None = None,
     observables: Mapping[str, Callable[[Params], Array]] | None = None,
