@@ -185,13 +185,18 @@ def _blocks(loss_fn, admitted: frontdoor.Admission, data, key, probes, block, op
             return
 
 
-def _bif_table(loss_fn, checkpoints, data, config, key, probes, component, steps, options, progress,
-               estimator: str) -> BIFTable:
+def _admit(estimator: str, loss_fn, checkpoints, data, config, probes, component, steps, options: dict):
+    """The front door (probes None: the training data, one probe named ``"data"``)."""
+    return frontdoor.admit(
+        estimator, loss_fn, checkpoints, config, steps=steps, components=None if component is None else {"component": component},
+        probes={"data": data} if probes is None else probes, per_token=options["per_token"],
+        probe_batch_size=options["probe_batch_size"],
+    )
+
+
+def _bif_table(loss_fn, admitted: frontdoor.Admission, data, key, probes, options: dict, progress) -> BIFTable:
     """The one implementation: checkpoints are the centres of one run per block of rows."""
     probes = {"data": data} if probes is None else probes
-    components = None if component is None else {"component": component}
-    admitted = frontdoor.admit(estimator, loss_fn, checkpoints, config, steps=steps, components=components,
-                               probes=probes, per_token=options["per_token"], probe_batch_size=options["probe_batch_size"])
     num_rows, num_k = len(admitted.labels.example), len(admitted.checkpoints)
     block_size = options["block_size"]
     block = num_rows if block_size is None else min(validation.check_positive_int(block_size, "block_size"), num_rows)
@@ -254,8 +259,8 @@ def estimate_bif_table(
     ((2, 10, 10), (10, 10))
     """
     options = dict(per_token=per_token, block_size=block_size, probe_batch_size=probe_batch_size)
-    table = _bif_table(loss_fn, checkpoints, data, config, key, probes, component, steps, options, progress,
-                       "estimate_bif_table")
+    admitted = _admit("estimate_bif_table", loss_fn, checkpoints, data, config, probes, component, steps, options)
+    table = _bif_table(loss_fn, admitted, data, key, probes, options, progress)
     _report(table, single=False)
     return table
 
@@ -301,6 +306,7 @@ def estimate_bif(
     ((10, 10), True)
     """
     options = dict(per_token=per_token, block_size=block_size, probe_batch_size=probe_batch_size)
-    table = _bif_table(loss_fn, [params], data, config, key, probes, component, None, options, progress, "estimate_bif")
+    admitted = _admit("estimate_bif", loss_fn, [params], data, config, probes, component, None, options)
+    table = _bif_table(loss_fn, admitted, data, key, probes, options, progress)
     _report(table, single=True)
     return table.result(0)

@@ -431,17 +431,22 @@ class _Options(NamedTuple):
     keep_traces: bool
 
 
-def _table(loss_fn, checkpoints, data, config, key, probes, components, steps, options: _Options, progress,
-           estimator: str) -> SusceptibilityTable:
-    """The one implementation: every checkpoint x component is a configuration of one ``run_chains``."""
+def _admit(estimator: str, loss_fn, checkpoints, config, probes, components, steps, options: _Options):
+    """The front door, then what only susceptibilities check (the method and its components)."""
     if options.method not in METHODS:
         raise ValueError(f"method={options.method!r}; use 'covariance' (Baker et al.) or 'two_chain' (devinterp 2.x).")
     admitted = frontdoor.admit(estimator, loss_fn, checkpoints, config, steps=steps, components=components,
                                include_full=options.include_full, probes=probes, per_token=options.per_token,
                                probe_batch_size=options.probe_batch_size)
-    names = admitted.components
-    if options.method == "two_chain" and "full" not in names:
+    if options.method == "two_chain" and "full" not in admitted.components:
         raise ValueError("method='two_chain' centers with the full chain: include a 'full' component (include_full=True).")
+    return admitted
+
+
+def _table(loss_fn, admitted: frontdoor.Admission, data, key, probes, options: _Options, progress) -> SusceptibilityTable:
+    """The one implementation: every checkpoint x component is a configuration of one ``run_chains``."""
+    config = admitted.config
+    names = admitted.components
     observed = stats.observables(
         loss_fn, admitted.checkpoints[0], data, probes=probes, functions=options.observables, centering=options.centering,
         per_token=options.per_token, probe_batch_size=options.probe_batch_size, full_batch_size=config.batch_size,
@@ -502,8 +507,8 @@ def estimate_susceptibilities_table(
     ((2, 20, 1), (20, 1))
     """
     options = _Options(observables, method, centering, include_full, per_token, probe_batch_size, keep_traces)
-    table = _table(loss_fn, checkpoints, data, config, key, probes, components, steps, options, progress,
-                   "estimate_susceptibilities_table")
+    admitted = _admit("estimate_susceptibilities_table", loss_fn, checkpoints, config, probes, components, steps, options)
+    table = _table(loss_fn, admitted, data, key, probes, options, progress)
     _report(table, single=False)
     return table
 
@@ -565,7 +570,7 @@ def estimate_susceptibilities(
     (2, 2)
     """
     options = _Options(observables, method, centering, include_full, per_token, probe_batch_size, keep_traces)
-    table = _table(loss_fn, [params], data, config, key, probes, components, None, options, progress,
-                   "estimate_susceptibilities")
+    admitted = _admit("estimate_susceptibilities", loss_fn, [params], config, probes, components, None, options)
+    table = _table(loss_fn, admitted, data, key, probes, options, progress)
     _report(table, single=True)
     return table.result(0)

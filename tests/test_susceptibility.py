@@ -13,6 +13,7 @@ import slt_jax as sj
 from slt_jax import io, susceptibility
 
 import linear_gaussian as lg
+import synthetic_results
 
 MAX_Z, MEAN_Z2 = 5.0, 6.0  # see test_bif: 16-chain t statistics, rows share the chains
 
@@ -391,3 +392,11 @@ def test_divergence_is_reported():
     assert isinstance(caught.value.result, sj.SusceptibilityResult) and np.isnan(caught.value.result.chi).all()
     with pytest.raises(sj.DivergenceError, match="Every chain diverged"):
         sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, config, key=0, probes={"train": lg.train}, block_size=8, progress=False)
+
+
+def test_summary_of_an_all_nan_result_is_consistent():
+    """Issue 18 item 7: every chain NaN (e.g. probes the model cannot read): the chains line and the
+    reliability line agree (no 'diverged per column: [0]' beside 'got 0 chains')."""
+    per_chain = np.full((4, 8, 2), np.nan)
+    summary = synthetic_results.susceptibility_result(per_chain).summary()
+    assert "4 chains, 0 with a finite chi" in summary and "reliability undefined" in summary, summary

@@ -116,12 +116,12 @@ def check_checkpoints(checkpoints, steps=None) -> tuple[list, np.ndarray]:
 def check_components(components, params: Params, *, include_full: bool = False) -> tuple[list[str], list]:
     """Component names and validated masks; None means the whole model (``{"full": None}``), and
     ``include_full`` adds ``"full"`` first if absent."""
-    if components is not None and (not isinstance(components, Mapping) or not components):
+    if components is not None and not isinstance(components, Mapping):
         raise TypeError(
-            f"components must be a non-empty dict {{name: bool mask or None}} (None = the whole model), got "
-            f"{components!r:.60}; build masks with slt_jax.component_mask or slt_jax.head_mask."
+            f"components must be a dict {{name: bool mask or None}} (None = the whole model), got "
+            f"{type(components).__name__}; build masks with slt_jax.component_mask or slt_jax.head_mask."
         )
-    components = dict(components or ({} if include_full else {"full": None}))
+    components = {"full": None} if components is None and not include_full else dict(components or {})
     if include_full and "full" not in components:
         components = {"full": None, **components}
     if not components:
