@@ -173,6 +173,31 @@ def _loss_series(loss, num_checkpoints: int) -> dict[str, np.ndarray]:
     return out
 
 
+def _llc_columns(steps, llcs, errors, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list]:
+    """Validated (steps (K,), llcs (K, M), errors (K, M) or None, M labels) of ``plot_llc_checkpoints``."""
+    steps = np.asarray(steps, np.float64)
+    if len(llcs) and hasattr(llcs[0], "llc_mean"):
+        errors = np.array([r.llc_std for r in llcs]) if errors is None else errors
+        llcs = np.array([r.llc_mean for r in llcs])
+    llcs = np.asarray(llcs, np.float64)
+    if llcs.ndim not in (1, 2) or llcs.shape[0] != steps.shape[0] or steps.ndim != 1:
+        raise ValueError(
+            f"llcs has shape {llcs.shape} but steps has shape {steps.shape}; pass one value per checkpoint "
+            "((K,) or (K, num_components))."
+        )
+    columns = llcs.reshape(llcs.shape[0], -1)
+    if errors is not None:
+        errors = np.asarray(errors, np.float64)
+        if errors.shape != llcs.shape:
+            raise ValueError(f"errors has shape {errors.shape}; it needs the shape of llcs {llcs.shape}.")
+        errors = errors.reshape(columns.shape)
+    if labels is None:
+        labels = ["LLC estimate"] if llcs.ndim == 1 else [f"component {m}" for m in range(columns.shape[1])]
+    if len(labels) != columns.shape[1]:
+        raise ValueError(f"labels has {len(labels)} names for {columns.shape[1]} columns of llcs.")
+    return steps, columns, errors, list(labels)
+
+
 def plot_llc_checkpoints(
     steps,
     llcs,
@@ -207,28 +232,9 @@ def plot_llc_checkpoints(
             drawn as hollow markers.
         path: where to save the figure (optional).
     """
-    steps = np.asarray(steps, np.float64)
-    if len(llcs) and hasattr(llcs[0], "llc_mean"):
-        errors = np.array([r.llc_std for r in llcs]) if errors is None else errors
-        llcs = np.array([r.llc_mean for r in llcs])
-    llcs = np.asarray(llcs, np.float64)
-    if llcs.ndim not in (1, 2) or llcs.shape[0] != steps.shape[0] or steps.ndim != 1:
-        raise ValueError(
-            f"llcs has shape {llcs.shape} but steps has shape {steps.shape}; pass one value per checkpoint "
-            "((K,) or (K, num_components))."
-        )
-    columns = llcs.reshape(llcs.shape[0], -1)
-    if errors is not None:
-        errors = np.asarray(errors, np.float64)
-        if errors.shape != llcs.shape:
-            raise ValueError(f"errors has shape {errors.shape}; it needs the shape of llcs {llcs.shape}.")
-        errors = errors.reshape(columns.shape)
+    steps, columns, errors, labels = _llc_columns(steps, llcs, errors, labels)
     flags = np.zeros(columns.shape, bool) if unreliable is None else np.asarray(unreliable, bool).reshape(columns.shape)
     shown = steps > 0 if log_x else np.ones(steps.shape, bool)
-    if labels is None:
-        labels = ["LLC estimate"] if llcs.ndim == 1 else [f"component {m}" for m in range(columns.shape[1])]
-    if len(labels) != columns.shape[1]:
-        raise ValueError(f"labels has {len(labels)} names for {columns.shape[1]} columns of llcs.")
     series = None if loss is None else {k: v[shown] for k, v in _loss_series(loss, steps.shape[0]).items()}
     steps, columns, flags = steps[shown], columns[shown], flags[shown]
     errors = None if errors is None else errors[shown]
