@@ -275,6 +275,15 @@ def problems(metrics: dict[str, float], *, full_loss: bool = False, thresholds: 
         ))
     if num_good == 0:
         return found
+    found += _estimate_findings(m, t)
+    found += _trace_findings(m, t)
+    found += _sampler_findings(m, t, full_loss)
+    return found
+
+
+def _estimate_findings(m: dict, t: dict) -> list[Finding]:
+    """Is the estimate a clear, converged signal: rise above L(w*), noise, R-hat, ESS."""
+    found: list[Finding] = []
     llc, stderr = m["llc_mean"], m["llc_stderr"]
     if not llc > 0 or (np.isfinite(stderr) and llc < 2 * stderr):
         found.append(Finding(
@@ -302,6 +311,12 @@ def problems(metrics: dict[str, float], *, full_loss: bool = False, thresholds: 
             f"low effective sample size of the loss trace: {m['ess']:.0f} < {t['ess']:.0f}.",
             "Increase num_draws (or num_chains); a larger step_size mixes faster if its bias allows.",
         ))
+    return found
+
+
+def _trace_findings(m: dict, t: dict) -> list[Finding]:
+    """The shape of the loss trace: still climbing, slow drift, spikes."""
+    found: list[Finding] = []
     if m["trend"] > t["trend"] and not (m["trend_z"] < t["trend_z"]):
         late = m["late_trend"] > t["trend"] / 2
         found.append(Finding(
@@ -328,6 +343,13 @@ def problems(metrics: dict[str, float], *, full_loss: bool = False, thresholds: 
             "standard deviations above their chain's median and above both neighbouring draws.",
             "Reduce step_size, or increase batch_size (spikes are often gradient noise).",
         ))
+    return found
+
+
+def _sampler_findings(m: dict, t: dict, full_loss: bool) -> list[Finding]:
+    """Is w* a minimum and the step size small enough: draws below L(w*), MALA acceptance, bias."""
+    found: list[Finding] = []
+    llc = m["llc_mean"]
     limit = t["below_full"] if full_loss else t["below_minibatch"]
     # Minibatch noise alone puts up to half of the draws below L(w*) when λ/nβ is small: only a
     # majority below together with a negative LLC points at w* (a full-data trace is sharper).
