@@ -15,7 +15,6 @@ Loss estimators (docs/conventions.md §2), all unbiased for L_n(w_d):
 
 from __future__ import annotations
 
-
 import numpy as np
 from numpyro import diagnostics as numpyro_diagnostics
 
