@@ -111,7 +111,7 @@ def run(widths, rank, localization, schedule, step_grid, seed=0):
     auto_seconds = time.perf_counter() - start
     auto_step = float(auto.chains.config.step_size)
     auto_mean, auto_stderr = stats(auto.llc_per_chain)
-    predicted_bias = auto.summary().metrics["predicted_bias"]
+    predicted_bias = auto.health.metrics["predicted_bias"]
     return {
         "widths": widths,
         "rank": rank,
@@ -137,7 +137,7 @@ def run(widths, rank, localization, schedule, step_grid, seed=0):
             "bias_corrected_relative_error": (auto_mean - predicted_bias) / lam - 1,
             "reason": auto.chains.settings["calibration"]["reason"],
             "warnings": [str(w.message) for w in caught],
-            "health": [f"{f.check}: {f.message}" for f in auto.summary().findings],
+            "health": [f"{f.check}: {f.message}" for f in auto.health.findings],
         },
         "seconds": {"hand_tuned_grid": hand_seconds, "auto_total": auto_seconds},
     }

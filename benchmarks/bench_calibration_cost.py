@@ -44,7 +44,7 @@ def workload():
 
 
 def health(result) -> dict:
-    report = result.summary()
+    report = result.health
     return dict(llc=result.llc_mean, stderr=result.stderr, ess=result.ess, rhat=result.rhat,
                 findings=[f.check for f in report.findings])
 

@@ -166,7 +166,7 @@ def run_one(model: dict, spec: dict, step_size, num_chains: int, steps: int, key
         compile_seconds=float(np.sum(chains.compile_seconds)), sampling_seconds=float(np.sum(chains.sampling_seconds)),
         failure=None if diverged == 0 and np.isfinite(estimate) else f"{diverged} chain(s) diverged",
     )
-    health = result.summary()
+    health = result.health
     row["health"] = dict(ok=health.ok, findings=[f.check for f in health.findings],
                          drift=float(health.metrics.get("drift", float("nan"))), late_trend=float(health.metrics.get("late_trend", float("nan"))))
     if calibration is not None:

@@ -35,25 +35,26 @@ from slt_jax.training import train
 
 # --- estimators: LLC, susceptibilities, BIF, patterning, calibration ---
 from slt_jax import calibration, diagnostics, llc, reliability, stats
-from slt_jax.bif import BIFResult, estimate_bif, estimate_bif_over_checkpoints
+from slt_jax.bif import BIFResult, BIFTable, estimate_bif, estimate_bif_table
 from slt_jax.calibration import CalibrationResult, calibrate
-from slt_jax.diagnostics import negative_control
+from slt_jax.diagnostics import HealthReport, NegativeControlResult, negative_control
 from slt_jax.llc import LLCResult, LLCTable, estimate_llc, estimate_llc_table
 from slt_jax.patterning import PatterningEvaluation, PatterningResult, attach_weights, evaluate_patterning, pattern, reweighted_loss
-from slt_jax.reliability import Reliability, estimate_reliability
+from slt_jax.reliability import ReliabilityResult, estimate_reliability
 from slt_jax.stats import observables
 from slt_jax.susceptibility import (
     SusceptibilityResult,
+    SusceptibilityTable,
     estimate_susceptibilities,
-    estimate_susceptibilities_over_checkpoints,
+    estimate_susceptibilities_table,
 )
 
 # --- development over training ---
 from slt_jax import development
-from slt_jax.development import Development, track_development
+from slt_jax.development import DevelopmentResult, Stages, TrajectoryPCA, track_development
 
 # --- results: io and plots ---
-from slt_jax import io, plots
+from slt_jax import io, plots, results
 from slt_jax.io import load, save, to_arviz, to_dataframe, to_xarray
 from slt_jax.plots import plot_calibration, plot_embedding, plot_llc_checkpoints, plot_response_pca, plot_traces
 

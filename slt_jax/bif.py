@@ -6,9 +6,10 @@ chain, ``block_size=b`` accumulates a (b, N) slab at a time: one run per block o
 with the same key, so the chains are the same trajectories and the slabs tile one matrix (one
 compiled program serves every block: the block's row indices are a traced input).
 
-Over the checkpoints of a training run (``estimate_bif_over_checkpoints``) the checkpoints are the
-centres of the same runs: one stack of configurations, each with its own w*; ``estimate_bif`` is
-the one-checkpoint case of the same function.
+Over the checkpoints of a training run (``estimate_bif_table`` -> ``BIFTable``) the checkpoints are
+the centres of the same runs: one stack of configurations, each with its own w*; ``estimate_bif``
+is the one-checkpoint case of the same function. Probes are spelled as for the susceptibilities:
+``probes={name: batch}`` (None: the training data, one probe named ``"data"``).
 
 Sign. ``bif`` is -Cov (negative on the diagonal: upweighting example i lowers its own expected
 loss). ``correlation`` is the Pearson correlation of the losses, +corr, the normalized form that
@@ -20,25 +21,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import reliability, stats, traces
-from slt_jax._src import validation
+from slt_jax import reliability, results, stats
+from slt_jax._src import frontdoor, validation
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsResult, DivergenceError, Recording, run_chains
+from slt_jax.sampler import ChainsResult, Recording, run_chains
 from slt_jax.stats import ProbeLabels
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
-__all__ = ["BIFResult", "estimate_bif", "estimate_bif_over_checkpoints"]
+__all__ = ["BIFResult", "BIFTable", "estimate_bif", "estimate_bif_table"]
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class BIFResult:
+class BIFResult(results.Result):
     """The BIF matrix of N probe rows (numpy).
 
     Attributes:
@@ -64,32 +65,13 @@ class BIFResult:
     diverged: np.ndarray
     chains: ChainsResult
 
-    @property
-    def config(self) -> SamplerConfig:
-        """The ``SamplerConfig`` the chains ran with."""
-        return self.chains.config
-
-    def to_numpy(self) -> dict[str, np.ndarray]:
-        """Plain numpy arrays (for ``np.savez`` / slt_jax's io)."""
-        return dict(
-            bif=self.bif, stderr=self.stderr, correlation=self.correlation, variance=self.variance,
-            mean_loss=self.mean_loss, probe=self.labels.probe, example=self.labels.example,
-            token=self.labels.token, nbeta=np.asarray(self.nbeta), diverged=self.diverged,
-        )
-
-    def to_xarray(self):
-        """An ``xarray.Dataset`` with dims ``(row, column)`` over the same N probe rows."""
-        try:
-            import xarray as xr
-        except ImportError as error:  # pragma: no cover - optional dependency
-            raise ImportError("to_xarray needs xarray: pip install 'slt_jax[interop]'.") from error
-        coords = {}
-        for dim in ("row", "column"):
-            coords.update({f"{dim}_probe": (dim, self.labels.probe), f"{dim}_example": (dim, self.labels.example), f"{dim}_token": (dim, self.labels.token)})
+    def _dataset(self):
+        xr = results.require("xarray")
         pair = ("row", "column")
         return xr.Dataset(
-            dict(bif=(pair, self.bif), stderr=(pair, self.stderr), correlation=(pair, self.correlation), variance=(("row",), self.variance)),
-            coords=coords,
+            dict(bif=(pair, self.bif), stderr=(pair, self.stderr), correlation=(pair, self.correlation),
+                 variance=(("row",), self.variance), mean_loss=(("row",), self.mean_loss)),
+            coords=_coords(self.labels),
             attrs=dict(nbeta=self.nbeta, sign="bif = -Cov(l_i, l_j); correlation = +corr(l_i, l_j)"),
         )
 
@@ -102,11 +84,19 @@ class BIFResult:
         return f"BIFResult(bif: {self.bif.shape}, nbeta={self.nbeta:.4g}, diverged={int(self.diverged.sum())})"
 
 
+def _coords(labels: ProbeLabels) -> dict:
+    coords = {}
+    for dim in ("row", "column"):
+        coords.update({f"{dim}_probe": (dim, labels.probe), f"{dim}_example": (dim, labels.example),
+                       f"{dim}_token": (dim, labels.token)})
+    return coords
+
+
 @functools.lru_cache(maxsize=32)
 def _build(loss_fn, per_token, probe_batch_size):
     def observe(params, info, context):
         data = context.data
-        losses = stats.probe_losses(loss_fn, params, (data["probe"],), per_token=per_token, probe_batch_size=probe_batch_size)
+        losses = stats.probe_losses(loss_fn, params, data["probes"], per_token=per_token, probe_batch_size=probe_batch_size)
         return {"losses": losses, "block": losses[data["rows"]]}
 
     accumulator = stats.covariance_accumulator(lambda v: v["block"], lambda v: v["losses"])
@@ -129,23 +119,54 @@ def _result(cov: np.ndarray, stderr: np.ndarray, chains: ChainsResult, labels: P
     )
 
 
-def _bif(loss_fn, checkpoints, data, config, key, probe, component, per_token, block_size, probe_batch_size,
-         progress, steps) -> list[BIFResult]:
-    """The one implementation: checkpoints are the centres of one run per block of rows."""
-    stats._check_config(config, "estimate_bif")
-    probe = data if probe is None else probe
-    labels = stats._check_probes(loss_fn, checkpoints[0], {"probe": probe}, per_token, name="probe")
-    num_rows = len(labels.example)
-    block = num_rows if block_size is None else min(validation.check_positive_int(block_size, "block_size"), num_rows)
-    if probe_batch_size is not None:
-        probe_batch_size = validation.check_positive_int(probe_batch_size, "probe_batch_size")
-    masks = None if component is None else [validation.check_masks(component, checkpoints[0], name="component")]
-    observe, accumulator = _build(loss_fn, bool(per_token), probe_batch_size)
-    probe = jax.tree.map(jnp.asarray, probe)
-    num_k = len(checkpoints)
-    # Host memory: two N x N matrices per checkpoint; per-chain slabs are reduced block by block.
-    cov = np.full((num_k, num_rows, num_rows), np.nan)
-    stderr = np.full((num_k, num_rows, num_rows), np.nan)
+@results.register
+@results.table_of(BIFResult, shared=("labels", "nbeta"))
+class BIFTable(results.Table):
+    """BIF matrices over checkpoints: ``(checkpoint, row, column)`` (``estimate_bif_table``).
+
+    Attributes:
+        steps: ``(K,)`` training step of each checkpoint.
+        bif, stderr, correlation: ``(K, N, N)``.
+        variance, mean_loss: ``(K, N)``.
+        diverged: ``(K, C)`` bool.
+        labels, nbeta: as for ``BIFResult`` (shared by every checkpoint).
+        chains: the ``ChainsResult`` of the (last block's) run, one configuration per checkpoint.
+
+    ``table.result(k)`` is checkpoint k's ``BIFResult``.
+    """
+
+    def summary(self) -> str:
+        """Per checkpoint: diverged chains and the reliability line."""
+        lines = [repr(self)]
+        for k, step in enumerate(self.steps):
+            lines.append(f"  step {step}: {int(self.diverged[k].sum())} diverged; {reliability.summary_line(self.result(k))}")
+        return "\n".join(lines)
+
+    def _dataset(self):
+        xr = results.require("xarray")
+        triple = ("checkpoint", "row", "column")
+        return xr.Dataset(
+            dict(bif=(triple, self.bif), stderr=(triple, self.stderr), correlation=(triple, self.correlation),
+                 variance=(("checkpoint", "row"), self.variance), mean_loss=(("checkpoint", "row"), self.mean_loss)),
+            coords=dict(checkpoint=self.steps, **_coords(self.labels)),
+            attrs=dict(nbeta=self.nbeta, sign="bif = -Cov(l_i, l_j); correlation = +corr(l_i, l_j)"),
+        )
+
+    def __repr__(self) -> str:
+        return (f"BIFTable({len(self.steps)} checkpoints x bif {self.bif.shape[1:]}, nbeta={self.nbeta:.4g}, "
+                f"diverged={int(self.diverged.sum())})")
+
+
+def _table(steps, cov, stderr, chains: ChainsResult, labels: ProbeLabels) -> BIFTable:
+    """The ``BIFTable`` of the chain-mean covariances ``(K, N, N)`` and their stderr."""
+    return BIFTable.stack(steps, [_result(cov[k], stderr[k], chains.select(k), labels) for k in range(len(steps))], chains)
+
+
+def _blocks(loss_fn, admitted: frontdoor.Admission, data, key, probes, block, options, progress):
+    """Runs every block of rows; yields (row indices, valid rows, chains) per block."""
+    num_rows = len(admitted.labels.example)
+    observe, accumulator = _build(loss_fn, bool(options["per_token"]), options["probe_batch_size"])
+    probes = tuple(jax.tree.map(jnp.asarray, probe) for probe in probes.values())
     init_losses = None
     for start in range(0, num_rows, block):
         # Pad the last block by repeating row 0 so every block has the same shape (one program).
@@ -153,18 +174,36 @@ def _bif(loss_fn, checkpoints, data, config, key, probe, component, per_token, b
         valid = rows < num_rows
         rows = np.where(valid, rows, 0)
         chains = run_chains(
-            loss_fn, checkpoints, data, config, key=key, masks=masks,
-            recording=Recording(observe=observe, observe_data={"probe": probe, "rows": jnp.asarray(rows, jnp.int32)},
+            loss_fn, admitted.checkpoints, data, admitted.config, key=key, masks=admitted.masks,
+            recording=Recording(observe=observe, observe_data={"probes": probes, "rows": jnp.asarray(rows, jnp.int32)},
                                 accumulator=accumulator, init_losses=init_losses),
             progress=progress and (f"BIF rows {start}-{min(start + block, num_rows)}" if block < num_rows else "BIF"),
         )
         init_losses = chains.init_loss  # L_n(w*) once per checkpoint, not once per block
+        yield rows, valid, chains
         if chains.diverged.all():  # the same trajectories in every block: no need to run the rest
-            results = [_result(cov[k], stderr[k], chains.select(k), labels) for k in range(num_k)]
-            raise DivergenceError(
-                "Every chain diverged; no BIF. " + traces.divergence_message(chains.diverged_at.reshape(-1)),
-                results[0] if steps is None else dict(zip(steps, results)),
-            )
+            return
+
+
+def _admit(estimator: str, loss_fn, checkpoints, data, config, probes, component, steps, options: dict):
+    """The front door (probes None: the training data, one probe named ``"data"``)."""
+    return frontdoor.admit(
+        estimator, loss_fn, checkpoints, config, steps=steps, components=None if component is None else {"component": component},
+        probes={"data": data} if probes is None else probes, per_token=options["per_token"],
+        probe_batch_size=options["probe_batch_size"],
+    )
+
+
+def _bif_table(loss_fn, admitted: frontdoor.Admission, data, key, probes, options: dict, progress) -> BIFTable:
+    """The one implementation: checkpoints are the centres of one run per block of rows."""
+    probes = {"data": data} if probes is None else probes
+    num_rows, num_k = len(admitted.labels.example), len(admitted.checkpoints)
+    block_size = options["block_size"]
+    block = num_rows if block_size is None else min(validation.check_positive_int(block_size, "block_size"), num_rows)
+    # Host memory: two N x N matrices per checkpoint; per-chain slabs are reduced block by block.
+    cov = np.full((num_k, num_rows, num_rows), np.nan)
+    stderr = np.full((num_k, num_rows, num_rows), np.nan)
+    for rows, valid, chains in _blocks(loss_fn, admitted, data, key, probes, block, options, progress):
         slabs = stats.covariance(chains.accumulator)  # (K, C, block, N)
         for k in range(num_k):
             slab = slabs[k][~chains.diverged[k]][:, valid, :]  # (good chains, rows, N)
@@ -172,31 +211,70 @@ def _bif(loss_fn, checkpoints, data, config, key, probe, component, per_token, b
                 cov[k, rows[valid]] = slab.mean(axis=0)
             if len(slab) >= 2:
                 stderr[k, rows[valid]] = slab.std(axis=0, ddof=1) / math.sqrt(len(slab))
-    for k in range(num_k):
-        if chains.diverged[k].any():
-            label = "BIF" if steps is None else f"BIF, checkpoint {steps[k]}"
-            warnings.warn(f"{label}: " + traces.divergence_message(chains.diverged_at[k]), RuntimeWarning, stacklevel=3)
-    results = [_result(cov[k], stderr[k], chains.select(k), labels) for k in range(num_k)]
-    for k, result in enumerate(results):  # blocked runs keep only the last block's chains: undefined, skipped
-        reliability.check_reliability(result, "the BIF" + ("" if steps is None else f" at checkpoint {steps[k]}"))
-    return results
+    return _table(admitted.steps, cov, stderr, chains, admitted.labels)
+
+
+def _report(table: BIFTable, single: bool) -> None:
+    """The front door's divergence report per checkpoint, then each checkpoint's reliability
+    (blocked runs keep only the last block's chains: undefined, skipped)."""
+    diverged_at = np.asarray(table.chains.diverged_at)[:, None, :]  # (K, 1, C)
+    result = table.result(0) if single else table
+    frontdoor.report_divergence(diverged_at, steps=table.steps, what="the BIF", result=result)
+    for k, step in enumerate(table.steps):
+        reliability.check_reliability(table.result(k), "the BIF" + ("" if single else f" at checkpoint {step}"))
+
+
+def estimate_bif_table(
+    loss_fn: LossFn, checkpoints: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
+    probes: Mapping[str, Batch] | None = None,
+    component: Mask | None = None,
+    steps: Sequence[int] | None = None,
+    per_token: bool = True,
+    block_size: int | None = None,
+    probe_batch_size: int | None = None,
+    progress: bool = True,
+) -> BIFTable:
+    """The BIF at every checkpoint of a training run, the checkpoints run as one stack of configurations.
+
+    With the same key, ``table.result(k)`` equals ``estimate_bif`` at checkpoint k alone (up to
+    float32 rounding).
+
+    Args:
+        checkpoints: a list of params pytrees of one structure (e.g. ``sj.train(...).checkpoints``).
+        steps: the training step of each checkpoint (default 0..K-1).
+        loss_fn, data, config, key, probes, component, per_token, block_size, probe_batch_size,
+        progress: as for ``estimate_bif``.
+
+    Returns:
+        A ``BIFTable`` ``(checkpoint, row, column)``. ``DivergenceError`` only if every chain of
+        every checkpoint diverged.
+
+    >>> import jax.numpy as jnp, slt_jax as sj
+    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
+    >>> data = {"x": jnp.eye(2).repeat(5, axis=0), "y": jnp.ones(10)}
+    >>> config = sj.SamplerConfig(step_size=1e-2, nbeta=10.0, localization=1.0, num_draws=100, batch_size=10)
+    >>> table = sj.estimate_bif_table(loss_fn, [jnp.zeros(2), jnp.ones(2)], data, config, key=0,
+    ...                               steps=[10, 20], progress=False)
+    >>> table.bif.shape, table.result(1).bif.shape
+    ((2, 10, 10), (10, 10))
+    """
+    options = dict(per_token=per_token, block_size=block_size, probe_batch_size=probe_batch_size)
+    admitted = _admit("estimate_bif_table", loss_fn, checkpoints, data, config, probes, component, steps, options)
+    table = _bif_table(loss_fn, admitted, data, key, probes, options, progress)
+    _report(table, single=False)
+    return table
 
 
 def estimate_bif(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
-    probe: Batch | None = None,
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
+    probes: Mapping[str, Batch] | None = None,
     component: Mask | None = None,
     per_token: bool = True,
     block_size: int | None = None,
     probe_batch_size: int | None = None,
     progress: bool = True,
 ) -> BIFResult:
-    """Estimates the Bayesian influence function -Cov(l_i, l_j) over the rows of ``probe``.
+    """Estimates the Bayesian influence function -Cov(l_i, l_j) over the rows of ``probes``.
 
     Args:
         loss_fn: ``loss_fn(params, batch)`` -> ``(batch,)`` or per-token ``(batch, seq)`` losses.
@@ -204,17 +282,20 @@ def estimate_bif(
         data: the training data the posterior is sampled with.
         config: the ``SamplerConfig`` (numeric ``step_size``; ``num_draws >= 2``).
         key: int seed or PRNG key.
-        probe: the examples whose losses are compared (a pytree with a leading example axis);
-            None uses ``data`` itself (the training-set BIF).
+        probes: ``{name: batch}``, the examples whose losses are compared (each a pytree with a
+            leading example axis; rows follow the dict's order), spelled as for
+            ``estimate_susceptibilities``; None uses ``data`` itself (the training-set BIF, one
+            probe named ``"data"``). Checked like the training data before compiling.
         component: a bool mask: restricted chains that move only its coordinates (None: all).
         per_token: one row per token for sequence losses (the per-token BIF); False: per sequence.
         block_size: accumulate ``block_size`` rows x N per run (N / block_size runs of the same
             chains); None: the whole N x N Gram in one run.
-        probe_batch_size: evaluate the probe in chunks of this many examples.
+        probe_batch_size: evaluate the probes in chunks of this many examples.
         progress: tqdm bar.
 
     Returns:
-        A ``BIFResult``. Raises ``DivergenceError`` if every chain diverged.
+        A ``BIFResult`` (the one checkpoint of ``estimate_bif_table``). Raises ``DivergenceError``
+        if every chain diverged.
 
     >>> import jax.numpy as jnp, slt_jax as sj
     >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
@@ -224,50 +305,8 @@ def estimate_bif(
     >>> result.bif.shape, bool((result.bif.diagonal() < 0).all())
     ((10, 10), True)
     """
-    return _bif(loss_fn, [params], data, config, key, probe, component, per_token, block_size, probe_batch_size,
-                progress, None)[0]
-
-
-def estimate_bif_over_checkpoints(
-    loss_fn: LossFn,
-    checkpoints: Sequence[Params],
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
-    probe: Batch | None = None,
-    component: Mask | None = None,
-    steps: Sequence[int] | None = None,
-    per_token: bool = True,
-    block_size: int | None = None,
-    probe_batch_size: int | None = None,
-    progress: bool = True,
-) -> dict[int, BIFResult]:
-    """The BIF at every checkpoint of a training run, the checkpoints run as one stack of configurations.
-
-    With the same key, each checkpoint's result equals ``estimate_bif`` at that checkpoint alone
-    (up to float32 rounding).
-
-    Args:
-        checkpoints: a list of params pytrees of one structure (e.g. ``sj.train(...).checkpoints``).
-        steps: the training step of each checkpoint (default 0..K-1): the keys of the result.
-        loss_fn, data, config, key, probe, component, per_token, block_size, probe_batch_size,
-        progress: as for ``estimate_bif``.
-
-    Returns:
-        ``{step: BIFResult}`` in checkpoint order, each holding its own configuration of the
-        ``ChainsResult``. ``DivergenceError`` only if every chain of every checkpoint diverged.
-
-    >>> import jax.numpy as jnp, slt_jax as sj
-    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
-    >>> data = {"x": jnp.eye(2).repeat(5, axis=0), "y": jnp.ones(10)}
-    >>> config = sj.SamplerConfig(step_size=1e-2, nbeta=10.0, localization=1.0, num_draws=100, batch_size=10)
-    >>> results = sj.estimate_bif_over_checkpoints(loss_fn, [jnp.zeros(2), jnp.ones(2)], data, config, key=0,
-    ...                                            steps=[10, 20], progress=False)
-    >>> {step: r.bif.shape for step, r in results.items()}
-    {10: (10, 10), 20: (10, 10)}
-    """
-    checkpoints, steps = stats._check_checkpoints(checkpoints, steps)
-    results = _bif(loss_fn, checkpoints, data, config, key, probe, component, per_token, block_size, probe_batch_size,
-                   progress, steps)
-    return dict(zip(steps, results))
+    options = dict(per_token=per_token, block_size=block_size, probe_batch_size=probe_batch_size)
+    admitted = _admit("estimate_bif", loss_fn, [params], data, config, probes, component, None, options)
+    table = _bif_table(loss_fn, admitted, data, key, probes, options, progress)
+    _report(table, single=True)
+    return table.result(0)

@@ -1,10 +1,10 @@
 """Development over training: LLC (and susceptibilities) per checkpoint, stage boundaries, trajectory PCA.
 
 ``track_development`` takes a training run's checkpoints (``sj.train(...).checkpoints`` or any list of
-params pytrees of one structure, with their steps) and returns a ``Development``: the LLC of every
-checkpoint x component x chain (one ``estimate_llc_table`` program per group), the training and
+params pytrees of one structure, with their steps) and returns a ``DevelopmentResult``: the LLC of
+every checkpoint x component x chain (one ``estimate_llc_table`` program per group), the training and
 held-out loss of every checkpoint, and optionally the susceptibilities of every checkpoint (one
-``estimate_susceptibilities_over_checkpoints`` program). ``Development.to_xarray()`` gives one
+``estimate_susceptibilities_table`` program). ``DevelopmentResult.to_xarray()`` gives one
 ``xarray.Dataset`` with dims ``(checkpoint, component, chain)`` (and ``(checkpoint, row, column)``
 for the susceptibilities); ``slt_jax.save`` / ``slt_jax.load`` store it like every other result.
 
@@ -32,19 +32,20 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter1d
 
-from slt_jax import plots
-from slt_jax._src import planning, validation
+from slt_jax import plots, results, stats
+from slt_jax._src import frontdoor, validation
 from slt_jax.config import SamplerConfig
 from slt_jax.llc import LLCTable, estimate_llc_table
 from slt_jax._src.program import full_data_loss
-from slt_jax.susceptibility import SusceptibilityResult, estimate_susceptibilities_over_checkpoints
+from slt_jax.susceptibility import SusceptibilityTable, estimate_susceptibilities_table
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
-__all__ = ["Development", "Stages", "TrajectoryPCA", "detect_stages", "track_development", "trajectory_pca"]
+__all__ = ["DevelopmentResult", "Stages", "TrajectoryPCA", "detect_stages", "track_development", "trajectory_pca"]
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class Stages:
+class Stages(results.Result):
     """Stage boundaries of a curve over checkpoints (``detect_stages``).
 
     Attributes:
@@ -64,6 +65,9 @@ class Stages:
     slope: np.ndarray
     steps: np.ndarray
 
+    xarray_dims = {"boundaries": ("boundary",), "indices": ("boundary",), "smoothed": ("checkpoint",),
+                   "slope": ("checkpoint",), "steps": ("checkpoint",)}
+
     @property
     def intervals(self) -> list[tuple[float, float]]:
         """The stages as ``(first step, last step)`` pairs, split at the boundaries."""
@@ -71,8 +75,15 @@ class Stages:
         return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
     def __repr__(self) -> str:
-        marks = ", ".join(f"{b:g} ({k})" for b, k in zip(self.boundaries, self.kinds)) or "none"
-        return f"Stages({len(self.intervals)} stages; boundaries at steps {marks})"
+        count = len(self.intervals)
+        stages = f"{count} stage" if count == 1 else f"{count} stages"
+        if not len(self.boundaries):
+            return f"Stages({stages}; no boundaries)"
+        marks = ", ".join(f"{b:g} ({k})" for b, k in zip(self.boundaries, self.kinds))
+        return f"Stages({stages}; {'boundary at step' if len(self.boundaries) == 1 else 'boundaries at steps'} {marks})"
+
+    def _dataset(self):
+        return super()._dataset().assign_coords(kind=("boundary", np.asarray(self.kinds, dtype=str)))
 
 
 def detect_stages(
@@ -176,8 +187,9 @@ def detect_stages(
                   slope=slope, steps=steps)
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class Development:
+class DevelopmentResult(results.Result):
     """A training run read through its checkpoints (``track_development``).
 
     Attributes:
@@ -185,14 +197,14 @@ class Development:
         llc: the ``LLCTable`` ``(checkpoint, component, chain)``.
         train_loss: ``(K,)`` full-data mean loss of each checkpoint on the training data.
         test_loss: ``(K,)`` the same on the held-out data (NaN without ``held_out``).
-        susceptibilities: per checkpoint a ``SusceptibilityResult`` (``probes=``), else None.
+        susceptibilities: the ``SusceptibilityTable`` over the checkpoints (``probes=``), else None.
     """
 
     steps: np.ndarray
     llc: LLCTable
     train_loss: np.ndarray
     test_loss: np.ndarray
-    susceptibilities: list[SusceptibilityResult] | None = None
+    susceptibilities: SusceptibilityTable | None = None
 
     def stages(self, component: str | int = 0, **options) -> Stages:
         """``detect_stages`` of one component's LLC curve, with its standard errors over chains as
@@ -204,55 +216,57 @@ class Development:
         options.setdefault("errors", np.where(np.isfinite(errors), errors, 0.0))
         return detect_stages(self.steps, self.llc.llc_mean[:, m], **options)
 
-    def to_xarray(self):
-        """One ``xarray.Dataset``: the LLC table's variables (dims ``checkpoint, component, chain``),
-        ``train_loss`` / ``test_loss`` ``(checkpoint,)`` and, with susceptibilities, ``chi`` and
-        ``chi_stderr`` ``(checkpoint, row, column)``."""
-        dataset = self.llc.to_xarray()
+    def _dataset(self):
+        """The LLC table's variables (dims ``checkpoint, component, chain``), ``train_loss`` /
+        ``test_loss`` ``(checkpoint,)`` and, with susceptibilities, ``chi`` and ``chi_stderr``
+        ``(checkpoint, row, column)``."""
+        dataset = self.llc._dataset()
         dataset["train_loss"] = (("checkpoint",), self.train_loss)
         dataset["test_loss"] = (("checkpoint",), self.test_loss)
-        if self.susceptibilities:
-            first = self.susceptibilities[0]
-            dataset["chi"] = (("checkpoint", "row", "column"), np.stack([r.chi for r in self.susceptibilities]))
-            dataset["chi_stderr"] = (("checkpoint", "row", "column"), np.stack([r.stderr for r in self.susceptibilities]))
-            dataset = dataset.assign_coords(column=list(first.components), row=np.arange(first.chi.shape[0]))
+        if self.susceptibilities is not None:
+            table = self.susceptibilities
+            dataset["chi"] = (("checkpoint", "row", "column"), table.chi)
+            dataset["chi_stderr"] = (("checkpoint", "row", "column"), table.stderr)
+            dataset = dataset.assign_coords(column=list(table.components), row=np.arange(table.chi.shape[1]))
         return dataset
 
-    def to_dataframe(self):
+    def summary(self) -> str:
+        """The LLC table (unreliable rows flagged) and the stage boundaries of the first component."""
+        return repr(self) + "\n" + repr(self.stages())
+
+    def to_dataframe(self, variables=None):
         """A pandas DataFrame, one row per (checkpoint, component): LLC mean/std, ESS, R-hat, the
-        losses and an ``unreliable`` flag."""
+        losses and an ``unreliable`` flag (``variables``: a subset of those columns)."""
         k, m = self.llc.llc_mean.shape
-        return pd.DataFrame({
+        frame = pd.DataFrame({
             "step": np.repeat(self.steps, m), "component": np.tile(self.llc.components, k),
             "llc_mean": self.llc.llc_mean.ravel(), "llc_std": self.llc.llc_std.ravel(), "ess": self.llc.ess.ravel(),
             "rhat": self.llc.rhat.ravel(), "unreliable": self.llc.unreliable.ravel(),
             "train_loss": np.repeat(self.train_loss, m), "test_loss": np.repeat(self.test_loss, m),
         })
+        return frame if variables is None else frame[["step", "component"] + ([variables] if isinstance(variables, str) else list(variables))]
 
     def plot(self, component: str | int | None = None, *, stages: Stages | None = None, log_x: bool = False, path=None):
         """LLC (every component, or one) and the losses against step, stage boundaries marked
-        (default: ``self.stages()`` of the first component)."""
+        (default: ``self.stages()`` of the first component), unreliable cells (``llc.unreliable``)
+        as hollow markers; ``log_x`` leaves out step 0."""
         columns = list(range(len(self.llc.components))) if component is None else [
             self.llc.components.index(component) if isinstance(component, str) else int(component)]
         stages = self.stages(columns[0]) if stages is None else stages
         loss = {"train": self.train_loss} if np.all(np.isnan(self.test_loss)) else {"train": self.train_loss, "held out": self.test_loss}
         return plots.plot_llc_checkpoints(
             self.steps, self.llc.llc_mean[:, columns], self.llc.llc_std[:, columns], loss=loss,
-            labels=[self.llc.components[m] for m in columns], log_x=log_x, boundaries=stages.boundaries, path=path,
+            labels=[self.llc.components[m] for m in columns], log_x=log_x, boundaries=stages.boundaries,
+            unreliable=self.llc.unreliable[:, columns], path=path,
         )
 
     def __repr__(self) -> str:
-        return (f"Development({len(self.steps)} checkpoints x {len(self.llc.components)} components"
+        return (f"DevelopmentResult({len(self.steps)} checkpoints x {len(self.llc.components)} components"
                 f"{', susceptibilities' if self.susceptibilities else ''})\n" + self.llc.table())
 
 
 def track_development(
-    loss_fn: LossFn,
-    checkpoints: Sequence[Params],
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, checkpoints: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
     steps: Sequence[int] | None = None,
     components: Mapping[str, Mask | None] | None = None,
     held_out: Batch | None = None,
@@ -260,7 +274,7 @@ def track_development(
     probe_components: Mapping[str, Mask | Callable | None] | None = None,
     loss_estimator: str = "minibatch",
     progress: bool = True,
-) -> Development:
+) -> DevelopmentResult:
     """LLC (per component), losses and optionally susceptibilities of every checkpoint of a run.
 
     Args:
@@ -273,11 +287,11 @@ def track_development(
         components: ``{name: mask or None}`` for per-component LLCs (default: the whole model).
         held_out: held-out data for ``test_loss`` (optional).
         probes: ``{name: batch}`` to also estimate susceptibilities at every checkpoint
-            (``estimate_susceptibilities_over_checkpoints``; same key and config).
+            (``estimate_susceptibilities_table``; same key and config).
         probe_components: the susceptibilities' components (default: ``components``).
 
     Returns:
-        A ``Development``. Mismatched checkpoint structures raise a ``ValueError`` before anything
+        A ``DevelopmentResult``. Mismatched checkpoint structures raise a ``ValueError`` before anything
         compiles.
 
     >>> import jax.numpy as jnp, slt_jax as sj
@@ -289,12 +303,7 @@ def track_development(
     >>> dev.llc.llc_per_chain.shape, dev.train_loss.round(3).tolist()
     ((2, 1, 4), [0.5, 0.0])
     """
-    if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)) or not checkpoints:
-        raise TypeError("checkpoints must be a non-empty list of params pytrees (e.g. sj.train(...).checkpoints).")
-    planning.check_centers(list(checkpoints))
-    steps = np.arange(len(checkpoints)) if steps is None else np.asarray(steps)
-    if steps.shape != (len(checkpoints),):
-        raise ValueError(f"steps has shape {steps.shape}; it needs one entry per checkpoint ({len(checkpoints)}).")
+    checkpoints, steps = frontdoor.check_checkpoints(checkpoints, steps)
     if held_out is not None:
         validation.check_data(held_out)
     table = estimate_llc_table(loss_fn, list(checkpoints), data, config, key=key, components=components, steps=steps,
@@ -306,17 +315,16 @@ def track_development(
         test_loss = np.array([float(full_data_loss(loss_fn, c, held_out, batch_size)) for c in checkpoints])
     susceptibilities = None
     if probes is not None:
-        by_step = estimate_susceptibilities_over_checkpoints(
-            loss_fn, list(checkpoints), data, table.chains.config, key=key, probes=probes,
-            components=components if probe_components is None else probe_components, steps=[int(s) for s in steps],
-            progress=progress,
+        susceptibilities = estimate_susceptibilities_table(
+            loss_fn, checkpoints, data, table.chains.config, key=key, probes=probes,
+            components=components if probe_components is None else probe_components, steps=steps, progress=progress,
         )
-        susceptibilities = list(by_step.values())
-    return Development(steps=steps, llc=table, train_loss=train_loss, test_loss=test_loss, susceptibilities=susceptibilities)
+    return DevelopmentResult(steps=steps, llc=table, train_loss=train_loss, test_loss=test_loss, susceptibilities=susceptibilities)
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class TrajectoryPCA:
+class TrajectoryPCA(results.Result):
     """Principal components of the models' outputs along training (``trajectory_pca``).
 
     Attributes:
@@ -333,6 +341,15 @@ class TrajectoryPCA:
     components: np.ndarray
     mean: np.ndarray
     steps: np.ndarray
+
+    xarray_dims = {"projections": ("run", "checkpoint", "pc"), "explained_variance_ratio": ("pc",),
+                   "components": ("pc", "feature"), "mean": ("feature",), "steps": ("run", "checkpoint")}
+
+    def summary(self) -> str:
+        """Runs, checkpoints and the explained variance of each component."""
+        runs, checkpoints, _ = self.projections.shape
+        return (f"TrajectoryPCA({runs} runs x {checkpoints} checkpoints; explained variance ratio "
+                f"{np.round(self.explained_variance_ratio, 3).tolist()})")
 
     def plot(self, labels: Sequence[str] | None = None, path=None):
         """Each run's trajectory in the plane of the first two components (steps annotated)."""
@@ -381,7 +398,7 @@ def trajectory_pca(
     if not 1 <= num_components <= total:
         raise ValueError(f"num_components={num_components} must be between 1 and the number of checkpoints ({total}).")
     for run in runs:
-        planning.check_centers(list(run))
+        frontdoor.check_checkpoints(run)
     inputs = jax.tree.map(jnp.asarray, inputs)
     forward = jax.jit(lambda p: jnp.ravel(apply_fn(p, inputs)))
     outputs = np.stack([np.asarray(forward(p), np.float64) for run in runs for p in run])  # (R K, F)
@@ -389,8 +406,7 @@ def trajectory_pca(
     centred = outputs - mean
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
     vt = vt[:num_components]
-    flip = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
-    vt = vt * flip[:, None]
+    vt = vt * stats.fix_signs(vt)[:, None]
     variance = singular**2
     ratio = variance[:num_components] / variance.sum() if variance.sum() > 0 else np.zeros(num_components)
     projections = (centred @ vt.T).reshape(len(runs), num_checkpoints, num_components)

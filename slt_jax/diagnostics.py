@@ -30,9 +30,10 @@ import numpy as np
 
 from numpyro import diagnostics as numpyro_diagnostics
 
-from slt_jax import traces
+from slt_jax import results, traces
+from slt_jax._src import frontdoor
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsResult, DivergenceError, run_chains
+from slt_jax.sampler import ChainsResult, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = [
@@ -274,6 +275,15 @@ def problems(metrics: dict[str, float], *, full_loss: bool = False, thresholds: 
         ))
     if num_good == 0:
         return found
+    found += _estimate_findings(m, t)
+    found += _trace_findings(m, t)
+    found += _sampler_findings(m, t, full_loss)
+    return found
+
+
+def _estimate_findings(m: dict, t: dict) -> list[Finding]:
+    """Is the estimate a clear, converged signal: rise above L(w*), noise, R-hat, ESS."""
+    found: list[Finding] = []
     llc, stderr = m["llc_mean"], m["llc_stderr"]
     if not llc > 0 or (np.isfinite(stderr) and llc < 2 * stderr):
         found.append(Finding(
@@ -301,6 +311,12 @@ def problems(metrics: dict[str, float], *, full_loss: bool = False, thresholds: 
             f"low effective sample size of the loss trace: {m['ess']:.0f} < {t['ess']:.0f}.",
             "Increase num_draws (or num_chains); a larger step_size mixes faster if its bias allows.",
         ))
+    return found
+
+
+def _trace_findings(m: dict, t: dict) -> list[Finding]:
+    """The shape of the loss trace: still climbing, slow drift, spikes."""
+    found: list[Finding] = []
     if m["trend"] > t["trend"] and not (m["trend_z"] < t["trend_z"]):
         late = m["late_trend"] > t["trend"] / 2
         found.append(Finding(
@@ -327,6 +343,13 @@ def problems(metrics: dict[str, float], *, full_loss: bool = False, thresholds: 
             "standard deviations above their chain's median and above both neighbouring draws.",
             "Reduce step_size, or increase batch_size (spikes are often gradient noise).",
         ))
+    return found
+
+
+def _sampler_findings(m: dict, t: dict, full_loss: bool) -> list[Finding]:
+    """Is w* a minimum and the step size small enough: draws below L(w*), MALA acceptance, bias."""
+    found: list[Finding] = []
+    llc = m["llc_mean"]
     limit = t["below_full"] if full_loss else t["below_minibatch"]
     # Minibatch noise alone puts up to half of the draws below L(w*) when λ/nβ is small: only a
     # majority below together with a negative LLC points at w* (a full-data trace is sharper).
@@ -449,8 +472,9 @@ def ou_variance(step_size: float, localization: float) -> float:
     return 1.0 / (localization * (1.0 - step_size * localization / 4.0))
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class NegativeControlResult:
+class NegativeControlResult(results.Result):
     """The nβ = 0 control: chains must be an OU process around w* with a known variance.
 
     Attributes:
@@ -473,6 +497,8 @@ class NegativeControlResult:
     variance_trace: np.ndarray
     chains: ChainsResult
 
+    xarray_dims = {"variance_trace": ("chain", "draw")}
+
     @property
     def passed(self) -> bool:
         """Whether the measured variance agrees with the expected one within 4 standard errors."""
@@ -489,8 +515,7 @@ class NegativeControlResult:
 
 def _control_config(config: SamplerConfig) -> SamplerConfig:
     """The control's schedule: nβ = 0, no weight decay, burn-in and thinning at least the OU's."""
-    if not isinstance(config, SamplerConfig):
-        raise TypeError(f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}.")
+    frontdoor.check_config(config, "negative_control")
     if isinstance(config.step_size, str):
         raise ValueError("negative_control needs a numeric step_size (calibrate first: sj.calibrate(...).recommended).")
     if config.localization <= 0:
@@ -517,12 +542,7 @@ def _control_config(config: SamplerConfig) -> SamplerConfig:
 
 
 def negative_control(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     component: Mask | None = None,
     progress: bool = True,
 ) -> NegativeControlResult:
@@ -559,8 +579,7 @@ def negative_control(
     num_coordinates = int(chains.num_sampled[0])
     variance_trace = np.asarray(chains.distance[0], np.float64) ** 2 / num_coordinates
     good = ~np.asarray(chains.diverged[0])
-    if not good.any():
-        raise DivergenceError("every chain of the negative control diverged; reduce step_size.", chains)
+    frontdoor.report_divergence(chains.diverged_at[0], what="the negative control", result=chains)
     trace = variance_trace[good]
     measured = float(trace.mean())
     ess, _, _ = traces.loss_diagnostics(trace)

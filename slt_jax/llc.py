@@ -7,10 +7,10 @@ Per chain c, with the draws' losses L_{c,d} (see ``slt_jax.traces`` for the loss
 ``llc_mean`` / ``llc_std`` (ddof=1) are over the chains that did not diverge. A diverged chain (its
 loss went non-finite) is reported by index, excluded, and warned about with the fix.
 
-``estimate_llc`` estimates one LLC (of the whole model, or restricted to a component).
 ``estimate_llc_table`` estimates a table over checkpoints x components in as few compiled programs
 as the components' layouts allow (``slt_jax.sampler``): the checkpoints of a training run are
-configurations with different centres, each with its own L_n(w*).
+configurations with different centres, each with its own L_n(w*). ``estimate_llc`` (one LLC, of the
+whole model or restricted to a component) is its one-cell case.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from slt_jax import calibration, diagnostics, traces
-from slt_jax._src import planning
+from slt_jax import calibration, diagnostics, plots, results, traces
+from slt_jax._src import frontdoor, planning
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsResult, DivergenceError, Recording, run_chains
+from slt_jax.sampler import ChainsResult, Recording, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = ["LLCResult", "LLCTable", "estimate_llc", "estimate_llc_table", "llc_result"]
@@ -34,8 +34,9 @@ MIN_ESS = 100.0
 MAX_RHAT = 1.1
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class LLCResult:
+class LLCResult(results.Result):
     """An LLC estimate with its per-chain figures and diagnostics (numpy arrays).
 
     Attributes:
@@ -51,6 +52,8 @@ class LLCResult:
         diverged: ``(num_chains,)`` bool.
         loss_estimator: which loss entered λ̂ (``slt_jax.traces``).
         chains: the raw ``ChainsResult`` of this one configuration (leading axis 1).
+
+    ``health`` is the structured ``HealthReport``; ``summary()`` its text.
     """
 
     llc_mean: float
@@ -67,19 +70,37 @@ class LLCResult:
     chains: ChainsResult
 
     @property
-    def config(self) -> SamplerConfig:
-        """The ``SamplerConfig`` the chains ran with."""
-        return self.chains.config
-
-    @property
     def stderr(self) -> float:
         """Standard error of ``llc_mean`` from the spread of the independent chains."""
         good = np.isfinite(self.llc_per_chain)
         return float(self.llc_std / np.sqrt(good.sum())) if good.sum() >= 2 else float("nan")
 
-    def summary(self, **kwargs) -> diagnostics.HealthReport:
-        """Health summary naming what looks wrong and what to change (``slt_jax.diagnostics.summary``)."""
-        return diagnostics.summary(self, **kwargs)
+    @property
+    def health(self) -> diagnostics.HealthReport:
+        """The structured health report (``slt_jax.diagnostics.summary``; call it for other thresholds)."""
+        return diagnostics.summary(self)
+
+    def summary(self) -> str:
+        """What looks wrong and what to change, as text (``str(self.health)``)."""
+        return str(self.health)
+
+    def plot(self, **options):
+        """The chains' traces (``slt_jax.plots.plot_traces``)."""
+        return plots.plot_traces(self, **options)
+
+    def arviz_source(self, index: int | None = None) -> tuple[ChainsResult, str]:
+        return self.chains, self.loss_estimator
+
+    def _dataset(self):
+        xr = results.require("xarray")
+        variables = results.chains_variables(self.chains, ())
+        variables.update(
+            llc_per_chain=(("chain",), self.llc_per_chain),
+            llc_trace=(("chain", "draw"), self.llc_trace),
+            loss_trace=(("chain", "draw"), self.loss_trace),
+        )
+        return xr.Dataset({k: xr.Variable(*v) for k, v in variables.items()}, coords=results.draw_coords(self.chains),
+                          attrs=results.scalar_attrs(self))
 
     def __repr__(self) -> str:
         return (
@@ -117,79 +138,9 @@ def llc_result(chains: ChainsResult, loss_estimator: str = "minibatch") -> LLCRe
     )
 
 
-def _check_llc_config(config: SamplerConfig) -> None:
-    if not isinstance(config, SamplerConfig):
-        raise TypeError(
-            f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}; e.g. "
-            "sj.SamplerConfig(step_size=1e-4, localization=1.0, num_draws=1000, batch_size=100)."
-        )
-    if config.nbeta is not None and config.nbeta <= 0:
-        raise ValueError(f"nbeta={config.nbeta!r} must be > 0 for an LLC (None uses n / log n).")
-    if config.num_chains < 2:
-        warnings.warn("num_chains=1: llc_std and R-hat need at least 2 chains and will be NaN.", stacklevel=3)
-
-
-def estimate_llc(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
-    component: Mask | None = None,
-    loss_estimator: str = "minibatch",
-    progress: bool = True,
-    checkpoint_dir=None,
-) -> LLCResult:
-    """Estimates the local learning coefficient at ``params`` with multi-chain localized SGLD.
-
-    Args:
-        loss_fn: ``loss_fn(params, batch)`` -> per-example losses ``(batch,)`` (``(batch, seq)`` per
-            token, or a scalar mean). A negative log-likelihood, e.g. 0.5||y - f(x)||².
-        params: pytree at w*.
-        data: pytree of arrays sharing a leading axis n.
-        config: the ``SamplerConfig``. ``step_size="auto"`` calibrates ε at this nβ and γ first
-            (``slt_jax.calibrate`` with an independent key; its reason and grid are in
-            ``result.chains.settings["calibration"]``).
-        key: int seed or JAX PRNG key.
-        component: bool mask pytree (True = sampled) for a restricted (weight-refined) LLC: the
-            chains carry only the component's coordinates, the rest clamped at w*.
-        loss_estimator: ``"minibatch"`` (default), ``"paired"`` (recommended when nβ is large) or
-            ``"full"`` (``slt_jax.traces``).
-        progress: tqdm progress bar.
-        checkpoint_dir: resumable run (``slt_jax.run_chains``).
-
-    Returns:
-        An ``LLCResult``. Raises ``DivergenceError`` if every chain diverged.
-
-    >>> import jax.numpy as jnp, slt_jax as sj
-    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
-    >>> data = {"x": jnp.eye(4).repeat(25, axis=0), "y": jnp.zeros(100)}
-    >>> config = sj.SamplerConfig(step_size=1e-3, nbeta=100.0, localization=1.0, num_draws=200, batch_size=100)
-    >>> result = sj.estimate_llc(loss_fn, jnp.zeros(4), data, config, key=0, progress=False)
-    >>> result.llc_per_chain.shape
-    (4,)
-    """
-    _check_llc_config(config)
-    options = traces.estimator_options(loss_estimator)
-    calibrated = None
-    if config.step_size == "auto":
-        config, calibrated = calibration.auto_step_size(
-            loss_fn, params, data, config, key=key, component=component, loss_estimator=loss_estimator, progress=progress
-        )
-    chains = run_chains(
-        loss_fn, [params], data, config, key=key, masks=None if component is None else [component],
-        recording=Recording(**options), progress=progress and "LLC", resume_dir=checkpoint_dir,
-    )
-    if calibrated is not None:
-        chains.settings["calibration"] = {"reason": calibrated.reason, "step_sizes": calibrated.step_size.tolist()}
-    result = llc_result(chains, loss_estimator)
-    traces.report_divergence(chains.diverged_at[0], result)
-    return result
-
-
+@results.register
 @dataclasses.dataclass(frozen=True)
-class LLCTable:
+class LLCTable(results.Result):
     """LLCs over checkpoints x components x chains, with the usual diagnostics (numpy arrays).
 
     Attributes:
@@ -227,7 +178,7 @@ class LLCTable:
                     | ~(self.llc_mean >= 0))
 
     def result(self, checkpoint: int = 0, component: str | int = 0) -> LLCResult:
-        """The full ``LLCResult`` (traces, diagnostics) of one cell; ``checkpoint`` is an index."""
+        """The ``LLCResult`` (traces, diagnostics) of one cell; ``checkpoint`` is an index (0..K-1)."""
         m = self.components.index(component) if isinstance(component, str) else int(component)
         return llc_result(self.chains.select(int(checkpoint) * len(self.components) + m), self.loss_estimator)
 
@@ -243,51 +194,101 @@ class LLCTable:
                     f"{self.llc_std[k, m]:>8.2g}  {self.ess[k, m]:>7.1f}  {self.rhat[k, m]:>6.3f}  {int(self.diverged[k, m].sum()):>8d}"
                 )
         if flags.any():
-            lines.append(f"! unreliable: ESS < {MIN_ESS:g}, R-hat > {MAX_RHAT}, undefined, or diverged chains; run longer chains.")
+            lines.append(
+                f"! unreliable: ESS < {MIN_ESS:g}, R-hat > {MAX_RHAT}, undefined, diverged chains (run longer chains), "
+                "or a negative LLC (that checkpoint is not a local minimum of the loss)."
+            )
         return "\n".join(lines)
 
-    def to_xarray(self):
-        """An ``xarray.Dataset`` with dims ``(checkpoint, component, chain)``."""
-        import xarray as xr
+    def summary(self) -> str:
+        """The table with its footnote (``table()``)."""
+        return repr(self)
 
+    def plot(self, *, log_x: bool = False, path=None):
+        """LLC against step per component, unreliable cells hollow (``slt_jax.plots.plot_llc_checkpoints``)."""
+        return plots.plot_llc_checkpoints(self.steps, self.llc_mean, self.llc_std, loss=self.init_loss,
+                                          labels=self.components, log_x=log_x, unreliable=self.unreliable, path=path)
+
+    def _dataset(self):
+        xr = results.require("xarray")
         dims = ("checkpoint", "component")
         return xr.Dataset(
             dict(
                 llc_mean=(dims, self.llc_mean), llc_std=(dims, self.llc_std), ess=(dims, self.ess), rhat=(dims, self.rhat),
+                unreliable=(dims, self.unreliable),
                 llc_per_chain=(dims + ("chain",), self.llc_per_chain), diverged=(dims + ("chain",), self.diverged),
                 init_loss=(("checkpoint",), self.init_loss), num_sampled=(("component",), self.num_sampled),
             ),
             coords=dict(checkpoint=self.steps, component=self.components, chain=np.arange(self.llc_per_chain.shape[-1])),
-            attrs=dict(loss_estimator=self.loss_estimator, config=str(self.chains.config.to_dict())),
+            attrs=dict(loss_estimator=self.loss_estimator),
         )
 
     def __repr__(self) -> str:
         return f"LLCTable({len(self.steps)} checkpoints x {len(self.components)} components)\n" + self.table()
 
 
-def _components(components) -> tuple[list[str], list]:
-    if components is None:
-        return ["full"], [None]
-    if not isinstance(components, Mapping) or not components:
-        raise TypeError(
-            "components must be a non-empty dict {name: mask} (None = the whole model); build masks with "
-            "slt_jax.component_mask or slt_jax.head_mask."
-        )
-    return [str(name) for name in components], list(components.values())
+def _calibrate(loss_fn, admitted: frontdoor.Admission, data, key, single: bool, loss_estimator, progress):
+    """``step_size="auto"``: one setting for every cell, and the settings entry that records it. A
+    table calibrates for the whole model; ``estimate_llc`` (``single``) for its component."""
+    planning.check_inputs(loss_fn, admitted.checkpoints, data, admitted.config, admitted.masks)  # before calibrating
+    # Calibrated on the last checkpoint (the trained model, whose posterior is the tightest).
+    config, calibrated = calibration.auto_step_size(
+        loss_fn, admitted.checkpoints[-1], data, admitted.config, key=key, component=admitted.masks[0] if single else None,
+        loss_estimator=loss_estimator, progress=progress,
+    )
+    entry = {"reason": calibrated.reason, "step_sizes": calibrated.step_size.tolist()}
+    if not single:
+        entry["checkpoint"] = int(admitted.steps[-1])
+    return config, entry
+
+
+def _table(admitted: frontdoor.Admission, chains: ChainsResult, loss_estimator: str) -> LLCTable:
+    """The ``LLCTable`` of a run over checkpoints x components."""
+    num_k, num_m, num_c = len(admitted.checkpoints), len(admitted.components), chains.config.num_chains
+    shifted = traces.llc_draws(chains, loss_estimator)  # (G, C, D)
+    loss = traces.loss_trace(chains, loss_estimator)
+    diverged = np.asarray(chains.diverged, bool)
+    per_chain = np.where(diverged, np.nan, shifted.mean(axis=2))
+    ess, rhat = np.full(len(per_chain), np.nan), np.full(len(per_chain), np.nan)
+    for g in range(len(per_chain)):
+        ess[g], rhat[g], _ = traces.loss_diagnostics(loss[g][~diverged[g]])
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells stay NaN
+        mean = np.nanmean(per_chain, axis=1)
+        std = np.nanstd(per_chain, axis=1, ddof=1)
+    shape = (num_k, num_m)
+    return LLCTable(
+        steps=admitted.steps, components=admitted.components, llc_mean=mean.reshape(shape), llc_std=std.reshape(shape),
+        llc_per_chain=per_chain.reshape(shape + (num_c,)), ess=ess.reshape(shape), rhat=rhat.reshape(shape),
+        diverged=diverged.reshape(shape + (num_c,)), init_loss=np.asarray(chains.init_loss).reshape(shape)[:, 0],
+        num_sampled=np.asarray(chains.num_sampled).reshape(shape)[0], loss_estimator=loss_estimator, chains=chains,
+    )
+
+
+def _llc_table(loss_fn, admitted: frontdoor.Admission, data, key, loss_estimator, progress, resume_dir,
+               single: bool = False) -> LLCTable:
+    """The one implementation: every checkpoint x component is a configuration of one ``run_chains``."""
+    options = traces.estimator_options(loss_estimator)
+    config, entry = admitted.config, None
+    if config.step_size == "auto":
+        config, entry = _calibrate(loss_fn, admitted, data, key, single, loss_estimator, progress)
+    chains = run_chains(
+        loss_fn, admitted.checkpoints, data, config, key=key,
+        masks=admitted.masks, recording=Recording(**options), progress=progress and ("LLC" if single else "LLC table"),
+        resume_dir=resume_dir,
+    )
+    if entry is not None:  # a new ChainsResult that records the calibration (results are never mutated)
+        chains = dataclasses.replace(chains, settings={**chains.settings, "calibration": entry})
+    return _table(admitted, chains, loss_estimator)
 
 
 def estimate_llc_table(
-    loss_fn: LossFn,
-    checkpoints: Sequence[Params],
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, checkpoints: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
     components: Mapping[str, Mask | None] | None = None,
     steps: Sequence[int] | None = None,
     loss_estimator: str = "minibatch",
     progress: bool = True,
-    checkpoint_dir=None,
+    resume_dir=None,
 ) -> LLCTable:
     """LLCs of every checkpoint (x every component) as one stack of configurations.
 
@@ -302,7 +303,7 @@ def estimate_llc_table(
         key: every cell's chain c uses the same key, so a cell equals its own ``estimate_llc`` run.
         components: ``{name: mask or None}`` (None = the whole model); default: the whole model.
         steps: training step of each checkpoint (default 0..K-1).
-        loss_estimator, progress, checkpoint_dir: as for ``estimate_llc``.
+        loss_estimator, progress, resume_dir: as for ``estimate_llc``.
 
     Returns:
         An ``LLCTable`` ``(checkpoint, component, chain)``. Diverged chains are warned about per cell;
@@ -318,53 +319,55 @@ def estimate_llc_table(
     >>> table.llc_per_chain.shape
     (2, 2, 4)
     """
-    _check_llc_config(config)
-    options = traces.estimator_options(loss_estimator)
-    names, masks = _components(components)
-    if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)) or not checkpoints:
-        raise TypeError("checkpoints must be a non-empty list of params pytrees; for one model pass [params].")
-    steps = np.arange(len(checkpoints)) if steps is None else np.asarray(steps)
-    if steps.shape != (len(checkpoints),):
-        raise ValueError(f"steps has shape {steps.shape}; it needs one entry per checkpoint ({len(checkpoints)}).")
-    calibrated = None
-    if config.step_size == "auto":
-        planning.check_inputs(loss_fn, list(checkpoints), data, config, masks)  # before calibrating
-        # One setting for the whole sweep, so the curve is comparable across training: calibrated on
-        # the last checkpoint (the trained model, whose posterior is the tightest) for the whole model.
-        config, calibrated = calibration.auto_step_size(
-            loss_fn, checkpoints[-1], data, config, key=key, loss_estimator=loss_estimator, progress=progress
-        )
-    chains = run_chains(
-        loss_fn, list(checkpoints), data, config, key=key, masks=masks, recording=Recording(**options),
-        progress=progress and "LLC table", resume_dir=checkpoint_dir,
-    )
-    if calibrated is not None:
-        chains.settings["calibration"] = {
-            "reason": calibrated.reason, "step_sizes": calibrated.step_size.tolist(), "checkpoint": int(steps[-1]),
-        }
-    num_k, num_m, num_c = len(checkpoints), len(names), config.num_chains
-    shifted = traces.llc_draws(chains, loss_estimator)  # (G, C, D)
-    loss = traces.loss_trace(chains, loss_estimator)
-    diverged = np.asarray(chains.diverged, bool)
-    per_chain = np.where(diverged, np.nan, shifted.mean(axis=2))
-    ess, rhat = np.full(len(per_chain), np.nan), np.full(len(per_chain), np.nan)
-    for g in range(len(per_chain)):
-        ess[g], rhat[g], _ = traces.loss_diagnostics(loss[g][~diverged[g]])
-    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells stay NaN
-        mean = np.nanmean(per_chain, axis=1)
-        std = np.nanstd(per_chain, axis=1, ddof=1)
-    shape = (num_k, num_m)
-    table = LLCTable(
-        steps=steps, components=names, llc_mean=mean.reshape(shape), llc_std=std.reshape(shape),
-        llc_per_chain=per_chain.reshape(shape + (num_c,)), ess=ess.reshape(shape), rhat=rhat.reshape(shape),
-        diverged=diverged.reshape(shape + (num_c,)), init_loss=np.asarray(chains.init_loss).reshape(shape)[:, 0],
-        num_sampled=np.asarray(chains.num_sampled).reshape(shape)[0], loss_estimator=loss_estimator, chains=chains,
-    )
-    if diverged.all():
-        raise DivergenceError("Every chain of every cell diverged; no estimate.", table)
-    for g in np.flatnonzero(diverged.any(axis=1)):
-        k, m = divmod(int(g), num_m)
-        label = f"checkpoint {int(steps[k])}, component {names[m]!r}"
-        warnings.warn(label + ": " + traces.divergence_message(chains.diverged_at[g]), RuntimeWarning, stacklevel=2)
+    traces.estimator_options(loss_estimator)
+    admitted = frontdoor.admit("estimate_llc_table", loss_fn, checkpoints, config, steps=steps, components=components)
+    table = _llc_table(loss_fn, admitted, data, key, loss_estimator, progress, resume_dir)
+    frontdoor.report_divergence(table.chains.diverged_at.reshape(table.diverged.shape), steps=table.steps,
+                                components=table.components, result=table)
     return table
+
+
+def estimate_llc(
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
+    component: Mask | None = None,
+    loss_estimator: str = "minibatch",
+    progress: bool = True,
+    resume_dir=None,
+) -> LLCResult:
+    """Estimates the local learning coefficient at ``params`` with multi-chain localized SGLD.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch)`` -> per-example losses ``(batch,)`` (``(batch, seq)`` per
+            token, or a scalar mean). A negative log-likelihood, e.g. 0.5||y - f(x)||².
+        params: pytree at w*.
+        data: pytree of arrays sharing a leading axis n.
+        config: the ``SamplerConfig``. ``step_size="auto"`` calibrates ε at this nβ and γ first
+            (``slt_jax.calibrate`` with an independent key; its reason and grid are in
+            ``result.chains.settings["calibration"]``).
+        key: int seed or JAX PRNG key.
+        component: bool mask pytree (True = sampled) for a restricted (weight-refined) LLC: the
+            chains carry only the component's coordinates, the rest clamped at w*.
+        loss_estimator: ``"minibatch"`` (default), ``"paired"`` (recommended when nβ is large) or
+            ``"full"`` (``slt_jax.traces``).
+        progress: tqdm progress bar.
+        resume_dir: a folder for resumable sampler state (``slt_jax.run_chains``).
+
+    Returns:
+        An ``LLCResult`` (the one cell of ``estimate_llc_table``). Raises ``DivergenceError`` if
+        every chain diverged.
+
+    >>> import jax.numpy as jnp, slt_jax as sj
+    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
+    >>> data = {"x": jnp.eye(4).repeat(25, axis=0), "y": jnp.zeros(100)}
+    >>> config = sj.SamplerConfig(step_size=1e-3, nbeta=100.0, localization=1.0, num_draws=200, batch_size=100)
+    >>> result = sj.estimate_llc(loss_fn, jnp.zeros(4), data, config, key=0, progress=False)
+    >>> result.llc_per_chain.shape
+    (4,)
+    """
+    traces.estimator_options(loss_estimator)
+    components = None if component is None else {"component": component}
+    admitted = frontdoor.admit("estimate_llc", loss_fn, [params], config, components=components)
+    table = _llc_table(loss_fn, admitted, data, key, loss_estimator, progress, resume_dir, single=True)
+    result = table.result(0, 0)
+    frontdoor.report_divergence(result.chains.diverged_at[0], result=result)
+    return result

@@ -39,14 +39,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from slt_jax import results
 from slt_jax.training import train
 from slt_jax.types import Array, Batch, LossFn, Params
 
 __all__ = ["PatterningResult", "PatterningEvaluation", "pattern", "evaluate_patterning", "reweighted_loss", "attach_weights"]
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class PatterningResult:
+class PatterningResult(results.Result):
     """What ``pattern`` returns; ``evaluate_patterning`` and ``attach_weights`` take it as it is.
 
     Attributes:
@@ -78,6 +80,25 @@ class PatterningResult:
     min_weight: float | None
     shift: np.ndarray
     shift_stderr: np.ndarray
+
+    xarray_dims = {
+        "weights": ("example",), "group_weights": ("group",), "group_sizes": ("group",),
+        "group_chi": ("observable", "group"), "group_stderr": ("observable", "group"), "direction": ("group",),
+        "shift": ("observable",), "shift_stderr": ("observable",),
+    }
+
+    def summary(self) -> str:
+        """α (and how much of the request it met), the weights' range and the predicted shift."""
+        return (
+            f"PatterningResult({len(self.group_names)} groups, alpha={self.alpha:.4g} "
+            f"({self.achievable_fraction:.0%} of the requested {self.requested_alpha:.4g}); weights in "
+            f"[{self.weights.min():.3g}, {self.weights.max():.3g}]; predicted shift {np.round(self.shift, 4).tolist()} "
+            f"± {np.round(self.shift_stderr, 4).tolist()})"
+        )
+
+    def _dataset(self):
+        dataset = super()._dataset()
+        return dataset.assign_coords(group=list(self.group_names))
 
 
 def _observables_matrix(chi, columns) -> tuple[np.ndarray, np.ndarray | None]:
@@ -254,8 +275,9 @@ def pattern(
     )
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class PatterningEvaluation:
+class PatterningEvaluation(results.Result):
     """What ``evaluate_patterning`` returns (one row per seed, one column per observable).
 
     Attributes:
@@ -278,8 +300,26 @@ class PatterningEvaluation:
     predicted_stderr: np.ndarray | None
     zscore: np.ndarray | None
 
+    xarray_dims = {
+        "baseline": ("seed", "observable"), "steered": ("seed", "observable"), "realised_shift": ("observable",),
+        "realised_stderr": ("observable",), "predicted_shift": ("observable",), "predicted_stderr": ("observable",),
+        "zscore": ("observable",),
+    }
 
-@functools.lru_cache(maxsize=16)
+    def summary(self) -> str:
+        """The realised shift against the prediction, per observable."""
+        line = (f"PatterningEvaluation({len(self.seeds)} seeds): realised shift "
+                f"{np.round(self.realised_shift, 4).tolist()} ± {np.round(self.realised_stderr, 4).tolist()}")
+        if self.predicted_shift is not None:
+            line += f"; predicted {np.round(self.predicted_shift, 4).tolist()}"
+        if self.zscore is not None:
+            line += f"; z {np.round(self.zscore, 2).tolist()}"
+        return line
+
+    def _dataset(self):
+        return super()._dataset().assign_coords(seed=list(self.seeds))
+
+
 @functools.lru_cache(maxsize=32)
 def _weighted_as_data(loss_fn: LossFn) -> LossFn:
     # One loss object per loss_fn (cached), weights travelling as data: the weighted and the

@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from slt_jax import traces
+from slt_jax import stats, traces
 from slt_jax.sampler import ChainsResult
 
 __all__ = ["plot_traces", "plot_calibration", "plot_llc_checkpoints", "plot_response_pca", "plot_embedding", "plot_trajectories"]
@@ -173,37 +173,8 @@ def _loss_series(loss, num_checkpoints: int) -> dict[str, np.ndarray]:
     return out
 
 
-def plot_llc_checkpoints(
-    steps,
-    llcs,
-    errors=None,
-    *,
-    loss=None,
-    labels=None,
-    true_llc: float | None = None,
-    xlabel: str = "training step",
-    log_x: bool = False,
-    boundaries=None,
-    path=None,
-) -> Figure:
-    """LLC over training checkpoints with error bars, and optionally the loss beside it.
-
-    Args:
-        steps: ``(K,)`` checkpoint positions (training steps).
-        llcs: ``(K,)`` LLC means, ``(K, M)`` (one line per component, e.g. ``LLCTable.llc_mean``),
-            or a list of K ``LLCResult`` (then the error bars are their std over chains).
-        errors: error bar half-widths of ``llcs``' shape (e.g. ``LLCTable.llc_std``); optional.
-        loss: ``(K,)`` a loss per checkpoint (e.g. ``LLCTable.init_loss``, the L_n(w*) of each
-            checkpoint), or ``{name: (K,)}`` for several (train / test); drawn in a second panel
-            beside the LLC, sharing its x axis.
-        labels: names of the ``M`` columns of a 2-D ``llcs`` (legend).
-        true_llc: a known learning coefficient to draw as a horizontal line.
-        xlabel: label of the x axis.
-        log_x: logarithmic x axis.
-        boundaries: steps of stage boundaries (``slt_jax.development.detect_stages``), drawn as
-            dotted vertical lines in every panel.
-        path: where to save the figure (optional).
-    """
+def _llc_columns(steps, llcs, errors, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list]:
+    """Validated (steps (K,), llcs (K, M), errors (K, M) or None, M labels) of ``plot_llc_checkpoints``."""
     steps = np.asarray(steps, np.float64)
     if len(llcs) and hasattr(llcs[0], "llc_mean"):
         errors = np.array([r.llc_std for r in llcs]) if errors is None else errors
@@ -224,15 +195,62 @@ def plot_llc_checkpoints(
         labels = ["LLC estimate"] if llcs.ndim == 1 else [f"component {m}" for m in range(columns.shape[1])]
     if len(labels) != columns.shape[1]:
         raise ValueError(f"labels has {len(labels)} names for {columns.shape[1]} columns of llcs.")
-    series = None if loss is None else _loss_series(loss, steps.shape[0])
+    return steps, columns, errors, list(labels)
+
+
+def plot_llc_checkpoints(
+    steps,
+    llcs,
+    errors=None,
+    *,
+    loss=None,
+    labels=None,
+    true_llc: float | None = None,
+    xlabel: str = "training step",
+    log_x: bool = False,
+    boundaries=None,
+    unreliable=None,
+    path=None,
+) -> Figure:
+    """LLC over training checkpoints with error bars, and optionally the loss beside it.
+
+    Args:
+        steps: ``(K,)`` checkpoint positions (training steps).
+        llcs: ``(K,)`` LLC means, ``(K, M)`` (one line per component, e.g. ``LLCTable.llc_mean``),
+            or a list of K ``LLCResult`` (then the error bars are their std over chains).
+        errors: error bar half-widths of ``llcs``' shape (e.g. ``LLCTable.llc_std``); optional.
+        loss: ``(K,)`` a loss per checkpoint (e.g. ``LLCTable.init_loss``, the L_n(w*) of each
+            checkpoint), or ``{name: (K,)}`` for several (train / test); drawn in a second panel
+            beside the LLC, sharing its x axis.
+        labels: names of the ``M`` columns of a 2-D ``llcs`` (legend).
+        true_llc: a known learning coefficient to draw as a horizontal line.
+        xlabel: label of the x axis.
+        log_x: logarithmic x axis; checkpoints at step <= 0 are left out (of the axes' ranges too).
+        boundaries: steps of stage boundaries (``slt_jax.development.detect_stages``), drawn as
+            dotted vertical lines in every panel.
+        unreliable: bool mask of ``llcs``' shape (e.g. ``LLCTable.unreliable``): those cells are
+            drawn as hollow markers.
+        path: where to save the figure (optional).
+    """
+    steps, columns, errors, labels = _llc_columns(steps, llcs, errors, labels)
+    flags = np.zeros(columns.shape, bool) if unreliable is None else np.asarray(unreliable, bool).reshape(columns.shape)
+    shown = steps > 0 if log_x else np.ones(steps.shape, bool)
+    series = None if loss is None else {k: v[shown] for k, v in _loss_series(loss, steps.shape[0]).items()}
+    steps, columns, flags = steps[shown], columns[shown], flags[shown]
+    errors = None if errors is None else errors[shown]
     figure = Figure(figsize=(6, 4) if series is None else (11, 4))
     if series is None:
         axes = figure.subplots()
     else:
         axes, loss_axes = figure.subplots(1, 2, sharex=True)
     for m, label in enumerate(labels):
-        axes.errorbar(steps, columns[:, m], yerr=None if errors is None else errors[:, m], marker="o", capsize=3, lw=1.2,
-                      label=str(label))
+        line = axes.errorbar(steps, columns[:, m], yerr=None if errors is None else errors[:, m], marker="o", capsize=3,
+                             lw=1.2, label=str(label))
+        if flags[:, m].any():  # hollow markers over the unreliable cells
+            axes.plot(steps[flags[:, m]], columns[flags[:, m], m], ls="", marker="o", markerfacecolor="white",
+                      markeredgecolor=line.lines[0].get_color(), zorder=3)
+    if flags.any():
+        axes.plot([], [], ls="", marker="o", markerfacecolor="white", markeredgecolor="0.3", label="unreliable")
     if true_llc is not None:
         axes.axhline(true_llc, color="k", ls="--", lw=1.0, label=f"λ = {true_llc:g}")
     axes.set(xlabel=xlabel, ylabel="LLC", title="LLC over checkpoints", xscale="log" if log_x else "linear")
@@ -350,8 +368,7 @@ def plot_response_pca(
     u, singular, vt = np.linalg.svd(x, full_matrices=False)
     # The sign convention of susceptibility.response_pca: each axis's largest loading is positive,
     # so the picture and a table of that function's loadings agree.
-    signs = np.sign(vt[np.arange(vt.shape[0]), np.argmax(np.abs(vt), axis=1)])
-    signs[signs == 0] = 1.0
+    signs = stats.fix_signs(vt)
     u, vt = u * signs, vt * signs[:, None]
     explained = singular**2 / max(np.sum(singular**2), 1e-300)
     a, b = components

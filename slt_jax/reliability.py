@@ -41,13 +41,13 @@ import warnings
 import numpy as np
 from scipy import stats as scipy_stats
 
-from slt_jax import stats
+from slt_jax import results, stats
 
-__all__ = ["Reliability", "NoisyResponseWarning", "estimate_reliability", "MOSTLY_NOISE_RELIABILITY", "MOSTLY_NOISE_FRACTION"]
+__all__ = ["ReliabilityResult", "NoisyResponseWarning", "estimate_reliability", "MOSTLY_NOISE_RELIABILITY", "MOSTLY_NOISE_FRACTION"]
 
 
 class NoisyResponseWarning(RuntimeWarning):
-    """A response matrix or BIF is mostly noise (``Reliability.mostly_noise``).
+    """A response matrix or BIF is mostly noise (``ReliabilityResult.mostly_noise``).
 
     ``estimate_susceptibilities`` and ``estimate_bif`` issue it themselves, so a noisy matrix never
     goes silently into a PCA, a clustering or a patterning solve."""
@@ -56,8 +56,9 @@ MOSTLY_NOISE_RELIABILITY = 0.5
 MOSTLY_NOISE_FRACTION = 0.2
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class Reliability:
+class ReliabilityResult(results.Result):
     """How much of a response matrix (N rows, K columns, C chains) is signal; see the module docstring.
 
     Attributes:
@@ -91,6 +92,9 @@ class Reliability:
     target: float
     chains_needed: float
     mostly_noise: bool
+
+    xarray_dims = {"row_snr": ("row",), "distinguishable": ("row",), "split_half": ("column",),
+                   "column_reliability": ("column",)}
 
     def summary(self) -> str:
         """One line: reliability, distinguishable rows, median |chi|/stderr, chains for the target."""
@@ -151,7 +155,7 @@ def estimate_reliability(
     num_splits: int = 20,
     seed: int = 0,
     warn: bool = True,
-) -> Reliability:
+) -> ReliabilityResult:
     """Signal-to-noise, split-chain reliability and distinguishable rows of a response matrix or BIF.
 
     Args:
@@ -165,7 +169,7 @@ def estimate_reliability(
         warn: issue a ``NoisyResponseWarning`` when the matrix is mostly noise (see the module docstring).
 
     Returns:
-        A ``Reliability``; ``.summary()`` is one line.
+        A ``ReliabilityResult``; ``.summary()`` is one line.
 
     >>> import numpy as np
     >>> from slt_jax.reliability import estimate_reliability
@@ -216,7 +220,7 @@ def estimate_reliability(
     chain_reliability = reliability / (num_chains - (num_chains - 1) * reliability)
     chains_needed = target * (1 - chain_reliability) / (chain_reliability * (1 - target)) if chain_reliability > 0 else np.inf
     fraction = float(distinguishable.mean())
-    report = Reliability(
+    report = ReliabilityResult(
         row_snr=np.nanmedian(z, axis=1), median_snr=float(np.nanmedian(z)), distinguishable=distinguishable,
         fraction_distinguishable=fraction, critical_z=critical_z, alpha=float(alpha), split_half=split_half,
         column_reliability=column_reliability, reliability=reliability, chain_reliability=float(chain_reliability),
@@ -231,8 +235,8 @@ def estimate_reliability(
     return report
 
 
-def _report_or_why(result) -> tuple[Reliability | None, str]:
-    """The ``Reliability`` of ``result``, or None and why it is undefined (fewer than 2 good chains
+def _report_or_why(result) -> tuple[ReliabilityResult | None, str]:
+    """The ``ReliabilityResult`` of ``result``, or None and why it is undefined (fewer than 2 good chains
     or 3 rows, constant columns, a BIF kept in blocks)."""
     try:
         return estimate_reliability(result, warn=False), ""
@@ -246,8 +250,8 @@ def summary_line(result) -> str:
     return report.summary() if report is not None else f"reliability undefined: {why}"
 
 
-def check_reliability(result, what: str) -> Reliability | None:
-    """What the estimators call on their result: the ``Reliability`` with a ``NoisyResponseWarning``
+def check_reliability(result, what: str) -> ReliabilityResult | None:
+    """What the estimators call on their result: the ``ReliabilityResult`` with a ``NoisyResponseWarning``
     when mostly noise, or None when it is undefined."""
     report, _ = _report_or_why(result)
     if report is None:

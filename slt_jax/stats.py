@@ -32,7 +32,6 @@ susceptibility needs (``slt_jax.susceptibility``, docs/conventions.md §3).
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -42,7 +41,6 @@ import numpy as np
 
 from slt_jax import kernels
 from slt_jax._src import program, validation
-from slt_jax.config import SamplerConfig
 from slt_jax._src.program import Accumulator, DrawContext
 from slt_jax.types import Array, Batch, LossFn, Params, PyTree
 
@@ -53,6 +51,8 @@ __all__ = [
     "covariance_merge",
     "covariance",
     "correlation",
+    "fix_signs",
+    "check_probes",
     "covariance_accumulator",
     "ProbeLabels",
     "Observables",
@@ -128,6 +128,15 @@ def covariance(state: CovarianceState, ddof: int = 1) -> np.ndarray:
     count = np.asarray(state.count, np.float64)[..., None, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > ddof, np.asarray(state.comoment, np.float64) / (count - ddof), np.nan)
+
+
+def fix_signs(vectors: np.ndarray) -> np.ndarray:
+    """The PCA sign convention: ``(num_components,)`` signs (+1 / -1) that make the largest-magnitude
+    entry of each row of ``vectors`` ``(num_components, dim)`` positive (deterministic output)."""
+    vectors = np.asarray(vectors)
+    signs = np.sign(vectors[np.arange(vectors.shape[0]), np.argmax(np.abs(vectors), axis=1)])
+    signs[signs == 0] = 1.0
+    return signs
 
 
 def correlation(cov) -> np.ndarray:
@@ -211,30 +220,30 @@ def probe_losses(
     return jnp.concatenate(rows)
 
 
-def _check_probes(loss_fn: LossFn, params: Params, probes, per_token: bool, name: str = "probes") -> ProbeLabels:
+def check_probes(loss_fn: LossFn, params: Params, probes, per_token: bool) -> ProbeLabels:
     """Validates ``{name: probe_data}`` before compiling and returns the row labels."""
     if not isinstance(probes, Mapping) or not probes:
         raise TypeError(
-            f"{name} must be a non-empty dict {{name: probe_data}} (e.g. {{'code': code_batch}}), got {type(probes).__name__}."
+            f"probes must be a non-empty dict {{name: probe_data}} (e.g. {{'code': code_batch}}), got {type(probes).__name__}."
         )
     labels = []
     for probe_name, probe in probes.items():
         if not isinstance(probe_name, str):
-            raise TypeError(f"{name}: probe names must be strings, got {probe_name!r}.")
+            raise TypeError(f"probes: probe names must be strings, got {probe_name!r}.")
         try:
             num_examples = validation.check_data(probe)
         except ValueError as error:
-            raise ValueError(f"{name}[{probe_name!r}]: {error}") from None
+            raise ValueError(f"probes[{probe_name!r}]: {error}") from None
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), probe)
         try:
             out = jax.eval_shape(loss_fn, params, spec)
         except Exception as error:
-            hint = f" {name} is a dict {{name: probe_data}}; to pass one dataset write {name}={{'probe': data}}." if name == "probes" else ""
-            raise ValueError(f"{name}[{probe_name!r}]: loss_fn(params, probe) failed: {error}.{hint}") from error
+            hint = " probes is a dict {{name: probe_data}}; to pass one dataset write probes={{'probe': data}}."
+            raise ValueError(f"probes[{probe_name!r}]: loss_fn(params, probe) failed: {error}.{hint}") from error
         if not isinstance(out, jax.ShapeDtypeStruct) or out.ndim == 0 or out.shape[0] != num_examples:
             shape = getattr(out, "shape", out)
             raise ValueError(
-                f"{name}[{probe_name!r}]: loss_fn returned {shape} for {num_examples} examples; probes need per-example "
+                f"probes[{probe_name!r}]: loss_fn returned {shape} for {num_examples} examples; probes need per-example "
                 f"losses ({num_examples},) or per-token losses ({num_examples}, seq), not a scalar mean."
             )
         if out.ndim > 1 and per_token:
@@ -315,8 +324,8 @@ def _build(loss_fn, functions, centering, per_token, probe_batch_size, full_batc
 class Observables(NamedTuple):
     """Everything ``run_chains`` needs to observe probes and functions at every draw.
 
-    Use as ``run_chains(..., observe=o.observe, observe_data=o.observe_data,
-    accumulator=o.accumulator)``. The accumulator's ``CovarianceState`` has x = ``x_names``
+    Use as ``run_chains(..., recording=sj.Recording(observe=o.observe, observe_data=o.observe_data,
+    accumulator=o.accumulator))``. The accumulator's ``CovarianceState`` has x = ``x_names``
     (the loss observable φ = L(w) - L_n(w*), then the functions) and y = the N probe rows of
     ``labels`` followed by the centering loss (the last entry).
 
@@ -378,42 +387,10 @@ def observables(
         probe_batch_size = validation.check_positive_int(probe_batch_size, "probe_batch_size")
     n = validation.check_data(data)
     full_batch_size = n if full_batch_size is None else min(validation.check_positive_int(full_batch_size, "full_batch_size"), n)
-    labels = _check_probes(loss_fn, params, probes, per_token)
+    labels = check_probes(loss_fn, params, probes, per_token)
     items = _check_functions(functions, params)
     observe, accumulator = _build(loss_fn, items, centering, bool(per_token), probe_batch_size, full_batch_size)
     observe_data = {"probes": tuple(probes.values())}
     if centering == "full":
         observe_data["data"] = data
     return Observables(observe, observe_data, accumulator, labels, ["loss"] + _function_names(items, params))
-
-
-
-# ---------------------------------------------------------------------------------------------
-# shared checks of the covariance estimators (susceptibilities, BIF)
-
-
-def _check_config(config: SamplerConfig, what: str) -> None:
-    """A covariance estimator's ``SamplerConfig``: numeric ε, at least 2 draws (warns for 1 chain)."""
-    if not isinstance(config, SamplerConfig):
-        raise TypeError(
-            f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}; e.g. "
-            "sj.SamplerConfig(step_size=1e-4, localization=1.0, num_draws=1000, batch_size=100)."
-        )
-    if config.step_size == "auto":
-        raise ValueError(
-            f"{what} needs a numeric step_size: calibrate once (sj.calibrate(...).recommended) and pass that config."
-        )
-    if config.num_draws < 2:
-        raise ValueError(f"num_draws={config.num_draws}: a covariance needs at least 2 draws per chain (use hundreds).")
-    if config.num_chains < 2:
-        warnings.warn("num_chains=1: stderr needs at least 2 chains and will be NaN.", stacklevel=4)
-
-
-def _check_checkpoints(checkpoints, steps) -> tuple[list, list[int]]:
-    """A non-empty list of params pytrees and one distinct int step per checkpoint (default 0..K-1)."""
-    if isinstance(checkpoints, Mapping) or not isinstance(checkpoints, (list, tuple)) or not checkpoints:
-        raise TypeError("checkpoints must be a non-empty list of params pytrees; for one model pass [params].")
-    steps = list(range(len(checkpoints))) if steps is None else [int(s) for s in np.asarray(steps).reshape(-1)]
-    if len(steps) != len(checkpoints) or len(set(steps)) != len(steps):
-        raise ValueError(f"steps={steps}: pass one distinct training step per checkpoint ({len(checkpoints)}).")
-    return list(checkpoints), steps

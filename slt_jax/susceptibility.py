@@ -9,8 +9,9 @@ estimated per chain from streamed Welford cross-moments (``slt_jax.stats``): mem
 rows), independent of the number of draws. Every component is a restricted configuration of one
 ``run_chains`` call (its chains carry only the component's coordinates; components sharing a
 layout, e.g. the heads of a layer, share one compiled program). Over the checkpoints of a training
-run (``estimate_susceptibilities_over_checkpoints``) the checkpoints are the centres of the same
-call: one stack of configurations checkpoint x component, each with its own w* and L_n(w*).
+run (``estimate_susceptibilities_table`` -> ``SusceptibilityTable``) the checkpoints are the centres
+of the same call: one stack of configurations checkpoint x component, each with its own w* and
+L_n(w*); ``estimate_susceptibilities`` is its one-checkpoint case.
 
 Which L (the unbiased design). The posterior is defined by L_n, so the exact linear response of
 upweighting xy is -nβ Cov(φ, l_xy - L_n). Covariances are biased by any noise shared by both
@@ -57,19 +58,20 @@ from typing import NamedTuple
 
 import numpy as np
 
-from slt_jax import reliability, stats, traces
-from slt_jax._src import validation
+from slt_jax import plots, reliability, results, stats
+from slt_jax._src import frontdoor
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsResult, DivergenceError, Recording, run_chains
+from slt_jax.sampler import ChainsResult, Recording, run_chains
 from slt_jax.stats import ProbeLabels
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = [
     "SusceptibilityResult",
+    "SusceptibilityTable",
     "ResponseMatrix",
     "ResponsePCA",
     "estimate_susceptibilities",
-    "estimate_susceptibilities_over_checkpoints",
+    "estimate_susceptibilities_table",
     "METHODS",
     "zscore_columns",
     "center_rows",
@@ -120,8 +122,7 @@ def response_pca(matrix: np.ndarray, num_components: int | None = None) -> Respo
     u, s, vt = np.linalg.svd(centered, full_matrices=False)
     rank = len(s) if num_components is None else min(int(num_components), len(s))
     u, s, v = u[:, :rank], s[:rank], vt[:rank].T
-    signs = np.sign(v[np.argmax(np.abs(v), axis=0), np.arange(rank)])
-    signs[signs == 0] = 1.0
+    signs = stats.fix_signs(v.T)
     u, v = u * signs, v * signs
     variance = s**2 / max(matrix.shape[0] - 1, 1)
     total = np.sum(centered**2) / max(matrix.shape[0] - 1, 1)
@@ -190,8 +191,9 @@ class ResponseMatrix:
         return response_pca(self.values, num_components)
 
 
+@results.register
 @dataclasses.dataclass(frozen=True)
-class SusceptibilityResult:
+class SusceptibilityResult(results.Result):
     """A response matrix: one row per probe example (token), one column per component (observable).
 
     Every field is a numpy array (numeric or fixed-width unicode), a float, a string, a list of
@@ -233,11 +235,6 @@ class SusceptibilityResult:
     chains: ChainsResult
 
     @property
-    def config(self) -> SamplerConfig:
-        """The ``SamplerConfig`` the chains ran with."""
-        return self.chains.config
-
-    @property
     def llc(self) -> dict[str, float]:
         """The refined LLC nβ⟨φ_C⟩ of every component (its loss-observable column)."""
         loss = self.column_observable == "loss"
@@ -257,38 +254,8 @@ class SusceptibilityResult:
         matrix = self.zscored() if standardize else self.matrix
         return (matrix.row_centered() if center else matrix).pca(num_components)
 
-    def to_numpy(self) -> dict[str, np.ndarray]:
-        """Plain numpy arrays (for ``np.savez``; ``slt_jax.io.save`` stores the whole result)."""
-        return dict(
-            chi=self.chi,
-            stderr=self.stderr,
-            chi_per_chain=self.chi_per_chain,
-            components=np.asarray(self.components, dtype=str),
-            column_component=self.column_component,
-            column_observable=self.column_observable,
-            probe=self.labels.probe,
-            example=self.labels.example,
-            token=self.labels.token,
-            observable_mean=self.observable_mean,
-            observable_mean_per_chain=self.observable_mean_per_chain,
-            nbeta=np.asarray(self.nbeta),
-            diverged=self.diverged,
-        )
-
-    def to_xarray(self):
-        """An ``xarray.Dataset`` with dims ``(row, column, chain)`` and the labels as coordinates."""
-        try:
-            import xarray as xr
-        except ImportError as error:  # pragma: no cover - optional dependency
-            raise ImportError("to_xarray needs xarray: pip install 'slt_jax[interop]'.") from error
-        coords = dict(
-            column=self.components,
-            component=("column", self.column_component),
-            observable=("column", self.column_observable),
-            probe=("row", self.labels.probe),
-            example=("row", self.labels.example),
-            token=("row", self.labels.token),
-        )
+    def _dataset(self):
+        xr = results.require("xarray")
         return xr.Dataset(
             dict(
                 chi=(("row", "column"), self.chi),
@@ -296,17 +263,18 @@ class SusceptibilityResult:
                 chi_per_chain=(("chain", "row", "column"), self.chi_per_chain),
                 observable_mean=(("column",), self.observable_mean),
             ),
-            coords=coords,
+            coords=_coords(self),
             attrs=dict(nbeta=self.nbeta, method=self.method, centering=self.centering, sign="chi = -Cov(phi, l - L)"),
         )
 
+    def plot(self, **options):
+        """PCA scatter of the rows, one colour per probe (``slt_jax.plots.plot_response_pca``)."""
+        return plots.plot_response_pca(self.chi, self.labels.probe, component_names=self.components, **options)
+
     def summary(self) -> str:
-        """The matrix's shape, the chains and diverged chains, and its reliability line
+        """The matrix's shape, the chains (diverged, and with a finite χ), and its reliability line
         (``slt_jax.estimate_reliability``: is it signal or noise?)."""
-        return "\n".join([
-            repr(self), f"  {self.chi_per_chain.shape[0]} chains; diverged per column: {self.diverged.sum(axis=1).tolist()}",
-            "  " + reliability.summary_line(self),
-        ])
+        return "\n".join([repr(self), "  " + _chains_line(self), "  " + reliability.summary_line(self)])
 
     def __repr__(self) -> str:
         return (
@@ -315,22 +283,26 @@ class SusceptibilityResult:
         )
 
 
-def _components(components, include_full: bool, method: str, params: Params) -> tuple[list[str], list]:
-    """Component names and validated masks (None = the whole model), ``"full"`` first if included."""
-    if components is not None and not isinstance(components, Mapping):
-        raise TypeError(f"components must be a dict {{name: bool mask or None}}, got {type(components).__name__}.")
-    components = dict(components or {})
-    if include_full and "full" not in components:
-        components = {"full": None, **components}
-    if not components:
-        raise ValueError("no components: pass components={name: mask} or include_full=True.")
-    if method == "two_chain" and "full" not in components:
-        raise ValueError("method='two_chain' centers with the full chain: include a 'full' component (include_full=True).")
-    names, masks = [], []
-    for name, mask in components.items():
-        names.append(str(name))
-        masks.append(None if mask is None else validation.check_masks(mask, params, name=f"components[{name!r}]"))
-    return names, masks
+def _coords(result) -> dict:
+    """Row labels and column names of a response matrix as xarray coordinates."""
+    return dict(
+        column=list(result.components),
+        component=("column", result.column_component),
+        observable=("column", result.column_observable),
+        probe=("row", result.labels.probe),
+        example=("row", result.labels.example),
+        token=("row", result.labels.token),
+    )
+
+
+def _chains_line(result: SusceptibilityResult) -> str:
+    """Chains, diverged chains per component, and how many chains have a finite χ (what the
+    reliability line counts), so the two lines never disagree."""
+    num_chains = result.chi_per_chain.shape[0]
+    finite = int(np.sum(np.all(np.isfinite(result.chi_per_chain.reshape(num_chains, -1)), axis=1)))
+    names = list(dict.fromkeys(np.asarray(result.column_component).tolist()))
+    diverged = {name: int(count) for name, count in zip(names, np.asarray(result.diverged).sum(axis=-1))}
+    return f"{num_chains} chains, {finite} with a finite chi; diverged chains per component: {diverged}"
 
 
 def _estimates(state: stats.CovarianceState, num_probe_rows: int, method: str, full_index: int | None) -> np.ndarray:
@@ -389,55 +361,161 @@ def _result(chains: ChainsResult, names: list[str], observed: stats.Observables,
     )
 
 
-def _report(results: list[SusceptibilityResult], steps: list[int] | None, names: list[str]) -> None:
-    """Warns per (checkpoint, component) with diverged chains; raises if every chain diverged."""
-    if all(r.diverged.all() for r in results):
-        raise DivergenceError("Every chain diverged; no susceptibilities.", results[0] if steps is None else dict(zip(steps, results)))
-    for k, result in enumerate(results):
-        at = np.asarray(result.chains.diverged_at)
-        full_at = at[names.index("full")] if "full" in names else np.full(at.shape[1], -1)
-        for m, name in enumerate(names):
-            if result.diverged[m].any():
-                # Under two_chain a chain is also lost when its full partner diverged.
-                diverged_at = np.where(result.diverged[m], np.where(at[m] >= 0, at[m], full_at), -1)
-                label = f"component {name!r}" if steps is None else f"checkpoint {steps[k]}, component {name!r}"
-                message = traces.divergence_message(diverged_at, "chi")
-                warnings.warn(f"{label}: {message}", RuntimeWarning, stacklevel=3)
-        reliability.check_reliability(result, "the response matrix" + ("" if steps is None else f" at checkpoint {steps[k]}"))
+@results.register
+@results.table_of(SusceptibilityResult, shared=(
+    "components", "column_component", "column_observable", "labels", "nbeta", "method", "centering"))
+class SusceptibilityTable(results.Table):
+    """Response matrices over checkpoints: ``(checkpoint, row, column)`` (``estimate_susceptibilities_table``).
+
+    Attributes:
+        steps: ``(K,)`` training step of each checkpoint.
+        chi, stderr: ``(K, N, P)``, P columns = components x observables.
+        chi_per_chain: ``(K, C, N, P)``; NaN for diverged chains.
+        observable_mean: ``(K, P)``; observable_mean_per_chain: ``(K, C, P)``.
+        diverged: ``(K, M, C)`` bool (M components).
+        components, column_component, column_observable, labels, nbeta, method, centering: as for
+            ``SusceptibilityResult`` (shared by every checkpoint).
+        chains: the ``ChainsResult`` of the whole run (configurations g = k * M + m).
+
+    ``table.result(k)`` is checkpoint k's ``SusceptibilityResult``.
+    """
+
+    def summary(self) -> str:
+        """Per checkpoint: its chains line and reliability line."""
+        lines = [repr(self)]
+        for k, step in enumerate(self.steps):
+            result = self.result(k)
+            lines += [f"  step {step}: {_chains_line(result)}", f"    {reliability.summary_line(result)}"]
+        return "\n".join(lines)
+
+    def _dataset(self):
+        xr = results.require("xarray")
+        return xr.Dataset(
+            dict(
+                chi=(("checkpoint", "row", "column"), self.chi),
+                stderr=(("checkpoint", "row", "column"), self.stderr),
+                chi_per_chain=(("checkpoint", "chain", "row", "column"), self.chi_per_chain),
+                observable_mean=(("checkpoint", "column"), self.observable_mean),
+            ),
+            coords=dict(checkpoint=self.steps, **_coords(self)),
+            attrs=dict(nbeta=self.nbeta, method=self.method, centering=self.centering, sign="chi = -Cov(phi, l - L)"),
+        )
+
+    def __repr__(self) -> str:
+        return (f"SusceptibilityTable({len(self.steps)} checkpoints x {self.chi.shape[1]} rows x {self.chi.shape[2]} "
+                f"columns {self.components}, method={self.method!r}, centering={self.centering!r}, nbeta={self.nbeta:.4g})")
 
 
-def _susceptibilities(loss_fn, checkpoints, data, config, key, probes, components, observables, method, centering,
-                      include_full, per_token, probe_batch_size, keep_traces, progress) -> tuple[list[SusceptibilityResult], list[str]]:
+def _report(table: SusceptibilityTable, single: bool) -> None:
+    """The front door's divergence report per (checkpoint, component), then each checkpoint's reliability."""
+    at = np.asarray(table.chains.diverged_at).reshape(table.diverged.shape)  # (K, M, C)
+    names = list(dict.fromkeys(table.column_component.tolist()))
+    full_at = at[:, names.index("full")][:, None] if "full" in names else np.full_like(at, -1)
+    # Under two_chain a chain is also lost when its full partner diverged.
+    diverged_at = np.where(table.diverged, np.where(at >= 0, at, full_at), -1)
+    result = table.result(0) if single else table
+    frontdoor.report_divergence(diverged_at, steps=table.steps, components=names, what="chi", result=result)
+    for k, step in enumerate(table.steps):
+        reliability.check_reliability(table.result(k), "the response matrix" + ("" if single else f" at checkpoint {step}"))
+
+
+class _Options(NamedTuple):
+    """What a susceptibility run does with its probes and components (one value for every checkpoint)."""
+
+    observables: Mapping | None
+    method: str
+    centering: str
+    include_full: bool
+    per_token: bool
+    probe_batch_size: int | None
+    keep_traces: bool
+
+
+def _admit(estimator: str, loss_fn, checkpoints, config, probes, components, steps, options: _Options):
+    """The front door, then what only susceptibilities check (the method and its components)."""
+    if options.method not in METHODS:
+        raise ValueError(f"method={options.method!r}; use 'covariance' (Baker et al.) or 'two_chain' (devinterp 2.x).")
+    admitted = frontdoor.admit(estimator, loss_fn, checkpoints, config, steps=steps, components=components,
+                               include_full=options.include_full, probes=probes, per_token=options.per_token,
+                               probe_batch_size=options.probe_batch_size)
+    if options.method == "two_chain" and "full" not in admitted.components:
+        raise ValueError("method='two_chain' centers with the full chain: include a 'full' component (include_full=True).")
+    return admitted
+
+
+def _table(loss_fn, admitted: frontdoor.Admission, data, key, probes, options: _Options, progress) -> SusceptibilityTable:
     """The one implementation: every checkpoint x component is a configuration of one ``run_chains``."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}; use 'covariance' (Baker et al.) or 'two_chain' (devinterp 2.x).")
-    stats._check_config(config, "estimate_susceptibilities")
-    names, masks = _components(components, include_full, method, checkpoints[0])
+    config = admitted.config
+    names = admitted.components
     observed = stats.observables(
-        loss_fn, checkpoints[0], data, probes=probes, functions=observables, centering=centering, per_token=per_token,
-        probe_batch_size=probe_batch_size, full_batch_size=config.batch_size,
+        loss_fn, admitted.checkpoints[0], data, probes=probes, functions=options.observables, centering=options.centering,
+        per_token=options.per_token, probe_batch_size=options.probe_batch_size, full_batch_size=config.batch_size,
     )
     chains = run_chains(
-        loss_fn, checkpoints, data, config, key=key, masks=masks,
+        loss_fn, admitted.checkpoints, data, config, key=key, masks=admitted.masks,
         recording=Recording(observe=observed.observe, observe_data=observed.observe_data, accumulator=observed.accumulator,
-                            keep_traces=keep_traces, center_loss=centering == "probe"),
+                            keep_traces=options.keep_traces, center_loss=options.centering == "probe"),
         progress=progress and "susceptibilities",
     )
     num_m = len(names)
-    results = [
-        _result(chains.select(range(k * num_m, (k + 1) * num_m)), names, observed, method, centering)
-        for k in range(len(checkpoints))
+    per_checkpoint = [
+        _result(chains.select(range(k * num_m, (k + 1) * num_m)), names, observed, options.method, options.centering)
+        for k in range(len(admitted.checkpoints))
     ]
-    return results, names
+    return SusceptibilityTable.stack(admitted.steps, per_checkpoint, chains)
+
+
+def estimate_susceptibilities_table(
+    loss_fn: LossFn, checkpoints: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
+    probes: Mapping[str, Batch],
+    components: Mapping[str, Mask | Callable | None] | None = None,
+    steps: Sequence[int] | None = None,
+    observables: Mapping[str, Callable[[Params], Array]] | None = None,
+    method: str = "covariance",
+    centering: str = "probe",
+    include_full: bool = True,
+    per_token: bool = True,
+    probe_batch_size: int | None = None,
+    keep_traces: bool = False,
+    progress: bool = True,
+) -> SusceptibilityTable:
+    """Susceptibilities at every checkpoint of a training run, as ONE stack of configurations.
+
+    The checkpoints are the centres of one ``run_chains`` call (configurations checkpoint x
+    component), each with its own w* and L_n(w*) (``centering="probe"`` pairs each draw with its own
+    checkpoint). With the same key, ``table.result(k)`` equals ``estimate_susceptibilities`` at
+    checkpoint k alone (up to float32 rounding).
+
+    Args:
+        checkpoints: a list of params pytrees of one structure (e.g. ``sj.train(...).checkpoints``).
+        steps: the training step of each checkpoint (default 0..K-1).
+        loss_fn, data, config, key, probes, components, observables, method, centering,
+        include_full, per_token, probe_batch_size, keep_traces, progress: as for
+            ``estimate_susceptibilities``; one ``config`` (calibrate once, e.g. on the last
+            checkpoint) keeps the checkpoints comparable.
+
+    Returns:
+        A ``SusceptibilityTable`` ``(checkpoint, row, column)``. ``DivergenceError`` only if every
+        chain of every checkpoint diverged.
+
+    >>> import jax.numpy as jnp, slt_jax as sj
+    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
+    >>> data = {"x": jnp.eye(2).repeat(10, axis=0), "y": jnp.ones(20)}
+    >>> config = sj.SamplerConfig(step_size=1e-2, nbeta=10.0, localization=1.0, num_draws=100, batch_size=20)
+    >>> table = sj.estimate_susceptibilities_table(loss_fn, [jnp.zeros(2), jnp.ones(2)], data, config,
+    ...     key=0, probes={"train": data}, steps=[100, 200], progress=False)
+    >>> table.chi.shape, table.result(1).chi.shape
+    ((2, 20, 1), (20, 1))
+    """
+    options = _Options(observables, method, centering, include_full, per_token, probe_batch_size, keep_traces)
+    admitted = _admit("estimate_susceptibilities_table", loss_fn, checkpoints, config, probes, components, steps, options)
+    table = _table(loss_fn, admitted, data, key, probes, options, progress)
+    _report(table, single=False)
+    return table
 
 
 def estimate_susceptibilities(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     probes: Mapping[str, Batch],
     components: Mapping[str, Mask | Callable | None] | None = None,
     observables: Mapping[str, Callable[[Params], Array]] | None = None,
@@ -458,7 +536,8 @@ def estimate_susceptibilities(
         data: the training data (SGLD minibatches and, for ``centering="full"``, L_n).
         config: the ``SamplerConfig`` (numeric ``step_size``; ``num_draws >= 2``).
         key: int seed or PRNG key; every component's chain c uses the same noise stream.
-        probes: ``{name: probe_data}``; each example (token, if ``per_token``) is a row.
+        probes: ``{name: probe_data}``; each example (token, if ``per_token``) is a row. Probes are
+            checked like the training data before compiling (e.g. token ids < vocab_size).
         components: ``{name: bool mask or callable(params) -> mask or None (all weights)}``; each
             runs restricted chains that carry only its coordinates.
         observables: extra ``{name: phi(params) -> array}`` (evaluated at the draw's full params);
@@ -476,8 +555,9 @@ def estimate_susceptibilities(
         progress: tqdm bar.
 
     Returns:
-        A ``SusceptibilityResult`` with ``chi`` of shape ``(N, K)``, K = components x observables.
-        Diverged chains are warned about per component; ``DivergenceError`` if every chain diverged.
+        A ``SusceptibilityResult`` with ``chi`` of shape ``(N, K)``, K = components x observables
+        (the one checkpoint of ``estimate_susceptibilities_table``). Diverged chains are warned
+        about per component; ``DivergenceError`` if every chain diverged.
 
     >>> import jax.numpy as jnp, slt_jax as sj
     >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
@@ -490,65 +570,8 @@ def estimate_susceptibilities(
     >>> result.zscored().row_centered().pca().loadings.shape  # the fluent analysis chain
     (2, 2)
     """
-    results, names = _susceptibilities(
-        loss_fn, [params], data, config, key, probes, components, observables, method, centering, include_full,
-        per_token, probe_batch_size, keep_traces, progress,
-    )
-    _report(results, None, names)
-    return results[0]
-
-
-def estimate_susceptibilities_over_checkpoints(
-    loss_fn: LossFn,
-    checkpoints: Sequence[Params],
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
-    probes: Mapping[str, Batch],
-    components: Mapping[str, Mask | Callable | None] | None = None,
-    steps: Sequence[int] | None = None,
-    observables: Mapping[str, Callable[[Params], Array]] | None = None,
-    method: str = "covariance",
-    centering: str = "probe",
-    include_full: bool = True,
-    per_token: bool = True,
-    probe_batch_size: int | None = None,
-    keep_traces: bool = False,
-    progress: bool = True,
-) -> dict[int, SusceptibilityResult]:
-    """Susceptibilities at every checkpoint of a training run, as ONE stack of configurations.
-
-    The checkpoints are the centres of one ``run_chains`` call (configurations checkpoint x
-    component), each with its own w* and L_n(w*) (``centering="probe"`` pairs each draw with its own
-    checkpoint). With the same key, each checkpoint's result equals ``estimate_susceptibilities``
-    at that checkpoint alone (up to float32 rounding).
-
-    Args:
-        checkpoints: a list of params pytrees of one structure (e.g. ``sj.train(...).checkpoints``).
-        steps: the training step of each checkpoint (default 0..K-1): the keys of the result.
-        loss_fn, data, config, key, probes, components, observables, method, centering,
-        include_full, per_token, probe_batch_size, keep_traces, progress: as for
-            ``estimate_susceptibilities``; one ``config`` (calibrate once, e.g. on the last
-            checkpoint) keeps the checkpoints comparable.
-
-    Returns:
-        ``{step: SusceptibilityResult}`` in checkpoint order; each holds its own configurations of
-        the ``ChainsResult``. ``DivergenceError`` only if every chain of every checkpoint diverged.
-
-    >>> import jax.numpy as jnp, slt_jax as sj
-    >>> loss_fn = lambda w, batch: 0.5 * (batch["y"] - batch["x"] @ w) ** 2
-    >>> data = {"x": jnp.eye(2).repeat(10, axis=0), "y": jnp.ones(20)}
-    >>> config = sj.SamplerConfig(step_size=1e-2, nbeta=10.0, localization=1.0, num_draws=100, batch_size=20)
-    >>> results = sj.estimate_susceptibilities_over_checkpoints(loss_fn, [jnp.zeros(2), jnp.ones(2)], data, config,
-    ...     key=0, probes={"train": data}, steps=[100, 200], progress=False)
-    >>> {step: r.chi.shape for step, r in results.items()}
-    {100: (20, 1), 200: (20, 1)}
-    """
-    checkpoints, steps = stats._check_checkpoints(checkpoints, steps)
-    results, names = _susceptibilities(
-        loss_fn, checkpoints, data, config, key, probes, components, observables, method, centering, include_full,
-        per_token, probe_batch_size, keep_traces, progress,
-    )
-    _report(results, steps, names)
-    return dict(zip(steps, results))
+    options = _Options(observables, method, centering, include_full, per_token, probe_batch_size, keep_traces)
+    admitted = _admit("estimate_susceptibilities", loss_fn, [params], config, probes, components, None, options)
+    table = _table(loss_fn, admitted, data, key, probes, options, progress)
+    _report(table, single=True)
+    return table.result(0)

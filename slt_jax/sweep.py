@@ -13,10 +13,10 @@ The results directory holds:
 * ``sweep.toml``: a copy of the file; ``resolved.json``: every setting with its default filled in,
   the loss, the split sizes, the checkpoint steps, the component names and, per settings entry, the
   ``SamplerConfig`` actually run (``step_size = "auto"`` resolved);
-* ``<settings name>.npz``: the ``Development`` of each entry (``slt_jax.save``; ``slt_jax.load``
+* ``<settings name>.npz``: the ``DevelopmentResult`` of each entry (``slt_jax.save``; ``slt_jax.load``
   reads it back);
 * ``table.csv``: one row per settings entry x checkpoint x component (``SWEEP_COLUMNS``);
-* ``<settings name>.png``: ``Development.plot`` of each entry; ``training_loss.csv``: the minibatch
+* ``<settings name>.png``: ``DevelopmentResult.plot`` of each entry; ``training_loss.csv``: the minibatch
   loss of every training step.
 """
 
@@ -41,7 +41,7 @@ import pandas as pd
 from slt_jax import adapters, masks, training, traces
 from slt_jax.zoo import models, tasks
 from slt_jax.config import SamplerConfig, unknown_names
-from slt_jax.development import Development, Stages, track_development
+from slt_jax.development import DevelopmentResult, Stages, track_development
 from slt_jax.io import save
 
 __all__ = ["Sweep", "Prepared", "SweepResult", "load_sweep", "parse_sweep", "build", "run_sweep", "summary", "MODELS", "TASK_LOSSES",
@@ -129,11 +129,11 @@ class Prepared:
 
 @dataclasses.dataclass(frozen=True)
 class SweepResult:
-    """What ``run_sweep`` returns: ``developments`` ``{settings name: Development}``, the combined
+    """What ``run_sweep`` returns: ``developments`` ``{settings name: DevelopmentResult}``, the combined
     ``table`` (a DataFrame with ``SWEEP_COLUMNS``), the ``training`` result (``TrainResult``) and
     the ``output`` directory."""
 
-    developments: dict[str, Development]
+    developments: dict[str, DevelopmentResult]
     table: pd.DataFrame
     training: training.TrainResult
     output: pathlib.Path
@@ -413,7 +413,7 @@ def build(sweep: Sweep) -> Prepared:
 # running and writing
 
 
-def _stages(development: Development) -> Stages:
+def _stages(development: DevelopmentResult) -> Stages:
     """The default stage boundaries, or none where the curve is too short to read them from."""
     curve = development.llc.llc_mean[:, 0]
     if np.isfinite(curve).sum() >= 3:

@@ -1,7 +1,8 @@
 """From chain records to per-draw values: the loss entering λ̂, and nβ(L - L*) in ONE place.
 
 Every estimator, diagnostic, plot and export that needs nβ(L_d - L_n(w*)) calls ``llc_draws``;
-every one that needs the loss of a ``loss_estimator`` calls ``loss_trace``.
+every one that needs the loss of a ``loss_estimator`` calls ``loss_trace``. Divergence is reported
+by ``slt_jax._src.frontdoor.report_divergence`` (with ``divergence_message``'s text).
 
 Loss estimators (docs/conventions.md §2), all unbiased for L_n(w_d):
 
@@ -14,12 +15,10 @@ Loss estimators (docs/conventions.md §2), all unbiased for L_n(w_d):
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from numpyro import diagnostics as numpyro_diagnostics
 
-from slt_jax.sampler import ChainsResult, DivergenceError
+from slt_jax.sampler import ChainsResult
 
 __all__ = [
     "LOSS_ESTIMATORS",
@@ -28,7 +27,6 @@ __all__ = [
     "llc_draws",
     "loss_diagnostics",
     "divergence_message",
-    "report_divergence",
 ]
 
 LOSS_ESTIMATORS = ("minibatch", "paired", "full")
@@ -95,14 +93,3 @@ def divergence_message(diverged_at: np.ndarray, what: str = "the estimate") -> s
         f"{steps}. They are excluded from {what}. Fix: reduce step_size (e.g. by 3-10x) or increase "
         "localization; slt_jax.calibrate can choose both."
     )
-
-
-def report_divergence(diverged_at: np.ndarray, result=None, *, label: str = "", stacklevel: int = 3) -> None:
-    """Warns naming the diverged chains; raises ``DivergenceError`` if all of them diverged."""
-    diverged_at = np.asarray(diverged_at)
-    if not np.any(diverged_at >= 0):
-        return
-    message = (label + ": " if label else "") + divergence_message(diverged_at)
-    if np.all(diverged_at >= 0):
-        raise DivergenceError("Every chain diverged; no estimate. " + message, result)
-    warnings.warn(message, RuntimeWarning, stacklevel=stacklevel)

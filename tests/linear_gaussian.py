@@ -105,7 +105,7 @@ def chi_run(nbeta: float = NBETA, gamma: float = GAMMA, eps: float = EPS, key: i
 @functools.cache
 def bif_run(nbeta: float = NBETA, gamma: float = GAMMA, eps: float = EPS, key: int = 0, block_size: int | None = None) -> sj.BIFResult:
     return sj.estimate_bif(
-        loss_fn, w_star, data, config(nbeta, gamma, eps), key=key, probe=train, block_size=block_size, progress=False,
+        loss_fn, w_star, data, config(nbeta, gamma, eps), key=key, probes={"train": train}, block_size=block_size, progress=False,
     )
 
 

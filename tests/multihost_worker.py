@@ -9,7 +9,6 @@ process runs the same calls with the same key and data and writes what it got to
 """
 
 import argparse
-import inspect
 import json
 import os
 import pathlib
@@ -93,10 +92,8 @@ def run(checkpoint_dir: str) -> dict:
     loss_fn, w_star, data = linear_regression([1.0, 0.5, 0.1, 0.0], n=200)
     out = {"process_index": jax.process_index(), "process_count": jax.process_count(), "device_count": jax.device_count()}
     out["llc"] = _llc(sj.estimate_llc(loss_fn, w_star, data, CONFIG, key=KEY, progress=False))
-    # The sampler's resume state: estimate_llc's argument is being renamed checkpoint_dir -> resume_dir.
-    resume = "resume_dir" if "resume_dir" in inspect.signature(sj.estimate_llc).parameters else "checkpoint_dir"
     out.update(_checkpointed_runs(
-        lambda directory: sj.estimate_llc(loss_fn, w_star, data, CONFIG, key=KEY, progress=False, **{resume: directory}),
+        lambda directory: sj.estimate_llc(loss_fn, w_star, data, CONFIG, key=KEY, progress=False, resume_dir=directory),
         checkpoint_dir,
     ))
     # Several configurations in one program (two components of one layout), on-device accumulators.

@@ -78,7 +78,7 @@ def test_per_token_bif_and_sequence_means():
     """Per-sequence BIF = block means of the per-token BIF (same key, same chains): exact."""
     sequences = {"x": lg.train["x"].reshape(4, 4, lg.D), "y": lg.train["y"].reshape(4, 4)}
     config = lg.CONFIG.replace(num_chains=4, num_draws=500, chunk_draws=None)
-    kwargs = dict(probe=sequences, key=1, progress=False)
+    kwargs = dict(probes={"sequences": sequences}, key=1, progress=False)
     tokens = sj.estimate_bif(_sequence_loss, lg.w_star, lg.data, config, **kwargs)
     per_sequence = sj.estimate_bif(_sequence_loss, lg.w_star, lg.data, config, per_token=False, **kwargs)
     chex.assert_shape((tokens.bif, per_sequence.bif), [(16, 16), (4, 4)])
@@ -93,25 +93,27 @@ def test_over_checkpoints_equals_separate_runs():
     config = lg.CONFIG.replace(num_chains=4, num_draws=300, chunk_draws=None)
     checkpoints = [lg.w_star, lg.w_star + jnp.asarray([0.3, -0.2, 0.1])]
     for options in (dict(), dict(block_size=6, component=jnp.array([True, True, False]))):
-        stacked = sj.estimate_bif_over_checkpoints(lg.loss_fn, checkpoints, lg.data, config, key=4, probe=lg.train,
-                                                   steps=[10, 20], progress=False, **options)
-        assert list(stacked) == [10, 20]
-        for params, result in zip(checkpoints, stacked.values()):
-            alone = sj.estimate_bif(lg.loss_fn, params, lg.data, config, key=4, probe=lg.train, progress=False, **options)
+        stacked = sj.estimate_bif_table(lg.loss_fn, checkpoints, lg.data, config, key=4, probes={"train": lg.train},
+                                        steps=[10, 20], progress=False, **options)
+        assert stacked.steps.tolist() == [10, 20] and stacked.bif.shape == (2, lg.N, lg.N)
+        for k, params in enumerate(checkpoints):
+            result = stacked.result(k)
+            alone = sj.estimate_bif(lg.loss_fn, params, lg.data, config, key=4, probes={"train": lg.train}, progress=False,
+                                    **options)
             np.testing.assert_allclose(result.bif, alone.bif, rtol=1e-5, atol=1e-5 * np.abs(alone.bif).max())
             np.testing.assert_allclose(result.mean_loss, alone.mean_loss, rtol=1e-5)
             assert result.chains.num_configs == 1
             np.testing.assert_allclose(result.chains.init_loss, alone.chains.init_loss, rtol=1e-6)
     # Each result is its own checkpoint's (w* + δ is not the minimum: higher losses there).
-    assert stacked[20].chains.init_loss[0] > stacked[10].chains.init_loss[0]
-    assert stacked[20].mean_loss.mean() > stacked[10].mean_loss.mean()
+    assert stacked.result(1).chains.init_loss[0] > stacked.result(0).chains.init_loss[0]
+    assert stacked.mean_loss[1].mean() > stacked.mean_loss[0].mean()
 
 
 def test_exports():
     result = lg.bif_run()
-    arrays = result.to_numpy()
-    assert set(arrays) >= {"bif", "stderr", "correlation", "probe", "example"}
     dataset = result.to_xarray()
+    assert set(dataset.data_vars) >= {"bif", "stderr", "correlation", "variance", "mean_loss"}
+    assert {"row_probe", "row_example", "column_token"} <= set(dataset.coords)
     assert dataset["bif"].dims == ("row", "column")
     np.testing.assert_array_equal(dataset["bif"].values, result.bif)
 
@@ -121,7 +123,7 @@ def test_exports():
     [
         (dict(num_draws=1), ValueError, "at least 2 draws"),
         (dict(block_size=0), ValueError, "block_size=0"),
-        (dict(probe=jnp.zeros(())), ValueError, "scalar"),
+        (dict(probes={"p": jnp.zeros(())}), ValueError, "scalar"),
     ],
 )
 def test_bif_validation(kwargs, error, match):
@@ -137,6 +139,6 @@ def test_bif_config_and_checkpoint_validation():
     with pytest.raises(ValueError, match="numeric step_size"):
         sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, lg.CONFIG.replace(step_size="auto"), key=0)
     with pytest.raises(TypeError, match="list of params"):
-        sj.estimate_bif_over_checkpoints(lg.loss_fn, lg.w_star, lg.data, lg.CONFIG, key=0)
+        sj.estimate_bif_table(lg.loss_fn, lg.w_star, lg.data, lg.CONFIG, key=0)
     with pytest.raises(ValueError, match="one distinct training step"):
-        sj.estimate_bif_over_checkpoints(lg.loss_fn, [lg.w_star, lg.w_star], lg.data, lg.CONFIG, key=0, steps=[1, 1])
+        sj.estimate_bif_table(lg.loss_fn, [lg.w_star, lg.w_star], lg.data, lg.CONFIG, key=0, steps=[1, 1])

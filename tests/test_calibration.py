@@ -191,7 +191,7 @@ def test_auto_step_size_on_deep_linear_network():
     assert result.config.replace(step_size="auto") == config  # only the step size was chosen
     stderr = result.llc_std / np.sqrt(8)
     assert abs(result.llc_mean - lam) <= 0.1 * lam + 3 * stderr, (result.llc_mean, stderr, lam)
-    assert result.summary().metrics["relative_bias"] < 2 * BIAS_TOLERANCE
+    assert result.health.metrics["relative_bias"] < 2 * BIAS_TOLERANCE
 
 
 # Issue 12, item 11: at a normal crossing the Hessian and gradient at w* vanish, so a grid anchored at

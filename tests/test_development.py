@@ -101,7 +101,7 @@ def test_track_development_with_probes_stacks_susceptibilities_per_checkpoint():
     probes = {"a": jax.tree.map(lambda v: v[:5], data), "b": jax.tree.map(lambda v: v[5:9], data)}
     dev = sj.track_development(_loss, checkpoints, data, config, key=0, steps=[0, 100], probes=probes, progress=False)
     alone = sj.estimate_susceptibilities(_loss, checkpoints[1], data, config, key=0, probes=probes, progress=False)
-    np.testing.assert_allclose(dev.susceptibilities[1].chi, alone.chi, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dev.susceptibilities.result(1).chi, alone.chi, rtol=1e-4, atol=1e-6)
     ds = dev.to_xarray()
     assert ds["chi"].dims == ("checkpoint", "row", "column") and ds["chi"].shape == (2, 9, alone.chi.shape[1])
 
@@ -140,3 +140,13 @@ def test_trajectory_pca_known_directions_shared_space_and_determinism():
         trajectory_pca(apply_fn, [run_a, run_b[:3]], inputs)
     with pytest.raises(ValueError, match="num_components"):
         trajectory_pca(apply_fn, [run_a], inputs, num_components=7)
+
+
+def test_stages_repr_reads_well_with_none_one_or_several_boundaries():
+    steps = np.arange(8.0)
+    none = sj.Stages(np.array([]), [], np.array([], int), steps, np.zeros(8), steps)
+    one = sj.Stages(np.array([3.0]), ["maximum"], np.array([3]), steps, np.zeros(8), steps)
+    two = sj.Stages(np.array([3.0, 5.0]), ["maximum", "minimum"], np.array([3, 5]), steps, np.zeros(8), steps)
+    assert repr(none) == "Stages(1 stage; no boundaries)"
+    assert repr(one) == "Stages(2 stages; boundary at step 3 (maximum))"
+    assert repr(two) == "Stages(3 stages; boundaries at steps 3 (maximum), 5 (minimum))"

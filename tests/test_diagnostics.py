@@ -112,14 +112,14 @@ def test_summary_names_problems_and_fixes():
     config = sj.SamplerConfig(step_size=0.2 / a_max, nbeta=NBETA, localization=10.0, num_draws=4000, num_burnin=2000,
                               batch_size=8)
     healthy = sj.estimate_llc(exact_quadratic_loss, params, data, config, key=2, progress=False)
-    report = healthy.summary()
+    report = healthy.health
     assert isinstance(report, sj.diagnostics.HealthReport)
     assert report.ok, str(report)
     # The summary's LLC is the estimator's: both come from traces.llc_draws.
     chex.assert_trees_all_close(report.metrics["llc_mean"], healthy.llc_mean, rtol=1e-12)
     assert "No problems found" in str(report) and "LLC" in report.headline
     biased = sj.estimate_llc(exact_quadratic_loss, params, data, config.replace(step_size=1.5 / a_max), key=2, progress=False)
-    report = biased.summary()
+    report = biased.health
     checks = {f.check: f for f in report.findings}
     assert "bias" in checks and "Reduce step_size" in checks["bias"].fix
     assert "mala" in checks
@@ -129,7 +129,7 @@ def test_summary_names_problems_and_fixes():
     short_config = sj.SamplerConfig(step_size=2.0 / ((NBETA + LOCALIZATION) * 12_000), nbeta=NBETA, localization=LOCALIZATION,
                                     num_draws=4000, batch_size=8)
     short = sj.estimate_llc(isotropic, jnp.zeros(200), data, short_config, key=2, progress=False)
-    assert "plateau" in {f.check for f in short.summary().findings}
+    assert "plateau" in {f.check for f in short.health.findings}
 
 
 def test_negative_control_matches_ou_variance():
@@ -173,7 +173,7 @@ def test_spikes_do_not_fire_on_smooth_one_dimensional_quadratic():
     config = sj.SamplerConfig(step_size=2.8e-5, nbeta=1000.0, localization=1.0, num_chains=4, num_draws=2000,
                               num_burnin=2000, batch_size=1, mala_every=0)
     result = sj.estimate_llc(loss_fn, jnp.zeros(1), jnp.zeros((1, 1)), config, key=0, progress=False)
-    report = result.summary()
+    report = result.health
     assert "spikes" not in {f.check for f in report.findings}, report
     assert report.metrics["spike_fraction"] < diagnostics.THRESHOLDS["spike_fraction"] / 10
     # ... and the trace it judged is the right one: λ̂ agrees with the closed form (step included).
@@ -210,7 +210,7 @@ def test_summary_flags_a_slow_drift_in_a_real_run():
     config = sj.SamplerConfig(step_size=1e-3, nbeta=100.0, localization=0.01, num_chains=16, num_draws=8000,
                               num_burnin=2000, num_steps_between_draws=2, batch_size=1, mala_every=0)
     result = sj.estimate_llc(loss_fn, jnp.zeros(2100), jnp.zeros((1, 1)), config, key=0, progress=False)
-    report = result.summary()
+    report = result.health
     checks = {f.check for f in report.findings}
     assert report.metrics["rhat"] < 1.1 and "plateau" not in checks, report
     assert "drift" in checks, report

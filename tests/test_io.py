@@ -150,7 +150,7 @@ def test_susceptibility_and_bif_roundtrip(tmp_path):
         components={"full": None, "first_two": _FIRST_TWO}, progress=False,
     )
     roundtrip(tmp_path, result, "susceptibility")
-    bif = sj.estimate_bif(regression_loss_dict, {"w": params}, data, config, key=0, probe=probe, progress=False)
+    bif = sj.estimate_bif(regression_loss_dict, {"w": params}, data, config, key=0, probes={"probe": probe}, progress=False)
     roundtrip(tmp_path, bif, "bif")
     if importlib_available("xarray"):
         assert sj.to_xarray(bif)["bif"].shape == (5, 5)
@@ -177,7 +177,7 @@ def test_generic_dataclasses_and_registration(tmp_path):
     path = sj.save(tmp_path / "custom", value)
     with pytest.raises(ValueError, match="register"):
         sj.load(path)
-    io.register(Custom)
+    sj.results.register(Custom)
     loaded = sj.load(path)
     np.testing.assert_array_equal(loaded.chi, value.chi)
     assert loaded.labels == ["a", "b"] and loaded.settings["nested"] == (1, None) and np.isnan(loaded.settings["alpha"])
@@ -248,7 +248,7 @@ def test_to_arviz_inference_data(llc_result, grid_chains):
 
 
 def test_resume_equals_uninterrupted_bitwise(tmp_path, monkeypatch):
-    """``estimate_llc(..., checkpoint_dir=d)`` interrupted, then resumed, ends bitwise identical."""
+    """``estimate_llc(..., resume_dir=d)`` interrupted, then resumed, ends bitwise identical."""
     params, data, _, _ = regression()
     config = CONFIG.replace(num_draws=60, num_burnin=20, chunk_draws=10)
     run = lambda **kwargs: sj.estimate_llc(regression_loss_dict, {"w": params}, data, config, key=3, progress=False, **kwargs)
@@ -264,19 +264,19 @@ def test_resume_equals_uninterrupted_bitwise(tmp_path, monkeypatch):
 
     monkeypatch.setattr(checkpoint.RunCheckpoint, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run(checkpoint_dir=tmp_path)
+        run(resume_dir=tmp_path)
     monkeypatch.setattr(checkpoint.RunCheckpoint, "save", original)
     (run_dir,) = list(tmp_path.iterdir())
     assert sorted(p.name for p in run_dir.iterdir()) == ["records_00002.npz", "records_00003.npz", "state.npz"]
-    resumed = run(checkpoint_dir=tmp_path)
+    resumed = run(resume_dir=tmp_path)
     for field in dataclasses.fields(reference.chains):
         if field.name not in ("compile_seconds", "sampling_seconds"):
             assert_same(getattr(reference.chains, field.name), getattr(resumed.chains, field.name), field.name)
     assert resumed.llc_mean == reference.llc_mean
     # A finished run is read back, and different settings get their own checkpoint.
-    assert_same(resumed.chains.loss, run(checkpoint_dir=tmp_path).chains.loss)
+    assert_same(resumed.chains.loss, run(resume_dir=tmp_path).chains.loss)
     sj.estimate_llc(regression_loss_dict, {"w": params}, data, config.replace(num_draws=20), key=3, progress=False,
-                    checkpoint_dir=tmp_path)
+                    resume_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) == 2
 
 

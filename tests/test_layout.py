@@ -12,9 +12,9 @@ PACKAGE = pathlib.Path(sj.__file__).parent
 # estimators never import the zoo.
 LAYERS = [
     "types", "_src.validation", "kernels", "restriction", "config", "_src.program", "_src.multihost",
-    "_src.checkpoint", "_src.planning", "sampler", "traces", "plots", "masks", "adapters",
+    "_src.checkpoint", "_src.planning", "sampler", "traces", "stats", "results", "_src.frontdoor", "plots", "masks", "adapters",
     "zoo.theory", "zoo.models", "zoo.tasks", "zoo.gridworld", "training",
-    "diagnostics", "calibration", "llc", "stats", "reliability", "susceptibility", "bif", "patterning", "development", "analysis",
+    "diagnostics", "calibration", "llc", "reliability", "susceptibility", "bif", "patterning", "development", "analysis",
     "io", "sweep", "cli",
 ]
 

@@ -177,3 +177,15 @@ def test_plot_response_pca_points_agree_with_response_pca_signs():
     plotted = np.asarray(figure.axes[0].collections[0].get_offsets())
     expected = sj.susceptibility.response_pca(sj.susceptibility.zscore_columns(chi)).scores[:, :2]
     np.testing.assert_allclose(plotted, expected, atol=1e-10)
+
+
+def test_plot_llc_checkpoints_log_x_leaves_step_0_out_of_the_range_and_marks_unreliable_cells():
+    steps, llcs = np.array([0, 10, 100]), np.array([[1000.0], [1.0], [2.0]])
+    unreliable = np.array([[False], [True], [False]])
+    figure = sj.plot_llc_checkpoints(steps, llcs, np.full_like(llcs, 0.1), loss=np.array([5.0, 1.0, 0.5]), log_x=True,
+                                     unreliable=unreliable)
+    axes, loss_axes = figure.axes
+    assert axes.get_ylim()[1] < 10 and loss_axes.get_ylim()[1] < 5  # step 0's values do not stretch the axes
+    hollow = [line for line in axes.lines if line.get_markerfacecolor() == "white" and len(line.get_xdata())]
+    assert len(hollow) == 1 and hollow[0].get_xdata().tolist() == [10.0]
+    assert "unreliable" in [text.get_text() for text in axes.get_legend().get_texts()]

@@ -120,10 +120,10 @@ def test_probe_centering_uses_the_context_center():
 def test_per_token_labels_and_sequence_means():
     loss_fn = lambda w, batch: (batch - w) ** 2  # (batch, seq) per-token losses
     probe = jnp.arange(12.0).reshape(4, 3)
-    tokens = stats._check_probes(loss_fn, jnp.zeros(()), {"p": probe}, per_token=True)
+    tokens = stats.check_probes(loss_fn, jnp.zeros(()), {"p": probe}, per_token=True)
     np.testing.assert_array_equal(tokens.example, np.repeat(np.arange(4), 3))
     np.testing.assert_array_equal(tokens.token, np.tile(np.arange(3), 4))
-    sequences = stats._check_probes(loss_fn, jnp.zeros(()), {"p": probe}, per_token=False)
+    sequences = stats.check_probes(loss_fn, jnp.zeros(()), {"p": probe}, per_token=False)
     np.testing.assert_array_equal(sequences.token, -np.ones(4))
     per_sequence = stats.probe_losses(loss_fn, 1.0, {"p": probe}, per_token=False)
     np.testing.assert_allclose(per_sequence, ((probe - 1.0) ** 2).mean(axis=1))

@@ -13,6 +13,7 @@ import slt_jax as sj
 from slt_jax import io, susceptibility
 
 import linear_gaussian as lg
+import synthetic_results
 
 MAX_Z, MEAN_Z2 = 5.0, 6.0  # see test_bif: 16-chain t statistics, rows share the chains
 
@@ -202,7 +203,8 @@ def test_result_methods_and_exports(tmp_path):
     dataset = result.to_xarray()
     assert dataset["chi"].dims == ("row", "column")
     assert list(dataset["column"].values) == result.components
-    assert set(result.to_numpy()) >= {"chi", "stderr", "chi_per_chain", "components", "probe", "example", "token"}
+    assert set(dataset.data_vars) >= {"chi", "stderr", "chi_per_chain", "observable_mean"}
+    assert {"probe", "example", "token", "component", "observable"} <= set(dataset.coords)
     # Saved and loaded without pickle: labels are fixed-width unicode arrays, not object arrays.
     assert {result.labels.probe.dtype.kind, result.column_component.dtype.kind, result.column_observable.dtype.kind} == {"U"}
     path = sj.save(tmp_path / "chi", result)
@@ -244,7 +246,7 @@ def test_validation(kwargs, error, match):
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         if "checkpoints" in arguments:
-            sj.estimate_susceptibilities_over_checkpoints(lg.loss_fn, arguments.pop("checkpoints"), lg.data, config, **arguments)
+            sj.estimate_susceptibilities_table(lg.loss_fn, arguments.pop("checkpoints"), lg.data, config, **arguments)
         else:
             sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, config, **arguments)
 
@@ -279,9 +281,10 @@ def test_over_checkpoints_equals_separate_runs(centering):
     checkpoints = [lg.w_star, lg.w_star + jnp.asarray([0.3, -0.2, 0.1])]
     kwargs = dict(key=6, probes={"train": lg.train}, components={"x0": jnp.array([True, False, False])},
                   observables=lg.OBSERVABLES, centering=centering, progress=False)
-    stacked = sj.estimate_susceptibilities_over_checkpoints(lg.loss_fn, checkpoints, lg.data, config, steps=[100, 300], **kwargs)
-    assert list(stacked) == [100, 300]
-    for k, (params, result) in enumerate(zip(checkpoints, stacked.values())):
+    stacked = sj.estimate_susceptibilities_table(lg.loss_fn, checkpoints, lg.data, config, steps=[100, 300], **kwargs)
+    assert stacked.steps.tolist() == [100, 300] and stacked.chi.shape[0] == 2
+    for k, params in enumerate(checkpoints):
+        result = stacked.result(k)
         alone = sj.estimate_susceptibilities(lg.loss_fn, params, lg.data, config, **kwargs)
         assert result.components == alone.components
         np.testing.assert_allclose(result.chi_per_chain, alone.chi_per_chain, rtol=1e-5, atol=1e-5 * np.abs(alone.chi).max())
@@ -291,7 +294,7 @@ def test_over_checkpoints_equals_separate_runs(centering):
     # φ = L(w) - L_n(w*_k) uses each checkpoint's own centre: w*_0 is the global minimum, so φ >= 0 at
     # every draw there; from w*_1 = w* + δ the chains move downhill and ⟨φ⟩ < 0 (a centre shared with
     # checkpoint 0 would give φ >= 0 here too).
-    assert stacked[300].observable_mean[0] < 0 < stacked[100].observable_mean[0]
+    assert stacked.observable_mean[1, 0] < 0 < stacked.observable_mean[0, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,4 +391,12 @@ def test_divergence_is_reported():
         sj.estimate_susceptibilities(lg.loss_fn, lg.w_star, lg.data, config, key=0, probes={"train": lg.train}, progress=False)
     assert isinstance(caught.value.result, sj.SusceptibilityResult) and np.isnan(caught.value.result.chi).all()
     with pytest.raises(sj.DivergenceError, match="Every chain diverged"):
-        sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, config, key=0, probe=lg.train, block_size=8, progress=False)
+        sj.estimate_bif(lg.loss_fn, lg.w_star, lg.data, config, key=0, probes={"train": lg.train}, block_size=8, progress=False)
+
+
+def test_summary_of_an_all_nan_result_is_consistent():
+    """Issue 18 item 7: every chain NaN (e.g. probes the model cannot read): the chains line and the
+    reliability line agree (no 'diverged per column: [0]' beside 'got 0 chains')."""
+    per_chain = np.full((4, 8, 2), np.nan)
+    summary = synthetic_results.susceptibility_result(per_chain).summary()
+    assert "4 chains, 0 with a finite chi" in summary and "reliability undefined" in summary, summary

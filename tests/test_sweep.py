@@ -82,7 +82,7 @@ def test_cli_run_writes_results_table_and_plots(tmp_path, capsys, monkeypatch):
     assert result.output == out and list(result.developments) == ["small", "large"]
     for name in ("small", "large"):
         loaded, written = sj.load(out / f"{name}.npz"), result.developments[name]
-        assert isinstance(loaded, sj.Development)
+        assert isinstance(loaded, sj.DevelopmentResult)
         np.testing.assert_array_equal(loaded.llc.llc_per_chain, written.llc.llc_per_chain)
         np.testing.assert_array_equal(loaded.test_loss, written.test_loss)
         np.testing.assert_array_equal(loaded.steps, [0, 20])
