@@ -264,6 +264,20 @@ def dataframe(data, variables=None):
     return data.to_dataframe()
 
 
+class _ChainsConfig:
+    """``result.config``: the ``SamplerConfig`` the chains ran with (None for a result without chains).
+
+    A non-data descriptor, not a property: a result whose dataclass has a ``config`` field of its own
+    (``CalibrationResult``: the config it was given) keeps that field, and the dataclass machinery
+    sees no inherited default (``__get__`` on the class raises ``AttributeError``)."""
+
+    def __get__(self, instance, owner=None) -> SamplerConfig | None:
+        if instance is None:
+            raise AttributeError("config")
+        chains = getattr(instance, "chains", None)
+        return chains.config if isinstance(chains, ChainsResult) else None
+
+
 class Result:
     """The protocol every slt_jax result follows (a mixin for frozen dataclasses); see the module docstring."""
 
@@ -298,11 +312,7 @@ class Result:
         raise TypeError(f"to_arviz needs a result with LLC draws (LLCResult, CalibrationResult, ChainsResult), "
                         f"got {type(self).__name__}.")
 
-    @property
-    def config(self) -> SamplerConfig | None:
-        """The ``SamplerConfig`` the chains ran with (None for a result without chains)."""
-        chains = getattr(self, "chains", None)
-        return chains.config if isinstance(chains, ChainsResult) else None
+    config = _ChainsConfig()
 
 
 class Table(Result):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 
 import numpy as np
 
-from slt_jax import plots, traces
+from slt_jax import plots, results, traces
 from slt_jax.config import SamplerConfig
 from slt_jax.sampler import ChainsResult
 
@@ -18,15 +17,9 @@ __all__ = ["CalibrationResult"]
 _TRACES = ("loss", "grad_norm", "localization_norm", "noise_norm", "distance", "mala_acceptance", "full_loss", "center_loss")
 
 
-def _require(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ImportError(f"{module} is needed for this conversion: pip install {module} (or slt_jax[interop]).") from None
-
-
+@results.register
 @dataclasses.dataclass(frozen=True)
-class CalibrationResult:
+class CalibrationResult(results.Result):
     """A calibration grid with per-setting health and the recommended setting.
 
     Built once by ``calibrate`` and never changed afterwards.
@@ -143,14 +136,14 @@ class CalibrationResult:
         variables["llc_draws"] = (dims, traces.llc_draws(chains, self.settings.get("loss_estimator", "paired")))
         return variables
 
-    def to_xarray(self):
-        """An ``xarray.Dataset``: per setting (``setting``, with ``step_size``, ``nbeta`` and
+    def _dataset(self):
+        """The ``to_xarray()`` Dataset: per setting (``setting``, with ``step_size``, ``nbeta`` and
         ``localization`` as coordinates) the health figures ``metric_*``, ``passed``,
         ``equilibrated`` and ``problems``; ``llc_per_chain`` and ``diverged`` ``(setting, chain)``;
         the chains' traces and ``llc_draws`` = nβ(L - L*) ``(setting, chain, draw)`` (``step``
         coordinate). Attributes: ``recommended_index``, ``reason``, ``reference_llc``, the
         recommended config, the settings and the config as JSON."""
-        xr = _require("xarray")
+        xr = results.require("xarray")
         variables = self._per_setting_variables()
         variables.update(llc_per_chain=(("setting", "chain"), np.asarray(self.llc_per_chain)),
                          diverged=(("setting", "chain"), np.asarray(self.diverged, bool)))
@@ -166,8 +159,6 @@ class CalibrationResult:
             "recommended_index": int(self.recommended_index), "reason": self.reason, "reference_llc": self.reference_llc,
             "init_loss": float(self.init_loss), "burnin_draws": int(self.burnin_draws),
             "recommended": json.dumps(self.recommended.to_dict(), default=str) if self.recommended_index >= 0 else "",
-            "settings": json.dumps(self.settings, default=str), "config": json.dumps(self.config.to_dict(), default=str),
-            "result_type": f"{type(self).__module__}.{type(self).__qualname__}",
         }
         return xr.Dataset({k: xr.Variable(*v) for k, v in variables.items()}, coords=coords, attrs=attrs)
 
@@ -176,14 +167,7 @@ class CalibrationResult:
         columns ``step_size``, ``nbeta``, ``localization``, the ``metric_*`` figures, ``passed``,
         ``equilibrated``, ``problems``); ``variables`` (names of data variables) picks others, e.g.
         ``["llc_per_chain"]`` for one row per (setting, chain)."""
-        dataset = self.to_xarray()
-        if variables is None:
-            variables = list(self._per_setting_variables())
-        variables = [variables] if isinstance(variables, str) else list(variables)
-        missing = [v for v in variables if v not in dataset.data_vars]
-        if missing:
-            raise ValueError(f"variables {missing} are not in this result's Dataset; it has {sorted(dataset.data_vars)}.")
-        return dataset[variables].to_dataframe()
+        return results.dataframe(self.to_xarray(), list(self._per_setting_variables()) if variables is None else variables)
 
     def arviz_source(self, index: int | None = None) -> tuple[ChainsResult, str]:
         """(one setting's chains, loss estimator) for ``slt_jax.to_arviz``; default the recommended setting."""
