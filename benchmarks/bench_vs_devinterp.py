@@ -386,7 +386,7 @@ def run_slt_jax_lm(workload: str, workdir: str, quick: bool, seed: int, stat_cha
     data = {"inputs": jnp.asarray(tokens)}
     config = sj.SamplerConfig(step_size=settings["step_size"], localization=settings["localization"], nbeta=settings["nbeta"],
                               num_chains=settings["num_chains"], num_draws=settings["num_draws"], num_burnin=settings["num_burnin"],
-                              batch_size=settings["batch_size"], memory_budget=8e9)
+                              batch_size=settings["batch_size"], memory_budget=8_000_000_000)
     calls = []
     for key, num_chains, _ in call_plan(seed, settings["num_chains"], 0):
         start = time.perf_counter()

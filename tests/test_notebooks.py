@@ -31,6 +31,7 @@ NOTEBOOKS = [
     "transient_ridge",
     "grokking",
     "rl_stages",
+    "pretrained_lm",
 ]
 
 # Per notebook: headline key -> (low, high) for the smoke run, and for the committed full run.
@@ -56,6 +57,8 @@ SMOKE_BOUNDS = {
     "grokking": {"final_test_accuracy": (0.0, 1.0), "control_final_test_accuracy": (0.0, 1.0),
                  "llc_peak": (0.0, 50.0), "llc_peak_step": (0, 300)},
     "rl_stages": {"regret_initial": (0.74, 0.77), "regret_final": (0.0, 0.05), "llc_final": (0.0, 50.0)},
+    "pretrained_lm": {"num_heads": (8, 8), "loss_step0": (3.7, 4.0), "loss_final": (0.9, 1.1),
+                      "chi_rows": (124, 124), "head_llc_max": (-5.0, 5.0), "full_llc": (-50.0, 100.0)},
 }
 FULL_BOUNDS = {
     "llc_ground_truth": {"num_shapes": (5, 5), "median_abs_rel_err": (0.0, 0.1),

@@ -328,10 +328,13 @@ def from_pretrained(path: str | os.PathLike, *, dtype=jnp.float32) -> Decoder:
         ValueError: an unsupported ``model_type`` or setting, pickled weights only (``.bin``), or a
             tensor missing or of the wrong shape (named), all before any array is built.
 
-    >>> import slt_jax as sj
-    >>> model = sj.models.from_pretrained("tests/fixtures/pretrained/gpt_neox_parallel")  # doctest: +SKIP
-    >>> params, loss_fn = sj.from_nnx(model, "next_token")                               # doctest: +SKIP
-    >>> head = sj.head_mask(params, model.attention_paths()[0], 1)                      # doctest: +SKIP
+    >>> import pathlib, slt_jax as sj
+    >>> folder = pathlib.Path(sj.__file__).parents[1] / "tests" / "fixtures" / "pretrained" / "gpt_neox_parallel"
+    >>> model = sj.models.from_pretrained(folder)          # a random 2-layer GPT-NeoX written by transformers
+    >>> params, loss_fn = sj.from_nnx(model, "next_token")
+    >>> params["blocks"][0]["attn"]["query"]["kernel"].shape   # (width, heads, head_dim), split from the fused QKV
+    (16, 2, 8)
+    >>> head = sj.head_mask(params, model.attention_paths()[0], 1)
     """
     folder = _folder(path)
     model_type, spec = read_spec(folder)
