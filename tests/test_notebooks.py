@@ -99,6 +99,9 @@ FULL_BOUNDS = {
     "rl_stages": {"regret_initial": (0.6, 0.61), "regret_final": (0.0, 1e-05), "regret_drops": (2, 2),
                   "llc_rises": (1, 1), "llc_plateau": (20.0, 25.0), "llc_final": (26.0, 31.0),
                   "llc_final_over_rrr": (0.7, 1.0)},
+    "pretrained_lm": {"num_heads": (8, 8), "loss_step0": (3.8, 3.95), "loss_final": (0.9, 1.05),
+                      "full_llc": (20.0, 40.0), "head_llc_max": (0.3, 1.2), "top_llc_head_layer": (0, 0),
+                      "reliability": (0.8, 1.0), "chi_llc_correlation": (0.7, 1.0)},
 }
 
 
