@@ -197,8 +197,7 @@ def test_load_series_reads_a_run_and_parses_steps():
     params, loss_fn = sj.from_nnx(series.model, "next_token")
     assert jax.tree.structure(series.checkpoints[0]) == jax.tree.structure(params)
     for checkpoint in series.checkpoints:
-        chex_shapes = jax.tree.map(np.shape, checkpoint)
-        assert chex_shapes == jax.tree.map(np.shape, params)
+        assert jax.tree.map(np.shape, checkpoint) == jax.tree.map(np.shape, params)
     final, _ = sj.from_nnx(sj.models.from_pretrained(STORIES / "step600"), "next_token")
     np.testing.assert_array_equal(series.checkpoints[1]["blocks"][0]["attn"]["key"]["kernel"],
                                   final["blocks"][0]["attn"]["key"]["kernel"])

@@ -46,7 +46,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
-from slt_jax.zoo.decoder import ACTIVATIONS, Decoder, DecoderSpec, check_spec, parameter_shapes
+from slt_jax.zoo.decoder import ACTIVATIONS, Decoder, DecoderSpec, check_spec
 
 __all__ = ["from_pretrained", "load_series", "Series", "token_batches", "text_batches", "read_spec"]
 
