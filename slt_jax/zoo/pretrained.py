@@ -328,6 +328,10 @@ def from_pretrained(path: str | os.PathLike, *, dtype=jnp.float32) -> Decoder:
         ValueError: an unsupported ``model_type`` or setting, pickled weights only (``.bin``), or a
             tensor missing or of the wrong shape (named), all before any array is built.
 
+    The logits equal ``transformers``' float32 PyTorch model's to 1e-4 on CPU (tests/test_pretrained.py).
+    On a GPU, XLA may run float32 matrix products in TF32; ``jax.config.update(
+    "jax_default_matmul_precision", "highest")`` restores full float32 products.
+
     >>> import pathlib, slt_jax as sj
     >>> folder = pathlib.Path(sj.__file__).parents[1] / "tests" / "fixtures" / "pretrained" / "gpt_neox_parallel"
     >>> model = sj.models.from_pretrained(folder)          # a random 2-layer GPT-NeoX written by transformers
