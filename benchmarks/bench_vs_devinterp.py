@@ -411,7 +411,8 @@ def run_devinterp_lm(workload: str, workdir: str, quick: bool, seed: int, stat_c
     with open(os.path.join(workdir, "lm_settings.json")) as f:
         settings = json.load(f)
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(os.path.join(workdir, "lm"), dtype=torch.float32).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"   # the GPU runbook's run uses the GPU
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(workdir, "lm"), dtype=torch.float32).to(device).eval()
     load_seconds = time.perf_counter() - start
     tokens = torch.from_numpy(np.load(os.path.join(workdir, "lm_tokens.npy")).astype(np.int64))
     n, batch_size, nbeta = settings["n"], settings["batch_size"], settings["nbeta"]
@@ -424,7 +425,8 @@ def run_devinterp_lm(workload: str, workdir: str, quick: bool, seed: int, stat_c
             return {"input_ids": tokens[i]}
 
     with torch.no_grad():  # the exact L_n(w*) over all n rows, float64 mean of per-token losses
-        init_loss = float(torch.cat([compute_per_token_loss(model, tokens[i:i + 8]) for i in range(0, n, 8)]).double().mean())
+        init_loss = float(torch.cat([compute_per_token_loss(model, tokens[i:i + 8].to(device))
+                                     for i in range(0, n, 8)]).double().mean())
     calls = []
     for call, (call_seed, num_chains, _) in enumerate(call_plan(seed, settings["num_chains"], 0)):
         init_seed = 1000 * (call_seed + 1)
@@ -433,7 +435,7 @@ def run_devinterp_lm(workload: str, workdir: str, quick: bool, seed: int, stat_c
                          localization=settings["localization"], num_chains=num_chains, num_draws=settings["num_draws"],
                          num_burnin_steps=settings["num_burnin"], num_steps_bw_draws=settings["num_steps_between_draws"],
                          batch_size=batch_size, num_init_loss_batches=n // batch_size, init_seed=init_seed,
-                         match_sampling_input_ids_across_chains=False, device="cpu",
+                         match_sampling_input_ids_across_chains=False, device=device,
                          output_path=os.path.join(workdir, f"devinterp_lm_{call}.zarr"))
         out = compute_llc(samples)
         wall = time.perf_counter() - start
@@ -444,7 +446,7 @@ def run_devinterp_lm(workload: str, workdir: str, quick: bool, seed: int, stat_c
                       "devinterp_own_init_loss": pooled(out["llc_per_chain"].values.astype(float)),
                       "minibatch": pooled(nbeta * (per_chain - init_loss)),
                       "loss_micro_shape": list(step_losses.shape)})
-    return {"calls": calls, "load_seconds": load_seconds, "threads": torch.get_num_threads(),
+    return {"calls": calls, "load_seconds": load_seconds, "threads": torch.get_num_threads(), "device": device,
             "attn_implementation": getattr(model.config, "_attn_implementation", None),
             "match_sampling_input_ids_across_chains": False, **process_record()}
 
