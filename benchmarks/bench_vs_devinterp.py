@@ -17,6 +17,18 @@ comparison (without it, ``--stat-chains 0`` or ``--quick``, the timed calls' cha
 torch loop's first order is cold; its later orders run in a warm process. slt_jax's statistics call runs
 with ``loss_estimator="paired"``, which records both estimators below on the same chains.
 
+The ``lm`` workload (``--workloads lm``, its own JSON: results/bench_vs_devinterp_lm.json) is a language
+model: a runner ``prepare`` builds a random-initialised GPT-NeoX (Pythia-shaped: vocab 50304, width 128,
+6 layers x 4 heads, MLP 512, context 128, rotary fraction 0.25; embeddings tied, 7.6M parameters) with
+``transformers`` and writes it with ``save_pretrained`` (safetensors), with uniform random token rows
+and the PyTorch logits of two rows. devinterp 2.0.1 loads that folder through
+``transformers.AutoModelForCausalLM`` (its default per-token loss, ``compute_per_token_loss``), slt_jax
+through ``sj.models.from_pretrained`` (``sj.from_nnx(model, "next_token")``; its logits are checked
+against the PyTorch ones first). Same tokens, batch size, ε, γ, nβ; 4 chains x 50 draws; cold and
+warm calls, no statistics call (the LLCs pool the two timed calls' 8 chains). slt_jax runs with
+``SamplerConfig(memory_budget=8e9)``: the default budget on this CPU (min(2 GiB, RAM / 8)) would
+split the 4 chains of a 7.6M-parameter model into groups.
+
 Two loss estimators are compared, from the same chains:
   minibatch  nβ (mean_t L_{B_t}(w_t) - L_n(w*)): the batch of that step's gradient (the convention of
              both libraries; with epoch-ordered batches this is where the bias lives);
@@ -66,7 +78,8 @@ Without them the script says so and exits with status 0.
 
 Usage (from the repository root; about 7 minutes on 2 shared CPU cores, --quick under a minute of CPU):
   python benchmarks/bench_vs_devinterp.py [--quick] [--workloads dln,mlp] [--stat-chains 24] [--threads 1]
-Default ``--out``: benchmarks/results/bench_vs_devinterp.json. ``--quick``: a tenth of the draws and no
+  python benchmarks/bench_vs_devinterp.py --workloads lm       # the language model (also needs transformers)
+Default ``--out``: benchmarks/results/bench_vs_devinterp.json (bench_vs_devinterp_lm.json for ``lm`` alone). ``--quick``: a tenth of the draws and no
 statistics call.
 """
 
@@ -317,6 +330,161 @@ def run_torch_loop(workload: str, workdir: str, quick: bool, seed: int, stat_cha
         orders[order] = {"calls": calls}
     return {"orders": orders, "threads": torch.get_num_threads(), **process_record()}
 
+# ----------------------------------------------------------------------------- the language model (lm)
+
+LM_ARCHITECTURE = dict(vocab_size=50304, hidden_size=128, num_hidden_layers=6, num_attention_heads=4,
+                       intermediate_size=512, max_position_embeddings=128, rotary_pct=0.25,
+                       use_parallel_residual=True, tie_word_embeddings=True)
+LM_SETTINGS = dict(n=64, seq_len=128, batch_size=4, step_size=1e-4, localization=100.0, num_chains=4, num_draws=50,
+                   num_burnin=0, num_steps_between_draws=1)
+
+
+def lm_settings(quick: bool) -> dict:
+    settings = dict(LM_SETTINGS)
+    if quick:
+        settings["num_draws"] = 5
+    settings["nbeta"] = settings["n"] / math.log(settings["n"])   # slt_jax's default n / log n, n = sequences
+    return settings
+
+
+def run_prepare_lm(workload: str, workdir: str, quick: bool, seed: int, stat_chains: int) -> dict:
+    """Writes the random GPT-NeoX with transformers (safetensors), the token rows and reference logits."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    settings = lm_settings(quick)
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(**LM_ARCHITECTURE)).eval()
+    folder = os.path.join(workdir, "lm")
+    model.save_pretrained(folder)
+    tokens = np.random.default_rng(seed).integers(0, LM_ARCHITECTURE["vocab_size"], (settings["n"], settings["seq_len"]))
+    np.save(os.path.join(workdir, "lm_tokens.npy"), tokens.astype(np.int32))
+    with torch.no_grad():
+        logits = model(torch.from_numpy(tokens[:2])).logits.numpy()
+    np.save(os.path.join(workdir, "lm_logits.npy"), logits.astype(np.float32))
+    settings["num_parameters"] = int(sum(p.numel() for p in model.parameters()))
+    settings["architecture"] = LM_ARCHITECTURE
+    save_json(os.path.join(workdir, "lm_settings.json"), settings)
+    return {"settings": settings, "files": sorted(os.listdir(folder)), **process_record()}
+
+
+def run_slt_jax_lm(workload: str, workdir: str, quick: bool, seed: int, stat_chains: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import slt_jax as sj
+    from slt_jax.traces import llc_draws
+
+    with open(os.path.join(workdir, "lm_settings.json")) as f:
+        settings = json.load(f)
+    start = time.perf_counter()
+    model = sj.models.from_pretrained(os.path.join(workdir, "lm"))
+    load_seconds = time.perf_counter() - start
+    tokens = np.load(os.path.join(workdir, "lm_tokens.npy"))
+    logit_error = float(np.abs(np.asarray(model(jnp.asarray(tokens[:2]))) - np.load(os.path.join(workdir, "lm_logits.npy"))).max())
+    params, loss_fn = sj.from_nnx(model, "next_token")
+    data = {"inputs": jnp.asarray(tokens)}
+    config = sj.SamplerConfig(step_size=settings["step_size"], localization=settings["localization"], nbeta=settings["nbeta"],
+                              num_chains=settings["num_chains"], num_draws=settings["num_draws"], num_burnin=settings["num_burnin"],
+                              batch_size=settings["batch_size"], memory_budget=8_000_000_000)
+    calls = []
+    for key, num_chains, _ in call_plan(seed, settings["num_chains"], 0):
+        start = time.perf_counter()
+        result = sj.estimate_llc(loss_fn, params, data, config, key=key, progress=False)
+        wall = time.perf_counter() - start
+        calls.append({"wall_seconds": wall, "compile_seconds": result.chains.compile_seconds, "key": key, "statistics": False,
+                      "sampling_seconds": result.chains.sampling_seconds, "init_loss": float(result.init_loss),
+                      "nbeta": float(result.nbeta), "diverged": int(np.sum(result.diverged)),
+                      "minibatch": pooled(llc_draws(result.chains, "minibatch")[0].mean(-1))})
+    return {"settings": settings, "config": config.to_dict(), "calls": calls, "load_seconds": load_seconds,
+            "max_abs_logit_difference_vs_torch": logit_error, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "jax": jax.__version__, "backend": jax.default_backend(), **process_record()}
+
+
+def run_devinterp_lm(workload: str, workdir: str, quick: bool, seed: int, stat_chains: int) -> dict:
+    import torch
+    from devinterp.slt.llc import compute_llc
+    from devinterp.slt.lm_loss import compute_per_token_loss
+    from devinterp.slt.sampling import sample
+    from transformers import AutoModelForCausalLM
+
+    with open(os.path.join(workdir, "lm_settings.json")) as f:
+        settings = json.load(f)
+    start = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"   # the GPU runbook's run uses the GPU
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(workdir, "lm"), dtype=torch.float32).to(device).eval()
+    load_seconds = time.perf_counter() - start
+    tokens = torch.from_numpy(np.load(os.path.join(workdir, "lm_tokens.npy")).astype(np.int64))
+    n, batch_size, nbeta = settings["n"], settings["batch_size"], settings["nbeta"]
+
+    class TokenRows(torch.utils.data.Dataset):
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return {"input_ids": tokens[i]}
+
+    with torch.no_grad():  # the exact L_n(w*) over all n rows, float64 mean of per-token losses
+        init_loss = float(torch.cat([compute_per_token_loss(model, tokens[i:i + 8].to(device))
+                                     for i in range(0, n, 8)]).double().mean())
+    calls = []
+    for call, (call_seed, num_chains, _) in enumerate(call_plan(seed, settings["num_chains"], 0)):
+        init_seed = 1000 * (call_seed + 1)
+        start = time.perf_counter()
+        samples = sample(model, TokenRows(), {}, lr=settings["step_size"], n_beta=nbeta,
+                         localization=settings["localization"], num_chains=num_chains, num_draws=settings["num_draws"],
+                         num_burnin_steps=settings["num_burnin"], num_steps_bw_draws=settings["num_steps_between_draws"],
+                         batch_size=batch_size, num_init_loss_batches=n // batch_size, init_seed=init_seed,
+                         match_sampling_input_ids_across_chains=False, device=device,
+                         output_path=os.path.join(workdir, f"devinterp_lm_{call}.zarr"))
+        out = compute_llc(samples)
+        wall = time.perf_counter() - start
+        step_losses = samples.dataset.sampling_loss_micro.values.astype(np.float64)   # (chain, step, batch, ...)
+        per_chain = step_losses.reshape(step_losses.shape[0], -1).mean(axis=1)
+        calls.append({"wall_seconds": wall, "init_seed": init_seed, "statistics": False, "init_loss": init_loss,
+                      "devinterp_own_init_loss_value": float(out["init_loss"].values),
+                      "devinterp_own_init_loss": pooled(out["llc_per_chain"].values.astype(float)),
+                      "minibatch": pooled(nbeta * (per_chain - init_loss)),
+                      "loss_micro_shape": list(step_losses.shape)})
+    return {"calls": calls, "load_seconds": load_seconds, "threads": torch.get_num_threads(), "device": device,
+            "attn_implementation": getattr(model.config, "_attn_implementation", None),
+            "match_sampling_input_ids_across_chains": False, **process_record()}
+
+
+LM_RUNNERS = {"prepare": run_prepare_lm, "slt_jax": run_slt_jax_lm, "devinterp": run_devinterp_lm}
+
+
+def summarize_lm(records: dict) -> dict:
+    slt, dev = records["slt_jax"], records["devinterp"]
+    calls = {"slt_jax": slt["calls"], "devinterp": dev["calls"]}
+    llc = {name: pool(runs, "minibatch") for name, runs in calls.items()}
+    llc["devinterp_own_init_loss"] = pool(dev["calls"], "devinterp_own_init_loss")
+    return {
+        "workload": "lm",
+        "settings": records["prepare"]["settings"],
+        "wall_seconds": {name: {"cold": runs[0]["wall_seconds"], "warm": runs[1]["wall_seconds"]} for name, runs in calls.items()},
+        "load_seconds": {"slt_jax": slt["load_seconds"], "devinterp": dev["load_seconds"]},
+        "time_ratio_devinterp_over_slt_jax": {kind: dev["calls"][i]["wall_seconds"] / slt["calls"][i]["wall_seconds"]
+                                              for i, kind in enumerate(("cold", "warm"))},
+        "slt_jax_compile_seconds": [c["compile_seconds"] for c in slt["calls"]],
+        "slt_jax_sampling_seconds": [c["sampling_seconds"] for c in slt["calls"]],
+        "max_abs_logit_difference_vs_torch": slt["max_abs_logit_difference_vs_torch"],
+        "init_loss": {"slt_jax": slt["calls"][0]["init_loss"], "torch": dev["calls"][0]["init_loss"],
+                      "devinterp_own": [c["devinterp_own_init_loss_value"] for c in dev["calls"]]},
+        "llc": {"minibatch": llc},
+        "slt_jax_minus_devinterp": {"minibatch": difference(llc["slt_jax"], llc["devinterp"])},
+        "runs": records,
+    }
+
+
+def print_summary_lm(row: dict) -> None:
+    times, ratio = row["wall_seconds"], row["time_ratio_devinterp_over_slt_jax"]
+    print(f"lm: wall cold/warm  slt_jax {times['slt_jax']['cold']:.1f}/{times['slt_jax']['warm']:.1f} s, devinterp "
+          f"{times['devinterp']['cold']:.1f}/{times['devinterp']['warm']:.1f} s, ratio devinterp/slt_jax "
+          f"{ratio['cold']:.2f}/{ratio['warm']:.2f}; logits vs torch {row['max_abs_logit_difference_vs_torch']:.1e}", flush=True)
+    for name, est in row["llc"]["minibatch"].items():
+        print(f"  minibatch {name:<24} LLC {est['llc_mean']:9.3f} ± {est['llc_stderr']:6.3f} ({est['num_chains']} chains)", flush=True)
+
 
 RUNNERS = {"slt_jax": run_slt_jax, "devinterp": run_devinterp, "torch_loop": run_torch_loop}
 
@@ -324,9 +492,10 @@ RUNNERS = {"slt_jax": run_slt_jax, "devinterp": run_devinterp, "torch_loop": run
 # ----------------------------------------------------------------------------- orchestration
 
 
-def missing_peers() -> str | None:
-    """What is missing, or None when torch and devinterp >= 2 are importable."""
-    missing = [name for name in ("torch", "devinterp") if importlib.util.find_spec(name) is None]
+def missing_peers(workloads: str = "") -> str | None:
+    """What is missing, or None when torch and devinterp >= 2 (and for ``lm`` transformers) are importable."""
+    needed = ("torch", "devinterp") + (("transformers",) if "lm" in workloads.split(",") else ())
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         return f"{' and '.join(missing)} not installed"
     version = importlib.metadata.version("devinterp")
@@ -410,8 +579,9 @@ def print_summary(row: dict) -> None:
 
 
 def versions() -> dict:
-    names = ("jax", "jaxlib", "numpy", "torch", "devinterp", "slt_jax")
-    return {"python": platform.python_version(), **{name: importlib.metadata.version(name) for name in names}}
+    names = ("jax", "jaxlib", "numpy", "torch", "devinterp", "slt_jax", "transformers", "safetensors")
+    return {"python": platform.python_version(),
+            **{name: importlib.metadata.version(name) for name in names if importlib.util.find_spec(name) is not None}}
 
 
 def main():
@@ -422,8 +592,8 @@ def main():
                         help="chains of the statistics call (default 24; --quick 0: none, the timed calls' chains are pooled)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per library (default 1; 0 = library defaults)")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "bench_vs_devinterp.json"))
-    parser.add_argument("--runner", choices=sorted(RUNNERS), help=argparse.SUPPRESS)  # internal: one subprocess
+    parser.add_argument("--out", default=None, help="default results/bench_vs_devinterp.json (_lm.json for lm alone)")
+    parser.add_argument("--runner", choices=sorted(set(RUNNERS) | set(LM_RUNNERS)), help=argparse.SUPPRESS)  # internal: one subprocess
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stat_chains is None:
@@ -435,10 +605,14 @@ def main():
             import torch
 
             torch.set_num_threads(args.threads)
-        record = RUNNERS[args.runner](args.workloads, args.workdir, args.quick, args.seed, args.stat_chains)
+        runners = LM_RUNNERS if args.workloads == "lm" else RUNNERS
+        record = runners[args.runner](args.workloads, args.workdir, args.quick, args.seed, args.stat_chains)
         save_json(os.path.join(args.workdir, f"{args.runner}_{args.workloads}.json"), record)
         return
-    problem = missing_peers()
+    if args.out is None:
+        name = "bench_vs_devinterp_lm.json" if args.workloads == "lm" else "bench_vs_devinterp.json"
+        args.out = os.path.join(HERE, "results", name)
+    problem = missing_peers(args.workloads)
     if problem:
         print(f"bench_vs_devinterp: skipped, {problem}. The peers are an optional extra, never needed by slt_jax:\n"
               f"  {INSTALL_HINT}")
@@ -447,6 +621,10 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_vs_devinterp_") as workdir:
         for workload in args.workloads.split(","):
+            if workload == "lm":
+                rows.append(summarize_lm({runner: spawn(runner, workload, workdir, args) for runner in LM_RUNNERS}))
+                print_summary_lm(rows[-1])
+                continue
             rows.append(summarize(workload, {runner: spawn(runner, workload, workdir, args) for runner in RUNNERS}))
             print_summary(rows[-1])
     report = {
@@ -470,6 +648,10 @@ def main():
             "compare samplers, not models.",
             "devinterp runs with match_sampling_input_ids_across_chains=False (independent chains); its other "
             "sampling settings are its defaults (shuffle=True, epoch_mode='cycle').",
+            "lm: a random-initialised model on uniform random tokens is not at a minimum and the chains are 50 "
+            "draws with no burn-in, so its LLCs compare the two samplers on one computation, not a model; "
+            "slt_jax runs with SamplerConfig(memory_budget=8e9) (the default CPU budget would split the chains "
+            "into groups); devinterp uses transformers' default attention implementation.",
         ],
         "results": rows,
     }

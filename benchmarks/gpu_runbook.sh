@@ -34,4 +34,6 @@ step python benchmarks/bench_susceptibility.py --workload S --scale 10 --out $re
 step python benchmarks/bench_dln_scale.py --classes 1M,10M --models "$dln_models" --out $results/bench_dln_scale_gpu.json
 # Exits 0 with a message when torch/devinterp are absent (pip install -e ".[peer]").
 step python benchmarks/bench_vs_devinterp.py --out $results/bench_vs_devinterp_gpu.json
+# The language model (a Pythia-shaped GPT-NeoX read from safetensors by both libraries; needs transformers).
+step python benchmarks/bench_vs_devinterp.py --workloads lm --out $results/bench_vs_devinterp_lm_gpu.json
 exit $status

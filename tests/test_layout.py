@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(sj.__file__).parent
 LAYERS = [
     "types", "_src.validation", "kernels", "restriction", "config", "_src.program", "_src.multihost",
     "_src.checkpoint", "_src.planning", "sampler", "traces", "stats", "results", "_src.frontdoor", "plots", "masks", "adapters",
-    "zoo.theory", "zoo.models", "zoo.tasks", "zoo.gridworld", "training",
+    "zoo.theory", "zoo.decoder", "zoo.pretrained", "zoo.models", "zoo.tasks", "zoo.gridworld", "training",
     "diagnostics", "calibration", "llc", "reliability", "susceptibility", "bif", "patterning", "development", "analysis",
     "io", "sweep", "cli",
 ]

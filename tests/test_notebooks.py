@@ -31,6 +31,7 @@ NOTEBOOKS = [
     "transient_ridge",
     "grokking",
     "rl_stages",
+    "pretrained_lm",
 ]
 
 # Per notebook: headline key -> (low, high) for the smoke run, and for the committed full run.
@@ -56,6 +57,8 @@ SMOKE_BOUNDS = {
     "grokking": {"final_test_accuracy": (0.0, 1.0), "control_final_test_accuracy": (0.0, 1.0),
                  "llc_peak": (0.0, 50.0), "llc_peak_step": (0, 300)},
     "rl_stages": {"regret_initial": (0.74, 0.77), "regret_final": (0.0, 0.05), "llc_final": (0.0, 50.0)},
+    "pretrained_lm": {"num_heads": (8, 8), "loss_step0": (3.7, 4.0), "loss_final": (0.9, 1.1),
+                      "chi_rows": (124, 124), "head_llc_max": (-5.0, 5.0), "full_llc": (-50.0, 100.0)},
 }
 FULL_BOUNDS = {
     "llc_ground_truth": {"num_shapes": (5, 5), "median_abs_rel_err": (0.0, 0.1),
@@ -96,6 +99,9 @@ FULL_BOUNDS = {
     "rl_stages": {"regret_initial": (0.6, 0.61), "regret_final": (0.0, 1e-05), "regret_drops": (2, 2),
                   "llc_rises": (1, 1), "llc_plateau": (20.0, 25.0), "llc_final": (26.0, 31.0),
                   "llc_final_over_rrr": (0.7, 1.0)},
+    "pretrained_lm": {"num_heads": (8, 8), "loss_step0": (3.8, 3.95), "loss_final": (0.9, 1.05),
+                      "full_llc": (20.0, 40.0), "head_llc_max": (0.3, 1.2), "top_llc_head_layer": (0, 0),
+                      "reliability": (0.8, 1.0), "chi_llc_correlation": (0.7, 1.0)},
 }
 
 

@@ -18,6 +18,11 @@ block layout, ``blocks/{l}/{attn_norm, attn, mlp_norm, mlp}``: head h of layer l
 ``slt_jax.head_mask(params, f"blocks/{l}/attn", h)`` and the MLP of layer l (or some of its hidden
 neurons) is ``slt_jax.mlp_mask(params, f"blocks/{l}/mlp")``; ``model.attention_paths()`` and
 ``model.mlp_paths()`` list those paths.
+
+Public checkpoints: ``from_pretrained(path)`` reads a local Hugging Face GPT-2 or GPT-NeoX (Pythia)
+folder into a ``Decoder`` with the same block layout, ``load_series(paths)`` several checkpoints of
+one model, and ``token_batches`` / ``text_batches`` make their ``{"inputs": (n, seq)}`` batches
+(``slt_jax.zoo.pretrained``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import numpy as np
 from flax import nnx
 
 from slt_jax.types import Array
+from slt_jax.zoo.decoder import Decoder, DecoderSpec
+from slt_jax.zoo.pretrained import Series, from_pretrained, load_series, text_batches, token_batches
 
 __all__ = [
     "DeepLinearNetwork",
@@ -40,6 +47,14 @@ __all__ = [
     "InContextRegressionTransformer",
     "TransformerBlock",
     "FeedForward",
+    # public checkpoints (slt_jax.zoo.pretrained, slt_jax.zoo.decoder)
+    "from_pretrained",
+    "load_series",
+    "Series",
+    "token_batches",
+    "text_batches",
+    "Decoder",
+    "DecoderSpec",
 ]
 
 
