@@ -59,7 +59,7 @@ from slt_jax import reliability, stats
 from slt_jax._src import validation
 from slt_jax.bif import BIFResult
 from slt_jax.stats import ProbeLabels
-from slt_jax.susceptibility import ResponseMatrix, SusceptibilityResult, response_pca, zscore_columns
+from slt_jax.susceptibility import ResponseMatrix, SusceptibilityResult, SusceptibilityTable, response_pca, zscore_columns
 from slt_jax.types import Batch, LossFn, Params
 
 # The optional extra (pip install "slt_jax[analysis]"); a missing library is None here and the
@@ -392,9 +392,10 @@ def embed(
 
     Args:
         matrices: one matrix (``SusceptibilityResult``, ``ResponseMatrix`` or ``(N, K)`` array), or
-            one per checkpoint as a list or a ``{step: matrix}`` dict (e.g. the result of
-            ``estimate_susceptibilities_over_checkpoints``): all rows are stacked and embedded
-            together, so positions are comparable across checkpoints (the development view).
+            one per checkpoint: a ``SusceptibilityTable`` (``estimate_susceptibilities_table``; the
+            result is then ``{step: coordinates}``), a list, or a ``{step: matrix}`` dict. All rows
+            are stacked and embedded together, so positions are comparable across checkpoints
+            (the development view).
             ``SusceptibilityResult``s are z-scored with the mean and std of the stacked rows.
         method: ``"pca"`` (numpy SVD, no extra needed) or ``"umap"`` (umap-learn).
         num_components: dimensions of the embedding.
@@ -416,6 +417,8 @@ def embed(
     if method not in ("pca", "umap"):
         raise ValueError(f"method={method!r}; use 'pca' or 'umap'.")
     num_components = validation.check_positive_int(num_components, "num_components")
+    if isinstance(matrices, SusceptibilityTable):
+        matrices = {int(step): matrices.result(k) for k, step in enumerate(matrices.steps)}
     keys = list(matrices) if isinstance(matrices, Mapping) else None
     several = keys is not None or isinstance(matrices, (list, tuple))
     stack = _stacked([matrices[k] for k in keys] if keys is not None else list(matrices)) if several else [_matrix(matrices)]

@@ -243,7 +243,7 @@ def to_dataframe(result, variables=None):
     return results.dataframe(results.dataset(result), variables)
 
 
-def to_arviz(result, *, config: int | None = None):
+def to_arviz(result, *, configuration: int | None = None):
     """An ArviZ ``InferenceData``: ``posterior`` holds ``loss`` and ``llc`` = nβ(L - L(w*)) per
     (chain, draw) (from ``slt_jax.traces.llc_draws``; its mean is the LLC), ``sample_stats`` the
     per-draw diagnostics (``diverging`` marks draws after a chain's divergence), so ``az.summary``
@@ -251,17 +251,17 @@ def to_arviz(result, *, config: int | None = None):
 
     Args:
         result: a result with LLC draws (``LLCResult``: its loss estimator; a result's
-            ``arviz_source``) or a ``ChainsResult`` (the minibatch loss; ``config`` picks the
+            ``arviz_source``) or a ``ChainsResult`` (the minibatch loss; ``configuration`` picks the
             configuration when there are several).
-        config: configuration index.
+        configuration: configuration index g.
     """
     az = results.require("arviz")
     if isinstance(result, ChainsResult):
-        if config is None and result.num_configs > 1:
-            raise ValueError(f"this ChainsResult holds {result.num_configs} configurations: pass config=<index>.")
-        chains, loss_estimator = result.select(0 if config is None else config), "minibatch"
+        if configuration is None and result.num_configs > 1:
+            raise ValueError(f"this ChainsResult holds {result.num_configs} configurations: pass configuration=<index>.")
+        chains, loss_estimator = result.select(0 if configuration is None else configuration), "minibatch"
     elif isinstance(result, results.Result):
-        chains, loss_estimator = result.arviz_source(config)
+        chains, loss_estimator = result.arviz_source(configuration)
     else:
         raise TypeError(f"to_arviz needs an slt_jax result with LLC draws or a ChainsResult, got {type(result).__name__}.")
     loss = traces.loss_trace(chains, loss_estimator)[0]

@@ -29,29 +29,29 @@ def _finish(figure: Figure, path) -> Figure:
     return figure
 
 
-def _trace_inputs(result, config: int):
+def _trace_inputs(result, configuration: int):
     """(one-configuration ChainsResult, loss_estimator) of an ``LLCResult`` or a ``ChainsResult``."""
     if isinstance(result, ChainsResult):
-        if not 0 <= config < result.num_configs:
-            raise ValueError(f"config={config} but the ChainsResult has {result.num_configs} configurations.")
-        return result.select(config), "minibatch"
+        if not 0 <= configuration < result.num_configs:
+            raise ValueError(f"configuration={configuration} but the ChainsResult has {result.num_configs} configurations.")
+        return result.select(configuration), "minibatch"
     if not isinstance(getattr(result, "chains", None), ChainsResult):
         raise TypeError(f"plot_traces needs an LLCResult or a ChainsResult, got {type(result).__name__}.")
     return result.chains, result.loss_estimator
 
 
-def plot_traces(result, *, burnin_draws: int = 0, config: int = 0, title: str | None = None, path=None) -> Figure:
+def plot_traces(result, *, burnin_draws: int = 0, configuration: int = 0, title: str | None = None, path=None) -> Figure:
     """Loss per chain (with L(w*)) and the running LLC per chain, burn-in shaded.
 
     Args:
         result: an ``LLCResult`` (its loss estimator's trace) or a ``ChainsResult`` (the minibatch
-            loss; ``config`` picks one configuration of a grid).
+            loss; ``configuration`` picks one configuration of a grid).
         burnin_draws: recorded draws also treated as burn-in (shaded, excluded from the running LLC).
-        config: configuration index of a ``ChainsResult``.
+        configuration: configuration index g of a ``ChainsResult``.
         title: figure title.
         path: where to save the figure (optional).
     """
-    chains, loss_estimator = _trace_inputs(result, config)
+    chains, loss_estimator = _trace_inputs(result, configuration)
     loss = traces.loss_trace(chains, loss_estimator)[0]  # (C, D)
     draws = traces.llc_draws(chains, loss_estimator)[0]  # (C, D) nβ(L - L*)
     init_loss = float(chains.init_loss[0])

@@ -13,7 +13,7 @@ offsets. A leaf is
 * ``elements``: any other pattern: a gather/scatter of flat indices.
 
 The chain's position is a pytree with the params' structure whose frozen leaves are ``None`` (an
-empty subtree). ``embed(center, position)`` builds the full parameters for the loss, and a gradient
+empty subtree). ``insert(center, position)`` builds the full parameters for the loss, and a gradient
 taken with respect to the position alone lets XLA drop the frozen weights' gradient work. With every
 leaf ``whole`` the position is exactly the params pytree (the unrestricted chain).
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from slt_jax.types import Array, Mask, Params
 
-__all__ = ["LeafLayout", "Layout", "Restriction", "restrict", "unrestricted", "embed", "extract", "stack_offsets"]
+__all__ = ["LeafLayout", "Layout", "Restriction", "restrict", "unrestricted", "insert", "extract", "stack_offsets"]
 
 
 class LeafLayout(NamedTuple):
@@ -163,7 +163,7 @@ def extract(layout: Layout, offsets: tuple, params: Params) -> Params:
     )
 
 
-def embed(layout: Layout, offsets: tuple, center: Params, position: Params) -> Params:
+def insert(layout: Layout, offsets: tuple, center: Params, position: Params) -> Params:
     """The full parameters: ``center`` with the chain's ``position`` put in place."""
     leaves, treedef = jax.tree.flatten(center)
     pieces = treedef.flatten_up_to(position)

@@ -230,7 +230,7 @@ def _group_inputs(plan: planning.Plan, group: planning.Group) -> _GroupInputs:
                         static)
 
 
-def _open_resume(plan: planning.Plan, directory, group_index: int, inputs: _GroupInputs, schedule) -> tuple:
+def _open_resume(plan: planning.Plan, directory, group_index: int, inputs: _GroupInputs, chunk_plan) -> tuple:
     """The group's resume state (``RunCheckpoint``, fingerprinted by its inputs and settings) and
     what it restores (None when starting afresh)."""
     static = inputs.static
@@ -240,7 +240,7 @@ def _open_resume(plan: planning.Plan, directory, group_index: int, inputs: _Grou
     # Functions are described by name (their repr holds a per-process address).
     described_static = dict(static._asdict(), recording=static.recording._asdict())
     del described_static["layout"]
-    described = dict(plan.config.to_dict(), group=group_index, schedule=[list(c) for c in schedule], static=described_static,
+    described = dict(plan.config.to_dict(), group=group_index, schedule=[list(c) for c in chunk_plan], static=described_static,
                      layout=repr(static.layout))
     arrays = dict(centers=inputs.centers.center, data=plan.data, offsets=inputs.variants.offsets, hyper=inputs.variants.hyper,
                   observe_data=plan.observe_data, keys=jax.random.key_data(plan.chain_keys))
@@ -295,12 +295,12 @@ def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, stati
     return chunk_static, (carry, chain_keys, data, centers, variants, start, observe_data)
 
 
-def _resume(plan: planning.Plan, group_index: int, inputs: _GroupInputs, schedule, resume_dir, bar):
+def _resume(plan: planning.Plan, group_index: int, inputs: _GroupInputs, chunk_plan, resume_dir, bar):
     """The group's resume state (or None) and where its run starts."""
     progress = _Progress(inputs.carry, [], 0, 0, 0)
     if resume_dir is None:
         return None, progress
-    resume, restored = _open_resume(plan, resume_dir, group_index, inputs, schedule)
+    resume, restored = _open_resume(plan, resume_dir, group_index, inputs, chunk_plan)
     if restored is not None:
         carry, records, step, draw, chunks_done = restored
         progress = _Progress(jax.tree.map(jnp.asarray, carry), records, step, draw, chunks_done)
@@ -317,15 +317,15 @@ def _drive(plan: planning.Plan, group_index: int, group: planning.Group, bar, re
     inputs = _group_inputs(plan, group)
     static = inputs.static
     per_step_values = static.layout.num_sampled if static.bulk_noise else config.batch_size
-    schedule = planning.schedule(config, len(group.centers) * len(group.variants) * config.num_chains * per_step_values * 4)
-    resume, progress = _resume(plan, group_index, inputs, schedule, resume_dir, bar)
+    chunk_plan = planning.chunks(config, len(group.centers) * len(group.variants) * config.num_chains * per_step_values * 4)
+    resume, progress = _resume(plan, group_index, inputs, chunk_plan, resume_dir, bar)
     shardings = multihost.chain_shardings(config.num_chains)
     carry, placed = _place(shardings, progress.carry, (plan.chain_keys, plan.data, inputs.centers, inputs.variants, plan.observe_data))
     progress = progress._replace(carry=carry)
     compile_seconds = sampling_seconds = 0.0
     diverged_at = multihost.to_host(carry.diverged_at)
     stopped_early = False
-    for index, chunk in enumerate(schedule[progress.chunks_done:], start=progress.chunks_done):
+    for index, chunk in enumerate(chunk_plan[progress.chunks_done:], start=progress.chunks_done):
         if np.all(diverged_at >= 0):
             stopped_early = True
             break

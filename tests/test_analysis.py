@@ -1,6 +1,7 @@
 """Clusters, embeddings, top influences and the gradient baseline, on planted structure with known answers."""
 
 import subprocess
+import warnings
 import sys
 
 import chex
@@ -218,3 +219,17 @@ def test_noise_and_nan_are_not_accepted_silently():
         analysis.top_influences(np.where(np.eye(5, dtype=bool), np.nan, bif), 2)
     top = analysis.top_influences(bif, 2)
     assert repr(top).startswith("Influences(5 queries x top 2; row 0: ") and "\n" not in repr(top)
+
+
+def test_embed_takes_a_susceptibility_table_and_keys_it_by_step():
+    groups, loss_fn, w_star, data = planted_regression(per_group=4)
+    config = sj.SamplerConfig(step_size=1e-3, nbeta=20.0, localization=10.0, num_chains=4, num_draws=40, batch_size=12)
+    components = {f"w{j}": np.arange(w_star.size) == j for j in range(3)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sj.reliability.NoisyResponseWarning)
+        table = sj.estimate_susceptibilities_table(loss_fn, [w_star, w_star + 0.05], data, config, key=0, steps=[0, 7],
+                                                   probes={"train": data}, components=components, progress=False)
+        from_table = analysis.embed(table)
+        from_dict = analysis.embed({0: table.result(0), 7: table.result(1)})
+    assert list(from_table) == [0, 7] and from_table[7].shape == (data["y"].shape[0], 2)
+    np.testing.assert_array_equal(from_table[7], from_dict[7])

@@ -244,7 +244,7 @@ def test_to_arviz_inference_data(llc_result, grid_chains):
     assert summary.loc["llc", "ess_bulk"] > 0
     with pytest.raises(ValueError, match="config"):
         sj.to_arviz(grid_chains)
-    np.testing.assert_array_equal(sj.to_arviz(grid_chains, config=3).posterior["loss"].values, grid_chains.loss[3])
+    np.testing.assert_array_equal(sj.to_arviz(grid_chains, configuration=3).posterior["loss"].values, grid_chains.loss[3])
 
 
 def test_resume_equals_uninterrupted_bitwise(tmp_path, monkeypatch):

@@ -74,10 +74,10 @@ def test_plot_traces_from_llc_result_and_chains(tmp_path):
     np.testing.assert_allclose(drawn, np.cumsum(expected) / np.arange(1, expected.size + 1))
     np.testing.assert_allclose(figure.axes[0].lines[0].get_xdata(), 30 + 2 * np.arange(120))
     grid = _chains(num_configs=2)
-    assert isinstance(sj.plot_traces(grid, config=1, path=tmp_path / "grid.png"), Figure)
+    assert isinstance(sj.plot_traces(grid, configuration=1, path=tmp_path / "grid.png"), Figure)
     assert _is_png(tmp_path / "grid.png")
-    with pytest.raises(ValueError, match="config=2"):
-        sj.plot_traces(grid, config=2)
+    with pytest.raises(ValueError, match="configuration=2"):
+        sj.plot_traces(grid, configuration=2)
 
 
 def test_plot_calibration(tmp_path):

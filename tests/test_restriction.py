@@ -1,4 +1,4 @@
-"""Restricted chains (slt_jax.restriction): layouts, embedding, closed forms, stacked == single runs."""
+"""Restricted chains (slt_jax.restriction): layouts, insertion, closed forms, stacked == single runs."""
 
 import chex
 import jax
@@ -174,7 +174,7 @@ def test_validation_errors_before_compiling():
         (lambda m: m.__setitem__((slice(None), slice(None), slice(None)), True), "whole", 0, 0),
     ],
 )
-def test_layouts_and_embedding_round_trip(mask_of, kind, axis, size):
+def test_layouts_and_insertion_round_trip(mask_of, kind, axis, size):
     params = {"w": np.arange(24, dtype=np.float32).reshape(3, 4, 2), "b": np.ones(2, np.float32)}
     mask = {"w": np.zeros((3, 4, 2), bool), "b": np.asarray(False)}
     mask_of(mask["w"])
@@ -186,7 +186,7 @@ def test_layouts_and_embedding_round_trip(mask_of, kind, axis, size):
     piece = sj.restriction.extract(restriction.layout, restriction.offsets, params)
     assert piece["b"] is None
     np.testing.assert_array_equal(np.sort(np.ravel(piece["w"])), np.sort(params["w"][mask["w"]]))
-    moved = sj.restriction.embed(restriction.layout, restriction.offsets, params, jax.tree.map(lambda x: x + 100.0, piece))
+    moved = sj.restriction.insert(restriction.layout, restriction.offsets, params, jax.tree.map(lambda x: x + 100.0, piece))
     np.testing.assert_array_equal(np.asarray(moved["w"]) != params["w"], mask["w"])
     np.testing.assert_array_equal(moved["b"], params["b"])
 

@@ -1,9 +1,9 @@
-"""Preparing a run: validation (before anything compiles), configurations, groups, chunk schedule.
+"""Preparing a run: validation (before anything compiles), configurations, groups, chunks.
 
 ``slt_jax.sampler.run_chains`` calls ``prepare`` (validate the inputs, resolve every configuration's
 restriction and hyperparameters, L_n(w*) of every centre), ``groups`` (split the configurations into
 compiled groups: one per restriction layout, and within a layout as many configurations as fit the
-memory budget) and ``schedule`` (the chunks of burn-in and recorded draws).
+memory budget) and ``chunks`` (the chunks of burn-in and recorded draws).
 
 The memory model of one configuration (``configuration_bytes``): ``num_chains`` x (the chain's state,
 a few copies of the component's coordinates; the touched parameter leaves, rebuilt at each step; XLA's
@@ -33,7 +33,7 @@ from slt_jax.kernels import Hyperparameters, SGLDInfo
 from slt_jax._src.program import DrawContext, Recording, full_data_loss
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
-__all__ = ["Plan", "Group", "Variant", "Chunk", "prepare", "groups", "schedule", "configuration_bytes", "default_memory_budget",
+__all__ = ["Plan", "Group", "Variant", "Chunk", "prepare", "groups", "chunks", "configuration_bytes", "default_memory_budget",
            "example_draw", "observed_shapes"]
 
 # Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
@@ -312,7 +312,7 @@ def configuration_bytes(plan: Plan, layout: restriction.Layout, offsets: tuple) 
     batch = jax.tree.map(lambda x: jnp.zeros((config.batch_size,) + x.shape[1:], x.dtype), plan.data)
 
     def value_and_grad(position, batch):
-        loss = lambda p: kernels.mean_loss(plan.static.loss_fn, restriction.embed(layout, offsets, center, p), batch)
+        loss = lambda p: kernels.mean_loss(plan.static.loss_fn, restriction.insert(layout, offsets, center, p), batch)
         return jax.value_and_grad(loss)(position)
 
     shapes = tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(center))
@@ -369,7 +369,7 @@ def groups(plan: Plan) -> tuple[list[Group], int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# schedule and drive
+# chunks
 
 
 def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, requested: int | None) -> list[int]:
@@ -402,7 +402,7 @@ class Chunk(NamedTuple):
         return self.num_draws * self.steps_per_draw
 
 
-def schedule(config: SamplerConfig, per_step_bytes: int) -> list[Chunk]:
+def chunks(config: SamplerConfig, per_step_bytes: int) -> list[Chunk]:
     """The chunks of a group's run: burn-in chunks first, then the recorded ones."""
     burnin = _chunk_lengths(config.num_burnin, 1, per_step_bytes, config.chunk_draws)
     draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws)

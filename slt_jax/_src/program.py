@@ -275,7 +275,7 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs,
     n = jax.tree.leaves(data)[0].shape[0]
     layout, offsets, hyper = static.layout, variant.offsets, variant.hyper
     position_center = restriction.extract(layout, offsets, at.center)
-    kernel = kernels.build_kernel(lambda position, batch: static.loss_fn(restriction.embed(layout, offsets, at.center, position), batch),
+    kernel = kernels.build_kernel(lambda position, batch: static.loss_fn(restriction.insert(layout, offsets, at.center, position), batch),
                                   preconditioner=static.preconditioner)
     step_kernel = lambda *args: kernel(*args, diagnostics=False)
     noise_key, (noise, indices, steps) = _step_inputs(chain_key, position_center, n, start, static)
@@ -306,7 +306,7 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs,
         new_state, info, diverged_at, batch = one_step(draw_kernel, carry.state, carry.diverged_at, *first)
         params = None
         if static.recording.full_loss_every or static.recording.observe is not None:
-            params = restriction.embed(layout, offsets, at.center, carry.state.position)
+            params = restriction.insert(layout, offsets, at.center, carry.state.position)
         full_loss = _full_loss(static, params, data, draw_index)
         at_center, observed, accumulated = _observe(static, at, params, info, batch, first[1], observe_data, carry.accumulator)
         record = DrawRecord(info, full_loss, at_center, observed if static.recording.keep_traces else None)

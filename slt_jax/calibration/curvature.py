@@ -22,7 +22,7 @@ from slt_jax import kernels
 from slt_jax._src import validation
 from slt_jax.calibration.schedule import check_config
 from slt_jax.config import SamplerConfig
-from slt_jax.restriction import Restriction, embed, restrict
+from slt_jax.restriction import Restriction, insert, restrict
 from slt_jax.sampler import Recording, full_data_loss, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
@@ -129,7 +129,7 @@ def _pilot_ends(probe: _Probe, pilot: _Pilot, step_size: float, attempt: int) ->
         return None
     positions, restriction = chains.final_positions[0], pilot.restriction
     return [
-        embed(restriction.layout, restriction.offsets, pilot.params, jax.tree.map(lambda x: x[c], positions))
+        insert(restriction.layout, restriction.offsets, pilot.params, jax.tree.map(lambda x: x[c], positions))
         for c in range(PILOT_CHAINS)
     ]
 

@@ -173,7 +173,7 @@ class CalibrationResult(results.Result):
         """(one setting's chains, loss estimator) for ``slt_jax.to_arviz``; default the recommended setting."""
         if index is None:
             if self.recommended_index < 0:
-                raise ValueError(f"no setting was recommended ({self.reason}); pass config=<setting index>.")
+                raise ValueError(f"no setting was recommended ({self.reason}); pass configuration=<setting index>.")
             index = self.recommended_index
         return self.chains.select(index), self.settings.get("loss_estimator", "paired")
 
