@@ -50,39 +50,29 @@ OutputLoss = Callable[[Any, Batch], Array]
 # batches
 
 
+def _batch_entry(batch: Batch, index: int, key: str, missing: str) -> Any:
+    """``batch[index]`` of a tuple or ``batch[key]`` of a dict; ``missing`` says what to do when it is absent."""
+    if isinstance(batch, (tuple, list)):
+        if len(batch) <= index:
+            raise ValueError(f"batch is a tuple of {len(batch)}; {missing}")
+        return batch[index]
+    if isinstance(batch, Mapping):
+        if key not in batch:
+            raise ValueError(f"batch is a dict with keys {sorted(batch)} but no {key!r} entry; {missing}")
+        return batch[key]
+    raise TypeError(f"batch must be a tuple (inputs, targets) or a dict with an 'inputs' entry, got {type(batch).__name__}; {missing}")
+
+
 def batch_inputs(batch: Batch) -> Any:
     """The model input of a batch: ``batch[0]`` of a tuple, ``batch["inputs"]`` of a dict."""
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("batch is an empty tuple; a batch is (inputs, targets) or a dict with 'inputs'.")
-        return batch[0]
-    if isinstance(batch, Mapping):
-        if "inputs" not in batch:
-            raise ValueError(
-                f"batch is a dict with keys {sorted(batch)} but no 'inputs' entry; rename the input array "
-                "to 'inputs' or pass inputs=lambda batch: batch['<your key>'] to the adapter."
-            )
-        return batch["inputs"]
-    raise TypeError(
-        f"batch must be a tuple (inputs, targets) or a dict with an 'inputs' entry, got {type(batch).__name__}; "
-        "or pass inputs=callable to the adapter."
-    )
+    return _batch_entry(batch, 0, "inputs", "a batch is (inputs, targets) or a dict with an 'inputs' entry; rename the "
+                        "input array to 'inputs' or pass inputs=lambda batch: batch['<your key>'] to the adapter.")
 
 
 def batch_targets(batch: Batch) -> Any:
     """The targets of a batch: ``batch[1]`` of a tuple, ``batch["targets"]`` of a dict."""
-    if isinstance(batch, (tuple, list)):
-        if len(batch) < 2:
-            raise ValueError("this loss needs targets: pass batches as (inputs, targets).")
-        return batch[1]
-    if isinstance(batch, Mapping):
-        if "targets" not in batch:
-            raise ValueError(
-                f"this loss needs targets but the batch dict has keys {sorted(batch)}; add a 'targets' entry "
-                "or pass your own loss(outputs, batch)."
-            )
-        return batch["targets"]
-    raise TypeError(f"batch must be a tuple (inputs, targets) or a dict, got {type(batch).__name__}.")
+    return _batch_entry(batch, 1, "targets", "this loss needs targets: pass batches as (inputs, targets), add a 'targets' "
+                        "entry to the dict, or pass your own loss(outputs, batch).")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,12 +21,7 @@ _CALIBRATION_KEY = 0x5EED
 
 
 def auto_step_size(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     component: Mask | None = None,
     loss_estimator: str = "minibatch",
     progress: bool = True,

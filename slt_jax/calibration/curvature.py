@@ -160,12 +160,7 @@ def _probe(loss_fn, data, n: int, batch_size: int, mask, rng: np.random.Generato
 
 
 def default_step_sizes(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     component: Mask | None = None,
     num_step_sizes: int = 10,
     bias_tolerance: float = 0.05,

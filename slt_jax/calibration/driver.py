@@ -97,21 +97,13 @@ def _result(run: GridRun, grid: Grid, verdict: Verdict, choice: Recommendation, 
 
 
 def calibrate(
-    loss_fn: LossFn,
-    params: Params,
-    data: Batch,
-    config: SamplerConfig,
-    *,
-    key: KeyLike,
+    loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     component: Mask | None = None,
-    step_sizes=None,
-    nbetas=None,
-    localizations=None,
-    burnin_fraction: float | None = None,
-    mala_threshold: float = 0.9,
-    bias_tolerance: float = 0.05,
+    # the grid (calibration.grid.Axes)
+    step_sizes=None, nbetas=None, localizations=None, num_step_sizes: int = 10,
+    # the judging rule (calibration.judge.Rule)
+    burnin_fraction: float | None = None, mala_threshold: float = 0.9, bias_tolerance: float = 0.05,
     target_nbeta: float | None = None,
-    num_step_sizes: int = 10,
     loss_estimator: str = "paired",
     progress: bool = True,
 ) -> CalibrationResult:
