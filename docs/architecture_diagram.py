@@ -14,21 +14,22 @@ from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
 # (band title, colour, [(module, one-line role), ...]) from the top (what users call) to the bottom.
 BANDS = [
-    ("app", "#f2e6ff", [("cli", "slt-jax demo / run"), ("sweep", "TOML sweeps, parts, merge"), ("io", "save / load / xarray via the protocol"),
-                         ("analysis", "clusters, embeddings, influences")]),
-    ("estimators", "#e6f0ff", [("llc", "LLCResult / LLCTable"), ("susceptibility", "χ tables"), ("bif", "BIF tables"),
-                                ("development", "over training"), ("calibration/", "grid, judge, auto"), ("patterning", "reweighting"),
-                                ("stats / reliability / diagnostics", "observables, health")]),
-    ("edge: models and data", "#e6ffe6", [("adapters", "Flax NNX / Linen -> (params, loss_fn)"), ("masks", "heads, MLPs, layers"),
-                                           ("training", "checkpoints"), ("zoo/", "models, tasks, gridworld, theory, pretrained")]),
-    ("results", "#fff5e0", [("results", "the result protocol, registry"), ("plots", "matplotlib figures"),
-                            ("traces", "loss estimators, nβ(L - L*)")]),
-    ("driver", "#ffe6e6", [("sampler", "run_chains, Recording, ChainsResult"), ("_src/frontdoor", "one front door for estimators")]),
-    ("engine (_src, private)", "#f0f0f0", [("_src/planning", "configurations, groups, chunks, memory"), ("_src/program", "the compiled chunk"),
-                                           ("_src/multihost", "mesh, gathers"), ("_src/checkpoint", "resume state"),
-                                           ("_src/validation", "checks before compiling")]),
-    ("foundations", "#ffffff", [("kernels", "SGLD step (blackjax style)"), ("restriction", "restricted chains"), ("config", "SamplerConfig"),
-                                ("types", "aliases")]),
+    ("app", "#f2e6ff", [("analysis", "clusters, embeddings, influences"), ("io", "save / load / xarray via the protocol"),
+                         ("sweep", "TOML sweeps"), ("cli", "slt-jax demo / run")]),
+    ("estimators", "#e6f0ff", [("diagnostics", "health, controls"), ("calibration/", "grid, judge, auto"), ("llc", "LLCResult / LLCTable"),
+                                ("reliability", "signal or noise"), ("susceptibility", "χ tables"), ("bif", "BIF tables"),
+                                ("patterning", "reweighting"), ("development", "over training")]),
+    ("edge: models and data", "#e6ffe6", [("masks", "heads, MLPs, layers"), ("adapters", "Flax NNX / Linen -> (params, loss_fn)"),
+                                           ("zoo/", "models, tasks, gridworld, theory,\ndecoder, pretrained (GPT-2, GPT-NeoX)"),
+                                           ("training", "checkpoints")]),
+    ("results and the front door", "#fff5e0", [("results", "the result protocol, registry"),
+                                               ("_src/frontdoor", "what every estimator calls first"), ("plots", "matplotlib figures")]),
+    ("driver", "#ffe6e6", [("sampler", "run_chains, Recording, ChainsResult"), ("traces", "loss estimators, nβ(L - L*)"),
+                           ("stats", "observables, covariances")]),
+    ("engine (_src, private)", "#f0f0f0", [("_src/program", "the compiled chunk"), ("_src/multihost", "mesh, gathers"),
+                                           ("_src/checkpoint", "resume state"), ("_src/planning", "configurations, groups, chunks, memory")]),
+    ("foundations", "#ffffff", [("types", "aliases"), ("_src/validation", "checks before compiling"), ("kernels", "SGLD step (blackjax style)"),
+                                ("restriction", "restricted chains"), ("config", "SamplerConfig")]),
 ]
 
 
@@ -41,15 +42,16 @@ def main(path=pathlib.Path(__file__).with_name("architecture.png")):
         axes.add_patch(FancyBboxPatch((0.1, y), 14.8, 1.1, boxstyle="round,pad=0.02", fc=colour, ec="#888888"))
         axes.text(0.25, y + 0.95, title, fontsize=10, fontweight="bold", va="top")
         width = 12.4 / len(modules)
+        size = 9 if len(modules) < 8 else 7.5
         for i, (name, role) in enumerate(modules):
             x = 2.4 + i * width
             axes.add_patch(FancyBboxPatch((x + 0.05, y + 0.15), width - 0.15, 0.8, boxstyle="round,pad=0.02", fc="white", ec="#444444"))
-            axes.text(x + width / 2, y + 0.7, name, ha="center", va="center", fontsize=9, fontweight="bold", family="monospace")
-            axes.text(x + width / 2, y + 0.38, role, ha="center", va="center", fontsize=7.5, wrap=True)
+            axes.text(x + width / 2, y + 0.7, name, ha="center", va="center", fontsize=size, fontweight="bold", family="monospace")
+            axes.text(x + width / 2, y + 0.38, role, ha="center", va="center", fontsize=size - 1.5)
         if row < len(BANDS) - 1:
             axes.annotate("", xy=(1.2, y - 0.08), xytext=(1.2, y + 0.35), arrowprops=dict(arrowstyle="->", lw=1.5, color="#555555"))
-    axes.text(1.35, 0.9, "imports flow\ndownward only", fontsize=8, color="#555555", rotation=90, va="bottom")
-    axes.set_title("slt_jax: layers (a module imports only from its layer's lower neighbours; tests/test_layout.py)", fontsize=11)
+    axes.text(0.25, 0.35, "imports flow\ndownward only", fontsize=8, color="#555555")
+    axes.set_title("slt_jax: layers, lowest at the bottom (a module imports only modules below it; left to right within a band; tests/test_layout.py)", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     return path
