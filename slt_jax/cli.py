@@ -138,7 +138,7 @@ def plot_demo(result, lam: float, *, title: str = "slt-jax demo: deep linear net
     """Loss per chain as a moving mean ± one moving std (with L(w*)), and the running LLC per chain."""
     loss = np.asarray(result.loss_trace, np.float64)
     config = result.config
-    steps = config.num_burnin + np.arange(loss.shape[1]) * config.num_steps_between_draws
+    steps = sj.draw_steps(config, loss.shape[1])
     window = max(1, loss.shape[1] // 50)
     mean, spread = _windowed(loss, window)
     figure = Figure(figsize=(10, 3.8))

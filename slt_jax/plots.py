@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from slt_jax import stats, traces
-from slt_jax.sampler import ChainsResult
+from slt_jax.sampler import ChainsResult, draw_steps
 
 __all__ = ["plot_traces", "plot_calibration", "plot_llc_checkpoints", "plot_response_pca", "plot_embedding", "plot_trajectories"]
 
@@ -56,8 +56,7 @@ def plot_traces(result, *, burnin_draws: int = 0, configuration: int = 0, title:
     draws = traces.llc_draws(chains, loss_estimator)[0]  # (C, D) nβ(L - L*)
     init_loss = float(chains.init_loss[0])
     diverged_at = np.asarray(chains.diverged_at[0])
-    num_burnin, thinning = chains.config.num_burnin, chains.config.num_steps_between_draws
-    steps = num_burnin + np.arange(loss.shape[1]) * thinning
+    steps = draw_steps(chains.config, loss.shape[1])
     if not 0 <= burnin_draws < loss.shape[1]:
         raise ValueError(f"burnin_draws={burnin_draws} must lie in [0, num_draws={loss.shape[1]}).")
     figure = Figure(figsize=(10, 3.8))
@@ -147,7 +146,7 @@ def plot_calibration(calibration, *, path=None) -> Figure:
     if r >= 0:
         chosen = c.chains.select(r)
         loss = traces.loss_trace(chosen, c.settings.get("loss_estimator", "minibatch"))[0]
-        steps = chosen.config.num_burnin + np.arange(loss.shape[1]) * chosen.config.num_steps_between_draws
+        steps = draw_steps(chosen.config, loss.shape[1])
         trace_axes.axvspan(steps[0], steps[min(c.burnin_draws, steps.size - 1)], color="0.9", label="calibration burn-in")
         for chain in range(loss.shape[0]):
             trace_axes.plot(steps, loss[chain], lw=0.6, alpha=0.8)

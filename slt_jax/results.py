@@ -43,7 +43,7 @@ import jax
 import numpy as np
 
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsResult
+from slt_jax.sampler import ChainsResult, draw_steps
 
 __all__ = [
     "Result",
@@ -186,9 +186,7 @@ def chains_variables(chains: ChainsResult, lead: tuple[str, ...] = ("config",)) 
 
 def draw_coords(chains: ChainsResult) -> dict:
     """``{"step": ("draw", sampler step of each draw)}``."""
-    config = chains.config
-    num_draws = np.shape(chains.loss)[-1]
-    return {"step": ("draw", config.num_burnin + np.arange(num_draws) * config.num_steps_between_draws)}
+    return {"step": ("draw", draw_steps(chains.config, np.shape(chains.loss)[-1]))}
 
 
 def hyperparameter_coords(chains: ChainsResult, dim: str) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 
 from slt_jax import plots, results, traces
 from slt_jax.config import SamplerConfig
-from slt_jax.sampler import ChainsResult
+from slt_jax.sampler import ChainsResult, draw_steps
 
 __all__ = ["CalibrationResult"]
 
@@ -153,7 +153,7 @@ class CalibrationResult(results.Result):
         coords = {
             "step_size": ("setting", np.asarray(self.step_size)), "nbeta": ("setting", np.asarray(self.nbeta)),
             "localization": ("setting", np.asarray(self.localization)),
-            "step": ("draw", schedule.num_burnin + np.arange(num_draws) * schedule.num_steps_between_draws),
+            "step": ("draw", draw_steps(schedule, num_draws)),
         }
         attrs = {
             "recommended_index": int(self.recommended_index), "reason": self.reason, "reference_llc": self.reference_llc,
