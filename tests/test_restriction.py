@@ -133,7 +133,7 @@ def test_diverging_component_is_reported_not_averaged():
         table = sj.estimate_llc_table(loss_fn, [params], data, config, key=0, components=components, progress=False)
     assert np.isfinite(table.llc_mean[0, 0]) and np.isnan(table.llc_mean[0, 1])
     assert table.diverged[0, 1].all() and not table.diverged[0, 0].any()
-    with pytest.raises(sj.DivergenceError, match="every cell"):
+    with pytest.raises(sj.DivergenceError, match="Every chain diverged"):
         sj.estimate_llc_table(loss_fn, [params], data, config, key=0, progress=False,
                               components={"stiff": components["stiff"], "again": components["stiff"]})
 
@@ -144,7 +144,7 @@ def test_validation_errors_before_compiling():
     before = sj.compile_count()
     table = lambda components, **kw: sj.estimate_llc_table(loss_fn, [params], data, kw.pop("config", config), key=0,
                                                            components=components, progress=False, **kw)
-    with pytest.raises(TypeError, match="non-empty dict"):
+    with pytest.raises(ValueError, match="non-empty dict"):
         table({})
     with pytest.raises(ValueError, match="same structure"):
         table({"bad": {"v": True}})

@@ -125,7 +125,8 @@ def check_components(components, params: Params, *, include_full: bool = False) 
     if include_full and "full" not in components:
         components = {"full": None, **components}
     if not components:
-        raise ValueError("no components: pass components={name: mask} or include_full=True.")
+        raise ValueError("components is an empty dict: pass a non-empty dict {name: mask}, or None for the whole model "
+                         "(the susceptibility estimators also take include_full=True).")
     names, masks = [], []
     for name, mask in components.items():
         names.append(str(name))
