@@ -14,8 +14,6 @@ every cell diverged.
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -38,21 +36,9 @@ __all__ = [
     "check_components",
     "check_probes",
     "report_divergence",
-    "user_stacklevel",
 ]
 
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 CONFIG_EXAMPLE = "sj.SamplerConfig(step_size=1e-4, localization=1.0, num_draws=1000, batch_size=100)"
-
-
-def user_stacklevel() -> int:
-    """The ``stacklevel`` that points a warning raised by the caller at the user's line (the first
-    frame outside slt_jax), however deep inside the package the warning starts."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class Admission(NamedTuple):
@@ -90,7 +76,7 @@ def check_config(config, estimator: str, *, covariance: bool = False) -> Sampler
         raise ValueError(f"nbeta={config.nbeta!r} must be > 0 for an LLC (None uses n / log n).")
     if config.num_chains < 2 and estimator.startswith("estimate_"):
         what = "stderr" if covariance else "llc_std and R-hat"
-        warnings.warn(f"num_chains=1: {what} need at least 2 chains and will be NaN.", stacklevel=user_stacklevel())
+        warnings.warn(f"num_chains=1: {what} need at least 2 chains and will be NaN.", stacklevel=validation.external_stacklevel())
     return config
 
 
@@ -217,4 +203,4 @@ def report_divergence(diverged_at, *, steps=None, components=None, what: str = "
         label += [f"component {components[m]!r}"] if num_m > 1 and components is not None else []
         prefix = ", ".join(label) + ": " if label else ""
         warnings.warn(prefix + traces.divergence_message(diverged_at[k, m], what), RuntimeWarning,
-                      stacklevel=user_stacklevel())
+                      stacklevel=validation.external_stacklevel())
