@@ -14,6 +14,7 @@ every cell diverged.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -120,6 +121,14 @@ def check_components(components, params: Params, *, include_full: bool = False) 
     return names, masks
 
 
+@functools.lru_cache(maxsize=32)
+def _probe_losses(loss_fn: LossFn, per_token: bool, probe_batch_size: int | None):
+    # One compiled probe pass per loss_fn, the probes and params traced: a second estimate on the
+    # same model (another probe set of the same shapes, another checkpoint) does not recompile it.
+    return jax.jit(lambda params, batches: stats.probe_losses(
+        loss_fn, params, batches, per_token=per_token, probe_batch_size=probe_batch_size))
+
+
 def check_probes(loss_fn: LossFn, checkpoints: Sequence[Params], probes, *, per_token: bool = True,
                  probe_batch_size: int | None = None) -> ProbeLabels:
     """``{name: batch}`` probes checked like the training data: shapes, per-example losses, and a
@@ -129,10 +138,10 @@ def check_probes(loss_fn: LossFn, checkpoints: Sequence[Params], probes, *, per_
         The ``ProbeLabels`` of the rows.
     """
     labels = stats.check_probes(loss_fn, checkpoints[0], probes, per_token)
-    evaluate = jax.jit(lambda params: stats.probe_losses(
-        loss_fn, params, tuple(probes.values()), per_token=per_token, probe_batch_size=probe_batch_size))
+    evaluate = _probe_losses(loss_fn, per_token, probe_batch_size)
+    batches = tuple(probes.values())
     for index, params in enumerate(checkpoints):
-        bad = np.flatnonzero(~np.isfinite(np.asarray(evaluate(params))))
+        bad = np.flatnonzero(~np.isfinite(np.asarray(evaluate(params, batches))))
         if bad.size:
             names = sorted(set(labels.probe[bad].tolist()))
             raise ValueError(
