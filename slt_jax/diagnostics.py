@@ -29,6 +29,7 @@ import warnings
 import numpy as np
 
 from numpyro import diagnostics as numpyro_diagnostics
+from scipy import stats as scipy_stats
 
 from slt_jax import results, traces
 from slt_jax._src import frontdoor
@@ -63,6 +64,8 @@ THRESHOLDS: dict[str, float] = {
     "mala": 0.9,  # mean MALA acceptance below this: ε is far from the continuous dynamics
     "bias": 0.05,  # predicted relative step-size bias above this
     "noise": 0.2,  # standard error of the LLC above this fraction of it: the signal is buried in noise
+    "dispersion": 1.5,  # chain means spread this many times more than their own (ESS-based) standard errors imply
+    "dispersion_p": 1e-3,  # ... and a chi-square test of their agreement rejects it at this level
 }
 """Default thresholds of every check (shared by ``summary`` and ``calibrate``)."""
 
@@ -101,7 +104,9 @@ def trace_metrics(
         the second half over the first), ``trend_z``, ``late_trend`` (same, fourth quarter over
         third), ``drift`` and ``drift_z`` (the largest within-chain shift between the halves, or
         between the last two quarters, relative to the LLC and in autocorrelation-aware standard
-        errors: a slow drift shared by every chain, which R-hat cannot see), ``plateau_fraction``
+        errors: a slow drift shared by every chain, which R-hat cannot see), ``dispersion`` and
+        ``dispersion_p`` (how many times more the chains' means spread than their ESS-based standard
+        errors imply, and the χ² probability of that spread under agreement), ``plateau_fraction``
         (first draw, as a fraction of all draws, at which the chain-mean trace reaches its final level), ``spike_fraction``, ``fraction_below`` (draws
         below L(w*)), ``mala_acceptance``, ``predicted_bias`` (absolute, see the module docstring),
         ``relative_bias``, ``num_chains``, ``num_diverged`` (floats) and ``note`` (a string saying
@@ -121,7 +126,7 @@ def trace_metrics(
     nan = float("nan")
     if not good.any():
         keys = ("llc_mean", "llc_std", "llc_stderr", "ess", "rhat", "trend", "trend_z", "late_trend", "drift", "drift_z",
-                "plateau_fraction",
+                "dispersion", "dispersion_p", "plateau_fraction",
                 "spike_fraction", "fraction_below", "mala_acceptance", "predicted_bias", "relative_bias")
         return out | {k: nan for k in keys} | {"note": "every chain diverged"}
     per_chain = shifted.mean(axis=1)
@@ -142,6 +147,7 @@ def trace_metrics(
         out["trend"] = out["trend_z"] = nan
     out["late_trend"] = float(_shifts(quarters).mean() / scale) if quarters is not None else nan
     out["drift"], out["drift_z"] = _drift([halves, quarters], scale) if shifted.shape[1] >= 16 else (nan, nan)
+    out["dispersion"], out["dispersion_p"] = _dispersion(shifted) if count >= 2 and shifted.shape[1] >= 16 else (nan, nan)
     # Plateau: the first draw where the (smoothed, chain-mean) trace reaches the level of the last half.
     mean_trace = shifted_all.mean(axis=0)
     window = max(1, num_draws // 20)
@@ -177,6 +183,25 @@ def _mean_variance(x: np.ndarray) -> np.ndarray:
             ess = float(numpyro_diagnostics.effective_sample_size(chain[None, :]))
         out[c] = variance / min(max(ess, 1.0), chain.size)
     return out
+
+
+def _dispersion(shifted: np.ndarray) -> tuple[float, float]:
+    """(ratio, p) of the chains' means against their own standard errors (variance / ESS per chain).
+
+    Under agreement, Q = Σ_c (m_c - m̄)² / se_c² (m̄ the inverse-variance weighted mean) is χ² with
+    C - 1 degrees of freedom; ratio = sqrt(Q / (C - 1)) is how many times more the means spread than
+    their standard errors imply, p the χ² tail probability. Chains that each mix well inside their
+    own region but settle at different levels (a slow mode R-hat over long chains can miss) give a
+    large ratio. docs/conventions.md §4."""
+    variance = _mean_variance(shifted)
+    means = shifted.mean(axis=1)
+    if not np.all(variance > 0):
+        return float("nan"), float("nan")
+    weights = 1.0 / variance
+    center = float((weights * means).sum() / weights.sum())
+    statistic = float((weights * (means - center) ** 2).sum())
+    dof = means.size - 1
+    return math.sqrt(statistic / dof), float(scipy_stats.chi2.sf(statistic, dof))
 
 
 def _segments(shifted: np.ndarray):
@@ -248,7 +273,7 @@ class Finding:
     """One problem found in a run.
 
     Attributes:
-        check: short name (``"divergence"``, ``"rhat"``, ``"ess"``, ``"plateau"``, ``"drift"``, ``"spikes"``,
+        check: short name (``"divergence"``, ``"rhat"``, ``"ess"``, ``"plateau"``, ``"drift"``, ``"dispersion"``, ``"spikes"``,
             ``"below_init"``, ``"mala"``, ``"bias"``, ``"noise"``, ``"rise"``).
         severity: ``"error"`` (the estimate is unusable) or ``"warning"`` (probably biased or noisy).
         message: what looks wrong, with the numbers.
@@ -335,6 +360,15 @@ def _trace_findings(m: dict, t: dict) -> list[Finding]:
             "share it, so R-hat does not show it.",
             "Increase num_burnin (the chains have not equilibrated; equilibration time scales as 1/step_size), "
             "or raise step_size if its bias allows, or increase localization.",
+        ))
+    if m["dispersion"] > t["dispersion"] and m["dispersion_p"] < t["dispersion_p"]:
+        found.append(Finding(
+            "dispersion", "warning",
+            f"the chains' means disagree {m['dispersion']:.1f}x more than their own standard errors (from each "
+            f"chain's ESS) imply (χ² p = {m['dispersion_p']:.1g}): each chain mixes within its own region but they "
+            "settled at different levels, so the estimate depends on where the chains went.",
+            "Run longer chains (more num_burnin and num_draws) and more chains; if the levels persist, w* sits in a "
+            "multimodal region: increase localization.",
         ))
     if m["spike_fraction"] > t["spike_fraction"]:
         found.append(Finding(

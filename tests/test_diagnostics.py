@@ -219,3 +219,21 @@ def test_summary_flags_a_slow_drift_in_a_real_run():
     # chains have not reached.
     stationary = theory.quadratic_llc(np.asarray(h), 100.0, 0.01, step_size=1e-3)
     assert stationary - result.llc_mean > 10 * result.stderr, (result.llc_mean, stationary, result.stderr)
+
+
+# Issue 21, item 5: chains that each mix within their own region but settle at different levels. Their
+# means disagree more than each chain's ESS-based standard error allows; R-hat over long chains and the
+# noise check need not see it (the spread over chains is small next to the LLC).
+def test_chains_at_different_levels_are_flagged_and_agreeing_chains_are_not():
+    rng = np.random.default_rng(1)
+    agreeing = 5.0 + 0.3 * _ar1(rng, 8, 4000, 0.9)
+    checks, metrics = _checks(agreeing)
+    assert "dispersion" not in checks, metrics
+    assert metrics["dispersion"] < 1.5 and metrics["dispersion_p"] > 1e-3
+    levels = np.linspace(-0.1, 0.1, 8)[:, None]  # chain means ~0.07 apart (std), their standard errors ~0.02
+    checks, metrics = _checks(agreeing + levels)
+    assert "dispersion" in checks and "rhat" not in checks and "noise" not in checks, (checks, metrics)
+    assert metrics["dispersion"] > 2.0 and metrics["dispersion_p"] < 1e-6
+    # Under agreement the statistic is χ² with C - 1 degrees of freedom: p is uniform over seeds.
+    p_values = [_checks(5.0 + 0.3 * _ar1(np.random.default_rng(seed), 8, 2000, 0.5))[1]["dispersion_p"] for seed in range(40)]
+    assert 0.3 < np.mean(p_values) < 0.7 and min(p_values) > 1e-3, p_values
