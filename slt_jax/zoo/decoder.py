@@ -44,7 +44,7 @@ from flax import nnx
 
 from slt_jax.types import Array
 
-__all__ = ["DecoderSpec", "Decoder", "parameter_shapes", "ACTIVATIONS"]
+__all__ = ["DecoderSpec", "Decoder", "parameter_shapes", "apply_blocks", "ACTIVATIONS"]
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf form (torch.nn.functional.gelu)
@@ -55,6 +55,24 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
 }
 """The MLP activations a checkpoint may name (Hugging Face ``activation_function`` / ``hidden_act``)."""
+
+
+def apply_blocks(blocks, h: Array, *args, remat: bool = False) -> Array:
+    """``h = block(h, *args)`` for each block in turn: the residual stream through a stack of blocks.
+
+    With ``remat=True`` each block runs under ``nnx.remat`` (``jax.checkpoint``): the backward pass
+    keeps only each block's input ``h`` ``(batch, seq, width)`` and recomputes the block's inner
+    activations (attention scores ``(batch, heads, seq, seq)``, the MLP's ``(batch, seq, mlp_width)``)
+    when it needs them, for about one more forward pass. The values are the same.
+    """
+    if not remat:
+        for block in blocks:
+            h = block(h, *args)
+        return h
+    call = nnx.remat(lambda block, h, *args: block(h, *args))
+    for block in blocks:
+        h = call(block, h, *args)
+    return h
 
 
 class DecoderSpec(NamedTuple):
@@ -298,6 +316,7 @@ class Decoder(nnx.Module):
                                 for layer in range(spec.num_layers)])
         self.final_norm = LayerNorm(params["final_norm"], spec.layer_norm_eps, dtype)
         self.unembed = None if spec.tie_embeddings else _Param(params["unembed"], dtype)
+        self.remat = False  # per-block rematerialisation; set by slt_jax.from_nnx(model, loss, remat=True)
 
     def __call__(self, tokens: Array) -> Array:
         """``tokens``: int ``(batch, seq)`` with seq <= context_length -> logits ``(batch, seq, vocab)``."""
@@ -309,9 +328,7 @@ class Decoder(nnx.Module):
         h = jnp.take(self.embed.embedding[...], tokens, axis=0)
         if self.position is not None:
             h = h + self.position.embedding[...][: tokens.shape[1]][None]
-        for block in self.blocks:
-            h = block(h)
-        h = self.final_norm(h)
+        h = self.final_norm(apply_blocks(self.blocks, h, remat=self.remat))
         kernel = self.embed.embedding[...].T if self.unembed is None else self.unembed.kernel[...]
         return h @ kernel
 
