@@ -18,6 +18,14 @@ The results directory holds:
 * ``table.csv``: one row per settings entry x checkpoint x component (``SWEEP_COLUMNS``);
 * ``<settings name>.png``: ``DevelopmentResult.plot`` of each entry; ``training_loss.csv``: the minibatch
   loss of every training step.
+
+One process per GPU (a SLURM array, submitit, Ray): ``run_sweep(path, part="i/N")`` (``slt-jax run
+sweep.toml --part i/N``, parts numbered 1..N) runs the i-th of N disjoint shares of the cells
+(settings entry x checkpoint; an entry with ``step_size = "auto"`` is one cell, since it calibrates
+on its last checkpoint) into ``<dir>/parts/part-i-of-N/``, and ``merge_sweep(dir)`` (``slt-jax merge
+DIR``) joins them into the directory above (``slt_jax._src.parts``). Every part trains the model
+itself: training is deterministic (fixed seeds), and the merge refuses parts whose checkpoints
+differ (a hash in each part's ``part.json``), as it refuses missing parts and parts of another file.
 """
 
 from __future__ import annotations
@@ -513,6 +521,8 @@ def run_sweep(path, *, output=None, part=None, progress: bool = True) -> SweepRe
     prepared = build(sweep)
     directory = sweep.output if part is None else sweep.output / "parts" / "part-{}-of-{}".format(*numbered)
     resolved = _start_directory(sweep, prepared, directory)
+    if part is not None:
+        (directory / "part.json").unlink(missing_ok=True)  # a rerun part is unfinished until it writes it again
     trained = training.train(prepared.loss_fn, prepared.params, prepared.train, optimizer=prepared.optimizer,
                              num_steps=sweep.training["num_steps"], batch_size=sweep.training["batch_size"],
                              seed=sweep.training["seed"], checkpoint_steps=prepared.schedule)

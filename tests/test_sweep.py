@@ -214,6 +214,14 @@ def test_merge_refuses_missing_and_mismatched_parts(tmp_path, capsys):
         (out / "parts" / "part-1-of-3" / "resolved.json").read_text().replace('"n_train": 90', '"n_train": 91'))
     with pytest.raises(ValueError, match=r"part-2-of-3/resolved.json differs from part-1-of-3's in \['data'\]"):
         sweep.merge_sweep(out)
+    (out / "parts" / "part-2-of-3" / "resolved.json").write_text((out / "parts" / "part-1-of-3" / "resolved.json").read_text())
+    record = json.loads((out / "parts" / "part-1-of-3" / "part.json").read_text())
+    (out / "parts" / "part-2-of-3" / "part.json").write_text(json.dumps({**record, "training": "0" * 64}))
+    with pytest.raises(ValueError, match="part-2-of-3 trained different checkpoints than part-1-of-3"):
+        sweep.merge_sweep(out)
+    (out / "parts" / "part-2-of-3" / "part.json").write_text(json.dumps(record))  # claims part 1's block again
+    with pytest.raises(ValueError, match=r"settings entry 'small' cover checkpoints \[0, 0\]"):
+        sweep.merge_sweep(out)
     (out / "parts" / "part-1-of-2").mkdir()
     with pytest.raises(ValueError, match=r"splits into \[2, 3\] parts"):
         sweep.merge_sweep(out)

@@ -60,19 +60,28 @@ ACTIVATIONS = {
 def apply_blocks(blocks, h: Array, *args, remat: bool = False) -> Array:
     """``h = block(h, *args)`` for each block in turn: the residual stream through a stack of blocks.
 
-    With ``remat=True`` each block runs under ``nnx.remat`` (``jax.checkpoint``): the backward pass
-    keeps only each block's input ``h`` ``(batch, seq, width)`` and recomputes the block's inner
-    activations (attention scores ``(batch, heads, seq, seq)``, the MLP's ``(batch, seq, mlp_width)``)
-    when it needs them, for about one more forward pass. The values are the same.
+    With ``remat=True`` the gradient keeps only each block's input ``h`` ``(batch, seq, width)`` and
+    recomputes the block's inner activations (attention scores ``(batch, heads, seq, seq)``, the MLP's
+    ``(batch, seq, mlp_width)``) when the backward pass reaches it, for about one more forward pass.
+    Blocks of one structure run as a ``lax.scan`` of a ``jax.checkpoint``-ed block over their stacked
+    states: the loop makes XLA recompute and free one block at a time (unrolled checkpointed blocks
+    save nothing under XLA's default CPU scheduler, which runs every recomputation early). Blocks
+    that differ in a static setting (e.g. a per-layer attention scale) run unrolled under
+    ``nnx.remat``. The values are the same either way.
     """
     if not remat:
         for block in blocks:
             h = block(h, *args)
         return h
-    call = nnx.remat(lambda block, h, *args: block(h, *args))
-    for block in blocks:
-        h = call(block, h, *args)
-    return h
+    graphdefs, states = zip(*(nnx.split(block) for block in blocks))
+    if any(graphdef != graphdefs[0] for graphdef in graphdefs[1:]):
+        call = nnx.remat(lambda block, h, *args: block(h, *args))
+        for block in blocks:
+            h = call(block, h, *args)
+        return h
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)  # one copy of the blocks' arrays, (L, ...)
+    body = jax.checkpoint(lambda h, state: (nnx.merge(graphdefs[0], state)(h, *args), None))
+    return jax.lax.scan(body, h, stacked)[0]
 
 
 class DecoderSpec(NamedTuple):
@@ -299,6 +308,9 @@ class Decoder(nnx.Module):
         spec: the architecture (``DecoderSpec``).
         params: a nested dict of arrays with the layout of ``parameter_shapes(spec)`` (module docstring).
         dtype: the parameters' (and the computation's) dtype; softmax runs in float32.
+
+    ``remat`` (False) rematerialises the blocks (``apply_blocks``); ``slt_jax.from_nnx(model, loss,
+    remat=True)`` sets it on the loss's view of the model.
 
     Raises:
         ValueError: a bad spec, or an array missing or of the wrong shape (named by its path).

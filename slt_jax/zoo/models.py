@@ -19,6 +19,10 @@ block layout, ``blocks/{l}/{attn_norm, attn, mlp_norm, mlp}``: head h of layer l
 neurons) is ``slt_jax.mlp_mask(params, f"blocks/{l}/mlp")``; ``model.attention_paths()`` and
 ``model.mlp_paths()`` list those paths.
 
+Every transformer here (and ``Decoder``) holds ``remat = False``; ``slt_jax.from_nnx(model, loss,
+remat=True)`` turns it on in the loss's view of the model, so each block's activations are recomputed
+in the backward pass instead of stored (``slt_jax.zoo.decoder.apply_blocks``): long contexts fit.
+
 Public checkpoints: ``from_pretrained(path)`` reads a local Hugging Face GPT-2 or GPT-NeoX (Pythia)
 folder into a ``Decoder`` with the same block layout, ``load_series(paths)`` several checkpoints of
 one model, and ``token_batches`` / ``text_batches`` make their ``{"inputs": (n, seq)}`` batches
