@@ -155,6 +155,7 @@ def _arrays(path):
         return {name: contents[name] for name in contents.files if name != "__header__"}
 
 
+@pytest.mark.slow  # one run and three parts: four trainings and samplings
 def test_three_parts_merged_equal_one_run(tmp_path, capsys):
     path = _write(tmp_path, TINY)
     whole = sweep.run_sweep(path, output=tmp_path / "whole", progress=False)
