@@ -163,8 +163,8 @@ def test_three_parts_merged_equal_one_run(tmp_path, capsys):
         assert cli.main(["run", str(path), "--quiet", "--part", f"{index}/3"]) == 0
     blocks = [json.loads((tmp_path / "out" / "parts" / f"part-{i}-of-3" / "part.json").read_text())["checkpoints"]
               for i in (1, 2, 3)]
-    # 4 cells (2 entries x 2 checkpoints) of about equal cost: both entries' checkpoints are split.
-    assert blocks == [{"small": [0, 1]}, {"small": [1, 2], "large": [0, 1]}, {"large": [1, 2]}]
+    # 4 cells (2 entries x 2 checkpoints) of costs 24, 24, 20, 20 chain-steps: "small" is split.
+    assert blocks == [{"small": [0, 1]}, {"small": [1, 2]}, {"large": [0, 2]}]
     assert cli.main(["merge", str(tmp_path / "out")]) == 0
     assert "results in" in capsys.readouterr().out
     merged = tmp_path / "out"
@@ -226,3 +226,14 @@ def test_merge_refuses_missing_and_mismatched_parts(tmp_path, capsys):
     (out / "parts" / "part-1-of-2").mkdir()
     with pytest.raises(ValueError, match=r"splits into \[2, 3\] parts"):
         sweep.merge_sweep(out)
+
+
+def test_split_deals_contiguous_runs_of_about_equal_cost():
+    from slt_jax._src import parts
+
+    assert parts.split([1] * 6, 3) == [range(0, 2), range(2, 4), range(4, 6)]
+    assert parts.split([10, 1, 1, 1, 1], 3) == [range(0, 1), range(1, 3), range(3, 5)]  # the heavy unit alone
+    assert parts.split([1, 1, 1, 100], 4) == [range(0, 1), range(1, 2), range(2, 3), range(3, 4)]  # never an empty part
+    assert parts.parse_part(" 2 / 4 ") == (2, 4) and parts.parse_part((1, 1)) == (1, 1)
+    with pytest.raises(TypeError, match="tuple"):
+        parts.parse_part((1.0, 2))

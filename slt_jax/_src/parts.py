@@ -53,8 +53,8 @@ def parse_part(part) -> tuple[int, int]:
 def split(weights: Sequence[float], num_parts: int) -> list[range]:
     """Contiguous runs of the units ``0..U-1`` (costs ``weights``), one non-empty run per part.
 
-    A unit goes to the part whose share of the total cost holds the unit's midpoint, so the parts'
-    costs are about equal; ``num_parts`` may not exceed the number of units.
+    Each run in turn ends where its cost comes closest to an equal share of what is left, so the
+    parts' costs are about equal; ``num_parts`` may not exceed the number of units.
     """
     weights = np.asarray(weights, np.float64)
     count = len(weights)
@@ -62,11 +62,13 @@ def split(weights: Sequence[float], num_parts: int) -> list[range]:
         raise ValueError(f"the sweep has {count} unit(s) of work (settings entries x checkpoints; an entry with "
                          f"step_size = \"auto\" is one unit), fewer than the {num_parts} parts asked for; use at most "
                          f"{count} parts.")
-    midpoints = np.cumsum(weights) - weights / 2
+    before = np.concatenate([[0.0], np.cumsum(weights)])  # before[u]: the cost of units 0..u-1
     bounds = [0]
-    for j in range(1, num_parts):
-        first = int(np.searchsorted(midpoints, weights.sum() * j / num_parts))
-        bounds.append(min(max(first, bounds[-1] + 1), count - (num_parts - j)))
+    for j in range(num_parts - 1):
+        start = bounds[-1]
+        target = before[start] + (before[-1] - before[start]) / (num_parts - j)
+        ends = np.arange(start + 1, count - (num_parts - j - 1) + 1)  # leave a unit for every later part
+        bounds.append(int(ends[np.argmin(np.abs(before[ends] - target))]))
     bounds.append(count)
     return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
