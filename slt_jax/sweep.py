@@ -511,8 +511,8 @@ def run_sweep(path, *, output=None, part=None, progress: bool = True) -> SweepRe
         progress: progress bars and the printed summary.
 
     Returns:
-        A ``SweepResult``; ``table`` has one row per settings entry x checkpoint x component (of
-        this part's share, with ``part``).
+        A ``SweepResult``; ``table`` has one row per settings entry x checkpoint x component (with
+        ``part``: of this part's share only, and ``output`` is the part's folder).
     """
     sweep = load_sweep(path)
     if output is not None:
