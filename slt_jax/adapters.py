@@ -141,7 +141,7 @@ def _check_inputs(inputs) -> Callable[[Batch], Any]:
 
 
 def from_nnx(
-    model: nnx.Module, loss: str | OutputLoss, inputs: Callable[[Batch], Any] | None = None
+    model: nnx.Module, loss: str | OutputLoss, inputs: Callable[[Batch], Any] | None = None, *, remat: bool = False
 ) -> tuple[Params, LossFn]:
     """Splits an nnx model into plain parameters and a pure per-example loss.
 
@@ -151,6 +151,14 @@ def from_nnx(
         loss: ``"mse"``, ``"cross_entropy"``, ``"next_token"`` (see the module docstring) or a
             callable ``loss(outputs, batch) -> losses`` of shape ``(batch,)`` or ``(batch, seq)``.
         inputs: ``inputs(batch) -> model input``; default ``batch[0]`` or ``batch["inputs"]``.
+        remat: rematerialise each transformer block (``nnx.remat``, i.e. ``jax.checkpoint``): the
+            gradient keeps only each block's input ``(batch, seq, width)`` and recomputes the
+            block's activations (attention ``(batch, heads, seq, seq)``, MLP ``(batch, seq,
+            mlp_width)``) in the backward pass, so long contexts fit, for about one more forward
+            pass per gradient; losses and gradients are unchanged. For models with a ``remat``
+            attribute: the zoo's transformers (``TransformerLM``, ``AttentionOnlyTransformer``,
+            ``InContextRegressionTransformer``) and ``Decoder`` (``from_pretrained``); a model of
+            your own opts in by holding ``self.remat = False`` and honouring it in ``__call__``.
 
     Returns:
         ``(params, loss_fn)``: ``params`` is a nested dict of the model's ``nnx.Param`` arrays
@@ -166,12 +174,20 @@ def from_nnx(
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}; use from_linen for linen modules.")
+    if not isinstance(remat, bool):
+        raise TypeError(f"remat={remat!r} must be True or False.")
+    if remat and not isinstance(getattr(model, "remat", None), bool):
+        raise ValueError(f"remat=True: {type(model).__name__} has no `remat` attribute to switch on; the zoo's transformers "
+                         "and from_pretrained's Decoder have one. In a model of your own, set self.remat = False in __init__ and "
+                         "run each block under nnx.remat when it is True (slt_jax.zoo.decoder.apply_blocks does this).")
     get_inputs = _check_inputs(inputs)
     output_loss = _resolve_loss(loss, get_inputs)
     graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)
     # An evaluation-mode view sharing the arrays (merge builds new Variables, not new buffers).
     view = nnx.merge(graphdef, params_state, rest)
     view.eval()
+    if remat:
+        view.remat = True  # on the view only: the caller's model is unchanged
     graphdef, params_state, rest = nnx.split(view, nnx.Param, ...)
     params = nnx.to_pure_dict(params_state)
     if not jax.tree.leaves(params):

@@ -1,4 +1,4 @@
-"""The ``slt-jax`` command line: ``slt-jax demo`` and ``slt-jax run sweep.toml``.
+"""The ``slt-jax`` command line: ``slt-jax demo``, ``slt-jax run sweep.toml`` and ``slt-jax merge DIR``.
 
 The demo needs nothing downloaded: it builds a deep linear network teacher whose learning coefficient
 is known in closed form (Aoyagi 2024), generates regression data, estimates the LLC at the trained
@@ -6,11 +6,13 @@ teacher with multi-chain SGLD (one ``SamplerConfig``, ``estimate_llc``) and prin
 the theory, then saves a plot: the loss per chain as a running mean with a band of its spread over a
 sliding window (raw minibatch losses overplotted are unreadable), and the per-chain running LLC.
 
-``slt-jax run sweep.toml [--output DIR] [--quiet]`` runs a batch experiment (``slt_jax.sweep``):
+``slt-jax run sweep.toml [--output DIR] [--quiet] [--part i/N]`` runs a batch experiment (``slt_jax.sweep``):
 train once keeping checkpoints, then ``track_development`` over checkpoints x components for every
 ``[[settings]]`` entry, writing ``<dir>/<name>.npz`` (``slt_jax.load``), ``<dir>/<name>.png``,
 ``<dir>/table.csv``, ``<dir>/training_loss.csv``, ``<dir>/sweep.toml`` and ``<dir>/resolved.json``,
-and printing a summary. The file is validated in full before anything trains or compiles; a mistake
+and printing a summary. ``--part i/N`` runs the i-th of N disjoint parts (one process per GPU, e.g. a
+SLURM array) into ``<dir>/parts/part-i-of-N``, and ``slt-jax merge DIR`` joins the N parts into the
+directory one run writes. The file is validated in full before anything trains or compiles; a mistake
 is a ``ValueError`` naming the section, the key and the allowed values. Schema::
 
     [model]                  # required
@@ -171,10 +173,18 @@ def _save_plot(result, lam, output):
 
 def run(args) -> int:
     start = time.perf_counter()
-    result = sweep.run_sweep(args.path, output=args.output, progress=not args.quiet)
+    result = sweep.run_sweep(args.path, output=args.output, part=args.part, progress=not args.quiet)
     print(sweep.summary(result))
-    print(f"{len(result.developments)} settings x {len(result.table) // max(len(result.developments), 1)} "
-          f"(checkpoint, component) cells in {time.perf_counter() - start:.1f} s; results in {result.output}")
+    print(f"{len(result.table)} (settings, checkpoint, component) rows in {time.perf_counter() - start:.1f} s; "
+          f"results in {result.output}" + ("" if args.part is None else "; join the parts with slt-jax merge <dir>"))
+    return 0
+
+
+def merge(args) -> int:
+    result = sweep.merge_sweep(args.directory)
+    print(sweep.summary(result))
+    print(f"{len(result.table)} (settings, checkpoint, component) rows joined from {result.output / 'parts'}; "
+          f"results in {result.output}")
     return 0
 
 
@@ -199,8 +209,12 @@ def main(argv=None) -> int:
     r.add_argument("path", help="the sweep file (schema: python -m pydoc slt_jax.cli)")
     r.add_argument("--output", default=None, help="results directory (overrides [output] dir)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--part", default=None, metavar="i/N",
+                   help="run only the i-th of N disjoint parts (1 <= i <= N) into <dir>/parts/part-i-of-N; join with slt-jax merge")
+    m = sub.add_parser("merge", help="join the parts of a sweep (run --part i/N) into one results directory")
+    m.add_argument("directory", help="the sweep's results directory (its [output] dir, holding parts/)")
     args = parser.parse_args(argv)
-    command = demo if args.command == "demo" else run
+    command = {"demo": demo, "run": run, "merge": merge}[args.command]
     if args.traceback:
         return command(args)
     try:

@@ -18,11 +18,20 @@ The results directory holds:
 * ``table.csv``: one row per settings entry x checkpoint x component (``SWEEP_COLUMNS``);
 * ``<settings name>.png``: ``DevelopmentResult.plot`` of each entry; ``training_loss.csv``: the minibatch
   loss of every training step.
+
+One process per GPU (a SLURM array, submitit, Ray): ``run_sweep(path, part="i/N")`` (``slt-jax run
+sweep.toml --part i/N``, parts numbered 1..N) runs the i-th of N disjoint shares of the cells
+(settings entry x checkpoint; an entry with ``step_size = "auto"`` is one cell, since it calibrates
+on its last checkpoint) into ``<dir>/parts/part-i-of-N/``, and ``merge_sweep(dir)`` (``slt-jax merge
+DIR``) joins them into the directory above (``slt_jax._src.parts``). Every part trains the model
+itself: training is deterministic (fixed seeds), and the merge refuses parts whose checkpoints
+differ (a hash in each part's ``part.json``), as it refuses missing parts and parts of another file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import pathlib
@@ -39,12 +48,13 @@ import optax
 import pandas as pd
 
 from slt_jax import adapters, masks, training, traces
+from slt_jax._src import parts
 from slt_jax.zoo import models, tasks
 from slt_jax.config import SamplerConfig, unknown_names
 from slt_jax.development import DevelopmentResult, Stages, track_development
-from slt_jax.io import save
+from slt_jax.io import load, save
 
-__all__ = ["Sweep", "Prepared", "SweepResult", "load_sweep", "parse_sweep", "build", "run_sweep", "summary", "MODELS", "TASK_LOSSES",
+__all__ = ["Sweep", "Prepared", "SweepResult", "load_sweep", "parse_sweep", "build", "run_sweep", "merge_sweep", "summary", "MODELS", "TASK_LOSSES",
            "SWEEP_COLUMNS"]
 
 MODELS = {
@@ -129,13 +139,13 @@ class Prepared:
 
 @dataclasses.dataclass(frozen=True)
 class SweepResult:
-    """What ``run_sweep`` returns: ``developments`` ``{settings name: DevelopmentResult}``, the combined
-    ``table`` (a DataFrame with ``SWEEP_COLUMNS``), the ``training`` result (``TrainResult``) and
-    the ``output`` directory."""
+    """What ``run_sweep`` and ``merge_sweep`` return: ``developments`` ``{settings name:
+    DevelopmentResult}``, the combined ``table`` (a DataFrame with ``SWEEP_COLUMNS``), the ``training``
+    result (``TrainResult``; None from ``merge_sweep``) and the ``output`` directory."""
 
     developments: dict[str, DevelopmentResult]
     table: pd.DataFrame
-    training: training.TrainResult
+    training: training.TrainResult | None
     output: pathlib.Path
 
 
@@ -427,22 +437,26 @@ def _write_json(path: pathlib.Path, value) -> None:
     path.write_text(json.dumps(value, indent=2, default=str) + "\n")
 
 
-def run_sweep(path, *, output=None, progress: bool = True) -> SweepResult:
-    """Runs the sweep file at ``path`` and writes its results directory (see the module docstring).
+def _part_blocks(sweep: Sweep, part) -> tuple[tuple[int, int], dict[str, range]]:
+    """``(i, N)`` and this part's checkpoint indices per settings entry (``slt_jax._src.parts``)."""
+    index, count = parts.parse_part(part)
+    num_checkpoints = len(sweep.training["checkpoint_steps"])
+    units = []  # (entry, checkpoints, cost in chain-steps x checkpoints)
+    for name, config, _, _ in sweep.settings:
+        cost = config.num_steps * config.num_chains
+        if config.step_size == "auto":  # calibrated on the entry's last checkpoint: never split
+            units.append((name, range(num_checkpoints), cost * num_checkpoints))
+        else:
+            units.extend((name, range(k, k + 1), cost) for k in range(num_checkpoints))
+    blocks: dict[str, list[int]] = {}
+    for unit in parts.split([cost for _, _, cost in units], count)[index - 1]:
+        name, checkpoints, _ = units[unit]
+        blocks.setdefault(name, []).extend(checkpoints)
+    return (index, count), {name: range(ks[0], ks[-1] + 1) for name, ks in blocks.items()}
 
-    Args:
-        path: the TOML sweep file.
-        output: a results directory overriding ``[output] dir``.
-        progress: progress bars and the printed summary.
 
-    Returns:
-        A ``SweepResult``; ``table`` has one row per settings entry x checkpoint x component.
-    """
-    sweep = load_sweep(path)
-    if output is not None:
-        sweep = dataclasses.replace(sweep, output=pathlib.Path(output))
-    prepared = build(sweep)
-    directory = sweep.output
+def _start_directory(sweep: Sweep, prepared: Prepared, directory: pathlib.Path) -> dict:
+    """Creates ``directory`` with ``sweep.toml`` and ``resolved.json`` (before training); returns the resolved dict."""
     directory.mkdir(parents=True, exist_ok=True)
     if sweep.source is not None and sweep.source != (directory / "sweep.toml").resolve():
         shutil.copyfile(sweep.source, directory / "sweep.toml")
@@ -450,29 +464,172 @@ def run_sweep(path, *, output=None, progress: bool = True) -> SweepResult:
     resolved = sweep.to_dict() | {"data": {"n_train": len(next(iter(prepared.train.values()))), "n_test": n_test},
                                   "component_names": list(prepared.components)}
     _write_json(directory / "resolved.json", resolved)
+    return resolved
 
-    trained = training.train(prepared.loss_fn, prepared.params, prepared.train, optimizer=prepared.optimizer,
-                             num_steps=sweep.training["num_steps"], batch_size=sweep.training["batch_size"],
-                             seed=sweep.training["seed"], checkpoint_steps=prepared.schedule)
-    pd.DataFrame({"step": np.arange(len(trained.losses)), "loss": trained.losses}).to_csv(directory / "training_loss.csv", index=False)
-    developments, frames = {}, []
-    for name, config, seed, estimator in sweep.settings:
-        development = track_development(
-            prepared.loss_fn, trained.checkpoints, prepared.train, config, key=seed, steps=trained.checkpoint_steps,
-            components=prepared.components, held_out=prepared.test, loss_estimator=estimator, progress=progress,
-        )
-        developments[name] = development
-        save(directory / f"{name}.npz", development)
-        development.plot(stages=_stages(development), path=directory / f"{name}.png")
+
+def _table(developments: dict[str, DevelopmentResult]) -> pd.DataFrame:
+    frames = []
+    for name, development in developments.items():
         frame = development.to_dataframe()
         frame.insert(0, "settings", name)
         frames.append(frame)
-    table = pd.concat(frames, ignore_index=True)[SWEEP_COLUMNS]
+    return pd.concat(frames, ignore_index=True)[SWEEP_COLUMNS]
+
+
+def _write_results(directory: pathlib.Path, resolved: dict, developments: dict[str, DevelopmentResult]) -> pd.DataFrame:
+    """The ``.npz``, ``.png``, ``table.csv`` and the ``config_run`` of ``resolved.json`` of every entry."""
+    for name, development in developments.items():
+        save(directory / f"{name}.npz", development)
+        development.plot(stages=_stages(development), path=directory / f"{name}.png")
+    table = _table(developments)
     table.to_csv(directory / "table.csv", index=False)
     for entry in resolved["settings"]:
         entry["config_run"] = developments[entry["name"]].llc.chains.config.to_dict()
     _write_json(directory / "resolved.json", resolved)
+    return table
+
+
+def _fingerprint(trained: training.TrainResult) -> str:
+    """A hash of the training losses and every checkpoint's bytes: parts must have trained alike."""
+    digest = hashlib.sha256(np.asarray(trained.losses).tobytes())
+    for leaf in jax.tree.leaves(trained.checkpoints):
+        digest.update(np.asarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def run_sweep(path, *, output=None, part=None, progress: bool = True) -> SweepResult:
+    """Runs the sweep file at ``path`` and writes its results directory (see the module docstring).
+
+    Args:
+        path: the TOML sweep file.
+        output: a results directory overriding ``[output] dir``.
+        part: ``"i/N"`` or ``(i, N)``: run only the i-th of N disjoint parts (1 <= i <= N), writing
+            ``<dir>/parts/part-i-of-N/``; ``merge_sweep(<dir>)`` joins the N parts into the directory
+            one run writes. Every part trains the model (same seed, same checkpoints) and samples
+            its share of the settings entries x checkpoints (an entry with ``step_size = "auto"``
+            stays whole).
+        progress: progress bars and the printed summary.
+
+    Returns:
+        A ``SweepResult``; ``table`` has one row per settings entry x checkpoint x component (with
+        ``part``: of this part's share only, and ``output`` is the part's folder).
+    """
+    sweep = load_sweep(path)
+    if output is not None:
+        sweep = dataclasses.replace(sweep, output=pathlib.Path(output))
+    numbered, blocks = (None, None) if part is None else _part_blocks(sweep, part)
+    prepared = build(sweep)
+    directory = sweep.output if part is None else sweep.output / "parts" / "part-{}-of-{}".format(*numbered)
+    resolved = _start_directory(sweep, prepared, directory)
+    if part is not None:
+        (directory / "part.json").unlink(missing_ok=True)  # a rerun part is unfinished until it writes it again
+    trained = training.train(prepared.loss_fn, prepared.params, prepared.train, optimizer=prepared.optimizer,
+                             num_steps=sweep.training["num_steps"], batch_size=sweep.training["batch_size"],
+                             seed=sweep.training["seed"], checkpoint_steps=prepared.schedule)
+    pd.DataFrame({"step": np.arange(len(trained.losses)), "loss": trained.losses}).to_csv(directory / "training_loss.csv", index=False)
+    developments = {}
+    for name, config, seed, estimator in sweep.settings:
+        block = range(len(trained.checkpoints)) if blocks is None else blocks.get(name)
+        if block is None:
+            continue
+        developments[name] = track_development(
+            prepared.loss_fn, trained.checkpoints[block.start:block.stop], prepared.train, config, key=seed,
+            steps=trained.checkpoint_steps[block.start:block.stop], components=prepared.components, held_out=prepared.test,
+            loss_estimator=estimator, progress=progress,
+        )
+    if part is None:
+        return SweepResult(developments, _write_results(directory, resolved, developments), trained, directory)
+    for name, development in developments.items():
+        save(directory / f"{name}.npz", development)
+    table = _table(developments)
+    table.to_csv(directory / "table.csv", index=False)
+    # Written last: its presence tells merge_sweep that the part finished.
+    _write_json(directory / "part.json", {"part": numbered[0], "num_parts": numbered[1], "training": _fingerprint(trained),
+                                          "checkpoints": {name: [b.start, b.stop] for name, b in blocks.items()}})
     return SweepResult(developments, table, trained, directory)
+
+
+_PART_DIRECTORY = re.compile(r"^part-(\d+)-of-(\d+)$")
+
+
+def _finished_parts(directory: pathlib.Path) -> list[pathlib.Path]:
+    """The folders ``parts/part-1-of-N .. part-N-of-N``, each with its ``part.json``, or a ValueError naming what is missing."""
+    folder = directory / "parts"
+    found = {} if not folder.is_dir() else {
+        (int(m.group(1)), int(m.group(2))): p for p in folder.iterdir() if (m := _PART_DIRECTORY.match(p.name)) and p.is_dir()}
+    if not found:
+        raise ValueError(f"directory={str(directory)!r} has no parts/part-i-of-N folders; run the parts first "
+                         "(slt-jax run sweep.toml --part i/N), then merge their [output] dir.")
+    counts = sorted({count for _, count in found})
+    if len(counts) > 1:
+        raise ValueError(f"{folder} holds parts of splits into {counts} parts; keep the folders of one split "
+                         "(part-i-of-N with one N) and remove the others.")
+    count = counts[0]
+    missing = [i for i in range(1, count + 1) if not (folder / f"part-{i}-of-{count}" / "part.json").is_file()]
+    if missing:
+        listed = ", ".join(f"{i}/{count}" for i in missing)
+        raise ValueError(f"part(s) {listed} of {folder} are missing or unfinished (no part-i-of-{count}/part.json): run "
+                         f"slt-jax run sweep.toml --part i/{count} for each to completion, then merge again.")
+    return [folder / f"part-{i}-of-{count}" for i in range(1, count + 1)]
+
+
+def _check_parts_agree(folders: list[pathlib.Path], records: list[dict], resolved: list[dict]) -> None:
+    first = folders[0].name
+    for folder, record, document in zip(folders[1:], records[1:], resolved[1:]):
+        differing = [key for key in dict.fromkeys([*resolved[0], *document]) if resolved[0].get(key) != document.get(key)]
+        if differing:
+            raise ValueError(f"{folder / 'resolved.json'} differs from {first}'s in {differing}: the parts ran different "
+                             "sweep files or options; rerun that part with the same file.")
+        if record["training"] != records[0]["training"]:
+            raise ValueError(f"{folder.name} trained different checkpoints than {first} (training_loss.csv and the "
+                             "checkpoints' hash in part.json differ): training was not deterministic across the machines; "
+                             "rerun the parts on one kind of device.")
+
+
+def _joined_entry(folders: list[pathlib.Path], records: list[dict], name: str, num_checkpoints: int) -> DevelopmentResult:
+    """Entry ``name``'s blocks, read from the parts that ran them and joined in checkpoint order."""
+    held = sorted((record["checkpoints"][name][0], record["checkpoints"][name][1], folder)
+                  for folder, record in zip(folders, records) if name in record["checkpoints"])
+    covered = [k for start, stop, _ in held for k in range(start, stop)]
+    if covered != list(range(num_checkpoints)):
+        raise ValueError(f"the parts' blocks of settings entry {name!r} cover checkpoints {covered}, not 0..{num_checkpoints - 1} "
+                         "once each: the parts come from different splits; rerun them with one N.")
+    pieces = []
+    for _, _, folder in held:
+        path = folder / f"{name}.npz"
+        if not path.is_file():
+            raise ValueError(f"{path} is missing though {folder / 'part.json'} lists it; rerun that part.")
+        pieces.append(load(path))
+    return pieces[0] if len(pieces) == 1 else parts.join_developments(pieces)
+
+
+def merge_sweep(directory) -> SweepResult:
+    """Joins the parts of a sweep (``run_sweep(path, part=(i, N))``) into the results directory one
+    run writes: ``<name>.npz``, ``<name>.png``, ``table.csv``, ``training_loss.csv``, ``sweep.toml``
+    and ``resolved.json``, with the same rows and arrays. The timings and group counts in each
+    result's ``chains`` are summed over its parts.
+
+    Args:
+        directory: the sweep's results directory (its ``[output] dir``), holding ``parts/part-i-of-N``.
+
+    Returns:
+        A ``SweepResult`` with ``training`` None (the parts trained; their losses are in
+        ``training_loss.csv``). A missing or unfinished part, parts of different files or splits,
+        or parts that trained different checkpoints raise a ``ValueError`` naming them.
+    """
+    directory = pathlib.Path(directory)
+    folders = _finished_parts(directory)
+    records = [json.loads((folder / "part.json").read_text()) for folder in folders]
+    resolved = [json.loads((folder / "resolved.json").read_text()) for folder in folders]
+    _check_parts_agree(folders, records, resolved)
+    document = resolved[0]
+    num_checkpoints = len(document["training"]["checkpoint_steps"])
+    developments = {entry["name"]: _joined_entry(folders, records, entry["name"], num_checkpoints) for entry in document["settings"]}
+    for name in ("sweep.toml", "training_loss.csv"):
+        if (folders[0] / name).is_file():
+            shutil.copyfile(folders[0] / name, directory / name)
+    table = _write_results(directory, document, developments)
+    return SweepResult(developments, table, None, directory)
 
 
 def summary(result: SweepResult) -> str:

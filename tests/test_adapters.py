@@ -147,6 +147,60 @@ def test_nnx_errors_before_compiling():
         loss_fn(params, {"inputs": jnp.ones((2, 3))})
 
 
+def _value_and_grad(loss_fn, batch):
+    return jax.jit(jax.value_and_grad(lambda p: jnp.mean(loss_fn(p, batch))))
+
+
+def _decoder_with_layer_scales():
+    """A decoder whose blocks differ in a static setting: remat runs them unrolled, not scanned."""
+    spec = sj.models.DecoderSpec(vocab_size=11, context_length=12, width=8, num_layers=2, num_heads=2, mlp_width=16,
+                                 attention_scales=(0.5, 0.25))
+    rng = np.random.default_rng(0)
+    shapes = sj.zoo.decoder.parameter_shapes(spec)
+    return sj.models.Decoder(spec, jax.tree.map(lambda s: 0.3 * rng.standard_normal(s), shapes, is_leaf=lambda x: isinstance(x, tuple)))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: sj.models.AttentionOnlyTransformer(vocab_size=11, context_length=12, num_layers=2, num_heads=2, width=8,
+                                               layer_norm=True, rngs=nnx.Rngs(1)),
+    lambda: sj.models.from_pretrained(sj.__path__[0] + "/../tests/fixtures/pretrained/gpt_neox_parallel"),
+    lambda: _decoder_with_layer_scales(),
+], ids=["AttentionOnlyTransformer", "Decoder", "Decoder-unrolled"])
+def test_nnx_remat_gives_the_same_loss_and_gradient(build):
+    model = build()
+    tokens = {"inputs": jax.random.randint(jax.random.key(2), (3, 8), 0, 11)}
+    params, loss_fn = sj.from_nnx(model, "next_token")
+    remat_params, remat_loss_fn = sj.from_nnx(model, "next_token", remat=True)
+    assert model.remat is False  # the caller's model is left as it was
+    chex.assert_trees_all_equal(params, remat_params)
+    (value, grad), (remat_value, remat_grad) = (_value_and_grad(f, tokens)(params) for f in (loss_fn, remat_loss_fn))
+    np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+    chex.assert_trees_all_close(remat_grad, grad, rtol=1e-5, atol=1e-7)
+
+
+def test_nnx_remat_cuts_the_gradients_activation_memory():
+    """XLA's compiled temp bytes of one value_and_grad, 4 blocks, context 256: 62.4 MiB -> 19.7 MiB
+    (CPU); the loss and the gradient stay the same."""
+    model = sj.models.TransformerLM(vocab_size=32, context_length=256, num_layers=4, num_heads=4, width=32, rngs=nnx.Rngs(0))
+    batch = {"inputs": jax.random.randint(jax.random.key(0), (4, 256), 0, 32)}
+    temp, values = {}, {}
+    for remat in (False, True):
+        params, loss_fn = sj.from_nnx(model, "next_token", remat=remat)
+        compiled = _value_and_grad(loss_fn, batch).lower(params).compile()
+        temp[remat] = compiled.memory_analysis().temp_size_in_bytes
+        values[remat] = compiled(params)
+    assert temp[True] < 0.5 * temp[False], temp
+    np.testing.assert_allclose(values[True][0], values[False][0], rtol=1e-6)
+    chex.assert_trees_all_close(values[True][1], values[False][1], rtol=1e-5, atol=1e-7)
+
+
+def test_nnx_remat_errors_name_the_fix():
+    with pytest.raises(ValueError, match="no `remat` attribute"):
+        sj.from_nnx(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), "mse", remat=True)
+    with pytest.raises(TypeError, match="remat='yes' must be True or False"):
+        sj.from_nnx(nnx.Linear(3, 1, rngs=nnx.Rngs(0)), "mse", remat="yes")
+
+
 # ---------------------------------------------------------------------------------------------
 # linen
 

@@ -15,7 +15,7 @@ LAYERS = [
     "_src.checkpoint", "_src.planning", "sampler", "traces", "stats", "results", "_src.frontdoor", "plots", "masks", "adapters",
     "zoo.theory", "zoo.decoder", "zoo.pretrained", "zoo.models", "zoo.tasks", "zoo.gridworld", "training",
     "diagnostics", "calibration", "llc", "reliability", "susceptibility", "bif", "patterning", "development", "analysis",
-    "io", "sweep", "cli",
+    "io", "_src.parts", "sweep", "cli",
 ]
 
 

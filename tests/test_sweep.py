@@ -145,3 +145,95 @@ def test_transformer_components_and_loss_are_derived_before_training():
     mismatched = {**document, "task": {**document["task"], "loss": "mse"}}
     with pytest.raises(ValueError, match=r"\[model\] TransformerLM does not fit \[task\] repeated_tokens with loss 'mse'"):
         sweep.build(sweep.parse_sweep(mismatched))
+
+
+# Issue 19 item 6: a sweep in N parts (one process per GPU) merges into the directory one run writes.
+
+
+def _arrays(path):
+    with np.load(path, allow_pickle=False) as contents:
+        return {name: contents[name] for name in contents.files if name != "__header__"}
+
+
+@pytest.mark.slow  # one run and three parts: four trainings and samplings
+def test_three_parts_merged_equal_one_run(tmp_path, capsys):
+    path = _write(tmp_path, TINY)
+    whole = sweep.run_sweep(path, output=tmp_path / "whole", progress=False)
+    for index in (1, 2, 3):
+        assert cli.main(["run", str(path), "--quiet", "--part", f"{index}/3"]) == 0
+    blocks = [json.loads((tmp_path / "out" / "parts" / f"part-{i}-of-3" / "part.json").read_text())["checkpoints"]
+              for i in (1, 2, 3)]
+    # 4 cells (2 entries x 2 checkpoints) of costs 24, 24, 20, 20 chain-steps: "small" is split.
+    assert blocks == [{"small": [0, 1]}, {"small": [1, 2]}, {"large": [0, 2]}]
+    assert cli.main(["merge", str(tmp_path / "out")]) == 0
+    assert "results in" in capsys.readouterr().out
+    merged = tmp_path / "out"
+    pd.testing.assert_frame_equal(pd.read_csv(merged / "table.csv"), pd.read_csv(tmp_path / "whole" / "table.csv"),
+                                  check_exact=False, rtol=1e-6)
+    for name in ("small", "large"):
+        one, joined = _arrays(tmp_path / "whole" / f"{name}.npz"), _arrays(merged / f"{name}.npz")
+        assert sorted(one) == sorted(joined)
+        for key in one:
+            np.testing.assert_allclose(joined[key], one[key], rtol=1e-6, err_msg=key)
+        loaded = sj.load(merged / f"{name}.npz")
+        assert loaded.llc.chains.num_configs == 4 and list(loaded.steps) == [0, 20]
+        assert loaded.llc.chains.config == whole.developments[name].llc.chains.config
+    for name in ("training_loss.csv", "sweep.toml", "small.png", "large.png"):
+        assert (merged / name).is_file(), name
+    assert (merged / "training_loss.csv").read_text() == (tmp_path / "whole" / "training_loss.csv").read_text()
+    one, joined = (json.loads((d / "resolved.json").read_text()) for d in (tmp_path / "whole", merged))
+    assert {k: v for k, v in joined.items() if k != "output"} == {k: v for k, v in one.items() if k != "output"}
+
+
+@pytest.mark.parametrize("part, message", [
+    ("0/3", "part=0/3: parts are numbered 1..N with N >= 1, so i must be in 1..3"),
+    ("4/3", "part=4/3: parts are numbered 1..N"),
+    ("2of3", "part='2of3' must be 'i/N'"),
+    ("5/5", "the sweep has 4 unit(s) of work"),
+])
+def test_bad_part_fails_before_training(tmp_path, monkeypatch, capsys, part, message):
+    monkeypatch.setattr(sj.training, "train", lambda *a, **k: pytest.fail("trained before --part was checked"))
+    assert cli.main(["run", str(_write(tmp_path, TINY)), "--part", part]) == 2
+    printed = capsys.readouterr().err
+    assert message in printed and printed.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_refuses_missing_and_mismatched_parts(tmp_path, capsys):
+    path = _write(tmp_path, TINY)
+    out = tmp_path / "out"
+    assert cli.main(["merge", str(out)]) == 2
+    assert "has no parts/part-i-of-N folders" in capsys.readouterr().err
+    for index in (1, 3):
+        sweep.run_sweep(path, part=f"{index}/3", progress=False)
+    assert cli.main(["merge", str(out)]) == 2
+    printed = capsys.readouterr().err
+    assert "part(s) 2/3 of" in printed and "--part i/3" in printed and printed.count("\n") == 1
+    (out / "parts" / "part-2-of-3").mkdir()
+    (out / "parts" / "part-2-of-3" / "part.json").write_text((out / "parts" / "part-1-of-3" / "part.json").read_text())
+    (out / "parts" / "part-2-of-3" / "resolved.json").write_text(
+        (out / "parts" / "part-1-of-3" / "resolved.json").read_text().replace('"n_train": 90', '"n_train": 91'))
+    with pytest.raises(ValueError, match=r"part-2-of-3/resolved.json differs from part-1-of-3's in \['data'\]"):
+        sweep.merge_sweep(out)
+    (out / "parts" / "part-2-of-3" / "resolved.json").write_text((out / "parts" / "part-1-of-3" / "resolved.json").read_text())
+    record = json.loads((out / "parts" / "part-1-of-3" / "part.json").read_text())
+    (out / "parts" / "part-2-of-3" / "part.json").write_text(json.dumps({**record, "training": "0" * 64}))
+    with pytest.raises(ValueError, match="part-2-of-3 trained different checkpoints than part-1-of-3"):
+        sweep.merge_sweep(out)
+    (out / "parts" / "part-2-of-3" / "part.json").write_text(json.dumps(record))  # claims part 1's block again
+    with pytest.raises(ValueError, match=r"settings entry 'small' cover checkpoints \[0, 0\]"):
+        sweep.merge_sweep(out)
+    (out / "parts" / "part-1-of-2").mkdir()
+    with pytest.raises(ValueError, match=r"splits into \[2, 3\] parts"):
+        sweep.merge_sweep(out)
+
+
+def test_split_deals_contiguous_runs_of_about_equal_cost():
+    from slt_jax._src import parts
+
+    assert parts.split([1] * 6, 3) == [range(0, 2), range(2, 4), range(4, 6)]
+    assert parts.split([10, 1, 1, 1, 1], 3) == [range(0, 1), range(1, 3), range(3, 5)]  # the heavy unit alone
+    assert parts.split([1, 1, 1, 100], 4) == [range(0, 1), range(1, 2), range(2, 3), range(3, 4)]  # never an empty part
+    assert parts.parse_part(" 2 / 4 ") == (2, 4) and parts.parse_part((1, 1)) == (1, 1)
+    with pytest.raises(TypeError, match="tuple"):
+        parts.parse_part((1.0, 2))

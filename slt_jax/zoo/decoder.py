@@ -44,7 +44,7 @@ from flax import nnx
 
 from slt_jax.types import Array
 
-__all__ = ["DecoderSpec", "Decoder", "parameter_shapes", "ACTIVATIONS"]
+__all__ = ["DecoderSpec", "Decoder", "parameter_shapes", "apply_blocks", "ACTIVATIONS"]
 
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf form (torch.nn.functional.gelu)
@@ -55,6 +55,33 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
 }
 """The MLP activations a checkpoint may name (Hugging Face ``activation_function`` / ``hidden_act``)."""
+
+
+def apply_blocks(blocks, h: Array, *args, remat: bool = False) -> Array:
+    """``h = block(h, *args)`` for each block in turn: the residual stream through a stack of blocks.
+
+    With ``remat=True`` the gradient keeps only each block's input ``h`` ``(batch, seq, width)`` and
+    recomputes the block's inner activations (attention scores ``(batch, heads, seq, seq)``, the MLP's
+    ``(batch, seq, mlp_width)``) when the backward pass reaches it, for about one more forward pass.
+    Blocks of one structure run as a ``lax.scan`` of a ``jax.checkpoint``-ed block over their stacked
+    states: the loop makes XLA recompute and free one block at a time (unrolled checkpointed blocks
+    save nothing under XLA's default CPU scheduler, which runs every recomputation early). Blocks
+    that differ in a static setting (e.g. a per-layer attention scale) run unrolled under
+    ``nnx.remat``. The values are the same either way.
+    """
+    if not remat:
+        for block in blocks:
+            h = block(h, *args)
+        return h
+    graphdefs, states = zip(*(nnx.split(block) for block in blocks))
+    if any(graphdef != graphdefs[0] for graphdef in graphdefs[1:]):
+        call = nnx.remat(lambda block, h, *args: block(h, *args))
+        for block in blocks:
+            h = call(block, h, *args)
+        return h
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)  # one copy of the blocks' arrays, (L, ...)
+    body = jax.checkpoint(lambda h, state: (nnx.merge(graphdefs[0], state)(h, *args), None))
+    return jax.lax.scan(body, h, stacked)[0]
 
 
 class DecoderSpec(NamedTuple):
@@ -282,6 +309,9 @@ class Decoder(nnx.Module):
         params: a nested dict of arrays with the layout of ``parameter_shapes(spec)`` (module docstring).
         dtype: the parameters' (and the computation's) dtype; softmax runs in float32.
 
+    ``remat`` (False) rematerialises the blocks (``apply_blocks``); ``slt_jax.from_nnx(model, loss,
+    remat=True)`` sets it on the loss's view of the model.
+
     Raises:
         ValueError: a bad spec, or an array missing or of the wrong shape (named by its path).
     """
@@ -298,6 +328,7 @@ class Decoder(nnx.Module):
                                 for layer in range(spec.num_layers)])
         self.final_norm = LayerNorm(params["final_norm"], spec.layer_norm_eps, dtype)
         self.unembed = None if spec.tie_embeddings else _Param(params["unembed"], dtype)
+        self.remat = False  # per-block rematerialisation; set by slt_jax.from_nnx(model, loss, remat=True)
 
     def __call__(self, tokens: Array) -> Array:
         """``tokens``: int ``(batch, seq)`` with seq <= context_length -> logits ``(batch, seq, vocab)``."""
@@ -309,9 +340,7 @@ class Decoder(nnx.Module):
         h = jnp.take(self.embed.embedding[...], tokens, axis=0)
         if self.position is not None:
             h = h + self.position.embedding[...][: tokens.shape[1]][None]
-        for block in self.blocks:
-            h = block(h)
-        h = self.final_norm(h)
+        h = self.final_norm(apply_blocks(self.blocks, h, remat=self.remat))
         kernel = self.embed.embedding[...].T if self.unembed is None else self.unembed.kernel[...]
         return h @ kernel
 

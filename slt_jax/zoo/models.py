@@ -19,6 +19,10 @@ block layout, ``blocks/{l}/{attn_norm, attn, mlp_norm, mlp}``: head h of layer l
 neurons) is ``slt_jax.mlp_mask(params, f"blocks/{l}/mlp")``; ``model.attention_paths()`` and
 ``model.mlp_paths()`` list those paths.
 
+Every transformer here (and ``Decoder``) holds ``remat = False``; ``slt_jax.from_nnx(model, loss,
+remat=True)`` turns it on in the loss's view of the model, so each block's activations are recomputed
+in the backward pass instead of stored (``slt_jax.zoo.decoder.apply_blocks``): long contexts fit.
+
 Public checkpoints: ``from_pretrained(path)`` reads a local Hugging Face GPT-2 or GPT-NeoX (Pythia)
 folder into a ``Decoder`` with the same block layout, ``load_series(paths)`` several checkpoints of
 one model, and ``token_batches`` / ``text_batches`` make their ``{"inputs": (n, seq)}`` batches
@@ -35,7 +39,7 @@ import numpy as np
 from flax import nnx
 
 from slt_jax.types import Array
-from slt_jax.zoo.decoder import Decoder, DecoderSpec
+from slt_jax.zoo.decoder import Decoder, DecoderSpec, apply_blocks
 from slt_jax.zoo.pretrained import Series, from_pretrained, load_series, text_batches, token_batches
 
 __all__ = [
@@ -212,6 +216,7 @@ class AttentionOnlyTransformer(nnx.Module):
             [AttentionBlock(width, num_heads, head_dim, layer_norm=layer_norm, rngs=rngs) for _ in range(num_layers)]
         )
         self.unembed = nnx.Linear(width, vocab_size, rngs=rngs)
+        self.remat = False  # per-block rematerialisation; set by slt_jax.from_nnx(model, loss, remat=True)
 
     def __call__(self, tokens: Array) -> Array:
         """``tokens``: int ``(batch, seq)`` with seq <= context_length -> logits ``(batch, seq, vocab)``."""
@@ -222,8 +227,7 @@ class AttentionOnlyTransformer(nnx.Module):
         seq = tokens.shape[1]
         h = self.embed(tokens) + self.position(jnp.arange(seq))[None]
         mask = nnx.make_causal_mask(jnp.ones(tokens.shape, jnp.int32))
-        for block in self.blocks:
-            h = block(h, mask)
+        h = apply_blocks(self.blocks, h, mask, remat=self.remat)
         return self.unembed(h)
 
     def attention_paths(self) -> list[str]:
@@ -348,6 +352,7 @@ class TransformerLM(nnx.Module):
         self.blocks = nnx.List([TransformerBlock(width, num_heads, head_dim, mlp_width, rngs=rngs) for _ in range(num_layers)])
         self.final_norm = nnx.LayerNorm(width, rngs=rngs)
         self.unembed = None if tie_embeddings else nnx.Linear(width, vocab_size, rngs=rngs)
+        self.remat = False  # per-block rematerialisation; set by slt_jax.from_nnx(model, loss, remat=True)
 
     def __call__(self, tokens: Array) -> Array:
         """``tokens``: int ``(batch, seq)`` with seq <= context_length -> logits ``(batch, seq, vocab)``."""
@@ -357,8 +362,7 @@ class TransformerLM(nnx.Module):
             )
         h = self.embed(tokens) + self.position(jnp.arange(tokens.shape[1]))[None]
         mask = nnx.make_causal_mask(jnp.ones(tokens.shape, jnp.int32))
-        for block in self.blocks:
-            h = block(h, mask)
+        h = apply_blocks(self.blocks, h, mask, remat=self.remat)
         h = self.final_norm(h)
         return self.embed.attend(h) if self.unembed is None else self.unembed(h)
 
@@ -428,6 +432,7 @@ class InContextRegressionTransformer(nnx.Module):
         self.blocks = nnx.List([TransformerBlock(width, num_heads, head_dim, mlp_width, rngs=rngs) for _ in range(num_layers)])
         self.final_norm = nnx.LayerNorm(width, rngs=rngs)
         self.readout = nnx.Linear(width, 1, rngs=rngs)
+        self.remat = False  # per-block rematerialisation; set by slt_jax.from_nnx(model, loss, remat=True)
 
     def __call__(self, tokens: Array) -> Array:
         """``tokens``: ``(batch, seq, dim + 1)`` with seq <= 2 * num_context -> ``(batch, ceil(seq / 2))``,
@@ -439,8 +444,7 @@ class InContextRegressionTransformer(nnx.Module):
             )
         h = self.embed(tokens) + self.position(jnp.arange(tokens.shape[1]))[None]
         mask = nnx.make_causal_mask(jnp.ones(tokens.shape[:2], jnp.int32))
-        for block in self.blocks:
-            h = block(h, mask)
+        h = apply_blocks(self.blocks, h, mask, remat=self.remat)
         return self.readout(self.final_norm(h[:, 0::2]))[..., 0]
 
     def attention_paths(self) -> list[str]:
