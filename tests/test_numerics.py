@@ -229,3 +229,23 @@ def test_bfloat16_llc_of_a_small_transformer_agrees_with_float32(tiny_language_m
     combined = np.hypot(standard_error(single), standard_error(half))
     assert abs(half.llc_mean - single.llc_mean) < Z * combined, (half.llc_mean, single.llc_mean, combined)
     assert single.llc_mean > 0.5  # a real signal, not 0 ± noise
+
+
+def test_observables_evaluate_probes_and_phi_through_the_runs_wrapper():
+    # φ = L(w) - L_n(w*) with L_n(w*) from the run's wrapper: at w = w* it is 0 (to float32 rounding)
+    # only when the observables evaluate the loss through the same wrapper; a float32 loss
+    # differs from it by bfloat16's rounding of the quadratic part.
+    loss_fn, w_star, data = _offset_problem()
+    wrapped = kernels.mixed_precision(loss_fn, "bfloat16")
+    init_loss = sj.full_data_loss(wrapped, w_star, data)  # as the sampler computes L_n(w*)
+    info = sj.kernels.SGLDInfo(*(jnp.zeros(()) for _ in sj.kernels.SGLDInfo._fields))
+    phi = {}
+    for dtype in ("bfloat16", "float32"):
+        observed = sj.stats.observables(loss_fn, w_star, data, probes={"train": data}, centering="full", compute_dtype=dtype)
+        context = sj.DrawContext(data, w_star, init_loss, observed.observe_data)
+        values = jax.jit(observed.observe)(w_star, info, context)
+        phi[dtype] = float(values["loss"])
+        if dtype == "bfloat16":
+            np.testing.assert_array_equal(values["probes"], wrapped(w_star, data))
+    # float32's spacing at 1000 is 6.1e-5: within one spacing with the run's wrapper, four without.
+    assert abs(phi["bfloat16"]) < 5e-5 and abs(phi["float32"]) > 2e-4, phi
