@@ -247,5 +247,5 @@ def test_observables_evaluate_probes_and_phi_through_the_runs_wrapper():
         phi[dtype] = float(values["loss"])
         if dtype == "bfloat16":
             np.testing.assert_array_equal(values["probes"], wrapped(w_star, data))
-    # float32's spacing at 1000 is 6.1e-5: within one spacing with the run's wrapper, four without.
-    assert abs(phi["bfloat16"]) < 5e-5 and abs(phi["float32"]) > 2e-4, phi
+    # float32's spacing at 1000 is 6.1e-5: within one spacing with the run's wrapper, more than two without.
+    assert abs(phi["bfloat16"]) < 5e-5 and abs(phi["float32"]) > 1.5e-4, phi
