@@ -23,6 +23,9 @@ Named losses (per example ``(batch,)`` or per token ``(batch, seq)``; the sample
   ``(batch, seq, vocab)`` and labels ``(batch, seq)`` it is per token.
 * ``"next_token"``: per-token cross-entropy of logits ``(batch, seq, vocab)`` at position t against
   the INPUT token at t + 1, shape ``(batch, seq - 1)`` (no targets needed).
+
+Each named loss is computed in at least float32: bfloat16 outputs (``SamplerConfig(compute_dtype=
+"bfloat16")``) are upcast before the log-softmax or the squared error.
 """
 
 from __future__ import annotations
@@ -79,7 +82,14 @@ def batch_targets(batch: Batch) -> Any:
 # named losses
 
 
+def _at_least_float32(x: Array) -> Array:
+    # Losses are reduced in float32 even when the model runs in bfloat16 (SamplerConfig.compute_dtype):
+    # a bfloat16 log-softmax or squared error would carry ~3 significant digits into every loss.
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _mse(outputs: Array, targets: Array) -> Array:
+    outputs = _at_least_float32(outputs)
     targets = jnp.asarray(targets, outputs.dtype)
     if targets.shape != outputs.shape:
         if targets.size != outputs.size:
@@ -94,7 +104,7 @@ def _cross_entropy(logits: Array, labels: Array) -> Array:
         raise TypeError(f"'cross_entropy' needs integer labels, got dtype {jnp.asarray(labels).dtype}.")
     if labels.shape != logits.shape[:-1]:
         raise ValueError(f"'cross_entropy': labels of shape {labels.shape} do not match logits {logits.shape} (labels = logits.shape[:-1]).")
-    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return optax.losses.softmax_cross_entropy_with_integer_labels(_at_least_float32(logits), labels)
 
 
 def _next_token(logits: Array, tokens: Array) -> Array:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slt_jax import reliability, results, stats
+from slt_jax import kernels, reliability, results, stats
 from slt_jax._src import frontdoor, validation
 from slt_jax.config import SamplerConfig
 from slt_jax.sampler import ChainsResult, Recording, run_chains
@@ -165,6 +165,8 @@ def _table(steps, cov, stderr, chains: ChainsResult, labels: ProbeLabels) -> BIF
 def _blocks(loss_fn, admitted: frontdoor.Admission, data, key, probes, block, options, progress):
     """Runs every block of rows; yields (row indices, valid rows, chains) per block."""
     num_rows = len(admitted.labels.example)
+    # The probe losses carry the chain's rounding (the run's own mixed_precision wrapper).
+    loss_fn = kernels.mixed_precision(loss_fn, admitted.config.compute_dtype)
     observe, accumulator = _build(loss_fn, bool(options["per_token"]), options["probe_batch_size"])
     probes = tuple(jax.tree.map(jnp.asarray, probe) for probe in probes.values())
     init_losses = None

@@ -27,7 +27,7 @@ import pathlib
 import jax
 import numpy as np
 
-from slt_jax.kernels import Preconditioner, get_preconditioner
+from slt_jax.kernels import Preconditioner, check_compute_dtype, check_noise, get_preconditioner
 from slt_jax._src.validation import check_positive_int
 
 __all__ = ["SamplerConfig", "default_nbeta", "batch_nbeta", "NbetaConventionWarning", "check_names", "unknown_names",
@@ -149,6 +149,12 @@ class SamplerConfig:
             accelerator's memory, or min(2 GiB, RAM / 8) on a CPU host; see
             ``slt_jax._src.planning.default_memory_budget``). Results do not depend on it (up to float32
             rounding: XLA batches a smaller group differently).
+        compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype of the loss's forward and backward
+            passes (``slt_jax.kernels.mixed_precision``); the chain, the update, L(w) - L(w*) and every
+            statistic stay float32 (docs/conventions.md §1, "Mixed precision").
+        noise: ``"gaussian"`` (ξ ~ N(0, I)) or ``"rademacher"`` (independent ±1 increments, the
+            simplified weak Euler scheme: the same stationary mean and covariance on a quadratic,
+            cheaper to draw; docs/conventions.md §1, "Two-point noise").
     """
 
     step_size: float | str
@@ -165,6 +171,8 @@ class SamplerConfig:
     diagnostics_every: int = 1
     chunk_draws: int | None = None
     memory_budget: int | None = None
+    compute_dtype: str = "float32"
+    noise: str = "gaussian"
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -183,6 +191,8 @@ class SamplerConfig:
         for name in ("chunk_draws", "memory_budget"):
             if getattr(self, name) is not None:
                 set_(name, check_positive_int(getattr(self, name), name))
+        check_compute_dtype(self.compute_dtype)
+        check_noise(self.noise)
         preconditioner = get_preconditioner(self.preconditioner)
         # Store the name when it is a named default, so the config prints and serialises simply.
         set_("preconditioner", preconditioner.name if preconditioner == get_preconditioner(preconditioner.name) else preconditioner)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter1d
 
-from slt_jax import plots, results, stats
+from slt_jax import kernels, plots, results, stats
 from slt_jax._src import frontdoor, validation
 from slt_jax.config import SamplerConfig
 from slt_jax.llc import LLCTable, estimate_llc_table
@@ -312,7 +312,8 @@ def track_development(
     train_loss = np.asarray(table.init_loss, np.float64)
     test_loss = np.full(len(checkpoints), np.nan)
     if held_out is not None:
-        test_loss = np.array([float(full_data_loss(loss_fn, c, held_out, batch_size)) for c in checkpoints])
+        held_out_loss = kernels.mixed_precision(loss_fn, table.chains.config.compute_dtype)  # as the train loss
+        test_loss = np.array([float(full_data_loss(held_out_loss, c, held_out, batch_size)) for c in checkpoints])
     susceptibilities = None
     if probes is not None:
         susceptibilities = estimate_susceptibilities_table(

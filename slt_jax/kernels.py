@@ -11,6 +11,9 @@ and one SGLD step with step size ε and loss gradient g of the MEAN minibatch lo
 with ε_t = ε for plain SGLD and ε_t = ε / (sqrt(v̂_t) + eps) for RMSProp-SGLD, whose second-moment
 statistics v are fed by the loss gradient g only (never by the localization term); the moment and its
 bias correction are optax's (``optax.tree.update_moment_per_elem_norm``, ``optax.tree.bias_correction``).
+The increments ξ are standard normal by default, or independent ±1 signs (``noise="rademacher"``, the
+simplified weak Euler scheme: same mean and covariance). ``mixed_precision`` wraps a loss so that its
+forward and backward passes run in bfloat16 while its values, the chain and every statistic stay float32.
 
 The position is whatever the chain moves: the whole params pytree, or only a component's coordinates
 (``slt_jax.restriction``: the loss then puts them in place in w*). A coordinate the chain does not
@@ -23,6 +26,7 @@ data (a ``Hyperparameters`` NamedTuple of arrays), so grids of them vmap without
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -48,7 +52,13 @@ __all__ = [
     "mean_loss",
     "potential",
     "mala_log_acceptance",
+    "NOISES",
     "tree_normal",
+    "tree_rademacher",
+    "tree_noise",
+    "COMPUTE_DTYPES",
+    "MixedPrecisionLoss",
+    "mixed_precision",
 ]
 
 
@@ -210,13 +220,13 @@ def sgld_update(
     preconditioner: Preconditioner,
     diagnostics: bool = True,
 ) -> tuple[SGLDState, SGLDInfo]:
-    """One SGLD step given the loss, its gradient and standard-normal noise (all at ``state``).
+    """One SGLD step given the loss, its gradient and the noise increments (all at ``state``).
 
     Args:
         state: the chain's state at w_t.
         loss: L_B(w_t), scalar.
         grad: ∇L_B(w_t), like the position.
-        noise: ξ_t ~ N(0, I), like the position.
+        noise: ξ_t, mean 0 and variance 1 per coordinate (N(0, I), or ±1 signs), like the position.
         center: w* restricted to the chain's coordinates, like the position.
         hyper: the hyperparameters (scalars).
         preconditioner: the static preconditioner description.
@@ -289,7 +299,7 @@ def mala_log_acceptance(
     return jnp.minimum(0.0, jnp.where(jnp.isnan(log_ratio), -jnp.inf, log_ratio))
 
 
-def build_kernel(loss_fn: LossFn, *, preconditioner: str | Preconditioner = "sgld"):
+def build_kernel(loss_fn: LossFn, *, preconditioner: str | Preconditioner = "sgld", noise: str = "gaussian"):
     """Builds a single-chain SGLD kernel (blackjax style).
 
     Args:
@@ -297,13 +307,19 @@ def build_kernel(loss_fn: LossFn, *, preconditioner: str | Preconditioner = "sgl
             restricted chain this is the loss with the position put in place in w*.
         preconditioner: ``"sgld"``, ``"rmsprop_sgld"``, ``"rmsprop_sgld_devinterp"`` or a
             ``Preconditioner``.
+        noise: the increments ξ drawn from ``rng_key``: ``"gaussian"`` (ξ ~ N(0, I)) or
+            ``"rademacher"`` (independent ±1, the simplified weak Euler scheme; ``tree_noise``).
 
     Returns:
         ``kernel(rng_key, state, batch, center, hyper, noise=None, *, diagnostics=True, mala=False)
-        -> (SGLDState, SGLDInfo)``. ``noise`` (standard normal, like the position) replaces the draw
-        from ``rng_key``. ``diagnostics`` computes the ``SGLDInfo`` norms; ``mala`` also computes the
-        MALA acceptance probability of the step (one more gradient, on the same batch). Either may
-        be a traced bool scalar: only the extra work then sits in a ``lax.cond``, the step does not.
+        -> (SGLDState, SGLDInfo)``. ``noise`` (mean 0, variance 1, like the position) replaces the
+        draw from ``rng_key``. ``diagnostics`` computes the ``SGLDInfo`` norms; ``mala`` also computes
+        the MALA acceptance probability of a Gaussian proposal from the step's position (one more
+        gradient, on the same batch): the step's own proposal under Gaussian noise; under
+        ``"rademacher"`` noise a Gaussian proposal drawn for the diagnostic only (from
+        ``fold_in(rng_key, 1)``; the chain does not take it), so it still measures how far ε is from
+        the continuous dynamics at the states the chain visits (docs/conventions.md §4). Either flag
+        may be a traced bool scalar: only the extra work then sits in a ``lax.cond``.
 
     >>> import jax, jax.numpy as jnp
     >>> import slt_jax as sj
@@ -316,18 +332,22 @@ def build_kernel(loss_fn: LossFn, *, preconditioner: str | Preconditioner = "sgl
     ((2,), ())
     """
     preconditioner = get_preconditioner(preconditioner)
+    noise_kind = check_noise(noise)
     value_and_grad = jax.value_and_grad(lambda p, b: mean_loss(loss_fn, p, b))
 
     def kernel(rng_key: PRNGKey, state: SGLDState, batch: Batch, center: Params, hyper: Hyperparameters, noise=None,
                *, diagnostics=True, mala=False):
         loss, grad = value_and_grad(state.position, batch)
         if noise is None:
-            noise = tree_normal(rng_key, state.position)
+            noise = tree_noise(noise_kind, rng_key, state.position)
         new_state, info = sgld_update(state, loss, grad, noise, center, hyper, preconditioner, diagnostics)
 
         def acceptance():
             sizes = _per_leaf(step_sizes(preconditioner, state, grad, hyper.step_size)[0], state.position)
             proposal = new_state.position
+            if noise_kind != "gaussian":  # MALA's proposal density is Gaussian: propose with Gaussian noise
+                gaussian = tree_normal(jax.random.fold_in(rng_key, 1), state.position)
+                proposal = sgld_update(state, loss, grad, gaussian, center, hyper, preconditioner, False)[0].position
             proposal_loss, proposal_grad = value_and_grad(proposal, batch)
             log_accept = mala_log_acceptance(
                 state.position,
@@ -353,3 +373,114 @@ def tree_normal(rng_key: PRNGKey, like: PyTree) -> PyTree:
     """
     flat, unravel = ravel_pytree(like)
     return unravel(jax.random.normal(rng_key, flat.shape, flat.dtype))
+
+
+def tree_rademacher(rng_key: PRNGKey, like: PyTree) -> PyTree:
+    """Independent ±1 signs (mean 0, variance 1) with the structure, shapes and dtypes of ``like``.
+
+    32 signs per random 32-bit word of ``jax.random.bits``: the k-th sign of word j is bit k of it
+    (0 -> -1, 1 -> +1), so a draw of N numbers costs ceil(N / 32) words where ``tree_normal`` costs
+    N words and their transformation to normals.
+    """
+    flat, unravel = ravel_pytree(like)
+    size = flat.shape[0]
+    words = jax.random.bits(rng_key, (-(-size // 32),), jnp.uint32)
+    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)[None, :]) & jnp.uint32(1)
+    signs = 2 * bits.reshape(-1)[:size].astype(flat.dtype) - 1
+    return unravel(signs)
+
+
+NOISES = ("gaussian", "rademacher")
+
+
+def check_noise(noise) -> str:
+    """``noise`` if it names a kind of SGLD increment (``NOISES``), else a ``ValueError`` naming the fix."""
+    if noise not in NOISES:
+        raise ValueError(f"noise={noise!r} is not a kind of SGLD noise; use 'gaussian' (the default) or 'rademacher' "
+                         "(two-point ±1 increments: cheaper to draw, same mean and covariance; docs/conventions.md §1).")
+    return noise
+
+
+def tree_noise(kind: str, rng_key: PRNGKey, like: PyTree) -> PyTree:
+    """The SGLD increments ξ of ``kind`` (``"gaussian"``: ``tree_normal``; ``"rademacher"``:
+    ``tree_rademacher``) with the structure, shapes and dtypes of ``like``; mean 0, variance 1.
+
+    >>> import jax, jax.numpy as jnp
+    >>> import slt_jax as sj
+    >>> signs = sj.kernels.tree_noise("rademacher", jax.random.key(0), jnp.zeros(5))
+    >>> sorted(set(signs.tolist())) in ([-1.0, 1.0], [-1.0], [1.0])
+    True
+    """
+    return tree_normal(rng_key, like) if check_noise(kind) == "gaussian" else tree_rademacher(rng_key, like)
+
+
+# ---------------------------------------------------------------------------------------------
+# mixed precision: the loss evaluated in a narrower dtype, its values float32
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _cast_floating(tree: PyTree, dtype) -> PyTree:
+    def cast(x):
+        x = jnp.asarray(x)
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
+
+
+@dataclasses.dataclass(frozen=True)
+class MixedPrecisionLoss:
+    """``loss_fn`` evaluated in ``compute_dtype``, returning float32 losses (``mixed_precision``).
+
+    Equal (and equally hashed) for equal ``(loss_fn, compute_dtype)``, so compiled programs cached
+    by loss function hit for a new wrapper of the same loss.
+    """
+
+    loss_fn: LossFn
+    compute_dtype: str
+
+    def __call__(self, params: Params, batch: Batch) -> Array:
+        dtype = jnp.dtype(self.compute_dtype)
+        losses = self.loss_fn(_cast_floating(params, dtype), _cast_floating(batch, dtype))
+        return jnp.asarray(losses).astype(jnp.float32)
+
+    def __post_init__(self):
+        # How checkpoint fingerprints and reports name it: the user's loss, with the dtype.
+        name = getattr(self.loss_fn, "__qualname__", type(self.loss_fn).__qualname__)
+        object.__setattr__(self, "__qualname__", f"{name}[{self.compute_dtype}]")
+        object.__setattr__(self, "__module__", getattr(self.loss_fn, "__module__", None))
+
+
+def check_compute_dtype(compute_dtype) -> str:
+    """``compute_dtype`` if it is one of ``COMPUTE_DTYPES``, else a ``ValueError`` naming the fix."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype={compute_dtype!r} is not supported; use 'float32' (the default) or 'bfloat16' "
+                         "(forward and backward passes in bfloat16, the chain and every statistic in float32).")
+    return compute_dtype
+
+
+def mixed_precision(loss_fn: LossFn, compute_dtype: str) -> LossFn:
+    """The loss a run evaluates: ``loss_fn`` itself for ``"float32"``; for ``"bfloat16"`` a
+    ``MixedPrecisionLoss`` that casts the floating leaves of ``params`` and ``batch`` to bfloat16
+    (integer leaves such as token ids stay), calls ``loss_fn`` and casts its per-example losses
+    ``(batch, ...)`` to float32 (docs/conventions.md §1, "Mixed precision").
+
+    The gradient flows back through the cast, so it arrives in float32 at float32 params. Every
+    loss of a run goes through the same wrapper (the step, L_B(w*), L_n(w*), full-loss traces,
+    probes), so L(w) and L(w*) carry the same rounding, and their difference, the batch means and
+    every statistic are formed in float32. Wrapping twice returns the same wrapper.
+
+    >>> import jax.numpy as jnp
+    >>> import slt_jax as sj
+    >>> loss = sj.kernels.mixed_precision(lambda w, x: (x @ w) ** 2, "bfloat16")
+    >>> loss(jnp.ones(2), jnp.ones((3, 2))).dtype
+    dtype('float32')
+    """
+    check_compute_dtype(compute_dtype)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(params, batch), got {loss_fn!r}.")
+    if isinstance(loss_fn, MixedPrecisionLoss):
+        if loss_fn.compute_dtype == compute_dtype:
+            return loss_fn
+        loss_fn = loss_fn.loss_fn
+    return loss_fn if compute_dtype == "float32" else MixedPrecisionLoss(loss_fn, compute_dtype)

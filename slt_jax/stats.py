@@ -358,6 +358,7 @@ def observables(
     per_token: bool = True,
     probe_batch_size: int | None = None,
     full_batch_size: int | None = None,
+    compute_dtype: str = "float32",
 ) -> Observables:
     """Builds the per-draw observables of a run: probe losses, functions and the loss observable.
 
@@ -374,6 +375,9 @@ def observables(
         per_token: one row per token for sequence losses (False: per sequence).
         probe_batch_size: evaluate probes in chunks of this many examples.
         full_batch_size: chunk size of the full-data pass (default: all of ``data`` at once).
+        compute_dtype: the run's ``SamplerConfig.compute_dtype``: the probes' and φ's losses are
+            evaluated through the same ``kernels.mixed_precision`` wrapper as the chain's, so φ's
+            difference with L_n(w*) and the covariances compare losses of the same rounding.
 
     Returns:
         An ``Observables``.
@@ -387,6 +391,7 @@ def observables(
         probe_batch_size = validation.check_positive_int(probe_batch_size, "probe_batch_size")
     n = validation.check_data(data)
     full_batch_size = n if full_batch_size is None else min(validation.check_positive_int(full_batch_size, "full_batch_size"), n)
+    loss_fn = kernels.mixed_precision(loss_fn, compute_dtype)
     labels = check_probes(loss_fn, params, probes, per_token)
     items = _check_functions(functions, params)
     observe, accumulator = _build(loss_fn, items, centering, bool(per_token), probe_batch_size, full_batch_size)

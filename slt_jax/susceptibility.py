@@ -450,6 +450,7 @@ def _table(loss_fn, admitted: frontdoor.Admission, data, key, probes, options: _
     observed = stats.observables(
         loss_fn, admitted.checkpoints[0], data, probes=probes, functions=options.observables, centering=options.centering,
         per_token=options.per_token, probe_batch_size=options.probe_batch_size, full_batch_size=config.batch_size,
+        compute_dtype=config.compute_dtype,
     )
     chains = run_chains(
         loss_fn, admitted.checkpoints, data, config, key=key, masks=admitted.masks,

@@ -23,11 +23,14 @@ SEPARABLE = sj.SamplerConfig(step_size=1e-3, nbeta=10.0, localization=0.0, num_c
                              num_steps_between_draws=5, num_burnin=1000, batch_size=1, mala_every=0)
 
 
-def test_quadratic_full_batch_matches_step_corrected_closed_form():
+# Two-point noise (noise="rademacher") has the Gaussian's stationary mean and covariance on a
+# quadratic, so the quadratic closed forms hold for it at the same tolerances (docs/conventions.md §1).
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_quadratic_full_batch_matches_step_corrected_closed_form(noise):
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
     # batch_size == n: exact full-batch SGLD. ε = 3e-3 (stable below 4/201) makes the correction large.
     config = sj.SamplerConfig(step_size=3e-3, nbeta=200.0, localization=1.0, num_chains=16, num_draws=4000,
-                              num_burnin=200, batch_size=1000)
+                              num_burnin=200, batch_size=1000, noise=noise)
     result = sj.estimate_llc(loss_fn, w_star, data, config, key=0, progress=False)
     assert result.chains.settings["minibatches"] == "full batch"
     expected = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0, step_size=3e-3)  # 1.6053
@@ -43,11 +46,12 @@ def test_quadratic_full_batch_matches_step_corrected_closed_form():
     np.testing.assert_allclose(result.llc_trace[:, -1], result.llc_per_chain, rtol=1e-6)
 
 
-def test_quadratic_minibatch_matches_exact_closed_form():
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_quadratic_minibatch_matches_exact_closed_form(noise):
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
     step = 1e-4
     config = sj.SamplerConfig(step_size=step, nbeta=200.0, localization=1.0, num_chains=8, num_draws=3000,
-                              num_steps_between_draws=5, num_burnin=1000, batch_size=100)
+                              num_steps_between_draws=5, num_burnin=1000, batch_size=100, noise=noise)
     result = sj.estimate_llc(loss_fn, w_star, data, config, key=1, progress=False, loss_estimator="paired")
     exact = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0)
     bias_bound = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0, step_size=step) - exact  # discretisation
@@ -83,20 +87,22 @@ def test_normal_crossing_matches_finite_nbeta_table(exponents, nbeta, reference)
 # DLNs with w* = the teacher trained to convergence (tests/issue5_problems.dln), n = 10^4,
 # nβ = n/log n, γ = 1 (localization bias negligible), ε = 3e-6, batch 100, 4000 + 8000 steps, paired
 # estimator. Measured relative errors with these settings: -4.2%, +2.1%, +0.7%, +4.5%, +0.5% for the
-# shapes below (8 chains, key 0); the stated tolerance is 10%.
+# shapes below (8 chains, key 0); the stated tolerance is 10%. Two-point noise meets it too (two shapes
+# here; all five measured in benchmarks/bench_noise.py).
 DLN_RELATIVE_TOLERANCE = 0.10
+DLN_SHAPES = [((4, 2, 4), 1), ((5, 5, 5), 1), ((6, 4, 8, 3), 2), ((10, 10, 10), 5), ((20, 5, 20), 3)]
 
 
 @pytest.mark.parametrize(
-    "widths,rank",
-    [((4, 2, 4), 1), ((5, 5, 5), 1), ((6, 4, 8, 3), 2), ((10, 10, 10), 5), ((20, 5, 20), 3)],
+    "widths,rank,noise",
+    [(w, r, "gaussian") for w, r in DLN_SHAPES] + [((4, 2, 4), 1, "rademacher"), ((10, 10, 10), 5, "rademacher")],
 )
-def test_deep_linear_network_within_stated_relative_error(widths, rank):
+def test_deep_linear_network_within_stated_relative_error(widths, rank, noise):
     params, data, product_rank = dln(widths, rank, 10_000)
     assert product_rank == rank
     lam, _ = theory.dln_learning_coefficient(widths, rank)
     config = sj.SamplerConfig(step_size=3e-6, localization=1.0, num_chains=8, num_draws=8000, num_burnin=4000,
-                              batch_size=100, mala_every=0)
+                              batch_size=100, mala_every=0, noise=noise)
     result = sj.estimate_llc(dln_loss, params, data, config, key=0, progress=False, loss_estimator="paired")
     assert not result.diverged.any()
     assert abs(result.llc_mean - lam) / lam < DLN_RELATIVE_TOLERANCE, (widths, rank, result.llc_mean, lam)

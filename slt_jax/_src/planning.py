@@ -229,6 +229,8 @@ def prepare(loss_fn: LossFn, centers: Sequence[Params], data: Batch, config: Sam
         raise TypeError(f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}.")
     n = validation.check_data(data)
     centers = check_centers(centers)
+    # One wrapper for every loss of the run (step, L_B(w*), L_n(w*), traces): equal rounding in L and L*.
+    loss_fn = kernels.mixed_precision(loss_fn, config.compute_dtype)
     if config.batch_size > n:
         raise ValueError(f"batch_size={config.batch_size} is larger than the dataset (n={n}); use batch_size <= {n}.")
     recording = _check_recording(recording)
@@ -243,6 +245,7 @@ def prepare(loss_fn: LossFn, centers: Sequence[Params], data: Batch, config: Sam
         loss_fn=loss_fn, layout=None, preconditioner=config.preconditioner_spec, batch_size=config.batch_size,
         num_draws=0, steps_per_draw=1, recorded=True, recording=recording.compiled_part(), mala_every=config.mala_every,
         diagnostics_every=config.diagnostics_every, center_cache=caches is not None, bulk_noise=False,
+        noise=config.noise,
     )
     chain_keys = jax.random.split(validation.as_key(key), config.num_chains)
     observe_data = jax.tree.map(jnp.asarray, recording.observe_data)

@@ -3,7 +3,9 @@
 ``slt_jax.sampler`` drives it. One call runs ``num_draws * steps_per_draw`` steps of every chain of
 every configuration in a group: ``vmap`` (centres) ∘ ``vmap`` (variants: component offsets and
 hyperparameters) ∘ ``vmap`` (chains) ∘ ``lax.scan`` (draws) ∘ ``lax.scan`` (steps between draws).
-The step is ``kernels.build_kernel``'s kernel applied to the chain's restricted loss. The chunk
+The step is ``kernels.build_kernel``'s kernel applied to the chain's restricted loss. ``Static.loss_fn`` is
+the loss the run evaluates everywhere (``kernels.mixed_precision`` of the user's, so every loss of a run
+carries the same rounding). The chunk
 program (``chain_chunk``) runs under ``jit`` and never touches the host; ``compiled_chunk`` compiles it
 on the host (timed, cached per signature), and ``full_data_loss`` / ``example_losses`` are jitted
 passes over the whole dataset that the planning step calls from the host.
@@ -190,6 +192,7 @@ class Static(NamedTuple):
     diagnostics_every: int
     center_cache: bool  # the loss at w* on a batch is gathered from per-example losses at w*
     bulk_noise: bool
+    noise: str  # the kind of increments, ``kernels.NOISES``
 
 
 class CenterInputs(NamedTuple):
@@ -260,7 +263,7 @@ def _step_inputs(chain_key: PRNGKey, position_center: Params, n: int, start: Off
     steps = start.step + jnp.arange(num_steps, dtype=jnp.int32)
     noise = None
     if static.bulk_noise:
-        noise = jax.vmap(lambda t: kernels.tree_normal(jax.random.fold_in(noise_key, t), position_center))(steps)
+        noise = jax.vmap(lambda t: kernels.tree_noise(static.noise, jax.random.fold_in(noise_key, t), position_center))(steps)
     if static.batch_size == n:
         indices = jnp.zeros((num_steps, 0), jnp.int32)  # full batch: every step sees all the data
     else:
@@ -276,7 +279,7 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs,
     layout, offsets, hyper = static.layout, variant.offsets, variant.hyper
     position_center = restriction.extract(layout, offsets, at.center)
     kernel = kernels.build_kernel(lambda position, batch: static.loss_fn(restriction.insert(layout, offsets, at.center, position), batch),
-                                  preconditioner=static.preconditioner)
+                                  preconditioner=static.preconditioner, noise=static.noise)
     step_kernel = lambda *args: kernel(*args, diagnostics=False)
     noise_key, (noise, indices, steps) = _step_inputs(chain_key, position_center, n, start, static)
 
