@@ -149,6 +149,13 @@ class SamplerConfig:
             accelerator's memory, or min(2 GiB, RAM / 8) on a CPU host; see
             ``slt_jax._src.planning.default_memory_budget``). Results do not depend on it (up to float32
             rounding: XLA batches a smaller group differently).
+        init_loss_examples: L_n(w*) from a subsample of this many examples (at least 2; a fixed,
+            uniform draw without replacement, seeded by the run's key, the same at every centre),
+            where the estimate needs L_n(w*) (``loss_estimator="minibatch"`` or ``"full"``,
+            ``centering="full"``); its standard error enters λ̂'s (``LLCResult.stderr``). None:
+            all n examples, refused before any pass when that pass is large and more than 10% of
+            the sampling (docs/conventions.md §2). Unused where L_n(w*) cancels (``"paired"``,
+            ``centering="probe"``).
     """
 
     step_size: float | str
@@ -165,6 +172,7 @@ class SamplerConfig:
     diagnostics_every: int = 1
     chunk_draws: int | None = None
     memory_budget: int | None = None
+    init_loss_examples: int | None = None
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -180,9 +188,9 @@ class SamplerConfig:
         for name, minimum in (("num_draws", 1), ("batch_size", 1), ("num_chains", 1), ("num_burnin", 0),
                               ("num_steps_between_draws", 1), ("mala_every", 0), ("diagnostics_every", 1)):
             set_(name, check_positive_int(getattr(self, name), name, minimum))
-        for name in ("chunk_draws", "memory_budget"):
+        for name, minimum in (("chunk_draws", 1), ("memory_budget", 1), ("init_loss_examples", 2)):
             if getattr(self, name) is not None:
-                set_(name, check_positive_int(getattr(self, name), name))
+                set_(name, check_positive_int(getattr(self, name), name, minimum))
         preconditioner = get_preconditioner(self.preconditioner)
         # Store the name when it is a named default, so the config prints and serialises simply.
         set_("preconditioner", preconditioner.name if preconditioner == get_preconditioner(preconditioner.name) else preconditioner)

@@ -111,7 +111,10 @@ class ChainsResult:
         accumulator: pytree of ``(G, C, ...)`` accumulator states, or None.
         diverged: ``(G, C)`` bool, the chain's loss went non-finite.
         diverged_at: ``(G, C)`` int, first non-finite step (-1 if none).
-        init_loss: ``(G,)`` L_n(w*) of each configuration's centre.
+        init_loss: ``(G,)`` L_n(w*) of each configuration's centre: exact over all n, or estimated
+            where ``settings["init_loss"]`` says so (``{"source", "examples", "stderr"}``:
+            ``"subsample"``, ``SamplerConfig.init_loss_examples``; ``"draws"``, the mean of the
+            recorded L_B(w*) of a ``center_loss`` run, where L_n(w*) cancels and is never computed).
         hyperparameters: ``Hyperparameters`` of ``(G,)`` numpy arrays (nβ resolved).
         center_index, variant_index: ``(G,)`` which centre and which variant each configuration is.
         num_sampled: ``(G,)`` coordinates each configuration's chains move.
@@ -517,9 +520,14 @@ def _result(plan: planning.Plan, groups: list[planning.Group], runs: list[_Group
         full_loss_every=recording.full_loss_every,
         center_loss=recording.center_loss,
     )
+    fields = _assemble(plan, groups, runs)
+    init_losses, settings["init_loss"] = plan.init_losses, plan.init_loss
+    if plan.init_loss["source"] == "draws":  # L_n(w*) cancelled; shown as the mean of the recorded L_B(w*)
+        init_losses, settings["init_loss"] = planning.estimated_init_losses(fields["center_loss"], center_index, len(plan.centers),
+                                                                            config.batch_size)
     return ChainsResult(
-        **_assemble(plan, groups, runs),
-        init_loss=plan.init_losses[center_index],
+        **fields,
+        init_loss=init_losses[center_index],
         hyperparameters=jax.tree.map(lambda *xs: np.asarray(xs, np.float64)[variant_index], *[v.hyper for v in plan.variants]),
         center_index=center_index,
         variant_index=variant_index,
