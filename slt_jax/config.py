@@ -154,8 +154,8 @@ class SamplerConfig:
             where the estimate needs L_n(w*) (``loss_estimator="minibatch"`` or ``"full"``,
             ``centering="full"``); its standard error enters λ̂'s (``LLCResult.stderr``). None:
             all n examples, refused before any pass when that pass is large and more than 10% of
-            the sampling (docs/conventions.md §2). Unused where L_n(w*) cancels (``"paired"``,
-            ``centering="probe"``).
+            the sampling (docs/conventions.md §2); m >= n: all n, never refused. Unused where
+            L_n(w*) cancels (``"paired"``, ``centering="probe"``).
     """
 
     step_size: float | str
