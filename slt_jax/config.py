@@ -155,6 +155,13 @@ class SamplerConfig:
         noise: ``"gaussian"`` (ξ ~ N(0, I)) or ``"rademacher"`` (independent ±1 increments, the
             simplified weak Euler scheme: the same stationary mean and covariance on a quadratic,
             cheaper to draw; docs/conventions.md §1, "Two-point noise").
+        init_loss_examples: L_n(w*) from a subsample of this many examples (at least 2; a fixed,
+            uniform draw without replacement, seeded by the run's key, the same at every centre),
+            where the estimate needs L_n(w*) (``loss_estimator="minibatch"`` or ``"full"``,
+            ``centering="full"``); its standard error enters λ̂'s (``LLCResult.stderr``). None:
+            all n examples, refused before any pass when that pass is large and more than 10% of
+            the sampling (docs/conventions.md §2); m >= n: all n, never refused. Unused where
+            L_n(w*) cancels (``"paired"``, ``centering="probe"``).
     """
 
     step_size: float | str
@@ -173,6 +180,7 @@ class SamplerConfig:
     memory_budget: int | None = None
     compute_dtype: str = "float32"
     noise: str = "gaussian"
+    init_loss_examples: int | None = None
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -188,9 +196,9 @@ class SamplerConfig:
         for name, minimum in (("num_draws", 1), ("batch_size", 1), ("num_chains", 1), ("num_burnin", 0),
                               ("num_steps_between_draws", 1), ("mala_every", 0), ("diagnostics_every", 1)):
             set_(name, check_positive_int(getattr(self, name), name, minimum))
-        for name in ("chunk_draws", "memory_budget"):
+        for name, minimum in (("chunk_draws", 1), ("memory_budget", 1), ("init_loss_examples", 2)):
             if getattr(self, name) is not None:
-                set_(name, check_positive_int(getattr(self, name), name))
+                set_(name, check_positive_int(getattr(self, name), name, minimum))
         check_compute_dtype(self.compute_dtype)
         check_noise(self.noise)
         preconditioner = get_preconditioner(self.preconditioner)

@@ -195,7 +195,9 @@ class DevelopmentResult(results.Result):
     Attributes:
         steps: ``(K,)`` the checkpoints' training steps.
         llc: the ``LLCTable`` ``(checkpoint, component, chain)``.
-        train_loss: ``(K,)`` full-data mean loss of each checkpoint on the training data.
+        train_loss: ``(K,)`` full-data mean loss of each checkpoint on the training data (the LLC
+            table's L_n(w*): estimated, not exact, where ``llc.chains.settings["init_loss"]`` says
+            so, e.g. the mean of the recorded L_B(w*) under ``loss_estimator="paired"``).
         test_loss: ``(K,)`` the same on the held-out data (NaN without ``held_out``).
         susceptibilities: the ``SusceptibilityTable`` over the checkpoints (``probes=``), else None.
     """

@@ -479,7 +479,13 @@ def summary(result, *, burnin_draws: int = 0, thresholds: dict | None = None) ->
         step_size=None if config.preconditioner_spec.adaptive else step_size,
         burnin_draws=burnin_draws,
     )
-    note = metrics.pop("note")
+    notes = [metrics.pop("note")]
+    init_error = nbeta * float(getattr(result, "init_loss_stderr", 0.0))
+    if init_error > 0:  # L_n(w*) from a subsample: one error shared by every chain, in quadrature
+        metrics["llc_stderr"] = float(np.hypot(metrics["llc_stderr"], init_error))
+        notes.append(f"L_n(w*) from a subsample of {chains.settings['init_loss']['examples']} examples: its standard "
+                     f"error adds ±{init_error:.2g} to the LLC (included in its standard error, "
+                     f"{metrics['llc_stderr']:.2g}).")
     found = problems(metrics, full_loss=result.loss_estimator == "full", thresholds=thresholds)
     order = {"error": 0, "warning": 1}
     found.sort(key=lambda f: order.get(f.severity, 2))
@@ -489,7 +495,7 @@ def summary(result, *, burnin_draws: int = 0, thresholds: dict | None = None) ->
         f"draws; step_size={step_size:.4g}, nbeta={nbeta:.4g}, localization={float(hyper.localization[0]):.4g}, "
         f"batch_size={config.batch_size}, loss_estimator={result.loss_estimator!r}."
     )
-    return HealthReport(headline, tuple(found), metrics, (note,) if note else ())
+    return HealthReport(headline, tuple(found), metrics, tuple(note for note in notes if note))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ class LLCResult(results.Result):
         diverged: ``(num_chains,)`` bool.
         loss_estimator: which loss entered λ̂ (``slt_jax.traces``).
         chains: the raw ``ChainsResult`` of this one configuration (leading axis 1).
+        init_loss_stderr: the standard error of the L_n(w*) that entered λ̂ (a subsample,
+            ``SamplerConfig.init_loss_examples``; 0 when exact or cancelled, ``"paired"``);
+            ``stderr`` adds nβ times it in quadrature.
 
     ``health`` is the structured ``HealthReport``; ``summary()`` its text.
     """
@@ -68,12 +71,15 @@ class LLCResult(results.Result):
     diverged: np.ndarray
     loss_estimator: str
     chains: ChainsResult
+    init_loss_stderr: float = 0.0
 
     @property
     def stderr(self) -> float:
-        """Standard error of ``llc_mean`` from the spread of the independent chains."""
+        """Standard error of ``llc_mean``: the spread of the independent chains, and nβ ×
+        ``init_loss_stderr`` (shared by every chain) in quadrature."""
         good = np.isfinite(self.llc_per_chain)
-        return float(self.llc_std / np.sqrt(good.sum())) if good.sum() >= 2 else float("nan")
+        chains = float(self.llc_std / np.sqrt(good.sum())) if good.sum() >= 2 else float("nan")
+        return float(np.hypot(chains, self.nbeta * self.init_loss_stderr))
 
     @property
     def health(self) -> diagnostics.HealthReport:
@@ -135,6 +141,7 @@ def llc_result(chains: ChainsResult, loss_estimator: str = "minibatch") -> LLCRe
         diverged=diverged,
         loss_estimator=loss_estimator,
         chains=chains,
+        init_loss_stderr=float(traces.init_loss_stderr(chains, loss_estimator)[0]),
     )
 
 
@@ -153,6 +160,10 @@ class LLCTable(results.Result):
         num_sampled: ``(M,)`` coordinates each component's chains move.
         loss_estimator: which loss entered λ̂.
         chains: the ``ChainsResult`` of the whole run (configurations g = k * M + m).
+        init_loss_stderr: ``(K,)`` standard error of each checkpoint's L_n(w*) as it entered λ̂
+            (``LLCResult.init_loss_stderr``; zeros when exact or cancelled).
+
+    ``stderr`` ``(K, M)``: the chains' standard error with nβ × ``init_loss_stderr`` in quadrature.
     """
 
     steps: np.ndarray
@@ -167,6 +178,17 @@ class LLCTable(results.Result):
     num_sampled: np.ndarray
     loss_estimator: str
     chains: ChainsResult
+    init_loss_stderr: np.ndarray | None = None
+
+    @property
+    def stderr(self) -> np.ndarray:
+        """``(K, M)`` standard error of ``llc_mean`` (chains' spread, and L_n(w*)'s error in quadrature)."""
+        good = np.isfinite(self.llc_per_chain).sum(axis=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            chains = np.where(good >= 2, self.llc_std / np.sqrt(good), np.nan)
+        nbeta = np.asarray(self.chains.hyperparameters.nbeta, np.float64).reshape(chains.shape)
+        init = np.zeros(len(self.steps)) if self.init_loss_stderr is None else np.asarray(self.init_loss_stderr)
+        return np.hypot(chains, nbeta * init[:, None])
 
     @property
     def unreliable(self) -> np.ndarray:
@@ -193,6 +215,11 @@ class LLCTable(results.Result):
                     f"{'!' if flags[k, m] else ' '} {int(step):>8}  {name:<{width}}  {self.llc_mean[k, m]:>10.4g}  "
                     f"{self.llc_std[k, m]:>8.2g}  {self.ess[k, m]:>7.1f}  {self.rhat[k, m]:>6.3f}  {int(self.diverged[k, m].sum()):>8d}"
                 )
+        if self.init_loss_stderr is not None and np.any(self.init_loss_stderr > 0):
+            entry = self.chains.settings.get("init_loss", {})
+            lines.append(f"  L_n(w*) from a subsample of {entry.get('examples')} examples adds ± nβ x "
+                         f"{np.max(self.init_loss_stderr):.2g} (standard error) to every LLC of a checkpoint; "
+                         "see .stderr.")
         if flags.any():
             lines.append(
                 f"! unreliable: ESS < {MIN_ESS:g}, R-hat > {MAX_RHAT}, undefined, diverged chains (run longer chains), "
@@ -218,6 +245,8 @@ class LLCTable(results.Result):
                 unreliable=(dims, self.unreliable),
                 llc_per_chain=(dims + ("chain",), self.llc_per_chain), diverged=(dims + ("chain",), self.diverged),
                 init_loss=(("checkpoint",), self.init_loss), num_sampled=(("component",), self.num_sampled),
+                init_loss_stderr=(("checkpoint",), np.zeros(len(self.steps)) if self.init_loss_stderr is None
+                                  else self.init_loss_stderr),
             ),
             coords=dict(checkpoint=self.steps, component=self.components, chain=np.arange(self.llc_per_chain.shape[-1])),
             attrs=dict(loss_estimator=self.loss_estimator),
@@ -262,6 +291,7 @@ def _table(admitted: frontdoor.Admission, chains: ChainsResult, loss_estimator: 
         llc_per_chain=per_chain.reshape(shape + (num_c,)), ess=ess.reshape(shape), rhat=rhat.reshape(shape),
         diverged=diverged.reshape(shape + (num_c,)), init_loss=np.asarray(chains.init_loss).reshape(shape)[:, 0],
         num_sampled=np.asarray(chains.num_sampled).reshape(shape)[0], loss_estimator=loss_estimator, chains=chains,
+        init_loss_stderr=traces.init_loss_stderr(chains, loss_estimator).reshape(shape)[:, 0],
     )
 
 

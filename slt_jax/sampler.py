@@ -111,7 +111,10 @@ class ChainsResult:
         accumulator: pytree of ``(G, C, ...)`` accumulator states, or None.
         diverged: ``(G, C)`` bool, the chain's loss went non-finite.
         diverged_at: ``(G, C)`` int, first non-finite step (-1 if none).
-        init_loss: ``(G,)`` L_n(w*) of each configuration's centre.
+        init_loss: ``(G,)`` L_n(w*) of each configuration's centre: exact over all n, or estimated
+            where ``settings["init_loss"]`` says so (``{"source", "examples", "stderr"}``:
+            ``"subsample"``, ``SamplerConfig.init_loss_examples``; ``"draws"``, the mean of the
+            recorded L_B(w*) of a ``center_loss`` run, where L_n(w*) cancels and is never computed).
         hyperparameters: ``Hyperparameters`` of ``(G,)`` numpy arrays (nβ resolved).
         center_index, variant_index: ``(G,)`` which centre and which variant each configuration is.
         num_sampled: ``(G,)`` coordinates each configuration's chains move.
@@ -425,17 +428,26 @@ def _assemble(plan: planning.Plan, groups: list[planning.Group], runs: list[_Gro
 # the public entry point
 
 
+def _witness(plan: planning.Plan) -> np.ndarray:
+    """A cheap witness of the params and the data: the sum of every leaf of every centre and of the
+    data (L_n(w*) is not always computed: ``planning.init_loss_source``)."""
+    if jax.process_count() == 1:
+        return np.zeros(0)
+    leaves = [leaf for center in plan.centers for leaf in jax.tree.leaves(center)] + jax.tree.leaves(plan.data)
+    return np.array([float(jnp.sum(jnp.asarray(leaf, jnp.float32))) for leaf in leaves])
+
+
 def _check_processes_agree(plan: planning.Plan) -> None:
     """With several processes, every process must pass the same key, params and data: compares the
-    chain keys and L_n(w*) of every centre (a cheap witness of params and data) between processes,
-    and the memory budget (which decides the groups, so every process runs the same programs)."""
+    chain keys, per-leaf sums of the centres and the data (a cheap witness) between processes, and
+    the memory budget (which decides the groups, so every process runs the same programs)."""
     multihost.check_same(
         "key", jax.random.key_data(plan.chain_keys),
         "Pass the same key to every process (do not fold in jax.process_index()): the sampler itself "
         "spreads the chains over the processes' devices.",
     )
     multihost.check_same(
-        "L_n(w*) (the full-data loss at each centre)", plan.init_losses,
+        "the params and data (per-leaf sums of every centre and of the data)", _witness(plan),
         "Pass the same params and the whole dataset to every process (not a per-process shard).", rtol=1e-5,
     )
     multihost.check_same(
@@ -517,9 +529,14 @@ def _result(plan: planning.Plan, groups: list[planning.Group], runs: list[_Group
         full_loss_every=recording.full_loss_every,
         center_loss=recording.center_loss,
     )
+    fields = _assemble(plan, groups, runs)
+    init_losses, settings["init_loss"] = plan.init_losses, plan.init_loss
+    if plan.init_loss["source"] == "draws":  # L_n(w*) cancelled; shown as the mean of the recorded L_B(w*)
+        init_losses, settings["init_loss"] = planning.estimated_init_losses(fields["center_loss"], center_index, len(plan.centers),
+                                                                            config.batch_size)
     return ChainsResult(
-        **_assemble(plan, groups, runs),
-        init_loss=plan.init_losses[center_index],
+        **fields,
+        init_loss=init_losses[center_index],
         hyperparameters=jax.tree.map(lambda *xs: np.asarray(xs, np.float64)[variant_index], *[v.hyper for v in plan.variants]),
         center_index=center_index,
         variant_index=variant_index,

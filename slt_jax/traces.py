@@ -9,7 +9,9 @@ Loss estimators (docs/conventions.md §2), all unbiased for L_n(w_d):
 * ``"minibatch"``: the minibatch loss of the draw's gradient step (the convention);
 * ``"paired"``: L_B(w_d) - L_B(w*) + L_n(w*) on the same minibatch B, a control variate that cancels
   the per-example noise nβ multiplies (L_B(w*): one forward pass per draw, or a gather from the
-  per-example losses at w* when cheaper, ``slt_jax._src.planning``);
+  per-example losses at w* when cheaper, ``slt_jax._src.planning``). In λ̂ L_n(w*) cancels: it is
+  never computed over all n, and the loss trace shows it as the mean of the recorded L_B(w*)
+  (``ChainsResult.settings["init_loss"]``);
 * ``"full"``: the full-data loss at each draw (one full pass per draw).
 """
 
@@ -25,6 +27,7 @@ __all__ = [
     "estimator_options",
     "loss_trace",
     "llc_draws",
+    "init_loss_stderr",
     "loss_diagnostics",
     "divergence_message",
 ]
@@ -57,11 +60,29 @@ def loss_trace(chains: ChainsResult, loss_estimator: str) -> np.ndarray:
 def llc_draws(chains: ChainsResult, loss_estimator: str = "minibatch") -> np.ndarray:
     """nβ (L_{g,c,d} - L_n(w*_g)) per configuration, chain and draw: ``(G, C, D)`` float64.
 
-    Its mean over draws is chain c's λ̂ (docs/conventions.md §2).
+    Its mean over draws is chain c's λ̂ (docs/conventions.md §2). For ``"paired"`` it is
+    nβ (L_B(w_d) - L_B(w*)): L_n(w*) cancels, so it never enters (and is never computed for it).
     """
-    loss = loss_trace(chains, loss_estimator)
-    nbeta = np.asarray(chains.hyperparameters.nbeta, np.float64)
-    return nbeta[:, None, None] * (loss - np.asarray(chains.init_loss, np.float64)[:, None, None])
+    nbeta = np.asarray(chains.hyperparameters.nbeta, np.float64)[:, None, None]
+    if loss_estimator == "paired":
+        loss_trace(chains, loss_estimator)  # validates
+        return nbeta * (np.asarray(chains.loss, np.float64) - np.asarray(chains.center_loss, np.float64))
+    return nbeta * (loss_trace(chains, loss_estimator) - np.asarray(chains.init_loss, np.float64)[:, None, None])
+
+
+def init_loss_stderr(chains: ChainsResult, loss_estimator: str = "minibatch") -> np.ndarray:
+    """The standard error that L_n(w*) adds to every chain's λ̂, per configuration ``(G,)`` float64.
+
+    L_n(w*) is one number shared by a configuration's chains, so its error does not show in their
+    spread: nβ times it adds in quadrature to the chains' standard error (``LLCResult.stderr``). It is
+    ``settings["init_loss"]["stderr"]`` (a subsample, ``SamplerConfig.init_loss_examples``), and 0
+    when L_n(w*) is exact or cancels (``"paired"``).
+    """
+    estimator_options(loss_estimator)
+    entry = chains.settings.get("init_loss") or {}
+    if loss_estimator == "paired" or not entry.get("stderr"):
+        return np.zeros(chains.num_configs)
+    return np.asarray(entry["stderr"], np.float64)[np.asarray(chains.center_index, int)]
 
 
 def loss_diagnostics(trace: np.ndarray) -> tuple[float, float, str]:

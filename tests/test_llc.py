@@ -46,16 +46,29 @@ def test_quadratic_full_batch_matches_step_corrected_closed_form(noise):
     np.testing.assert_allclose(result.llc_trace[:, -1], result.llc_per_chain, rtol=1e-6)
 
 
-@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
-def test_quadratic_minibatch_matches_exact_closed_form(noise):
+# L_n(w*): "paired" with the per-example cache at w* (exact), "paired" without it (never computed),
+# and the minibatch estimator with L_n(w*) from a subsample (its standard error in result.stderr);
+# two-point noise at the same tolerance.
+@pytest.mark.parametrize("loss_estimator, cache, init_loss_examples, noise",
+                         [("paired", True, None, "gaussian"), ("paired", False, None, "gaussian"),
+                          ("minibatch", False, 100, "gaussian"), ("paired", True, None, "rademacher")])
+def test_quadratic_minibatch_matches_exact_closed_form(loss_estimator, cache, init_loss_examples, noise, monkeypatch):
+    from slt_jax._src import planning
+
+    if not cache:
+        monkeypatch.setattr(planning, "_CENTER_CACHE_MAX_BYTES", 0)
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=1000)
     step = 1e-4
     config = sj.SamplerConfig(step_size=step, nbeta=200.0, localization=1.0, num_chains=8, num_draws=3000,
-                              num_steps_between_draws=5, num_burnin=1000, batch_size=100, noise=noise)
-    result = sj.estimate_llc(loss_fn, w_star, data, config, key=1, progress=False, loss_estimator="paired")
+                              num_steps_between_draws=5, num_burnin=1000, batch_size=100,
+                              init_loss_examples=init_loss_examples, noise=noise)
+    result = sj.estimate_llc(loss_fn, w_star, data, config, key=1, progress=False, loss_estimator=loss_estimator)
+    source = {(True, None): "full", (False, None): "draws", (False, 100): "subsample"}[cache, init_loss_examples]
+    assert result.chains.settings["init_loss"]["source"] == source
     exact = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0)
     bias_bound = theory.quadratic_llc(EIGENVALUES, 200.0, 1.0, step_size=step) - exact  # discretisation
-    se = standard_error(result)
+    se = result.stderr
+    assert (se > standard_error(result)) == (init_loss_examples is not None)
     assert abs(result.llc_mean - exact) < Z * se + bias_bound, (result.llc_mean, exact, se, bias_bound)
 
 
@@ -258,3 +271,103 @@ def test_table_flags_unreliable_rows():
     table = sj.estimate_llc_table(loss_fn, [w_star], data, config, key=0, progress=False)
     assert table.unreliable.all(), table
     assert "! unreliable" in table.table()
+
+
+# Issue 19, item 3: no pass over all the data that the estimate does not need.
+_SMALL = sj.SamplerConfig(step_size=1e-3, nbeta=200.0, localization=1.0, num_chains=4, num_draws=20, batch_size=4)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a pass over all n examples")
+
+
+def test_paired_llc_makes_no_full_data_pass_and_equals_the_exact_baseline(monkeypatch):
+    from slt_jax._src import planning, program
+
+    # n = 400 > draws x chains x batch = 320: no per-example cache at w*, one forward per draw.
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=400)
+    exact = float(sj.full_data_loss(loss_fn, w_star, data))
+    baseline = sj.run_chains(loss_fn, [w_star], data, _SMALL, key=3, progress=False,
+                             recording=sj.Recording(center_loss=True, init_losses=[exact]))
+    monkeypatch.setattr(planning, "full_init_losses", _refuse)
+    monkeypatch.setattr(program, "example_losses", _refuse)
+    monkeypatch.setattr(planning, "subsample_init_losses", _refuse)
+    result = sj.estimate_llc(loss_fn, w_star, data, _SMALL, key=3, loss_estimator="paired", progress=False)
+    np.testing.assert_array_equal(result.chains.loss, baseline.loss)
+    np.testing.assert_array_equal(result.chains.center_loss, baseline.center_loss)
+    # The estimate before this change, nβ((L_B(w) - L_B(w*) + L_n(w*)) - L_n(w*)), to float64 rounding.
+    before = 200.0 * ((baseline.loss.astype(np.float64) - baseline.center_loss + exact) - exact).mean(axis=-1)[0]
+    np.testing.assert_allclose(result.llc_per_chain, before, rtol=1e-12, atol=1e-12)
+    # L_n(w*) is shown as the mean of the recorded L_B(w*): unbiased, its standard error from the draws.
+    entry = result.chains.settings["init_loss"]
+    assert entry["source"] == "draws" and entry["examples"] == 20 * 4 * 4
+    draws = baseline.center_loss[0].astype(np.float64).ravel()
+    assert entry["stderr"][0] == pytest.approx(draws.std(ddof=1) / np.sqrt(draws.size), rel=1e-9)
+    assert abs(result.init_loss - exact) < Z * entry["stderr"][0]
+    assert result.init_loss_stderr == 0.0 and result.stderr == pytest.approx(standard_error(result), rel=1e-12)
+
+
+def test_minibatch_estimator_refuses_a_large_short_full_pass_before_any_pass(monkeypatch):
+    from slt_jax._src import planning
+
+    monkeypatch.setattr(planning, "full_init_losses", _refuse)
+    # ~3.4e7 FLOPs per example (a 256 x 65536 product), n = 4096: the pass is ~1.4e11 FLOPs, and
+    # 4096 forwards against 3 x 5 steps x 2 chains x batch 2 = 60 for the sampling.
+    n, d, width = 4096, 256, 65536
+    heavy = lambda w, batch: jnp.mean((batch["x"] @ jnp.ones((d, width))) * w, axis=1)
+    data = {"x": jnp.ones((n, d))}
+    config = _SMALL.replace(num_chains=2, num_draws=5, batch_size=2)
+    with pytest.raises(ValueError, match=r"(?s)loss_estimator='paired'.*init_loss_examples=m"):
+        sj.estimate_llc(heavy, jnp.ones(()), data, config, key=0, progress=False)
+    # A small problem whose pass costs milliseconds is never refused, however short the run ...
+    loss_fn, w_star, small = linear_regression(EIGENVALUES, n=400)
+    monkeypatch.undo()
+    short = _SMALL.replace(num_draws=2)
+    assert sj.estimate_llc(loss_fn, w_star, small, short, key=0, progress=False).chains.settings["init_loss"] == {
+        "source": "full", "examples": 400, "stderr": [0.0]}
+    # ... until its pass counts as large (the threshold lowered): then the same message.
+    monkeypatch.setattr(planning, "INIT_LOSS_FREE_FLOPS", 0.0)
+    with pytest.raises(ValueError, match=r"(?s)L_n\(w\*\) over all n=400.*e\.g\. m=\d+"):
+        sj.estimate_llc(loss_fn, w_star, small, short, key=0, progress=False)
+    assert sj.estimate_llc(loss_fn, w_star, small, short, key=0, progress=False, loss_estimator="paired").llc_mean
+
+
+def test_subsampled_init_loss_is_unbiased_with_the_closed_form_standard_error():
+    from slt_jax._src import planning
+
+    # Per-example losses 0, 1, ..., n-1: L_n = (n - 1) / 2, S² = n (n + 1) / 12 (ddof=1), and the mean
+    # of m drawn without replacement has variance (1 - m/n) S² / m.
+    n, m, keys = 200, 20, 300
+    data = {"y": jnp.arange(n, dtype=jnp.float32)}
+    per_example = lambda w, batch: batch["y"] * w
+    closed = np.sqrt((1 - m / n) * n * (n + 1) / 12 / m)
+    runs = [planning.subsample_init_losses(per_example, [jnp.ones(()), 2 * jnp.ones(())], data, m, 8, key) for key in range(keys)]
+    values = np.array([v for v, _ in runs])  # (keys, 2 centres)
+    errors = np.array([e for _, e in runs])
+    np.testing.assert_allclose(values[:, 1], 2 * values[:, 0], rtol=1e-6)  # the same subsample at every centre
+    assert abs(values[:, 0].mean() - (n - 1) / 2) < Z * closed / np.sqrt(keys)
+    assert values[:, 0].std(ddof=1) == pytest.approx(closed, rel=0.15)
+    assert np.sqrt((errors[:, 0] ** 2).mean()) == pytest.approx(closed, rel=0.05)  # E[se²] = closed² exactly
+    # A scalar-mean loss and a per-token loss give the same per-example means.
+    scalar = lambda w, batch: jnp.mean(batch["y"]) * w
+    per_token = lambda w, batch: jnp.stack([batch["y"] - 1, batch["y"] + 1], axis=1) * w
+    for other in (scalar, per_token):
+        np.testing.assert_allclose(planning.subsample_init_losses(other, [jnp.ones(())], data, m, 8, 7),
+                                   planning.subsample_init_losses(per_example, [jnp.ones(())], data, m, 8, 7), rtol=1e-6)
+
+
+def test_subsample_standard_error_enters_the_llc_error_and_summary():
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=400)
+    config = _SMALL.replace(init_loss_examples=50)
+    result = sj.estimate_llc(loss_fn, w_star, data, config, key=3, progress=False)
+    entry = result.chains.settings["init_loss"]
+    assert entry["source"] == "subsample" and entry["examples"] == 50
+    assert result.init_loss_stderr == entry["stderr"][0] > 0
+    assert result.stderr == pytest.approx(np.hypot(standard_error(result), 200.0 * entry["stderr"][0]), rel=1e-12)
+    assert "subsample of 50 examples" in result.summary()
+    assert result.health.metrics["llc_stderr"] == pytest.approx(result.stderr, rel=1e-12)
+    table = sj.estimate_llc_table(loss_fn, [w_star, w_star], data, config, key=3, progress=False)
+    np.testing.assert_allclose(table.stderr[:, 0], result.stderr, rtol=1e-5)
+    assert "subsample of 50 examples" in table.table()
+    # The paired estimator has no L_n(w*) error: it cancels.
+    assert sj.traces.init_loss_stderr(result.chains, "paired").tolist() == [0.0]

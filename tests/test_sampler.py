@@ -304,11 +304,15 @@ def test_center_loss_gathered_from_cached_example_losses_equals_a_forward_pass(p
     monkeypatch.undo()
     scalar = sj.run_chains(scalar_loss, centers, data, config, key=2, recording=sj.Recording(center_loss=True), progress=False)
     np.testing.assert_allclose(scalar.center_loss, forward.center_loss, rtol=1e-5)
-    assert planning._center_caches(scalar_loss, centers, data, config, 1, ()) is None
-    caches = planning._center_caches(loss_fn, centers, data, config, 1, (config.batch_size,))
-    # L_n(w*) of a cached run is the cache's mean: the same figure as the full-data pass.
+    n = data["x"].shape[0]
+    assert not planning._cache_wanted(config, n, 2, 1, ())
+    assert planning._cache_wanted(config, n, 2, 1, (config.batch_size,))
+    # L_n(w*) of a cached run is the cache's mean: the same figure as the full-data pass; without the
+    # cache it is never computed, and shown as the mean of the recorded L_B(w*).
     np.testing.assert_allclose(cached.init_loss, [float(sj.full_data_loss(loss_fn, c, data)) for c in centers], rtol=1e-6)
-    assert caches is not None and caches[0].shape == (data["x"].shape[0],)
+    assert cached.settings["init_loss"] == {"source": "full", "examples": n, "stderr": [0.0, 0.0]}
+    assert forward.settings["init_loss"]["source"] == scalar.settings["init_loss"]["source"] == "draws"
+    np.testing.assert_allclose(forward.init_loss, forward.center_loss[[0, 1]].astype(np.float64).mean(axis=(1, 2)), rtol=1e-12)
 
 
 # Issue 12, item 6: with per-token losses the default nβ = n / log n counts sequences; say so.

@@ -400,3 +400,28 @@ def test_summary_of_an_all_nan_result_is_consistent():
     per_chain = np.full((4, 8, 2), np.nan)
     summary = synthetic_results.susceptibility_result(per_chain).summary()
     assert "4 chains, 0 with a finite chi" in summary and "reliability undefined" in summary, summary
+
+
+def test_probe_centering_makes_no_full_data_pass_and_equals_the_exact_baseline(monkeypatch):
+    """Issue 19, item 3: φ = L_B(w) - L_B(w*) never needs L_n(w*); χ is the same as with it computed."""
+    from helpers import linear_regression
+    from slt_jax._src import planning, program
+
+    loss_fn, w_star, data = linear_regression([1.0, 0.5, 0.1, 0.0], n=400)  # n > 320 per-draw examples: no cache
+    config = sj.SamplerConfig(step_size=1e-3, nbeta=200.0, localization=1.0, num_chains=4, num_draws=20, batch_size=4)
+    probes = {"p": {k: v[:6] for k, v in data.items()}}
+    run = lambda: sj.estimate_susceptibilities(loss_fn, w_star, data, config, key=3, probes=probes, progress=False)
+    monkeypatch.setattr(planning, "init_loss_source", lambda *args: "full")  # the behaviour before: one full pass
+    baseline = run()
+    assert np.isfinite(baseline.chains.init_loss).all() and baseline.chains.settings["init_loss"]["source"] == "full"
+    monkeypatch.undo()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pass over all n examples")
+
+    monkeypatch.setattr(planning, "full_init_losses", refuse)
+    monkeypatch.setattr(program, "example_losses", refuse)
+    result = run()
+    assert result.chains.settings["init_loss"]["source"] == "draws"
+    np.testing.assert_array_equal(result.chi_per_chain, baseline.chi_per_chain)
+    np.testing.assert_array_equal(result.chi, baseline.chi)

@@ -1,7 +1,8 @@
 """Preparing a run: validation (before anything compiles), configurations, groups, chunks.
 
 ``slt_jax.sampler.run_chains`` calls ``prepare`` (validate the inputs, resolve every configuration's
-restriction and hyperparameters, L_n(w*) of every centre), ``groups`` (split the configurations into
+restriction and hyperparameters, L_n(w*) of every centre where the estimate needs it:
+``init_loss_source`` decides), ``groups`` (split the configurations into
 compiled groups: one per restriction layout, and within a layout as many configurations as fit the
 memory budget) and ``chunks`` (the chunks of burn-in and recorded draws).
 
@@ -16,6 +17,7 @@ or min(2 GiB, RAM / 8) on a CPU host.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import os
 import warnings
@@ -34,7 +36,8 @@ from slt_jax._src.program import DrawContext, Recording, full_data_loss
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
 __all__ = ["Plan", "Group", "Variant", "Chunk", "prepare", "groups", "chunks", "configuration_bytes", "default_memory_budget",
-           "example_draw", "observed_shapes"]
+           "example_draw", "observed_shapes", "init_loss_source", "check_full_pass_cost", "full_init_losses",
+           "subsample_init_losses", "estimated_init_losses"]
 
 # Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
 _NOISE_BUDGET_BYTES = 128 * 2**20
@@ -106,6 +109,7 @@ class Plan(NamedTuple):
     static: program.Static  # without layout / num_draws / steps_per_draw / recorded
     observe_data: PyTree
     center_caches: list  # per centre, the per-example losses at it (n, ...), or None (no cache)
+    init_loss: dict  # where init_losses came from: ChainsResult.settings["init_loss"] (planning._init_losses)
 
 
 def check_centers(centers: Sequence[Params]) -> list:
@@ -204,21 +208,157 @@ def _warn_per_token_nbeta(config: SamplerConfig, n: int, loss_shape: tuple) -> N
         ), stacklevel=validation.external_stacklevel())
 
 
-def _init_losses(loss_fn, centers: list, data, config: SamplerConfig, known, caches) -> np.ndarray:
-    """L_n(w*) of every centre: as given, the mean of its cached per-example losses (the same full
-    pass, once), or one batched full-data pass."""
-    if known is None and caches is not None:
-        known = [float(jnp.mean(cache)) for cache in caches]
-    elif known is None:
-        known = [float(full_data_loss(loss_fn, c, data, config.batch_size)) for c in centers]
+# L_n(w*) over all n is computed (when the estimate needs it) if its pass costs at most this fraction
+# of the sampling, in forward example-evaluations (a gradient counted as 3 forwards) ...
+INIT_LOSS_MAX_FRACTION = 0.1
+# ... or at most this many FLOPs (XLA's cost analysis of one forward on a batch, times n / batch):
+# about a second or two on a CPU, so small problems are never refused.
+INIT_LOSS_FREE_FLOPS = 1e11
+_SUBSAMPLE_SALT = 0x1A17
+
+
+def init_loss_source(loss_fn, centers: list, data, config: SamplerConfig, recording: Recording, num_variants: int,
+                     loss_shape: tuple) -> str:
+    """Where L_n(w*) of every centre comes from, decided once, before any pass over the data.
+
+    ``"given"``: ``Recording.init_losses``. ``"full"``: exact over all n: the mean of the per-example
+    cache at w* where one is built (the full pass anyway), else one batched pass, allowed by
+    ``check_full_pass_cost``. ``"draws"``: not computed: a run that records L_B(w*) on every draw
+    (``center_loss``: the paired LLC, probe-centred susceptibilities) has L_n(w*) cancel from its
+    estimates; ``DrawContext.init_loss`` is NaN and the result reports the mean of the recorded
+    L_B(w*) (``estimated_init_losses``). ``"subsample"``: ``SamplerConfig.init_loss_examples`` < n.
+    """
+    n = jax.tree.leaves(data)[0].shape[0]
+    if recording.init_losses is not None:
+        return "given"
+    if recording.center_loss:
+        return "full" if _cache_wanted(config, n, len(centers), num_variants, loss_shape) else "draws"
+    if config.init_loss_examples is not None:
+        return "subsample" if config.init_loss_examples < n else "full"
+    check_full_pass_cost(loss_fn, centers, data, config, recording, num_variants)
+    return "full"
+
+
+def _forward_flops(function, *args) -> float | None:
+    """FLOPs of ``function(*args)`` from XLA's cost analysis of the lowered program (no compilation;
+    a loop's body is counted once), or None where the backend has none."""
     try:
-        losses = np.asarray(known, np.float64).reshape(len(centers))
+        cost = jax.jit(function).lower(*args).cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost["flops"])
+    except Exception:  # pragma: no cover - backends without cost analysis
+        return None
+
+
+def check_full_pass_cost(loss_fn, centers: list, data, config: SamplerConfig, recording: Recording,
+                         num_variants: int) -> None:
+    """Raises a ``ValueError`` (before any pass) when L_n(w*) over all n costs more than
+    ``INIT_LOSS_MAX_FRACTION`` of the sampling AND more than ``INIT_LOSS_FREE_FLOPS``.
+
+    Counted in forward example-evaluations: the pass is n x centres; the sampling is steps x chains x
+    configurations x batch_size x 3 (a gradient is about 3 forwards), plus n per recorded full-data
+    loss, plus ``observe``'s FLOPs per draw (cost analysis) when it has one.
+    """
+    n, batch_size = jax.tree.leaves(data)[0].shape[0], config.batch_size
+    runs = len(centers) * num_variants * config.num_chains
+    every = recording.full_loss_every
+    full_draws = -(-config.num_draws // every) if every else 0
+    pass_examples = n * len(centers)
+    sampling = runs * (3 * config.num_steps * batch_size + full_draws * n)
+    if pass_examples <= INIT_LOSS_MAX_FRACTION * sampling:
+        return
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct((batch_size,) + x.shape[1:], x.dtype), data)
+    flops = _forward_flops(lambda p, b: kernels.mean_loss(loss_fn, p, b), centers[0], batch)
+    if not flops or pass_examples * flops / batch_size <= INIT_LOSS_FREE_FLOPS:
+        return
+    if recording.observe is not None:
+        zero = jnp.zeros((), jnp.float32)
+        context = DrawContext(batch, centers[0], zero, jax.tree.map(jnp.asarray, recording.observe_data), None)
+        observed = _forward_flops(recording.observe, centers[0], SGLDInfo(*(zero for _ in SGLDInfo._fields)), context)
+        sampling += runs * config.num_draws * (observed or 0.0) * batch_size / flops
+        if pass_examples <= INIT_LOSS_MAX_FRACTION * sampling:
+            return
+    suggested = max(2, min(n - 1, int(INIT_LOSS_MAX_FRACTION * sampling / len(centers))))
+    raise ValueError(
+        f"L_n(w*) over all n={n} examples at {len(centers)} centre(s) costs {pass_examples:.3g} forward example-"
+        f"evaluations (about {pass_examples * flops / batch_size:.2g} FLOPs), {pass_examples / sampling:.0%} of the "
+        f"sampling's {sampling:.3g} (steps x chains x configurations x batch_size x 3); a pass above "
+        f"{INIT_LOSS_FREE_FLOPS:.0e} FLOPs may cost at most {INIT_LOSS_MAX_FRACTION:.0%}. Choose one: "
+        "loss_estimator='paired' (recommended at scale: L_n(w*) cancels and is never computed; for "
+        "susceptibilities centering='probe'), or L_n(w*) from a subsample, "
+        f"SamplerConfig(init_loss_examples=m), e.g. m={suggested}: its standard error is added to the LLC's. "
+        "(More draws or chains also make the pass a smaller share.)"
+    )
+
+
+def full_init_losses(loss_fn, centers: list, data, batch_size: int) -> np.ndarray:
+    """L_n(w*) of every centre, ``(K,)``: one batched pass over all n each."""
+    return np.asarray([float(full_data_loss(loss_fn, c, data, batch_size)) for c in centers], np.float64)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _example_means(loss_fn, params, data, batch_size: int) -> Array:
+    """Each example's mean loss (over its tokens), ``(m,)``, in vmapped batches of ``batch_size``."""
+    one = lambda example: kernels.mean_loss(loss_fn, params, jax.tree.map(lambda x: x[None], example))
+    return jax.lax.map(one, data, batch_size=batch_size).astype(jnp.float32)
+
+
+def subsample_init_losses(loss_fn, centers: list, data, examples: int, batch_size: int,
+                          key: KeyLike) -> tuple[np.ndarray, np.ndarray]:
+    """L_n(w*) of every centre from ``examples`` = m examples drawn uniformly without replacement
+    (the same m at every centre, from ``key``), and its standard error: the std (ddof=1) of the m
+    per-example losses / sqrt(m) x sqrt(1 - m / n) (the finite-population correction). ``(K,)`` each."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    indices = jax.random.choice(jax.random.fold_in(validation.as_key(key), _SUBSAMPLE_SALT), n, (examples,), replace=False)
+    subsample = program.take_rows(data, indices)
+    losses = [np.asarray(_example_means(loss_fn, c, subsample, min(batch_size, examples)), np.float64) for c in centers]
+    values = np.array([x.mean() for x in losses])
+    stderr = np.array([x.std(ddof=1) / math.sqrt(examples) * math.sqrt(1.0 - examples / n) for x in losses])
+    return values, stderr
+
+
+def _init_losses(source: str, loss_fn, centers: list, data, config: SamplerConfig, recording: Recording, caches,
+                 key) -> tuple[np.ndarray, dict]:
+    """L_n(w*) of every centre ``(K,)`` (NaN for ``"draws"``) and its ``ChainsResult.settings["init_loss"]``
+    entry: ``{"source", "examples" (per centre), "stderr" ((K,) list, 0 when exact)}``."""
+    n, num_centers = jax.tree.leaves(data)[0].shape[0], len(centers)
+    stderr, examples = np.zeros(num_centers), n
+    if source == "given":
+        known, examples = recording.init_losses, 0
+    elif source == "draws":
+        known, examples = np.full(num_centers, np.nan), 0  # estimated from the recorded L_B(w*) after the run
+    elif source == "subsample":
+        examples = config.init_loss_examples
+        known, stderr = subsample_init_losses(loss_fn, centers, data, examples, config.batch_size, key)
+    elif caches is not None:
+        known = [float(jnp.mean(cache)) for cache in caches]
+    else:
+        known = full_init_losses(loss_fn, centers, data, config.batch_size)
+    try:
+        losses = np.asarray(known, np.float64).reshape(num_centers)
     except (TypeError, ValueError):
-        raise ValueError(f"Recording.init_losses={known!r} must hold one L_n(w*) per centre ({len(centers)}).") from None
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
+        raise ValueError(f"Recording.init_losses={known!r} must hold one L_n(w*) per centre ({num_centers}).") from None
+    bad = np.flatnonzero(~np.isfinite(losses)) if source != "draws" else []
+    if len(bad):
         raise ValueError(f"the full-data loss at checkpoint(s) {bad.tolist()} is not finite; loss_fn must be finite at w*.")
-    return losses
+    return losses, {"source": source, "examples": int(examples), "stderr": stderr.tolist()}
+
+
+def estimated_init_losses(center_loss: np.ndarray, center_index: np.ndarray, num_centers: int,
+                          batch_size: int) -> tuple[np.ndarray, dict]:
+    """L_n(w*) of every centre ``(K,)`` as the mean of the recorded L_B(w*) ``(G, C, D)`` of its first
+    configuration (unbiased: every draw's batch is uniform; every configuration of a centre sees the
+    same batches, so one holds all the information), with its ``settings["init_loss"]`` entry."""
+    values, stderr, counts = np.full(num_centers, np.nan), np.full(num_centers, np.nan), []
+    for k in range(num_centers):
+        draws = np.asarray(center_loss[np.flatnonzero(center_index == k)[0]], np.float64)
+        draws = draws[np.isfinite(draws)]
+        counts.append(draws.size)
+        if draws.size:
+            values[k] = draws.mean()
+        if draws.size >= 2:
+            stderr[k] = draws.std(ddof=1) / math.sqrt(draws.size)
+    return values, {"source": "draws", "examples": int(min(counts)) * batch_size, "stderr": stderr.tolist()}
 
 
 def prepare(loss_fn: LossFn, centers: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
@@ -239,8 +379,10 @@ def prepare(loss_fn: LossFn, centers: Sequence[Params], data: Batch, config: Sam
     _warn_per_token_nbeta(config, n, loss_shape)
     data = jax.tree.map(jnp.asarray, data)
     centers = [jax.tree.map(jnp.asarray, c) for c in centers]
-    caches = _center_caches(loss_fn, centers, data, config, len(variants), loss_shape) if recording.center_loss else None
-    init_losses = _init_losses(loss_fn, centers, data, config, recording.init_losses, caches)
+    source = init_loss_source(loss_fn, centers, data, config, recording, len(variants), loss_shape)
+    wanted = recording.center_loss and _cache_wanted(config, n, len(centers), len(variants), loss_shape)
+    caches = [program.example_losses(loss_fn, c, data, config.batch_size) for c in centers] if wanted else None
+    init_losses, init_loss = _init_losses(source, loss_fn, centers, data, config, recording, caches, key)
     static = program.Static(
         loss_fn=loss_fn, layout=None, preconditioner=config.preconditioner_spec, batch_size=config.batch_size,
         num_draws=0, steps_per_draw=1, recorded=True, recording=recording.compiled_part(), mala_every=config.mala_every,
@@ -249,32 +391,27 @@ def prepare(loss_fn: LossFn, centers: Sequence[Params], data: Batch, config: Sam
     )
     chain_keys = jax.random.split(validation.as_key(key), config.num_chains)
     observe_data = jax.tree.map(jnp.asarray, recording.observe_data)
-    return Plan(n, config, centers, init_losses, variants, chain_keys, data, static, observe_data, caches)
+    return Plan(n, config, centers, init_losses, variants, chain_keys, data, static, observe_data, caches, init_loss)
 
 
 # The per-example losses at a centre are kept on device when they take at most this many bytes.
 _CENTER_CACHE_MAX_BYTES = 256 * 2**20
 
 
-def _center_caches(loss_fn, centers, data, config: SamplerConfig, num_variants: int, loss_shape: tuple) -> list | None:
-    """Per-example losses at each centre, when gathering them beats a forward pass per draw.
+def _cache_wanted(config: SamplerConfig, n: int, num_centers: int, num_variants: int, loss_shape: tuple) -> bool:
+    """Whether a ``center_loss`` run keeps the per-example losses at each centre on device.
 
     The paired estimator and probe-centred susceptibilities need L_B(w*) on every draw's minibatch.
     With per-example losses at w* computed once (n forward examples per centre), that is a gather
-    and a mean, the same number up to float32 rounding. Worth it when n is below the examples the
+    and a mean, the same number up to float32 rounding. Worth it when n is at most the examples the
     per-draw passes would evaluate (draws x chains x variants x batch_size), the loss is
     per-example (``loss_shape``, its output on a batch, has a leading batch axis) and the cache fits
-    ``_CENTER_CACHE_MAX_BYTES``. L_n(w*) is then the cache's mean (no second full pass).
+    ``_CENTER_CACHE_MAX_BYTES``. L_n(w*) is then the cache's mean (exact, no second pass).
     """
-    n = jax.tree.leaves(data)[0].shape[0]
     per_draw_examples = config.num_draws * config.num_chains * num_variants * config.batch_size
-    if n > per_draw_examples:
-        return None
-    if len(loss_shape) == 0:
-        return None  # a scalar mean loss: evaluate at w* on each batch
-    if n * int(np.prod(loss_shape[1:])) * 4 * len(centers) > _CENTER_CACHE_MAX_BYTES:
-        return None
-    return [program.example_losses(loss_fn, c, data, config.batch_size) for c in centers]
+    if n > per_draw_examples or len(loss_shape) == 0:  # a scalar mean loss: evaluate at w* on each batch
+        return False
+    return n * int(np.prod(loss_shape[1:])) * 4 * num_centers <= _CENTER_CACHE_MAX_BYTES
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,9 +68,11 @@ class Recording(NamedTuple):
             ``DrawContext.center_loss``): one forward pass per draw, or a gather from the
             per-example losses at each centre, computed once when n is at most the examples those
             passes would evaluate and ``loss_fn`` is per-example.
-        init_losses: L_n(w*) of each centre ``(K,)`` if already known (the baseline every draw is
-            recorded against: ``DrawContext.init_loss``, ``ChainsResult.init_loss``); None computes
-            it with one full-data pass per centre.
+        init_losses: L_n(w*) of each centre ``(K,)`` if already known (``DrawContext.init_loss``,
+            ``ChainsResult.init_loss``); None lets the planner find it where the run needs it
+            (``slt_jax._src.planning.init_loss_source``): never computed in a ``center_loss`` run
+            (L_n(w*) cancels from the paired forms), else one full-data pass per centre (or a
+            subsample, ``SamplerConfig.init_loss_examples``).
     """
 
     observe: Callable[[Params, SGLDInfo, DrawContext], PyTree] | None = None
@@ -93,7 +95,10 @@ class DrawContext(NamedTuple):
     Attributes:
         batch: the draw's SGLD minibatch (drawn independently of the position).
         center: this configuration's w* (full params).
-        init_loss: this configuration's L_n(w*), float32 scalar.
+        init_loss: this configuration's L_n(w*), float32 scalar: exact over all n, the subsample's
+            estimate (``SamplerConfig.init_loss_examples``), or NaN in a ``center_loss`` run without
+            a per-example cache at w*, where it is never computed (use ``center_loss``: L_n(w*)
+            cancels from every paired difference).
         data: the run's ``observe_data`` (e.g. probe datasets), or None.
         center_loss: the mean loss AT w* on ``batch`` (float32 scalar) when the run evaluates it
             (``Recording(center_loss=True)``), else None. The sampler gathers it from the
@@ -199,7 +204,7 @@ class CenterInputs(NamedTuple):
     """A centre's traced inputs (leading axis K in a group, none inside one chain's program)."""
 
     center: Params  # w*, full params
-    init_loss: Array  # L_n(w*), float32 scalar
+    init_loss: Array  # L_n(w*), float32 scalar (NaN where not computed: ``DrawContext.init_loss``)
     center_cache: Array  # per-example losses at w* (n, ...) when ``Static.center_cache``, else a placeholder
 
 

@@ -23,7 +23,7 @@ from slt_jax._src import validation
 from slt_jax.calibration.schedule import check_config
 from slt_jax.config import SamplerConfig
 from slt_jax.restriction import Restriction, insert, restrict
-from slt_jax.sampler import Recording, full_data_loss, run_chains
+from slt_jax.sampler import Recording, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = ["default_step_sizes", "PILOT_CHAINS", "PILOT_STEPS", "PILOT_ROUNDS"]
@@ -100,7 +100,6 @@ class _Pilot(NamedTuple):
     params: Params
     data: Batch
     key: jax.Array
-    init_loss: list[float]
     restriction: Restriction
 
 
@@ -123,7 +122,9 @@ def _pilot_ends(probe: _Probe, pilot: _Pilot, step_size: float, attempt: int) ->
     chains = run_chains(
         probe.loss_fn, [pilot.params], pilot.data, pilot.config.replace(step_size=step_size),
         key=jax.random.fold_in(pilot.key, attempt), masks=None if mask is None else [mask],
-        recording=Recording(init_losses=pilot.init_loss), progress=False,
+        # center_loss: L_n(w*) is then never computed (the pilot reads only its end points), at the
+        # cost of one forward at w* on the pilot's one recorded draw.
+        recording=Recording(center_loss=True), progress=False,
     )
     if np.asarray(chains.diverged).any():
         return None
@@ -206,9 +207,7 @@ def default_step_sizes(
             num_burnin=PILOT_STEPS - 1, num_steps_between_draws=1, mala_every=0, diagnostics_every=PILOT_STEPS,
             preconditioner="sgld",
         ),
-        params, data, jax.random.fold_in(key, 0x9170),
-        [float(full_data_loss(loss_fn, params, data, min(config.batch_size, n)))],  # once, not once per round
-        restriction,
+        params, data, jax.random.fold_in(key, 0x9170), restriction,
     )
     largest, squared = _refine(probe, pilot, anchor, center)
     preconditioner = config.preconditioner_spec
