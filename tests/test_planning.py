@@ -50,15 +50,33 @@ def test_chains_in_blocks_give_the_same_draws(problem, chains):
     np.testing.assert_array_equal(blocked.diverged_at, whole.diverged_at)
 
 
-def test_chain_blocks_pad_by_repetition_and_keep_observables_and_resume(problem, tmp_path):
+def test_chain_blocks_pad_by_repetition_and_keep_observables_and_resume(problem, tmp_path, monkeypatch):
+    import io
+
+    from tqdm.std import tqdm as std_tqdm
+
+    bars = []
+
+    class RecordingBar(std_tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "file": io.StringIO()})
+            self.descriptions = []
+            bars.append(self)
+
+        def set_description(self, desc=None, refresh=True):
+            self.descriptions.append(desc)
+            super().set_description(desc, refresh)
+
+    monkeypatch.setattr(sampler, "tqdm", RecordingBar)
     loss_fn, w_star, data = problem
     config = CONFIG.replace(num_chains=3)
     recording = sj.Recording(observe=lambda params, info, context: {"w0": params[0]}, keep_traces=True,
                              accumulator=sj.Accumulator(lambda v: v, lambda state, v: jax.tree.map(jnp.add, state, v)))
     whole = sj.run_chains(loss_fn, [w_star], data, config, key=2, progress=False, recording=recording)
     tight = config.replace(memory_budget=_budget(problem, config, 2, recording=recording))
-    blocked = sj.run_chains(loss_fn, [w_star], data, tight, key=2, progress=False, recording=recording, resume_dir=tmp_path)
+    blocked = sj.run_chains(loss_fn, [w_star], data, tight, key=2, progress="SGLD", recording=recording, resume_dir=tmp_path)
     assert blocked.settings["groups"] == 2 and blocked.settings["chain_block"] == 2  # chains (0, 1), (2, 2)
+    assert bars[-1].descriptions == ["SGLD group 1/2", "SGLD group 2/2"] and bars[-1].total == 2 * config.num_steps
     np.testing.assert_allclose(blocked.loss, whole.loss, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(blocked.observed["w0"], whole.observed["w0"], rtol=1e-6)
     np.testing.assert_allclose(blocked.accumulator["w0"], whole.accumulator["w0"], rtol=1e-5)
