@@ -1,5 +1,7 @@
 """The memory plan: chain blocks, microbatches, planning before any data pass, the memory count."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,3 +188,40 @@ def test_memory_count_is_within_30_percent_above_xla(component):
     stats = sampler._compiled_memory(plan, plan.schedule.groups[0])
     measured = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes - stats.alias_size_in_bytes
     assert measured <= planned <= 1.3 * measured, (planned, measured, planned / measured)
+
+
+BLOCKS_SCRIPT = """
+import json, sys, warnings
+import json
+
+import jax
+sys.path.insert(0, {tests!r})
+from helpers import linear_regression
+import slt_jax as sj
+from slt_jax._src import planning
+warnings.simplefilter("error")  # a block that is not a multiple of the devices would warn
+loss_fn, w_star, data = linear_regression([1.0, 0.5, 0.1, 0.0], n=200)
+config = sj.SamplerConfig(step_size=1e-3, nbeta=200.0, localization=1.0, num_chains=8, num_draws=20, batch_size=50)
+plan = planning.prepare(loss_fn, [w_star], data, config, key=4)
+restriction = plan.variants[0].restriction
+count = planning.memory_count(plan, restriction.layout, restriction.offsets)
+budget = count.shared + count.per_configuration + 5 * count.per_chain  # 5 chains fit: blocks of 4
+whole = sj.run_chains(loss_fn, [w_star], data, config, key=4, progress=False)
+blocked = sj.run_chains(loss_fn, [w_star], data, config.replace(memory_budget=budget), key=4, progress=False)
+print(json.dumps(dict(devices=jax.device_count(), block=blocked.settings["chain_block"], whole=whole.loss.tolist(),
+                      blocked=blocked.loss.tolist())))
+"""
+
+
+def test_chain_blocks_shard_over_four_devices_and_give_the_same_draws():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    script = BLOCKS_SCRIPT.format(tests=os.path.dirname(__file__))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4 and out["block"] == 4
+    np.testing.assert_allclose(np.array(out["blocked"]), np.array(out["whole"]), rtol=1e-6, atol=1e-7)
