@@ -111,7 +111,8 @@ def default_memory_budget() -> int:
             return int(stats["bytes_limit"]) // 2
     budget = int(_available_ram() * _CPU_AVAILABLE_SHARE)
     if jax.process_count() > 1:  # every process plans the same groups: the smallest share (a collective)
-        budget = int(np.min(multihost_utils.process_allgather(np.asarray(budget, np.int64))))
+        mebibytes = np.asarray(budget // 2**20, np.int32)  # int32: JAX's default integers (no x64)
+        budget = int(np.min(multihost_utils.process_allgather(mebibytes))) * 2**20
     return budget
 
 
