@@ -167,21 +167,29 @@ def _mlp_loss(params, batch):
     return jnp.mean((hidden - batch["y"]) ** 2, axis=-1)
 
 
-@pytest.mark.parametrize("component", ["whole", "slice", "rmsprop"])
+@pytest.mark.parametrize("component", ["whole", "slice", "rmsprop", "transformer"])
 def test_memory_count_is_within_30_percent_above_xla(component):
     """The planner's bytes for a group vs XLA's memory analysis of the compiled chunk program
-    (argument + output + temp - alias: the buffers live during a call), on a ~1M-parameter MLP."""
-    params = _mlp([64, 1000, 1000, 16])
+    (argument + output + temp - alias: the buffers live during a call), on a ~1M-parameter MLP and
+    a ~1M-parameter TransformerLM (whose activations dominate)."""
+    params, loss_fn = _mlp([64, 1000, 1000, 16]), _mlp_loss
     rng = np.random.default_rng(1)
     data = {"x": jnp.asarray(rng.normal(size=(256, 64)), jnp.float32), "y": jnp.asarray(rng.normal(size=(256, 16)), jnp.float32)}
-    config = sj.SamplerConfig(step_size=1e-6, nbeta=10.0, localization=1.0, num_chains=2, num_draws=4, batch_size=32,
-                              memory_budget=2**40, preconditioner="rmsprop_sgld" if component == "rmsprop" else "sgld")
+    if component == "transformer":
+        from flax import nnx
+
+        model = sj.models.TransformerLM(2048, 64, 2, 4, 64, tie_embeddings=True, rngs=nnx.Rngs(0))
+        params, loss_fn = sj.from_nnx(model, "next_token")
+        data = {"inputs": jnp.asarray(rng.integers(0, 2048, (32, 64)), jnp.int32)}
+    config = sj.SamplerConfig(step_size=1e-6, nbeta=10.0, localization=1.0, num_chains=2, num_draws=4,
+                              batch_size=8 if component == "transformer" else 32, memory_budget=2**40,
+                              preconditioner="rmsprop_sgld" if component == "rmsprop" else "sgld")
     masks = None
     if component == "slice":
         mask = jax.tree.map(lambda x: np.zeros(x.shape, bool), params)
         mask["layer1"]["w"][:, :100] = True
         masks = [mask]
-    plan = planning.prepare(_mlp_loss, [params], data, config, key=0, masks=masks)
+    plan = planning.prepare(loss_fn, [params], data, config, key=0, masks=masks)
     restriction = plan.variants[0].restriction
     count = planning.memory_count(plan, restriction.layout, restriction.offsets)
     planned = count.shared + count.per_configuration + config.num_chains * count.per_chain
