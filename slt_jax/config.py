@@ -146,9 +146,11 @@ class SamplerConfig:
         chunk_draws: draws per compiled chunk (None: about a tenth of the run). Chunks are where
             progress, divergence and checkpoints are checked; results do not depend on it.
         memory_budget: bytes one compiled group of configurations may use (None: half of the
-            accelerator's memory, or min(2 GiB, RAM / 8) on a CPU host; see
-            ``slt_jax._src.planning.default_memory_budget``). Results do not depend on it (up to float32
-            rounding: XLA batches a smaller group differently).
+            accelerator's memory, or half the available RAM on a CPU host; see
+            ``slt_jax._src.planning.default_memory_budget``). A configuration whose chains do not
+            fit runs them in blocks, and one chain that does not fit accumulates its gradient over
+            microbatches. Results do not depend on it (up to float32 rounding: XLA batches a smaller
+            group differently).
         compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype of the loss's forward and backward
             passes (``slt_jax.kernels.mixed_precision``); the chain, the update, L(w) - L(w*) and every
             statistic stay float32 (docs/conventions.md §1, "Mixed precision").

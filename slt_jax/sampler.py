@@ -11,7 +11,9 @@ How it runs (``run_chains`` = prepare and group (``slt_jax._src.planning``), dri
 * Variants whose components share a restriction layout (``slt_jax.restriction``: the heads of one
   layer, whole leaves, the full model) share ONE compiled program, vmapped over centres, variants
   and chains; a chain carries only its component's coordinates. Configurations beyond the
-  ``memory_budget`` run in groups of the same shape (the last padded), so they reuse the executable.
+  ``memory_budget`` run in groups of the same shape (the last padded), so they reuse the executable;
+  so do the chains of one configuration that does not fit, in blocks, and below one chain the
+  minibatch gradient is accumulated over microbatches (``slt_jax._src.planning``).
 * Each group runs in chunks of draws, each chunk a call of the same executable; between chunks the
   host reads one small array (which chains diverged) and advances a tqdm bar.
 * Randomness is keyed per step: the noise and the minibatch indices of step ``t`` of chain ``c`` are
@@ -63,13 +65,6 @@ __all__ = [
     "default_memory_budget",
     "compile_count",
 ]
-
-# Noise for chains of up to this many coordinates is drawn in bulk for a whole chunk (many tiny RNG
-# calls cost several times a small model's gradient); above it, inside each step, where the bulk
-# buffer's memory traffic would cost more than the RNG calls (measured on a 270k-parameter MLP: floor
-# ratio 2.9 bulk vs 1.9 in-loop; on a 1.2k-parameter DLN bulk is the faster). Same keys either way.
-_BULK_NOISE_MAX_PARAMETERS = 2**16
-
 
 def draw_steps(config: SamplerConfig, num_draws: int | None = None) -> np.ndarray:
     """The SGLD step of each draw, ``(num_draws,)`` int: draw d is the state entering step
@@ -199,9 +194,9 @@ class _GroupInputs(NamedTuple):
 
 
 def _start_state(plan: planning.Plan, group: planning.Group, centers: Params, offsets: tuple) -> SGLDState:
-    """Every chain's state at its own centre's piece, ``(K, V, C, ...)``."""
+    """Every chain's state at its own centre's piece, ``(K, V, C, ...)`` (C: the group's chains)."""
     layout = plan.variants[group.variants[0]].restriction.layout
-    num_k, num_v, num_c = len(group.centers), len(group.variants), plan.config.num_chains
+    num_k, num_v, num_c = len(group.centers), len(group.variants), len(group.chains)
     start = jax.vmap(lambda c: jax.vmap(lambda o: restriction.extract(layout, o, c), axis_size=num_v)(offsets))(centers)
     state = kernels.init(start, plan.config.preconditioner_spec)
     per_chain = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x[:, :, None], (num_k, num_v, num_c) + x.shape[2:]), tree)
@@ -220,7 +215,7 @@ def _group_inputs(plan: planning.Plan, group: planning.Group) -> _GroupInputs:
         center_caches = jnp.zeros((len(group.centers), 0), jnp.float32)
     else:
         center_caches = jnp.stack([plan.center_caches[c] for c in group.centers])
-    lead = lambda x: jnp.broadcast_to(x, (len(group.centers), len(group.variants), plan.config.num_chains) + jnp.shape(x))
+    lead = lambda x: jnp.broadcast_to(x, (len(group.centers), len(group.variants), len(group.chains)) + jnp.shape(x))
     recording = plan.static.recording
     accumulated = None
     if recording.accumulator is not None:
@@ -228,12 +223,24 @@ def _group_inputs(plan: planning.Plan, group: planning.Group) -> _GroupInputs:
         accumulated = jax.tree.map(lead, recording.accumulator.init(example))
     carry = program.Carry(_start_state(plan, group, centers, offsets), accumulated, lead(jnp.array(-1, jnp.int32)))
     carry = jax.tree.map(jnp.array, carry)  # own buffers (the chunk program donates its carry)
-    static = plan.static._replace(layout=layout, bulk_noise=layout.num_sampled <= _BULK_NOISE_MAX_PARAMETERS)
+    static = plan.static._replace(layout=layout, bulk_noise=layout.num_sampled <= planning.BULK_NOISE_MAX_PARAMETERS,
+                                  microbatches=group.microbatches)
     return _GroupInputs(carry, program.CenterInputs(centers, init_losses, center_caches), program.VariantInputs(offsets, hyper),
                         static)
 
 
-def _open_resume(plan: planning.Plan, directory, group_index: int, inputs: _GroupInputs, chunk_plan) -> tuple:
+def _compiled_memory(plan: planning.Plan, group: planning.Group):
+    """XLA's ``memory_analysis()`` of ``group``'s largest recorded chunk program, compiled as the run
+    compiles it (unsharded): the measure the planner's ``memory_count`` is checked against."""
+    inputs = _group_inputs(plan, group)
+    chunk = max((c for c in planning.chunks(plan.config, 1) if c.recorded), key=lambda c: c.num_draws)
+    chain_keys = plan.chain_keys[np.asarray(group.chains)]
+    placed = (chain_keys, plan.data, inputs.centers, inputs.variants, plan.observe_data)
+    chunk_static, args = _chunk_call(placed, _Progress(inputs.carry, [], 0, 0, 0), chunk, inputs.static, None)
+    return program.compiled_chunk(args, chunk_static)[0].memory_analysis()
+
+
+def _open_resume(plan: planning.Plan, directory, group: tuple[int, planning.Group], inputs: _GroupInputs, chunk_plan) -> tuple:
     """The group's resume state (``RunCheckpoint``, fingerprinted by its inputs and settings) and
     what it restores (None when starting afresh)."""
     static = inputs.static
@@ -243,10 +250,11 @@ def _open_resume(plan: planning.Plan, directory, group_index: int, inputs: _Grou
     # Functions are described by name (their repr holds a per-process address).
     described_static = dict(static._asdict(), recording=static.recording._asdict())
     del described_static["layout"]
+    group_index, group = group
     described = dict(plan.config.to_dict(), group=group_index, schedule=[list(c) for c in chunk_plan], static=described_static,
-                     layout=repr(static.layout))
+                     layout=repr(static.layout), chains=list(group.chains))
     arrays = dict(centers=inputs.centers.center, data=plan.data, offsets=inputs.variants.offsets, hyper=inputs.variants.hyper,
-                  observe_data=plan.observe_data, keys=jax.random.key_data(plan.chain_keys))
+                  observe_data=plan.observe_data, keys=jax.random.key_data(plan.chain_keys[np.asarray(group.chains)]))
     key = checkpoint_lib.fingerprint(described, arrays)
     resume = checkpoint_lib.RunCheckpoint(directory, key, inputs.carry, record_like)
     return resume, resume.restore()
@@ -298,12 +306,12 @@ def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, stati
     return chunk_static, (carry, chain_keys, data, centers, variants, start, observe_data)
 
 
-def _resume(plan: planning.Plan, group_index: int, inputs: _GroupInputs, chunk_plan, resume_dir, bar):
-    """The group's resume state (or None) and where its run starts."""
+def _resume(plan: planning.Plan, group: tuple[int, planning.Group], inputs: _GroupInputs, chunk_plan, resume_dir, bar):
+    """The group's resume state (or None) and where its run starts (``group``: its index and itself)."""
     progress = _Progress(inputs.carry, [], 0, 0, 0)
     if resume_dir is None:
         return None, progress
-    resume, restored = _open_resume(plan, resume_dir, group_index, inputs, chunk_plan)
+    resume, restored = _open_resume(plan, resume_dir, group, inputs, chunk_plan)
     if restored is not None:
         carry, records, step, draw, chunks_done = restored
         progress = _Progress(jax.tree.map(jnp.asarray, carry), records, step, draw, chunks_done)
@@ -320,10 +328,12 @@ def _drive(plan: planning.Plan, group_index: int, group: planning.Group, bar, re
     inputs = _group_inputs(plan, group)
     static = inputs.static
     per_step_values = static.layout.num_sampled if static.bulk_noise else config.batch_size
-    chunk_plan = planning.chunks(config, len(group.centers) * len(group.variants) * config.num_chains * per_step_values * 4)
-    resume, progress = _resume(plan, group_index, inputs, chunk_plan, resume_dir, bar)
-    shardings = multihost.chain_shardings(config.num_chains)
-    carry, placed = _place(shardings, progress.carry, (plan.chain_keys, plan.data, inputs.centers, inputs.variants, plan.observe_data))
+    num_chains = len(group.chains)
+    chunk_plan = planning.chunks(config, len(group.centers) * len(group.variants) * num_chains * per_step_values * 4)
+    resume, progress = _resume(plan, (group_index, group), inputs, chunk_plan, resume_dir, bar)
+    shardings = multihost.chain_shardings(num_chains)
+    chain_keys = plan.chain_keys[np.asarray(group.chains)]
+    carry, placed = _place(shardings, progress.carry, (chain_keys, plan.data, inputs.centers, inputs.variants, plan.observe_data))
     progress = progress._replace(carry=carry)
     compile_seconds = sampling_seconds = 0.0
     diverged_at = multihost.to_host(carry.diverged_at)
@@ -384,44 +394,67 @@ def _host_records(records, num_draws: int, recording: Recording, shape) -> dict:
     return out
 
 
+def _put(parts: dict, name: str, value, g: int, chains: list, shape: tuple) -> None:
+    """Writes ``value`` (the configuration's chains ``chains``, leading axis C) into ``parts[name]``,
+    allocated ``shape + value.shape[1:]`` (NaN, or -1 for ints) on first use."""
+    if value is None:
+        parts[name] = None
+        return
+    if name not in parts:
+        fill = np.nan if value.dtype.kind == "f" else -1
+        parts[name] = np.full(shape + value.shape[1:], fill, value.dtype)
+    parts[name][g, chains] = value
+
+
 def _assemble(plan: planning.Plan, groups: list[planning.Group], runs: list[_GroupRun]) -> dict:
-    """Scatters every group's (centres x variants) block back into configuration order g = k * V + v."""
+    """Scatters every group's (centres x variants x chains) block back into configuration order
+    g = k * V + v and chain order."""
     config, recording = plan.config, plan.static.recording
     num_variants = len(plan.variants)
-    num_configs = len(plan.centers) * num_variants
+    shape = (len(plan.centers) * num_variants, config.num_chains)
     fields: dict[str, Any] = {}
-    accumulator_parts: list = [None] * num_configs
-    observed_parts: list = [None] * num_configs
-    final_positions: list = [None] * num_configs
-    diverged_at = np.full((num_configs, config.num_chains), -1, np.int64)
+    observed: dict = {}
+    accumulator: dict = {}
+    positions_parts: list = [[] for _ in range(shape[0])]
+    diverged_at = np.full(shape, -1, np.int64)
     for group, run in zip(groups, runs):
-        shape = (len(group.centers), len(group.variants), config.num_chains)
-        host = _host_records(run.records, config.num_draws, recording, shape)
+        host = _host_records(run.records, config.num_draws, recording, (len(group.centers), len(group.variants), len(group.chains)))
         group_diverged, accumulated = multihost.to_host((run.carry.diverged_at, run.carry.accumulator))
         positions = multihost.addressable(run.carry.state.position)
+        chains = group.chains[:group.num_chains]
         for i in range(group.num_centers):
             for j in range(group.num_variants):
                 g = group.centers[i] * num_variants + group.variants[j]
+                real = lambda x: x[i, j, :group.num_chains]
                 for name, value in host.items():
-                    if name == "observed":
-                        if value is not None:
-                            observed_parts[g] = jax.tree.map(lambda x: x[i, j], value)
-                        continue
-                    if value is None:
-                        fields[name] = None
-                        continue
-                    fields.setdefault(name, np.full((num_configs,) + value.shape[2:], np.nan, value.dtype))[g] = value[i, j]
-                diverged_at[g] = group_diverged[i, j]
+                    if name != "observed":
+                        _put(fields, name, None if value is None else real(value), g, chains, shape)
+                if host["observed"] is not None:
+                    _put_tree(observed, host["observed"], real, g, chains, shape)
                 if accumulated is not None:
-                    accumulator_parts[g] = jax.tree.map(lambda x: x[i, j], accumulated)
-                final_positions[g] = jax.tree.map(lambda x: x[i, j], positions)
-    stack = lambda parts: None if parts[0] is None else jax.tree.map(lambda *xs: np.stack(xs), *parts)
-    fields["observed"] = stack(observed_parts)
-    fields["accumulator"] = stack(accumulator_parts)
-    fields["final_positions"] = final_positions
+                    _put_tree(accumulator, accumulated, real, g, chains, shape)
+                diverged_at[g, chains] = real(group_diverged)
+                positions_parts[g].append(jax.tree.map(real, positions))
+    fields["observed"] = _tree_of(observed, host["observed"]) if observed else None
+    fields["accumulator"] = _tree_of(accumulator, runs[0].carry.accumulator) if accumulator else None
+    # the blocks of a configuration's chains come in chain order (groups run in order)
+    fields["final_positions"] = [parts[0] if len(parts) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+                                 for parts in positions_parts]
     fields["diverged_at"] = diverged_at
     fields["diverged"] = diverged_at >= 0
     return fields
+
+
+def _put_tree(parts: dict, tree, real, g: int, chains: list, shape: tuple) -> None:
+    """``_put`` for every leaf of ``tree`` (keyed by its path)."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        _put(parts, jax.tree_util.keystr(path), real(np.asarray(leaf)), g, chains, shape)
+
+
+def _tree_of(parts: dict, like):
+    """The pytree of ``like``'s structure whose leaves are ``parts`` (keyed by path)."""
+    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(like)[0]]
+    return jax.tree.unflatten(jax.tree.structure(like), [parts[path] for path in paths])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,7 +484,7 @@ def _check_processes_agree(plan: planning.Plan) -> None:
         "Pass the same params and the whole dataset to every process (not a per-process shard).", rtol=1e-5,
     )
     multihost.check_same(
-        "memory_budget", plan.config.memory_budget or default_memory_budget(),
+        "memory_budget", plan.schedule.budget,
         "Set SamplerConfig(memory_budget=...) explicitly, the same in every process.",
     )
 
@@ -504,18 +537,21 @@ def run_chains(
     """
     plan = planning.prepare(loss_fn, centers, data, config, key=key, masks=masks, grid=grid, recording=recording)
     _check_processes_agree(plan)
-    groups, configuration_bytes = planning.groups(plan)
+    groups = plan.schedule.groups
     runs = []
     label = progress if isinstance(progress, str) else "SGLD"
     bar_off = not progress or not multihost.is_writer()  # one bar, on process 0
     with tqdm(total=config.num_steps * len(groups), desc=label, disable=bar_off, unit="step", leave=False) as bar:
         for index, group in enumerate(groups):
+            if len(groups) > 1:
+                bar.set_description(f"{label} group {index + 1}/{len(groups)}")
             runs.append(_drive(plan, index, group, bar, resume_dir))
-    return _result(plan, groups, runs, configuration_bytes)
+    return _result(plan, runs)
 
 
-def _result(plan: planning.Plan, groups: list[planning.Group], runs: list[_GroupRun], configuration_bytes: int) -> ChainsResult:
-    config, recording = plan.config, plan.static.recording
+def _result(plan: planning.Plan, runs: list[_GroupRun]) -> ChainsResult:
+    config, recording, schedule = plan.config, plan.static.recording, plan.schedule
+    groups = schedule.groups
     num_variants = len(plan.variants)
     center_index = np.repeat(np.arange(len(plan.centers)), num_variants)
     variant_index = np.tile(np.arange(num_variants), len(plan.centers))
@@ -523,8 +559,10 @@ def _result(plan: planning.Plan, groups: list[planning.Group], runs: list[_Group
         n=plan.n,
         minibatches="full batch" if config.batch_size == plan.n else "with replacement",
         groups=len(groups),
-        configuration_bytes=configuration_bytes,
-        memory_budget=config.memory_budget or default_memory_budget(),
+        chain_block=schedule.chain_block,
+        microbatches=schedule.microbatches,
+        configuration_bytes=schedule.configuration_bytes,
+        memory_budget=schedule.budget,
         stopped_early=any(r.stopped_early for r in runs),
         full_loss_every=recording.full_loss_every,
         center_loss=recording.center_loss,

@@ -15,6 +15,7 @@ import pytest
 from helpers import linear_regression
 
 import slt_jax as sj
+from slt_jax._src import planning
 
 EIGENVALUES = [1.0, 0.5, 0.1, 0.0]
 CONFIG = sj.SamplerConfig(step_size=1e-3, nbeta=200.0, localization=1.0, num_chains=4, num_draws=60, batch_size=50)
@@ -58,7 +59,7 @@ def test_diagnostics_every_k_draws_leaves_the_chains_unchanged(problem):
 def test_bulk_and_in_step_noise_give_identical_chains(problem, monkeypatch):
     config = CONFIG.replace(num_steps_between_draws=2)
     bulk = _run(problem, config, key=9)
-    monkeypatch.setattr(sj.sampler, "_BULK_NOISE_MAX_PARAMETERS", 0)  # large-model path
+    monkeypatch.setattr(planning, "BULK_NOISE_MAX_PARAMETERS", 0)  # large-model path
     in_step = _run(problem, config, key=9)
     # The same draws; only XLA's fusion of the noise into the update differs (float32 rounding).
     np.testing.assert_allclose(bulk.loss, in_step.loss, rtol=1e-6, atol=1e-7)
@@ -256,7 +257,7 @@ def test_bad_data_params_masks_checkpoints_and_loss_raise_before_compiling(probl
         run(masks=[jnp.ones(4)])
     with pytest.raises(ValueError, match="selects no coordinate"):
         llc(component=jnp.zeros(4, bool))
-    with pytest.raises(ValueError, match="memory_budget=.* too small for one configuration"):
+    with pytest.raises(ValueError, match=r"memory_budget=1000 bytes is too small for one chain.*needs \d+ bytes"):
         run(config=CONFIG.replace(memory_budget=1000))
     with pytest.raises(ValueError, match="grid"):
         run(grid={"step_size": [1e-3, 2e-3], "nbeta": [1.0, 2.0, 3.0]})

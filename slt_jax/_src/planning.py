@@ -1,17 +1,45 @@
-"""Preparing a run: validation (before anything compiles), configurations, groups, chunks.
+"""Preparing a run: validation (before anything compiles), configurations, the memory plan, chunks.
 
-``slt_jax.sampler.run_chains`` calls ``prepare`` (validate the inputs, resolve every configuration's
-restriction and hyperparameters, L_n(w*) of every centre where the estimate needs it:
-``init_loss_source`` decides), ``groups`` (split the configurations into
-compiled groups: one per restriction layout, and within a layout as many configurations as fit the
-memory budget) and ``chunks`` (the chunks of burn-in and recorded draws).
+``slt_jax.sampler.run_chains`` calls ``prepare``: validate the inputs, resolve every configuration's
+restriction and hyperparameters, split the configurations into compiled groups under the memory
+budget (``groups``), and only then make the passes over the data (L_n(w*) of every centre where the
+estimate needs it, ``init_loss_source`` decides; the centre caches), so that a run that cannot fit is refused in seconds. ``chunks`` cuts a group's run
+into chunks of burn-in and recorded draws.
 
-The memory model of one configuration (``configuration_bytes``): ``num_chains`` x (the chain's state,
-a few copies of the component's coordinates; the touched parameter leaves, rebuilt at each step; XLA's
-temporary buffers of one restricted ``value_and_grad`` on a minibatch, from its compiled memory
-analysis; the observables and their accumulators), plus one copy of the centre per configuration when
-the centres differ. The default budget (``default_memory_budget``) is half the accelerator's memory,
-or min(2 GiB, RAM / 8) on a CPU host.
+Memory plan (``groups``). Each restriction layout is one compiled program. Its configurations
+(centre x variant, all ``num_chains`` chains each) are packed into groups of the same shape under
+``SamplerConfig.memory_budget``. When one configuration's chains do not fit, its chains run in
+sequential blocks of equal size (the last padded by repetition; chain c keeps the key
+``split(key, num_chains)[c]`` in any block, so its draws do not depend on the split); when not even
+one chain fits, its minibatch gradient is accumulated over k microbatches (``program.microbatched_mean``,
+k the smallest divisor of the batch size that fits). Only one chain with microbatches of one example
+that still does not fit is an error.
+
+Memory count (``memory_count``), in copies of the component's coordinates ``P`` (a chain moves only
+its component; the whole model for an unrestricted chain). Per chain, since chains are vmapped and
+every chain's buffers are alive at once:
+
+* carried: the position (1; the carry is donated, so the chunk's input and output alias), and
+  RMSProp's second moment;
+* transient in a step: the noise, the gradient, the drift, the new position and w - w* (5), the
+  scaled noise kept for the diagnostics (1), RMSProp's per-coordinate step sizes (1), MALA's proposal
+  gradient, potential gradients and step sizes (4, when ``mala_every``), the gradient summed over
+  microbatches (1, with microbatches), and a chunk's bulk noise (chunk steps, components of at
+  most ``BULK_NOISE_MAX_PARAMETERS`` coordinates only);
+* XLA's temporary buffers of one restricted ``value_and_grad`` on a (micro)batch, from its compiled
+  memory analysis, times 1.25 (inside the chunk program they measure 1.1-1.2x those of the function
+  compiled alone): the activations the backward pass keeps, and the leaves the component samples
+  only part of (``insert`` rebuilds them, and their gradient, at every step);
+* the observables, their accumulator and the per-draw records.
+
+That is 7 P per chain for plain SGLD without MALA, 11 with MALA (the default ``mala_every=20``), 13
+with RMSProp and MALA. Per configuration, shared by its chains: w* (an input of each centre, full
+model) and its piece. Per group: the data and ``observe_data``. The count is checked against XLA's
+``memory_analysis()`` of the compiled chunk program (argument + output + temp - alias bytes, the
+buffers live during a call): within 30%, above (tests/test_planning.py; ``benchmarks/bench_memory.py``).
+
+The default budget (``default_memory_budget``) is half the accelerator's memory, or on a CPU host
+half the RAM available at the call (``MemAvailable``).
 """
 
 from __future__ import annotations
@@ -27,6 +55,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from slt_jax import kernels, restriction
 from slt_jax._src import program, validation
@@ -35,29 +64,59 @@ from slt_jax.kernels import Hyperparameters, SGLDInfo
 from slt_jax._src.program import DrawContext, Recording, full_data_loss
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
-__all__ = ["Plan", "Group", "Variant", "Chunk", "prepare", "groups", "chunks", "configuration_bytes", "default_memory_budget",
-           "example_draw", "observed_shapes", "init_loss_source", "check_full_pass_cost", "full_init_losses",
-           "subsample_init_losses", "estimated_init_losses"]
+__all__ = ["Plan", "Group", "Schedule", "MemoryCount", "Variant", "Chunk", "prepare", "groups", "chunks", "memory_count",
+           "configuration_bytes", "default_memory_budget", "example_draw", "observed_shapes", "BULK_NOISE_MAX_PARAMETERS",
+           "init_loss_source", "check_full_pass_cost", "full_init_losses", "subsample_init_losses", "estimated_init_losses"]
 
 # Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
 _NOISE_BUDGET_BYTES = 128 * 2**20
 # Target number of chunks for progress reporting and early divergence detection.
 _TARGET_CHUNKS = 10
 _HYPERPARAMETERS = Hyperparameters._fields
+# Noise for chains of up to this many coordinates is drawn in bulk for a whole chunk (many tiny RNG
+# calls cost several times a small model's gradient); above it, inside each step, where the bulk
+# buffer's memory traffic would cost more than the RNG calls (measured on a 270k-parameter MLP: floor
+# ratio 2.9 bulk vs 1.9 in-loop; on a 1.2k-parameter DLN bulk is the faster). Same keys either way.
+BULK_NOISE_MAX_PARAMETERS = 2**16
+
+
+# A CPU host's default budget: this share of the memory available when the run starts.
+_CPU_AVAILABLE_SHARE = 0.5
+
+
+def _available_ram() -> int:
+    """Bytes of RAM available to new allocations: ``MemAvailable`` from /proc/meminfo (Linux), else
+    a quarter of the physical memory (other systems do not say what is free)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 4 * 2**30
 
 
 def default_memory_budget() -> int:
-    """Bytes one compiled group may use: half the accelerator's memory, or min(2 GiB, RAM / 8) on CPU."""
+    """Bytes one compiled group may use: half the accelerator's memory, or on a CPU host half the RAM
+    available now (``MemAvailable``; a quarter of the physical RAM where that is not known).
+
+    On a 24 GiB machine with ~22 GiB available that is ~11 GiB: a Pythia-14M-shaped
+    ``TransformerLM`` (7.6M parameters) runs 4 chains of batch 8 in one group.
+    """
     device = jax.local_devices()[0]  # jax.devices()[0] may belong to another process
     if device.platform != "cpu":
         stats = device.memory_stats() or {}
         if "bytes_limit" in stats:
             return int(stats["bytes_limit"]) // 2
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        ram = 16 * 2**30
-    return int(min(2 * 2**30, ram // 8))
+    budget = int(_available_ram() * _CPU_AVAILABLE_SHARE)
+    if jax.process_count() > 1:  # every process plans the same groups: the smallest share (a collective)
+        mebibytes = np.asarray(budget // 2**20, np.int32)  # int32: JAX's default integers (no x64)
+        budget = int(np.min(multihost_utils.process_allgather(mebibytes))) * 2**20
+    return budget
 
 
 def _nbytes(tree) -> int:
@@ -109,7 +168,8 @@ class Plan(NamedTuple):
     static: program.Static  # without layout / num_draws / steps_per_draw / recorded
     observe_data: PyTree
     center_caches: list  # per centre, the per-example losses at it (n, ...), or None (no cache)
-    init_loss: dict  # where init_losses came from: ChainsResult.settings["init_loss"] (planning._init_losses)
+    init_loss: dict | None  # where init_losses came from: ChainsResult.settings["init_loss"] (planning._init_losses)
+    schedule: Schedule | None = None  # the groups under the memory budget (``groups``)
 
 
 def check_centers(centers: Sequence[Params]) -> list:
@@ -364,7 +424,9 @@ def estimated_init_losses(center_loss: np.ndarray, center_index: np.ndarray, num
 def prepare(loss_fn: LossFn, centers: Sequence[Params], data: Batch, config: SamplerConfig, *, key: KeyLike,
             masks: Sequence[Mask | None] | None = None, grid: Mapping[str, Sequence[float]] | None = None,
             recording: Recording | None = None) -> Plan:
-    """Validates a run's inputs (before anything compiles) and resolves its configurations."""
+    """Validates a run's inputs (before anything compiles), resolves its configurations and splits
+    them into groups under the memory budget (``groups``), then makes the passes over the data
+    (L_n(w*), the centre caches)."""
     if not isinstance(config, SamplerConfig):
         raise TypeError(f"config must be a slt_jax.SamplerConfig, got {type(config).__name__}.")
     n = validation.check_data(data)
@@ -379,19 +441,22 @@ def prepare(loss_fn: LossFn, centers: Sequence[Params], data: Batch, config: Sam
     _warn_per_token_nbeta(config, n, loss_shape)
     data = jax.tree.map(jnp.asarray, data)
     centers = [jax.tree.map(jnp.asarray, c) for c in centers]
+    static = program.Static(
+        loss_fn=loss_fn, layout=None, preconditioner=config.preconditioner_spec, batch_size=config.batch_size,
+        num_draws=0, steps_per_draw=1, recorded=True, recording=recording.compiled_part(), mala_every=config.mala_every,
+        diagnostics_every=config.diagnostics_every, center_cache=False, bulk_noise=False, noise=config.noise,
+    )
+    chain_keys = jax.random.split(validation.as_key(key), config.num_chains)
+    observe_data = jax.tree.map(jnp.asarray, recording.observe_data)
+    plan = Plan(n, config, centers, None, variants, chain_keys, data, static, observe_data, None, None)
+    # Before any pass over the data, so that a memory error or a refused full pass comes in seconds.
+    plan = plan._replace(schedule=groups(plan))
     source = init_loss_source(loss_fn, centers, data, config, recording, len(variants), loss_shape)
     wanted = recording.center_loss and _cache_wanted(config, n, len(centers), len(variants), loss_shape)
     caches = [program.example_losses(loss_fn, c, data, config.batch_size) for c in centers] if wanted else None
     init_losses, init_loss = _init_losses(source, loss_fn, centers, data, config, recording, caches, key)
-    static = program.Static(
-        loss_fn=loss_fn, layout=None, preconditioner=config.preconditioner_spec, batch_size=config.batch_size,
-        num_draws=0, steps_per_draw=1, recorded=True, recording=recording.compiled_part(), mala_every=config.mala_every,
-        diagnostics_every=config.diagnostics_every, center_cache=caches is not None, bulk_noise=False,
-        noise=config.noise,
-    )
-    chain_keys = jax.random.split(validation.as_key(key), config.num_chains)
-    observe_data = jax.tree.map(jnp.asarray, recording.observe_data)
-    return Plan(n, config, centers, init_losses, variants, chain_keys, data, static, observe_data, caches, init_loss)
+    return plan._replace(init_losses=init_losses, center_caches=caches, init_loss=init_loss,
+                         static=static._replace(center_cache=caches is not None))
 
 
 # The per-example losses at a centre are kept on device when they take at most this many bytes.
@@ -419,10 +484,15 @@ def _cache_wanted(config: SamplerConfig, n: int, num_centers: int, num_variants:
 
 
 class Group(NamedTuple):
+    """One compiled group: its centres x variants x chains run as one call sequence of one executable."""
+
     centers: list[int]  # indices into plan.centers (padded by repetition)
     variants: list[int]  # indices into plan.variants (padded by repetition)
     num_centers: int  # before padding
     num_variants: int
+    chains: list[int]  # the chains it runs, indices into plan.chain_keys (padded by repetition)
+    num_chains: int  # before padding
+    microbatches: int  # the minibatch gradient is accumulated over this many microbatches
 
 
 def example_draw(plan: Plan, batch: Batch | None = None) -> tuple[SGLDInfo, DrawContext]:
@@ -442,25 +512,59 @@ def observed_shapes(plan: Plan) -> PyTree | None:
     return None if observe is None else jax.eval_shape(observe, plan.centers[0], *example_draw(plan))
 
 
-def configuration_bytes(plan: Plan, layout: restriction.Layout, offsets: tuple) -> int:
-    """Bytes one configuration needs in a group: chains' state, activations, observables."""
+# Copies of the component's coordinates one chain needs (see the module docstring).
+_CARRIED_COPIES = 1  # the position (the scan carry; donated, so input and output alias)
+_STEP_COPIES = 5  # transient in a step: noise, gradient, drift, new position, displacement from w*
+_ADAPTIVE_COPIES = 2  # RMSProp: its second moment (carried) and the per-coordinate step sizes
+_DIAGNOSTICS_COPIES = 1  # the scaled noise kept for its norm on recorded draws
+_MALA_COPIES = 4  # the proposal's gradient and the two potential gradients, the step sizes
+_MICROBATCH_COPIES = 1  # the gradient summed over microbatches
+# XLA's temporary buffers of a value_and_grad inside the vmapped chunk program exceed those of the
+# same value_and_grad compiled alone: measured 1.10-1.18x on TransformerLMs of 1M and 7.6M parameters
+# (the chunk's scatter-add of the embedding gradient and the logits are not fused into its outputs).
+_ACTIVATION_FACTOR = 1.25
+
+
+class MemoryCount(NamedTuple):
+    """The planner's bytes for one restriction layout: a group of ``G`` configurations of ``C``
+    chains each needs ``shared + G * (per_configuration + C * per_chain)`` bytes."""
+
+    per_chain: int
+    per_configuration: int
+    shared: int
+
+
+def _bulk_noise_steps(config: SamplerConfig, layout: restriction.Layout) -> int:
+    """Steps of noise a chain draws in bulk for one chunk (0 when it draws inside each step)."""
+    if layout.num_sampled > BULK_NOISE_MAX_PARAMETERS:
+        return 0
+    longest = max(math.ceil(config.num_draws / _TARGET_CHUNKS) * config.num_steps_between_draws,
+                  math.ceil(config.num_burnin / _TARGET_CHUNKS))
+    return max(1, longest)
+
+
+def memory_count(plan: Plan, layout: restriction.Layout, offsets: tuple, microbatches: int = 1) -> MemoryCount:
+    """The planner's memory count of one layout's chunk program (module docstring), in bytes."""
     config, recording = plan.config, plan.static.recording
     center = plan.centers[0]
-    piece = restriction.extract(layout, offsets, center)
-    copies = 6 + (2 if config.preconditioner_spec.adaptive else 0)
-    touched = sum(_nbytes(leaf) for leaf, lay in zip(jax.tree.leaves(center), layout.leaves) if lay is not None)
-    batch = jax.tree.map(lambda x: jnp.zeros((config.batch_size,) + x.shape[1:], x.dtype), plan.data)
+    piece = _nbytes(restriction.extract(layout, offsets, center))
+    copies = _CARRIED_COPIES + _STEP_COPIES + _DIAGNOSTICS_COPIES
+    copies += _ADAPTIVE_COPIES if config.preconditioner_spec.adaptive else 0
+    copies += _MALA_COPIES if config.mala_every else 0
+    copies += _MICROBATCH_COPIES if microbatches > 1 else 0
+    batch = jax.tree.map(lambda x: jnp.zeros((config.batch_size // microbatches,) + x.shape[1:], x.dtype), plan.data)
 
     def value_and_grad(position, batch):
         loss = lambda p: kernels.mean_loss(plan.static.loss_fn, restriction.insert(layout, offsets, center, p), batch)
         return jax.value_and_grad(loss)(position)
 
     shapes = tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(center))
-    per_chain = copies * _nbytes(piece) + 2 * touched + _temp_bytes(("value_and_grad", plan.static.loss_fn, layout, shapes),
-                                                                    value_and_grad, piece, batch)
+    activations = _temp_bytes(("value_and_grad", plan.static.loss_fn, layout, shapes), value_and_grad,
+                              restriction.extract(layout, offsets, center), batch) * _ACTIVATION_FACTOR
+    per_chain = (copies + _bulk_noise_steps(config, layout)) * piece + activations
     observe = recording.observe
     if observe is not None:
-        info, context = example_draw(plan, batch)
+        info, context = example_draw(plan, jax.tree.map(lambda x: jnp.zeros((config.batch_size,) + x.shape[1:], x.dtype), plan.data))
         values = jax.eval_shape(observe, center, info, context)
         per_chain += _temp_bytes(("observe", observe), lambda p, i, c: observe(p, i, c), center, info, context) + 2 * _nbytes(values)
         if recording.accumulator is not None:
@@ -469,43 +573,109 @@ def configuration_bytes(plan: Plan, layout: restriction.Layout, offsets: tuple) 
         if recording.keep_traces:
             per_chain += config.num_draws * _nbytes(values)
     per_chain += config.num_draws * 8 * 4  # the records
-    return config.num_chains * per_chain + (_nbytes(center) if len(plan.centers) > 1 else 0)
+    # w* (an input per centre) and its piece, shared by the configuration's chains
+    per_configuration = _nbytes(center) + piece
+    return MemoryCount(int(per_chain), int(per_configuration), _nbytes(plan.data) + _nbytes(plan.observe_data))
 
 
-def groups(plan: Plan) -> tuple[list[Group], int]:
-    """The compiled groups (one per restriction layout, split by the memory budget) and the largest
-    configuration's bytes."""
+def configuration_bytes(plan: Plan, layout: restriction.Layout, offsets: tuple, num_chains: int | None = None,
+                        microbatches: int = 1) -> int:
+    """Bytes one configuration of ``num_chains`` chains (default ``config.num_chains``) adds to a group."""
+    count = memory_count(plan, layout, offsets, microbatches)
+    num_chains = plan.config.num_chains if num_chains is None else num_chains
+    return count.per_configuration + num_chains * count.per_chain
+
+
+class Schedule(NamedTuple):
+    """How a run is split under the memory budget (``groups``).
+
+    Attributes:
+        groups: the compiled groups, run one after the other.
+        configuration_bytes: the largest configuration's bytes with all its chains.
+        chain_block: chains per group (``num_chains`` unless a configuration's chains are split).
+        microbatches: the largest number of microbatches a group's gradient is accumulated over.
+        budget: the memory budget (bytes).
+    """
+
+    groups: list[Group]
+    configuration_bytes: int
+    chain_block: int
+    microbatches: int
+    budget: int
+
+
+def _chain_blocks(num_chains: int, fit: int) -> list[list[int]]:
+    """``num_chains`` chains in as few blocks of at most ``fit`` as possible, of equal sizes (the last
+    padded by repeating its last chain), a multiple of the device count where that fits (so each
+    block's chains shard over the devices)."""
+    devices = len(jax.devices())
+    if devices > 1 and fit >= devices:
+        fit -= fit % devices
+    num_blocks = math.ceil(num_chains / fit)
+    size = math.ceil(num_chains / num_blocks)
+    if devices > 1 and fit >= devices:
+        size = min(fit, -(-size // devices) * devices)
+    blocks = [list(range(c0, min(c0 + size, num_chains))) for c0 in range(0, num_chains, size)]
+    return [block + [block[-1]] * (size - len(block)) for block in blocks]
+
+
+def _microbatches(plan: Plan, layout: restriction.Layout, offsets: tuple, room: int) -> int:
+    """The fewest microbatches (a divisor of the batch size) with which one chain fits ``room`` bytes."""
+    config = plan.config
+    needed = configuration_bytes(plan, layout, offsets, 1, 1)
+    for k in [d for d in range(2, config.batch_size + 1) if config.batch_size % d == 0]:
+        needed = configuration_bytes(plan, layout, offsets, 1, k)
+        if needed <= room:
+            return k
+    data_bytes = _nbytes(plan.data) + _nbytes(plan.observe_data)
+    raise ValueError(
+        f"memory_budget={config.memory_budget or default_memory_budget()} bytes is too small for one chain of one "
+        f"configuration, even with its minibatch gradient over {config.batch_size} microbatches of one example: it "
+        f"needs {needed + data_bytes} bytes ({needed} for the chain of a component with {layout.num_sampled} "
+        f"coordinates, {data_bytes} for the data). Raise SamplerConfig.memory_budget to at least {needed + data_bytes}, "
+        "or lower batch_size, rematerialise the model's activations (jax.checkpoint), or sample fewer parameters "
+        "(a smaller component mask)."
+    )
+
+
+def groups(plan: Plan) -> Schedule:
+    """The compiled groups under the memory budget: one per restriction layout, split into blocks of
+    configurations, or of one configuration's chains, or with its gradient over microbatches."""
     config = plan.config
     budget = config.memory_budget or default_memory_budget()
     by_layout: dict = {}
-    largest = 0
     for index, variant in enumerate(plan.variants):
         by_layout.setdefault(variant.restriction.layout, []).append(index)
     num_centers = len(plan.centers)
-    groups = []
+    out, largest, chain_block, most_microbatches = [], 0, config.num_chains, 1
+    all_chains = list(range(config.num_chains))
     for layout, members in by_layout.items():
-        per_config = configuration_bytes(plan, layout, plan.variants[members[0]].restriction.offsets)
-        if per_config > budget:
-            raise ValueError(
-                f"memory_budget={budget} bytes is too small for one configuration ({per_config} bytes: "
-                f"{config.num_chains} chains of a component with {layout.num_sampled} coordinates, with their "
-                f"activations). Raise SamplerConfig.memory_budget to at least {per_config}, or use fewer chains "
-                "or a smaller batch_size."
-            )
+        offsets = plan.variants[members[0]].restriction.offsets
+        count = memory_count(plan, layout, offsets)
+        per_config = count.per_configuration + config.num_chains * count.per_chain
         largest = max(largest, per_config)
-        capacity = budget // per_config
+        room = budget - count.shared
+        if per_config > room:  # one configuration's chains in sequential blocks (or microbatches)
+            fit = (room - count.per_configuration) // count.per_chain
+            microbatches = 1 if fit >= 1 else _microbatches(plan, layout, offsets, room)
+            blocks = _chain_blocks(config.num_chains, max(1, fit))
+            chain_block, most_microbatches = min(chain_block, len(blocks[0])), max(most_microbatches, microbatches)
+            out += [Group([c], [v], 1, 1, block, len(set(block)), microbatches)
+                    for c in range(num_centers) for v in members for block in blocks]
+            continue
+        capacity = room // per_config
         variants_per_group = min(len(members), capacity)
         centers_per_group = max(1, min(num_centers, capacity // variants_per_group))
         for c0 in range(0, num_centers, centers_per_group):
             center_block = list(range(c0, min(c0 + centers_per_group, num_centers)))
             for v0 in range(0, len(members), variants_per_group):
                 variant_block = members[v0:v0 + variants_per_group]
-                groups.append(Group(
+                out.append(Group(
                     center_block + [center_block[-1]] * (centers_per_group - len(center_block)),
                     variant_block + [variant_block[-1]] * (variants_per_group - len(variant_block)),
-                    len(center_block), len(variant_block),
+                    len(center_block), len(variant_block), all_chains, config.num_chains, 1,
                 ))
-    return groups, largest
+    return Schedule(out, largest, chain_block, most_microbatches, budget)
 
 
 # ---------------------------------------------------------------------------------------------

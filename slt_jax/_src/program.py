@@ -29,7 +29,7 @@ from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax.types import Array, Batch, LossFn, Params, PRNGKey, PyTree
 
 __all__ = ["Accumulator", "DrawContext", "Recording", "Carry", "DrawRecord", "CenterInputs", "VariantInputs", "Offsets", "take_rows", "batched_mean", "example_losses", "full_data_loss",
-           "compiled_chunk", "compile_count"]
+           "microbatched_mean", "compiled_chunk", "compile_count"]
 
 
 class Accumulator(NamedTuple):
@@ -182,6 +182,47 @@ def full_data_loss(loss_fn: LossFn, params: Params, data: Batch, batch_size: int
     return batched_mean_jit(loss_fn, params, data, batch_size)
 
 
+def microbatched_mean(loss_fn: Callable, microbatches: int) -> Callable:
+    """``loss_fn``'s mean loss on a batch, evaluated (and differentiated) over ``microbatches`` equal
+    microbatches in a ``lax.scan``, so at most one microbatch's activations are alive at a time.
+
+    ``loss_fn(position, batch, context)`` returns per-example ``(b,)``, per-token ``(b, t)`` or scalar
+    mean losses; ``context`` is a pytree it reads but is not differentiated with respect to (w*,
+    component offsets: passed in, not closed over). The result ``mean(position, batch, context)`` is a
+    scalar: the mean over microbatches of each microbatch's mean, which is the whole batch's mean
+    because the microbatches have equal sizes (``microbatches`` must divide the batch size). Its
+    gradient is a ``jax.custom_vjp`` whose forward pass runs ``value_and_grad`` on each microbatch and
+    keeps the summed gradient as the residual: no recomputation, no stored activations.
+    """
+
+    def split(batch):
+        return jax.tree.map(lambda x: x.reshape((microbatches, x.shape[0] // microbatches) + x.shape[1:]), batch)
+
+    def one(position, micro, context):
+        return kernels.mean_loss(lambda p, b: loss_fn(p, b, context), position, micro).astype(jnp.float32)
+
+    @jax.custom_vjp
+    def mean(position, batch, context):
+        total, _ = jax.lax.scan(lambda acc, micro: (acc + one(position, micro, context), None), jnp.zeros((), jnp.float32),
+                                split(batch))
+        return total / microbatches
+
+    def forward(position, batch, context):
+        def accumulate(acc, micro):
+            value, grad = jax.value_and_grad(one)(position, micro, context)
+            return (acc[0] + value, jax.tree.map(jnp.add, acc[1], grad)), None
+
+        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, position))
+        (total, grad), _ = jax.lax.scan(accumulate, zero, split(batch))
+        return total / microbatches, jax.tree.map(lambda g: g / microbatches, grad)
+
+    def backward(grad, cotangent):
+        return jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), grad), None, None
+
+    mean.defvjp(forward, backward)
+    return mean
+
+
 class Static(NamedTuple):
     """The static (compile-time) settings of a chunk program."""
 
@@ -198,6 +239,7 @@ class Static(NamedTuple):
     center_cache: bool  # the loss at w* on a batch is gathered from per-example losses at w*
     bulk_noise: bool
     noise: str  # the kind of increments, ``kernels.NOISES``
+    microbatches: int = 1  # the minibatch gradient is accumulated over this many microbatches
 
 
 class CenterInputs(NamedTuple):
@@ -283,7 +325,10 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs,
     n = jax.tree.leaves(data)[0].shape[0]
     layout, offsets, hyper = static.layout, variant.offsets, variant.hyper
     position_center = restriction.extract(layout, offsets, at.center)
-    kernel = kernels.build_kernel(lambda position, batch: static.loss_fn(restriction.insert(layout, offsets, at.center, position), batch),
+    restricted = lambda position, batch, context: static.loss_fn(restriction.insert(layout, context[1], context[0], position), batch)
+    if static.microbatches > 1:  # the planner's choice; the kernel sees a loss like any other
+        restricted = microbatched_mean(restricted, static.microbatches)
+    kernel = kernels.build_kernel(lambda position, batch: restricted(position, batch, (at.center, offsets)),
                                   preconditioner=static.preconditioner, noise=static.noise)
     step_kernel = lambda *args: kernel(*args, diagnostics=False)
     noise_key, (noise, indices, steps) = _step_inputs(chain_key, position_center, n, start, static)
