@@ -28,8 +28,6 @@ import warnings
 
 import numpy as np
 
-from numpyro import diagnostics as numpyro_diagnostics
-
 from slt_jax import results, traces
 from slt_jax._src import frontdoor
 from slt_jax.config import SamplerConfig
@@ -167,6 +165,8 @@ def trace_metrics(
 
 def _mean_variance(x: np.ndarray) -> np.ndarray:
     """Per chain, the variance of the mean of ``x`` ``(C, L)``: var / ESS (numpyro's single-chain ESS)."""
+    from numpyro import diagnostics as numpyro_diagnostics  # on first use, as in traces.loss_diagnostics
+
     out = np.empty(x.shape[0])
     for c, chain in enumerate(x):
         variance = chain.var(ddof=1)
