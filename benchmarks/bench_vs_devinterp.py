@@ -84,7 +84,8 @@ Without them the script says so and exits with status 0.
 Usage (from the repository root; about 7 minutes on 2 shared CPU cores, --quick under a minute of CPU):
   python benchmarks/bench_vs_devinterp.py [--quick] [--workloads dln,mlp] [--stat-chains 24] [--threads 0,1]
   python benchmarks/bench_vs_devinterp.py --workloads lm       # the language model (also needs transformers)
-Default ``--out``: benchmarks/results/bench_vs_devinterp.json (bench_vs_devinterp_lm.json for ``lm`` alone). ``--quick``: a tenth of the draws and no
+Default ``--out``: benchmarks/results/bench_vs_devinterp.json (bench_vs_devinterp_lm.json for ``lm`` alone;
+``_quick`` before ``.json`` with ``--quick``). ``--quick``: a tenth of the draws and no
 statistics call.
 """
 
@@ -649,7 +650,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", default="0,1",
                         help="thread settings, comma-separated: intra-op threads per library, 0 = library defaults (default 0,1)")
-    parser.add_argument("--out", default=None, help="default results/bench_vs_devinterp.json (_lm.json for lm alone)")
+    parser.add_argument("--out", default=None, help="default results/bench_vs_devinterp.json (_lm.json for lm alone; _quick.json with --quick)")
     parser.add_argument("--runner", choices=sorted(set(RUNNERS) | set(LM_RUNNERS)), help=argparse.SUPPRESS)  # internal: one subprocess
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -668,7 +669,8 @@ def main():
         save_json(os.path.join(args.workdir, f"{args.runner}_{args.workloads}.json"), record)
         return
     if args.out is None:
-        name = "bench_vs_devinterp_lm.json" if args.workloads == "lm" else "bench_vs_devinterp.json"
+        name = "bench_vs_devinterp_lm" if args.workloads == "lm" else "bench_vs_devinterp"
+        name += "_quick.json" if args.quick else ".json"  # a smoke test never overwrites the full results
         args.out = os.path.join(HERE, "results", name)
     problem = missing_peers(args.workloads)
     if problem:
