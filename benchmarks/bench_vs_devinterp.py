@@ -64,11 +64,16 @@ Convention mapping (checked against the installed devinterp source):
   * Data. A minimal torch Dataset of index rows (not a HuggingFace Dataset), so devinterp's time is
     its sampler's, not HuggingFace indexing's.
 
-Threads: by default every runner is limited to ONE intra-op thread (torch.set_num_threads(1) and
-OMP/MKL_NUM_THREADS=1; XLA_FLAGS --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1).
-On a shared 2-core machine, torch's 2 OpenMP threads spin-wait whenever another job holds a core: a
-torch MLP step measured 6 ms with one thread and 23-98 ms with two. ``--threads 0`` keeps each
-library's default, ``--threads 2`` gives both two.
+Threads (issue 22, item 4): every runner runs once per thread setting of ``--threads`` (default
+``0,1``), each in fresh processes, and the timings of all settings form one table per workload
+(``timing_table``: library x threads x cold/warm, with devinterp / slt_jax ratios at equal and at
+default threads). ``0`` keeps each library's defaults (torch: ``torch.get_num_threads()``, recorded;
+XLA: its own thread pool); ``1`` limits every runner to ONE intra-op thread (torch.set_num_threads(1)
+and OMP/MKL_NUM_THREADS=1; XLA_FLAGS --xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1); ``k`` gives both k. The statistics call (and so the LLC comparison)
+runs in one setting only, the one-thread setting if listed, else the first. On a shared 2-core
+machine, torch's 2 OpenMP threads spin-wait whenever another job holds a core: a torch MLP step
+measured 6 ms with one thread and 23-98 ms with two.
 
 Install the optional peers (never needed by slt_jax or its tests):
   python -m pip install torch --index-url https://download.pytorch.org/whl/cpu   # CPU wheel first
@@ -77,9 +82,10 @@ A bare ``pip install devinterp`` pulls the multi-GB CUDA build of torch; install
 Without them the script says so and exits with status 0.
 
 Usage (from the repository root; about 7 minutes on 2 shared CPU cores, --quick under a minute of CPU):
-  python benchmarks/bench_vs_devinterp.py [--quick] [--workloads dln,mlp] [--stat-chains 24] [--threads 1]
+  python benchmarks/bench_vs_devinterp.py [--quick] [--workloads dln,mlp] [--stat-chains 24] [--threads 0,1]
   python benchmarks/bench_vs_devinterp.py --workloads lm       # the language model (also needs transformers)
-Default ``--out``: benchmarks/results/bench_vs_devinterp.json (bench_vs_devinterp_lm.json for ``lm`` alone). ``--quick``: a tenth of the draws and no
+Default ``--out``: benchmarks/results/bench_vs_devinterp.json (bench_vs_devinterp_lm.json for ``lm`` alone;
+``_quick`` before ``.json`` with ``--quick``). ``--quick``: a tenth of the draws and no
 statistics call.
 """
 
@@ -514,16 +520,67 @@ def thread_env(threads: int) -> dict:
             "XLA_FLAGS": xla.strip()}
 
 
-def spawn(runner: str, workload: str, workdir: str, args) -> dict:
+def spawn(runner: str, workload: str, workdir: str, args, threads: int, stat_chains: int) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--runner", runner, "--workloads", workload,
-               "--workdir", workdir, "--seed", str(args.seed), "--threads", str(args.threads),
-               "--stat-chains", str(args.stat_chains)] + (["--quick"] if args.quick else [])
+               "--workdir", workdir, "--seed", str(args.seed), "--threads", str(threads),
+               "--stat-chains", str(stat_chains)] + (["--quick"] if args.quick else [])
     start = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "TQDM_DISABLE": "1", **thread_env(args.threads)})
+    subprocess.run(command, check=True, env={**os.environ, "TQDM_DISABLE": "1", **thread_env(threads)})
     with open(os.path.join(workdir, f"{runner}_{workload}.json")) as f:
         record = json.load(f)
     record["process_seconds"] = time.perf_counter() - start  # imports and set-up included
+    record["threads_setting"] = threads
     return record
+
+
+def parse_threads(text: str) -> list[int]:
+    """``--threads``: comma-separated thread settings, 0 = each library's defaults."""
+    try:
+        modes = [int(part) for part in text.split(",")]
+    except ValueError:
+        modes = []
+    if not modes or any(mode < 0 for mode in modes) or len(set(modes)) != len(modes):
+        raise SystemExit(f"--threads={text!r}: give distinct thread counts >= 0, comma-separated (0 = library defaults), e.g. 0,1")
+    return modes
+
+
+def statistics_mode(modes: list[int]) -> int:
+    """The thread setting whose runs make the statistics call: one thread if listed, else the first."""
+    return 1 if 1 in modes else modes[0]
+
+
+def _threads_label(mode: int) -> str:
+    return "default" if mode == 0 else str(mode)
+
+
+def timing_table(workload: str, by_mode: dict[int, dict]) -> dict:
+    """Cold and warm wall seconds per (runner, thread setting), and devinterp / slt_jax ratios."""
+    rows = []
+    for mode, records in by_mode.items():
+        runs = {"slt_jax": records["slt_jax"]["calls"], "devinterp": records["devinterp"]["calls"]}
+        runs.update({f"torch_loop_{order}": records["torch_loop"]["orders"][order]["calls"] for order in TORCH_ORDERS})
+        for name, calls in runs.items():
+            runner = "torch_loop" if name.startswith("torch_loop") else name
+            rows.append({"runner": name, "threads": _threads_label(mode),
+                         "threads_used": records[runner].get("threads", records[runner].get("xla_flags") or "XLA default"),
+                         "cold_seconds": calls[0]["wall_seconds"], "warm_seconds": calls[1]["wall_seconds"]})
+    wall = {(row["runner"], row["threads"]): row for row in rows}
+    ratios = {}
+    labels = [_threads_label(mode) for mode in by_mode]
+    for dev in labels:
+        for slt in labels:
+            d, s = wall[("devinterp", dev)], wall[("slt_jax", slt)]
+            ratios[f"devinterp[{dev}]/slt_jax[{slt}]"] = {"cold": d["cold_seconds"] / s["cold_seconds"],
+                                                          "warm": d["warm_seconds"] / s["warm_seconds"]}
+    return {"workload": workload, "rows": rows, "time_ratio_devinterp_over_slt_jax": ratios}
+
+
+def print_timing_table(table: dict) -> None:
+    print(f"{table['workload']}: wall seconds, cold / warm", flush=True)
+    for row in table["rows"]:
+        print(f"  {row['runner']:<24} threads {row['threads']:<8} {row['cold_seconds']:8.2f} / {row['warm_seconds']:8.2f}", flush=True)
+    for pair, ratio in table["time_ratio_devinterp_over_slt_jax"].items():
+        print(f"  {pair:<36} cold {ratio['cold']:6.2f}  warm {ratio['warm']:6.2f}", flush=True)
 
 
 def pool(calls: list[dict], estimator: str) -> dict | None:
@@ -591,8 +648,9 @@ def main():
     parser.add_argument("--stat-chains", type=int, default=None,
                         help="chains of the statistics call (default 24; --quick 0: none, the timed calls' chains are pooled)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per library (default 1; 0 = library defaults)")
-    parser.add_argument("--out", default=None, help="default results/bench_vs_devinterp.json (_lm.json for lm alone)")
+    parser.add_argument("--threads", default="0,1",
+                        help="thread settings, comma-separated: intra-op threads per library, 0 = library defaults (default 0,1)")
+    parser.add_argument("--out", default=None, help="default results/bench_vs_devinterp.json (_lm.json for lm alone; _quick.json with --quick)")
     parser.add_argument("--runner", choices=sorted(set(RUNNERS) | set(LM_RUNNERS)), help=argparse.SUPPRESS)  # internal: one subprocess
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -600,17 +658,19 @@ def main():
         args.stat_chains = 0 if args.quick else 24
     if args.stat_chains == 1 or args.stat_chains < 0:
         parser.error(f"--stat-chains={args.stat_chains}: use 0 (no statistics call) or at least 2 chains")
+    modes = parse_threads(args.threads)
     if args.runner:
-        if args.threads > 0 and args.runner != "slt_jax":  # slt_jax: XLA_FLAGS, set by the parent
+        if modes[0] > 0 and args.runner != "slt_jax":  # slt_jax: XLA_FLAGS, set by the parent
             import torch
 
-            torch.set_num_threads(args.threads)
+            torch.set_num_threads(modes[0])
         runners = LM_RUNNERS if args.workloads == "lm" else RUNNERS
         record = runners[args.runner](args.workloads, args.workdir, args.quick, args.seed, args.stat_chains)
         save_json(os.path.join(args.workdir, f"{args.runner}_{args.workloads}.json"), record)
         return
     if args.out is None:
-        name = "bench_vs_devinterp_lm.json" if args.workloads == "lm" else "bench_vs_devinterp.json"
+        name = "bench_vs_devinterp_lm" if args.workloads == "lm" else "bench_vs_devinterp"
+        name += "_quick.json" if args.quick else ".json"  # a smoke test never overwrites the full results
         args.out = os.path.join(HERE, "results", name)
     problem = missing_peers(args.workloads)
     if problem:
@@ -618,15 +678,26 @@ def main():
               f"  {INSTALL_HINT}")
         return
     start = time.perf_counter()
-    rows = []
+    rows, tables = [], []
+    stat_mode = statistics_mode(modes)
     with tempfile.TemporaryDirectory(prefix="bench_vs_devinterp_") as workdir:
         for workload in args.workloads.split(","):
-            if workload == "lm":
-                rows.append(summarize_lm({runner: spawn(runner, workload, workdir, args) for runner in LM_RUNNERS}))
+            if workload == "lm":  # one thread setting: the statistics one
+                rows.append(summarize_lm({runner: spawn(runner, workload, workdir, args, stat_mode, args.stat_chains)
+                                          for runner in LM_RUNNERS}))
                 print_summary_lm(rows[-1])
                 continue
-            rows.append(summarize(workload, {runner: spawn(runner, workload, workdir, args) for runner in RUNNERS}))
+            by_mode = {}
+            for mode in modes:  # a folder per setting: devinterp would read an earlier setting's zarr output back
+                folder = os.path.join(workdir, f"threads_{mode}")
+                os.makedirs(folder, exist_ok=True)
+                by_mode[mode] = {runner: spawn(runner, workload, folder, args, mode, args.stat_chains if mode == stat_mode else 0)
+                                 for runner in RUNNERS}
+            rows.append(summarize(workload, by_mode[stat_mode]))
+            rows[-1]["threads"] = _threads_label(stat_mode)
+            tables.append(timing_table(workload, by_mode))
             print_summary(rows[-1])
+            print_timing_table(tables[-1])
     report = {
         "benchmark": "bench_vs_devinterp",
         "command": " ".join(sys.argv),
@@ -634,11 +705,15 @@ def main():
         "versions": versions(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "threads_per_library": args.threads or "library defaults",
+        "thread_settings": [_threads_label(mode) for mode in modes],
+        "statistics_threads": _threads_label(stat_mode),
         "total_seconds": time.perf_counter() - start,
         "caveats": [
             "Measured on a shared 2-core CPU machine while other jobs used the cores: wall times and their "
             "ratios are indicative only; the LLC comparison does not depend on timing.",
+            "timing_table: every runner in fresh processes per thread setting ('default' = each library's own "
+            "threads, torch's count recorded in threads_used); 'results' (the LLC comparison and its runs) come from the "
+            "statistics_threads setting only.",
             "Cold = first call in the runner's process (slt_jax: includes XLA compilation and L_n(w*); devinterp: "
             "includes its init-loss pass and zarr set-up); warm = second call, another seed. Imports are excluded "
             "(process_seconds includes them). Both calls use the workload's settings (bench_llc).",
@@ -653,6 +728,7 @@ def main():
             "slt_jax runs with SamplerConfig(memory_budget=8e9) (the default CPU budget would split the chains "
             "into groups); devinterp uses transformers' default attention implementation.",
         ],
+        "timing_table": tables,
         "results": rows,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

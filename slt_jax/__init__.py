@@ -1,9 +1,13 @@
 """slt_jax: SGLD posterior sampling for singular learning theory, in pure JAX.
 
 See README.md for a quickstart and its "Public API" table for every name below, docs/conventions.md
-for every formula and convention, and docs/architecture.md for the layers. ``slt_jax.analysis``
-(clustering, embeddings, top influences; the optional extra ``pip install "slt_jax[analysis]"``)
-loads on first use, so ``import slt_jax`` never imports scikit-learn or umap-learn.
+for every formula and convention, and docs/architecture.md for the layers.
+
+``import slt_jax`` loads JAX, optax and the sampler; what a plain sampling run does not use loads on
+first use: the Flax adapters and the Flax zoo (``from_nnx``, ``from_linen``, ``to_nnx``, ``models``,
+``gridworld``) and ``analysis`` (scikit-learn, umap-learn: ``pip install "slt_jax[analysis]"``) as
+lazy attributes (PEP 562 ``__getattr__`` below); matplotlib, pandas, scipy and numpyro inside the
+functions that draw, export or diagnose.
 """
 
 import importlib as _importlib
@@ -24,11 +28,10 @@ from slt_jax.sampler import (
     run_chains,
 )
 
-# --- models and components: Flax adapters, masks, training, the zoo of instruments ---
-from slt_jax.adapters import from_linen, from_nnx, to_nnx
+# --- models and components: masks, training, the zoo of instruments (Flax parts: lazy, below) ---
 from slt_jax.masks import component_mask, describe_mask, head_mask, mask_complement, mask_intersection, mask_union, mlp_mask
 from slt_jax.training import train
-from slt_jax.zoo import gridworld, models, tasks, theory
+from slt_jax.zoo import tasks, theory
 
 # --- estimators ---
 from slt_jax.llc import LLCResult, LLCTable, estimate_llc, estimate_llc_table
@@ -76,9 +79,28 @@ if _os.environ.get("SLT_JAX_CACHE_DIR"):
     enable_compilation_cache()
 
 
+# Public names whose modules import Flax (~0.5 s with its IPython-based repr) or scikit-learn and
+# umap-learn (seconds, an optional extra): name -> (module, attribute or None for the module itself).
+_LAZY = {
+    "from_nnx": ("slt_jax.adapters", "from_nnx"),
+    "from_linen": ("slt_jax.adapters", "from_linen"),
+    "to_nnx": ("slt_jax.adapters", "to_nnx"),
+    "models": ("slt_jax.zoo.models", None),
+    "gridworld": ("slt_jax.zoo.gridworld", None),
+    "analysis": ("slt_jax.analysis", None),
+}
+
+
 def __getattr__(name: str):
-    # PEP 562: the analysis submodule imports scikit-learn and umap-learn (seconds, an optional
-    # extra), so it loads when first used, not with the package.
-    if name == "analysis":
-        return _importlib.import_module("slt_jax.analysis")
-    raise AttributeError(f"module 'slt_jax' has no attribute {name!r}")
+    # PEP 562: called only for names not found in the module, so each loads once, on first use.
+    if name not in _LAZY:
+        raise AttributeError(f"module 'slt_jax' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = _importlib.import_module(module_name)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

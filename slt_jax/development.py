@@ -29,8 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pandas as pd
-from scipy.ndimage import gaussian_filter1d
 
 from slt_jax import kernels, plots, results, stats
 from slt_jax._src import frontdoor, validation
@@ -144,6 +142,8 @@ def detect_stages(
         values = np.interp(np.arange(values.size), np.flatnonzero(finite), values[finite])
     if smoothing < 0 or not 0 <= min_change < 1 or not 0 < plateau_slope < 1:
         raise ValueError(f"smoothing={smoothing} must be >= 0, min_change={min_change} in [0, 1), plateau_slope={plateau_slope} in (0, 1).")
+    from scipy.ndimage import gaussian_filter1d  # scipy loads on first use, not with ``import slt_jax``
+
     smoothed = gaussian_filter1d(values, smoothing, mode="nearest") if smoothing > 0 else values.copy()
     position = np.log1p(steps) if log_steps else steps
     slope = np.gradient(smoothed, position)
@@ -239,6 +239,8 @@ class DevelopmentResult(results.Result):
     def to_dataframe(self, variables=None):
         """A pandas DataFrame, one row per (checkpoint, component): LLC mean/std, ESS, R-hat, the
         losses and an ``unreliable`` flag (``variables``: a subset of those columns)."""
+        import pandas as pd  # pandas loads on first export, not with ``import slt_jax`` (~0.3 s)
+
         k, m = self.llc.llc_mean.shape
         frame = pd.DataFrame({
             "step": np.repeat(self.steps, m), "component": np.tile(self.llc.components, k),

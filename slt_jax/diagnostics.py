@@ -28,9 +28,6 @@ import warnings
 
 import numpy as np
 
-from numpyro import diagnostics as numpyro_diagnostics
-from scipy import stats as scipy_stats
-
 from slt_jax import results, traces
 from slt_jax._src import frontdoor
 from slt_jax.config import SamplerConfig
@@ -173,6 +170,8 @@ def trace_metrics(
 
 def _mean_variance(x: np.ndarray) -> np.ndarray:
     """Per chain, the variance of the mean of ``x`` ``(C, L)``: var / ESS (numpyro's single-chain ESS)."""
+    from numpyro import diagnostics as numpyro_diagnostics  # on first use, as in traces.loss_diagnostics
+
     out = np.empty(x.shape[0])
     for c, chain in enumerate(x):
         variance = chain.var(ddof=1)
@@ -193,6 +192,8 @@ def _dispersion(shifted: np.ndarray) -> tuple[float, float]:
     their standard errors imply, p the χ² tail probability. Chains that each mix well inside their
     own region but settle at different levels (a slow mode R-hat over long chains can miss) give a
     large ratio. docs/conventions.md §4."""
+    from scipy import stats as scipy_stats  # deferred: a heavy import a plain run may not need
+
     variance = _mean_variance(shifted)
     means = shifted.mean(axis=1)
     if not np.all(variance > 0):

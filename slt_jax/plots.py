@@ -11,15 +11,26 @@ sampling core below it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from slt_jax import stats, traces
 from slt_jax.sampler import ChainsResult, draw_steps
 
+if TYPE_CHECKING:  # matplotlib loads when the first figure is drawn, not with ``import slt_jax`` (~0.4 s)
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
 __all__ = ["plot_traces", "plot_calibration", "plot_llc_checkpoints", "plot_response_pca", "plot_embedding", "plot_trajectories"]
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    """An empty ``Figure`` (no pyplot). matplotlib is imported here, on first use: a sampling run
+    that draws nothing never pays for it."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
 
 
 def _finish(figure: Figure, path) -> Figure:
@@ -59,7 +70,7 @@ def plot_traces(result, *, burnin_draws: int = 0, configuration: int = 0, title:
     steps = draw_steps(chains.config, loss.shape[1])
     if not 0 <= burnin_draws < loss.shape[1]:
         raise ValueError(f"burnin_draws={burnin_draws} must lie in [0, num_draws={loss.shape[1]}).")
-    figure = Figure(figsize=(10, 3.8))
+    figure = _new_figure((10, 3.8))
     loss_axes, llc_axes = figure.subplots(1, 2)
     burnin_end = steps[burnin_draws]
     for axes in (loss_axes, llc_axes):
@@ -107,7 +118,7 @@ def plot_calibration(calibration, *, path=None) -> Figure:
     """
     c = calibration
     m = c.metrics
-    figure = Figure(figsize=(15, 4.2))
+    figure = _new_figure((15, 4.2))
     grid_axes, health_axes, trace_axes = figure.subplots(1, 3)
     bias_axes = health_axes.twinx()
     groups = {}
@@ -237,7 +248,7 @@ def plot_llc_checkpoints(
     series = None if loss is None else {k: v[shown] for k, v in _loss_series(loss, steps.shape[0]).items()}
     steps, columns, flags = steps[shown], columns[shown], flags[shown]
     errors = None if errors is None else errors[shown]
-    figure = Figure(figsize=(6, 4) if series is None else (11, 4))
+    figure = _new_figure((6, 4) if series is None else (11, 4))
     if series is None:
         axes = figure.subplots()
     else:
@@ -284,7 +295,7 @@ def plot_trajectories(projections, steps, explained_variance_ratio=None, *, labe
     labels = [f"run {r}" for r in range(projections.shape[0])] if labels is None else list(labels)
     if len(labels) != projections.shape[0]:
         raise ValueError(f"labels has {len(labels)} names for {projections.shape[0]} runs.")
-    figure = Figure(figsize=(6, 5))
+    figure = _new_figure((6, 5))
     axes = figure.subplots()
     for run, label in zip(projections, labels):
         line = axes.plot(run[:, 0], run[:, 1], marker=".", lw=1.2, label=str(label))[0]
@@ -318,6 +329,8 @@ def _scatter_categories(axes, points: np.ndarray, codes: np.ndarray, num_categor
 
 
 def _category_handles(categories) -> list[Line2D]:
+    from matplotlib.lines import Line2D
+
     return [Line2D([], [], ls="", marker=_MARKERS[k % len(_MARKERS)], color=f"C{k % 10}", label=str(value))
             for k, value in enumerate(categories)]
 
@@ -372,7 +385,7 @@ def plot_response_pca(
     explained = singular**2 / max(np.sum(singular**2), 1e-300)
     a, b = components
     scores = u[:, [a, b]] * singular[[a, b]]
-    figure = Figure(figsize=(6, 5))
+    figure = _new_figure((6, 5))
     axes = figure.subplots()
     if labels is None:
         axes.scatter(scores[:, 0], scores[:, 1], s=14, alpha=0.7, edgecolors="white", linewidths=0.3)
@@ -451,7 +464,7 @@ def plot_embedding(
         if len(labels) != len(panels) or any(l.shape != (p.shape[0],) for l, p in zip(labels, panels)):
             raise ValueError(f"labels: pass one label per row of every panel, shapes {[(p.shape[0],) for p in panels]}.")
         categories = np.unique(np.concatenate(labels))
-    figure = Figure(figsize=(4.2 * len(panels) + 0.8, 4.2))
+    figure = _new_figure((4.2 * len(panels) + 0.8, 4.2))
     axes_list = np.atleast_1d(figure.subplots(1, len(panels), sharex=True, sharey=True, squeeze=False)[0])
     for k, (axes, points) in enumerate(zip(axes_list, panels)):
         if labels is None:

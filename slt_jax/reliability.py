@@ -39,7 +39,6 @@ import dataclasses
 import warnings
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from slt_jax import results, stats
 
@@ -200,6 +199,8 @@ def estimate_reliability(
     with np.errstate(invalid="ignore", divide="ignore"):
         z = np.where(valid, np.abs(mean) / stderr, np.nan)
     entries_per_row = int(valid.sum(axis=1).max())
+    from scipy import stats as scipy_stats  # scipy.stats loads on first use, not with ``import slt_jax`` (~0.3 s)
+
     critical_z = float(scipy_stats.t.ppf(1 - alpha / (2 * entries_per_row), num_chains - 1))
     distinguishable = np.any(z > critical_z, axis=1)
 

@@ -18,7 +18,6 @@ Loss estimators (docs/conventions.md §2), all unbiased for L_n(w_d):
 from __future__ import annotations
 
 import numpy as np
-from numpyro import diagnostics as numpyro_diagnostics
 
 from slt_jax.sampler import ChainsResult
 
@@ -98,6 +97,9 @@ def loss_diagnostics(trace: np.ndarray) -> tuple[float, float, str]:
         return float("nan"), float("nan"), "the trace has non-finite values"
     if np.all(np.ptp(trace, axis=1) == 0):
         return float("nan"), float("nan"), "the trace is constant within every chain: ESS and R-hat are undefined"
+    # numpyro (~0.3 s: its package imports its distributions) loads with the first result, not with ``import slt_jax``.
+    from numpyro import diagnostics as numpyro_diagnostics
+
     with np.errstate(invalid="ignore", divide="ignore"):
         ess = float(numpyro_diagnostics.effective_sample_size(trace))
         rhat = float(numpyro_diagnostics.split_gelman_rubin(trace)) if trace.shape[0] >= 2 else float("nan")
