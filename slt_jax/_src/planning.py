@@ -27,13 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_jax import kernels, restriction
-from slt_jax._src import program, validation
+from slt_jax._src import multihost, program, validation
 from slt_jax.config import NbetaConventionWarning, SamplerConfig
 from slt_jax.kernels import Hyperparameters, SGLDInfo
 from slt_jax._src.program import DrawContext, Recording, full_data_loss
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
-__all__ = ["Plan", "Group", "Variant", "Chunk", "prepare", "groups", "chunks", "configuration_bytes", "default_memory_budget",
+__all__ = ["Plan", "Group", "Variant", "Chunk", "prepare", "groups", "pad_to_mesh", "chunks", "configuration_bytes", "default_memory_budget",
            "example_draw", "observed_shapes"]
 
 # Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
@@ -337,6 +337,7 @@ def groups(plan: Plan) -> tuple[list[Group], int]:
     configuration's bytes."""
     config = plan.config
     budget = config.memory_budget or default_memory_budget()
+    mesh = multihost.sizes(multihost.run_mesh(config.num_chains))
     by_layout: dict = {}
     largest = 0
     for index, variant in enumerate(plan.variants):
@@ -353,7 +354,7 @@ def groups(plan: Plan) -> tuple[list[Group], int]:
                 "or a smaller batch_size."
             )
         largest = max(largest, per_config)
-        capacity = budget // per_config
+        capacity = budget // per_config * mesh.config  # the budget is per device; the config axis splits a group
         variants_per_group = min(len(members), capacity)
         centers_per_group = max(1, min(num_centers, capacity // variants_per_group))
         for c0 in range(0, num_centers, centers_per_group):
@@ -365,7 +366,33 @@ def groups(plan: Plan) -> tuple[list[Group], int]:
                     variant_block + [variant_block[-1]] * (variants_per_group - len(variant_block)),
                     len(center_block), len(variant_block),
                 ))
-    return groups, largest
+    return pad_to_mesh(groups, mesh, config.num_chains), largest
+
+
+def pad_to_mesh(groups: list[Group], mesh: multihost.MeshSizes, num_chains: int) -> list[Group]:
+    """Every group with the axis that the mesh's config axis splits (``multihost.config_dim``: centres
+    or variants) padded by repetition to a multiple of its size (padded configurations are dropped on
+    assembly); warns when a whole device's share is padding (devices repeating others' work)."""
+    if mesh.config == 1:
+        return groups
+    out, idle = [], []
+    for group in groups:
+        dim = multihost.config_dim(len(group.centers), len(group.variants))
+        members = [group.centers, group.variants][dim]
+        members = members + [members[-1]] * (multihost.padded(len(members), mesh.config) - len(members))
+        real = [group.num_centers, group.num_variants][dim]
+        if len(members) - real >= len(members) // mesh.config:
+            idle.append(real)
+        out.append(group._replace(centers=members) if dim == 0 else group._replace(variants=members))
+    if idle:
+        warnings.warn(
+            f"{idle[0]} configuration(s) x num_chains={num_chains} on {mesh.config * mesh.chain * mesh.model} devices "
+            f"(mesh axes config={mesh.config}, chain={mesh.chain}, model={mesh.model}) leave devices repeating the "
+            "work of others. For every device to do its own work, make the configurations x chains a multiple of the "
+            "device count (e.g. num_chains a multiple of it).",
+            stacklevel=validation.external_stacklevel(),
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
