@@ -23,10 +23,11 @@ How it runs (``run_chains`` = prepare and group (``slt_jax._src.planning``), dri
 * What each draw records besides the loss and diagnostics is one ``Recording`` (observables and
   on-device accumulators, full-data loss, loss at w*), evaluated inside the same program at the
   draw's full parameters; full traces are kept only when asked.
-* Chains are split over every device when ``num_chains`` is a multiple of the device count, and
-  over every process's devices after ``jax.distributed.initialize`` (``slt_jax._src.multihost``): every
-  process makes the same call, the host reads are all-gathers, and every process returns the same,
-  whole result.
+* Configurations, chains and parameters are split over a device mesh of axes ``config``, ``chain``
+  and ``model`` (``slt_jax._src.multihost``): the one set with ``jax.set_mesh`` around the call, or a
+  default over every device (chains first, configurations with the rest). After
+  ``jax.distributed.initialize`` the mesh spans every process's devices: every process makes the
+  same call, the host reads are all-gathers, and every process returns the same, whole result.
 """
 
 from __future__ import annotations
@@ -497,9 +498,12 @@ def run_chains(
     Returns:
         A ``ChainsResult`` with leading axes ``(K * V, num_chains)``, centre-major.
 
-    Several processes (after ``jax.distributed.initialize``): call ``run_chains`` in every process
-    with the same arguments (key, params, data). The chains are split over the devices of every
-    process (``slt_jax._src.multihost``) and every process returns the same, whole ``ChainsResult``.
+    Devices: the configurations, chains and parameter slices spread over the mesh set with
+    ``with jax.set_mesh(mesh):`` around the call (axes ``("config", "chain", "model")``, type
+    ``Auto``), or a default mesh over every device (``slt_jax._src.multihost``); the numbers do not
+    depend on it. Several processes (after ``jax.distributed.initialize``): call ``run_chains`` in
+    every process with the same arguments (key, params, data); every process returns the same,
+    whole ``ChainsResult``.
     """
     # The run's mesh (the user's, from ``jax.set_mesh``, checked before anything compiles, or the default)
     # is the context of everything placed on it; the result is numpy, so it does not tie the caller to it.

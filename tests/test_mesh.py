@@ -27,7 +27,7 @@ import slt_jax as sj
 from slt_jax._src import multihost, planning
 
 WORKER = pathlib.Path(__file__).with_name("mesh_worker.py")
-TIMEOUT_SECONDS = 400
+TIMEOUT_SECONDS = 600
 RUNS = {"one_device": (1, ["default"]), "four_devices": (4, ["default", "1,1,4"]), "eight_devices": (8, ["2,2,2"])}
 AUTO = (jax.sharding.AxisType.Auto,) * 3
 
@@ -61,6 +61,7 @@ def runs(tmp_path_factory):
     return {name: json.loads((directory / f"{name}.json").read_text()) for name in RUNS}
 
 
+@pytest.mark.slow  # three processes, a few minutes on a loaded 2-core CPU
 def test_every_layout_gives_the_numbers_of_one_device(runs):
     reference = runs["one_device"]["default"]
     layouts = [(name, layout) for name, (_, names) in RUNS.items() for layout in names if name != "one_device"]
@@ -72,6 +73,7 @@ def test_every_layout_gives_the_numbers_of_one_device(runs):
                                        err_msg=f"{name} {layout} {field}")
 
 
+@pytest.mark.slow  # three processes, a few minutes on a loaded 2-core CPU
 def test_four_heads_by_two_chains_use_all_four_devices(runs):
     """The default mesh on 4 devices for 2 chains: chain axis 2, config axis 2 (the four heads split
     in two), so every device holds its own quarter of the heads' chains."""
@@ -82,6 +84,7 @@ def test_four_heads_by_two_chains_use_all_four_devices(runs):
     assert whole["whole_shape"][:3] == [1, 2, 2]  # one configuration padded to 2 over the config axis
 
 
+@pytest.mark.slow  # three processes, a few minutes on a loaded 2-core CPU
 def test_the_model_axis_cuts_the_parameter_bytes_on_each_device_four_times(runs):
     """A (64, 128) kernel and a (128,) bias, 2 chains, on a 1 x 1 x 4 mesh: each device holds a quarter
     of every chain's kernel (sliced along 128) and the whole small bias."""
@@ -92,6 +95,7 @@ def test_the_model_axis_cuts_the_parameter_bytes_on_each_device_four_times(runs)
     assert reference["held_bytes"] == reference["whole_bytes"] // 4  # config 2 (padded) x chain 2, whole leaves
 
 
+@pytest.mark.slow  # three processes, a few minutes on a loaded 2-core CPU
 def test_a_chain_axis_that_does_not_divide_the_chains_is_refused_before_compiling(runs):
     for name in ("four_devices", "eight_devices"):
         refusal = runs[name]["refusals"]

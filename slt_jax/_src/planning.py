@@ -3,7 +3,7 @@
 ``slt_jax.sampler.run_chains`` calls ``prepare`` (validate the inputs, resolve every configuration's
 restriction and hyperparameters, L_n(w*) of every centre), ``groups`` (split the configurations into
 compiled groups: one per restriction layout, and within a layout as many configurations as fit the
-memory budget) and ``chunks`` (the chunks of burn-in and recorded draws).
+memory budget on each device of the mesh's config axis, padded to a multiple of that axis: ``pad_to_mesh``) and ``chunks`` (the chunks of burn-in and recorded draws).
 
 The memory model of one configuration (``configuration_bytes``): ``num_chains`` x (the chain's state,
 a few copies of the component's coordinates; the touched parameter leaves, rebuilt at each step; XLA's
