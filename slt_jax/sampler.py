@@ -505,20 +505,18 @@ def run_chains(
     every process with the same arguments (key, params, data); every process returns the same,
     whole ``ChainsResult``.
     """
-    # The run's mesh (the user's, from ``jax.set_mesh``, checked before anything compiles, or the default)
-    # is the context of everything placed on it; the result is numpy, so it does not tie the caller to it.
-    mesh = multihost.run_mesh(config.num_chains) if isinstance(config, SamplerConfig) else None
+    if isinstance(config, SamplerConfig):
+        multihost.run_mesh(config.num_chains)  # a mesh set with jax.set_mesh is checked before anything compiles
     plan = planning.prepare(loss_fn, centers, data, config, key=key, masks=masks, grid=grid, recording=recording)
     _check_processes_agree(plan)
-    with multihost.using(mesh):
-        groups, configuration_bytes = planning.groups(plan)
-        runs = []
-        label = progress if isinstance(progress, str) else "SGLD"
-        bar_off = not progress or not multihost.is_writer()  # one bar, on process 0
-        with tqdm(total=config.num_steps * len(groups), desc=label, disable=bar_off, unit="step", leave=False) as bar:
-            for index, group in enumerate(groups):
-                runs.append(_drive(plan, index, group, bar, resume_dir))
-        return _result(plan, groups, runs, configuration_bytes)
+    groups, configuration_bytes = planning.groups(plan)
+    runs = []
+    label = progress if isinstance(progress, str) else "SGLD"
+    bar_off = not progress or not multihost.is_writer()  # one bar, on process 0
+    with tqdm(total=config.num_steps * len(groups), desc=label, disable=bar_off, unit="step", leave=False) as bar:
+        for index, group in enumerate(groups):
+            runs.append(_drive(plan, index, group, bar, resume_dir))
+    return _result(plan, groups, runs, configuration_bytes)
 
 
 def _result(plan: planning.Plan, groups: list[planning.Group], runs: list[_GroupRun], configuration_bytes: int) -> ChainsResult:

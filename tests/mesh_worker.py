@@ -5,8 +5,7 @@
 with as many CPU devices as ``XLA_FLAGS=--xla_force_host_platform_device_count`` gives. A LAYOUT is
 ``default`` (no mesh set: the sampler's default over every device) or ``CONFIG,CHAIN,MODEL`` (a mesh
 of those axis sizes, set with ``jax.set_mesh`` around the calls). For every layout it runs the LLC of
-a linear regression and of four one-coordinate components ("heads", one layout: a group of four
-configurations), susceptibilities of two components, and the LLC of a wide model (one leaf large
+a linear regression and of four one-coordinate components ("heads", one layout) at two checkpoints, susceptibilities of two components, and the LLC of a wide model (one leaf large
 enough to be sliced over the model axis), and records their numbers and where the chains lived.
 """
 
@@ -64,11 +63,12 @@ def _wide_problem():
 def _estimates() -> dict:
     out = {}
     loss_fn, w_star, data = linear_regression([1.0, 0.5, 0.1, 0.0], n=200)
-    # The whole model and four one-coordinate "heads" (one slice layout: a group of 4 configurations).
+    # Two checkpoints x (the whole model, four one-coordinate "heads"): two groups, 2 x 1 configurations
+    # (the config axis splits the checkpoints) and 2 x 4 (one slice layout; it splits the heads).
     heads = {f"head{h}": jnp.arange(4) == h for h in range(4)}
     RUNS.clear()
-    table = sj.estimate_llc_table(loss_fn, [w_star], data, CONFIG, key=KEY, components={"full": None, **heads},
-                                  progress=False)
+    table = sj.estimate_llc_table(loss_fn, [w_star, w_star * 1.02], data, CONFIG, key=KEY,
+                                  components={"full": None, **heads}, steps=[0, 1], progress=False)
     out["llc"] = np.asarray(table.llc_per_chain).tolist()
     out["loss"] = np.asarray(table.chains.loss).tolist()
     out["placement"] = [_placement(run) for run in RUNS]

@@ -4,8 +4,8 @@ the parameters.
 
 Three processes of tests/mesh_worker.py, started together: 1 CPU device (the reference), 4 devices
 (the default mesh, and a mesh of 4 on the model axis) and 8 devices (2 x 2 x 2). Each runs the LLC of
-a linear regression and of four one-coordinate components, susceptibilities of two components and
-the LLC of a wide model. Tolerance: float32 rounding (XLA batches the vmapped arithmetic
+a linear regression and of four one-coordinate components at two checkpoints, susceptibilities of
+two components and the LLC of a wide model. Tolerance: float32 rounding (XLA batches the vmapped arithmetic
 differently per layout, and the model axis splits reductions).
 """
 
@@ -75,13 +75,15 @@ def test_every_layout_gives_the_numbers_of_one_device(runs):
 
 @pytest.mark.slow  # three processes, a few minutes on a loaded 2-core CPU
 def test_four_heads_by_two_chains_use_all_four_devices(runs):
-    """The default mesh on 4 devices for 2 chains: chain axis 2, config axis 2 (the four heads split
-    in two), so every device holds its own quarter of the heads' chains."""
-    whole, heads = runs["four_devices"]["default"]["placement"]  # groups: the whole model, the 4 heads
-    assert heads["whole_shape"][:3] == [1, 4, 2] and heads["shard_shape"][:3] == [1, 2, 1]
-    assert heads["devices"] == heads["distinct_device_shards"] == 4
-    assert heads["held_bytes"] * 4 == heads["whole_bytes"]
-    assert whole["whole_shape"][:3] == [1, 2, 2]  # one configuration padded to 2 over the config axis
+    """The default mesh on 4 devices for 2 chains: chain axis 2, config axis 2. The heads' group
+    (2 checkpoints x 4 heads) splits its heads, the whole model's (2 checkpoints x 1) its checkpoints:
+    every device holds its own quarter of each group's chains."""
+    whole, heads = runs["four_devices"]["default"]["placement"]
+    assert heads["whole_shape"][:3] == [2, 4, 2] and heads["shard_shape"][:3] == [2, 2, 1]
+    assert whole["whole_shape"][:3] == [2, 1, 2] and whole["shard_shape"][:3] == [1, 1, 1]
+    for group in (whole, heads):
+        assert group["devices"] == group["distinct_device_shards"] == 4
+        assert group["held_bytes"] * 4 == group["whole_bytes"]
 
 
 @pytest.mark.slow  # three processes, a few minutes on a loaded 2-core CPU

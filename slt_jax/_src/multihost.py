@@ -11,9 +11,9 @@ axes (``AXES``):
   moments) sliced along its largest dimension divisible by the axis size (FSDP); XLA's SPMD
   partitioner inserts the gathers the loss needs (``param_spec``).
 
-The user sets one with ``with jax.set_mesh(jax.make_mesh((config, chain, model), AXES)):`` around
-the call (``run_chains`` picks it up; axes left out have size 1); without one the run builds a
-default over ``jax.devices()``: the chain axis the largest divisor of the device count that divides
+The user sets one around the call, ``with jax.set_mesh(jax.make_mesh((config, chain, model), AXES,
+axis_types=(AxisType.Auto,) * 3)):`` (``run_chains`` picks it up); without one the run builds a default
+over ``jax.devices()``: the chain axis the largest divisor of the device count that divides
 ``num_chains``, the config axis the rest, the model axis 1.
 
 After ``jax.distributed.initialize(...)`` ``jax.devices()`` lists the devices of every process, and the
@@ -26,12 +26,10 @@ assembles the same result. In a single process these are ``jax.device_put`` and 
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -39,8 +37,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from slt_jax._src import program
 from slt_jax.types import PyTree
 
-__all__ = ["AXES", "MeshSizes", "run_mesh", "default_shape", "sizes", "config_dim", "padded", "param_spec", "shardings", "using", "spread", "placement", "place", "to_host",
-           "is_writer", "barrier", "check_same"]
+__all__ = ["AXES", "MeshSizes", "run_mesh", "default_shape", "sizes", "config_dim", "padded", "param_spec", "shardings",
+           "spread", "placement", "place", "to_host", "is_writer", "barrier", "check_same"]
 
 AXES = ("config", "chain", "model")
 # Parameter leaves with fewer elements stay whole on every device of the model axis (slicing them
@@ -159,14 +157,6 @@ def shardings(mesh: Mesh, tree: PyTree, lead: tuple = (), params: bool = False) 
     return jax.tree.map(one, tree)
 
 
-def using(mesh: Mesh | None):
-    """A context in which programs placed on ``mesh`` trace: ``mesh`` (its axes ``Auto``: XLA's SPMD
-    partitioner places what the inputs and constraints leave open) instead of the user's mesh, whose
-    axes ``jax.make_mesh`` makes ``Explicit`` (sharding in types, which the sampler's program does
-    not use); the caller's context unchanged without one."""
-    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
-
-
 def spread(mesh: Mesh, tree: PyTree, lead: tuple = (), params: bool = False) -> PyTree:
     """``tree`` placed on ``mesh`` as ``shardings(mesh, tree, lead, params)`` says (``place``)."""
     return place(tree, shardings(mesh, tree, lead, params))
@@ -196,10 +186,11 @@ def place(tree: PyTree, sharding: NamedSharding | PyTree) -> PyTree:
         sharding = jax.tree.map(lambda _: sharding, tree)
 
     def one(x, where):
-        if where.is_fully_addressable:
-            return jax.device_put(x, where)
-        x = jnp.asarray(x)
-        return jax.make_array_from_callback(x.shape, where, lambda index: x[index], dtype=x.dtype)
+        if where.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+            return jax.device_put(x, where)  # across processes: a reshard of a global array, in every process
+        if not jax.dtypes.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+            x = np.asarray(x)  # slices on host (PRNG keys, on their one device)
+        return jax.make_array_from_callback(np.shape(x), where, lambda index: x[index], dtype=x.dtype)
 
     return jax.tree.map(one, tree, sharding)
 

@@ -3,7 +3,8 @@
 ``slt_jax.sampler.run_chains`` calls ``prepare`` (validate the inputs, resolve every configuration's
 restriction and hyperparameters, L_n(w*) of every centre), ``groups`` (split the configurations into
 compiled groups: one per restriction layout, and within a layout as many configurations as fit the
-memory budget on each device of the mesh's config axis, padded to a multiple of that axis: ``pad_to_mesh``) and ``chunks`` (the chunks of burn-in and recorded draws).
+memory budget on each device of the mesh's config axis, padded to a multiple of that axis:
+``pad_to_mesh``) and ``chunks`` (the chunks of burn-in and recorded draws).
 
 The memory model of one configuration (``configuration_bytes``): ``num_chains`` x (the chain's state,
 a few copies of the component's coordinates; the touched parameter leaves, rebuilt at each step; XLA's
@@ -33,8 +34,8 @@ from slt_jax.kernels import Hyperparameters, SGLDInfo
 from slt_jax._src.program import DrawContext, Recording, full_data_loss
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
-__all__ = ["Plan", "Group", "Variant", "Chunk", "prepare", "groups", "pad_to_mesh", "chunks", "configuration_bytes", "default_memory_budget",
-           "example_draw", "observed_shapes"]
+__all__ = ["Plan", "Group", "Variant", "Chunk", "prepare", "groups", "pad_to_mesh", "chunks", "configuration_bytes",
+           "default_memory_budget", "example_draw", "observed_shapes"]
 
 # Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
 _NOISE_BUDGET_BYTES = 128 * 2**20

@@ -26,8 +26,8 @@ from slt_jax._src import validation
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax.types import Array, Batch, LossFn, Params, PRNGKey, PyTree
 
-__all__ = ["Accumulator", "DrawContext", "Recording", "Carry", "DrawRecord", "CenterInputs", "VariantInputs", "Offsets", "Placement", "take_rows", "batched_mean", "example_losses", "full_data_loss",
-           "compiled_chunk", "compile_count"]
+__all__ = ["Accumulator", "DrawContext", "Recording", "Carry", "DrawRecord", "CenterInputs", "VariantInputs", "Offsets", "Placement",
+           "take_rows", "batched_mean", "example_losses", "full_data_loss", "compiled_chunk", "compile_count"]
 
 
 class Accumulator(NamedTuple):
@@ -201,7 +201,7 @@ class Placement(NamedTuple):
             split over (its ``spmd_axis_name``), or None.
         position: one ``NamedSharding`` per array of ONE chain's position (leaf order): the
             parameter slicing over the model axis that every step keeps (``with_sharding_constraint``;
-            the vmaps add the leading axes), so that XLA never holds a whole position per device.
+            the vmaps add the leading axes), so that the loop's state stays sliced as placed.
     """
 
     center_axis: str | None
@@ -378,6 +378,7 @@ def _jit_for(carry: Carry):
     carry_shardings = jax.tree.unflatten(jax.tree.structure(carry), shardings)
     return jax.jit(_chunk, static_argnames=("static",), donate_argnums=(0,), out_shardings=(carry_shardings, None))
 
+
 _COMPILE_COUNT = [0]
 # Executables by signature, least recently used first; bounded so that notebooks redefining their
 # loss functions do not accumulate executables without limit.
@@ -404,8 +405,9 @@ def compiled_chunk(args, static: Static) -> tuple[Callable, float]:
         return _COMPILED[signature], 0.0
     start = time.perf_counter()
     # The non-partitionable threefry layout generates the same-quality bits about 2x faster on CPU;
-    # the noise is drawn per chain (the sharded axis is the vmapped key axis), so nothing needs the
-    # partitionable layout, and the stream is fixed by this choice, not by the device count.
+    # the noise is drawn per chain (the config and chain axes split the vmapped key axes; along a model
+    # axis the partitioner keeps the same bits), so nothing needs the partitionable layout, and the
+    # stream is fixed by this choice, not by the device count or the mesh.
     with jax.threefry_partitionable(False):
         executable = _jit_for(args[0]).lower(*args, static=static).compile()
     _COMPILE_COUNT[0] += 1
