@@ -21,8 +21,10 @@ import slt_jax as sj
 from slt_jax import sampler
 from slt_jax._src import program
 
+# Two chunks of one length: a layout whose carry changed sharding between chunks would compile twice.
 CONFIG = sj.SamplerConfig(step_size=1e-3, nbeta=200.0, localization=1.0, num_chains=2, num_draws=24, batch_size=50,
-                          chunk_draws=24, mala_every=0)
+                          chunk_draws=12, mala_every=0)
+EIGENVALUES = [1.0, 0.5, 0.1, 0.0]
 KEY = 5
 
 RUNS: list = []  # every group run of the current call (its final carry)
@@ -62,7 +64,7 @@ def _wide_problem():
 
 def _estimates() -> dict:
     out = {}
-    loss_fn, w_star, data = linear_regression([1.0, 0.5, 0.1, 0.0], n=200)
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
     # Two checkpoints x (the whole model, four one-coordinate "heads"): two groups, 2 x 1 configurations
     # (the config axis splits the checkpoints) and 2 x 4 (one slice layout; it splits the heads).
     heads = {f"head{h}": jnp.arange(4) == h for h in range(4)}
@@ -86,6 +88,18 @@ def _estimates() -> dict:
     out["wide_llc"] = wide.llc_per_chain.tolist()
     out["wide_placement"] = [_placement(run) for run in RUNS]
     return out
+
+
+def _closed_form() -> dict:
+    """A full-batch LLC of the linear regression, long enough to meet its exact finite-nβ value
+    (``theory.quadratic_llc`` with the step-size correction, as tests/test_llc.py checks on one device)."""
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
+    config = sj.SamplerConfig(step_size=3e-3, nbeta=200.0, localization=1.0, num_chains=8, num_draws=2000, num_burnin=200,
+                              batch_size=200, mala_every=0)
+    result = sj.estimate_llc(loss_fn, w_star, data, config, key=0, progress=False)
+    values = result.llc_per_chain
+    return {"llc_mean": float(result.llc_mean), "standard_error": float(np.std(values, ddof=1) / np.sqrt(values.size)),
+            "expected": float(sj.theory.quadratic_llc(EIGENVALUES, 200.0, 1.0, step_size=3e-3))}
 
 
 def _refusals() -> dict:
@@ -119,6 +133,9 @@ if __name__ == "__main__":
             with jax.set_mesh(mesh):
                 results[name] = _estimates()
         results[name]["compiles"] = program.compile_count() - before
+        if jax.device_count() == 8:
+            with jax.set_mesh(mesh):
+                results[name]["closed_form"] = _closed_form()
     if jax.device_count() > 1:
         results["refusals"] = _refusals()
     with open(sys.argv[1], "w") as file:

@@ -68,9 +68,17 @@ def test_every_layout_gives_the_numbers_of_one_device(runs):
     assert [runs[name]["device_count"] for name in RUNS] == [1, 4, 8]
     for name, layout in layouts:
         result = runs[name][layout]
+        assert result["compiles"] == reference["compiles"], (name, layout)  # the second chunk reuses the first's program
         for field in ("llc", "loss", "chi_per_chain", "wide_llc"):
             np.testing.assert_allclose(np.array(result[field]), np.array(reference[field]), rtol=1e-5, atol=1e-6,
                                        err_msg=f"{name} {layout} {field}")
+
+
+@pytest.mark.slow  # three processes, a few minutes on a loaded 2-core CPU
+def test_a_full_batch_llc_on_a_two_by_two_by_two_mesh_meets_the_closed_form(runs):
+    result = runs["eight_devices"]["2,2,2"]["closed_form"]
+    assert result["expected"] == pytest.approx(1.6053, abs=1e-4)
+    assert abs(result["llc_mean"] - result["expected"]) < 4 * result["standard_error"], result
 
 
 @pytest.mark.slow  # three processes, a few minutes on a loaded 2-core CPU
