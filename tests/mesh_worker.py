@@ -94,7 +94,7 @@ def _closed_form() -> dict:
     """A full-batch LLC of the linear regression, long enough to meet its exact finite-nβ value
     (``theory.quadratic_llc`` with the step-size correction, as tests/test_llc.py checks on one device)."""
     loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
-    config = sj.SamplerConfig(step_size=3e-3, nbeta=200.0, localization=1.0, num_chains=8, num_draws=2000, num_burnin=200,
+    config = sj.SamplerConfig(step_size=3e-3, nbeta=200.0, localization=1.0, num_chains=8, num_draws=2000, num_burnin=1000,
                               batch_size=200, mala_every=0)
     result = sj.estimate_llc(loss_fn, w_star, data, config, key=0, progress=False)
     values = result.llc_per_chain
