@@ -25,15 +25,17 @@ How it runs (``run_chains`` = prepare and group (``slt_jax._src.planning``), dri
 * What each draw records besides the loss and diagnostics is one ``Recording`` (observables and
   on-device accumulators, full-data loss, loss at w*), evaluated inside the same program at the
   draw's full parameters; full traces are kept only when asked.
-* Chains are split over every device when ``num_chains`` is a multiple of the device count, and
-  over every process's devices after ``jax.distributed.initialize`` (``slt_jax._src.multihost``): every
-  process makes the same call, the host reads are all-gathers, and every process returns the same,
-  whole result.
+* Configurations, chains and parameters are split over a device mesh of axes ``config``, ``chain``
+  and ``model`` (``slt_jax._src.multihost``): the one set with ``jax.set_mesh`` around the call, or a
+  default over every device (chains first, configurations with the rest). After
+  ``jax.distributed.initialize`` the mesh spans every process's devices: every process makes the
+  same call, the host reads are all-gathers, and every process returns the same, whole result.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -113,9 +115,8 @@ class ChainsResult:
         hyperparameters: ``Hyperparameters`` of ``(G,)`` numpy arrays (nβ resolved).
         center_index, variant_index: ``(G,)`` which centre and which variant each configuration is.
         num_sampled: ``(G,)`` coordinates each configuration's chains move.
-        final_positions: per configuration, the chains' last positions (leaves ``(C, ...)``, frozen
-            leaves ``None``); jax arrays, whole on this process's default device when the chains
-            span several processes.
+        final_positions: per configuration, the chains' last positions (numpy leaves ``(C, ...)``,
+            frozen leaves ``None``), whole in every process.
         num_steps: total steps taken per chain.
         compile_seconds: time spent compiling in this call.
         sampling_seconds: wall time of the sampling itself (excluding compilation).
@@ -260,20 +261,29 @@ def _open_resume(plan: planning.Plan, directory, group: tuple[int, planning.Grou
     return resume, resume.restore()
 
 
-def _place(shardings: multihost.ChainShardings | None, carry: program.Carry, inputs: tuple) -> tuple:
-    """The carry split along the chain axis over every device, chain keys alike, the rest replicated;
-    unchanged on one device (or when the chains cannot be split evenly)."""
-    if shardings is None:
+def _place(mesh, static: program.Static, carry: program.Carry, inputs: tuple) -> tuple:
+    """The group's arrays on the mesh (``slt_jax._src.multihost``): the carry's leading axes
+    ``(K, V, C)`` and the centres' K / the variants' V as ``static.placement`` says, chain keys over
+    ``chain``, positions, second moments and centres sliced over ``model``, the rest whole on every
+    device; unchanged without a mesh."""
+    if mesh is None:
         return carry, inputs
-    chain_keys, *rest = inputs
-    return (multihost.place(carry, shardings.carry),
-            (multihost.place(chain_keys, shardings.keys), *multihost.place(tuple(rest), shardings.replicated)))
+    chain_keys, data, centers, variants, observe_data = inputs
+    where = static.placement
+    lead = (where.center_axis, where.variant_axis, where.chain_axis)
+    spread = functools.partial(multihost.spread, mesh)
+    state = SGLDState(spread(carry.state.position, lead, params=True), spread(carry.state.second_moment, lead, params=True),
+                      spread(carry.state.count, lead))
+    carry = program.Carry(state, spread(carry.accumulator, lead), spread(carry.diverged_at, lead))
+    centers = program.CenterInputs(spread(centers.center, lead[:1], params=True), spread(centers.init_loss, lead[:1]),
+                                   spread(centers.center_cache, lead[:1]))
+    return carry, (spread(chain_keys, ("chain",)), spread(data), centers, spread(variants, lead[1:2]), spread(observe_data))
 
 
-def _offsets(step: int, draw: int, shardings: multihost.ChainShardings | None) -> program.Offsets:
-    """A chunk's step and draw offsets, int32 scalars (replicated beside sharded inputs)."""
+def _offsets(step: int, draw: int, mesh) -> program.Offsets:
+    """A chunk's step and draw offsets, int32 scalars (whole on every device beside placed inputs)."""
     offsets = program.Offsets(jnp.asarray(step, jnp.int32), jnp.asarray(draw, jnp.int32))
-    return offsets if shardings is None else multihost.place(offsets, shardings.replicated)
+    return offsets if mesh is None else multihost.spread(mesh, offsets)
 
 
 def _exclude_from_rate(bar, seconds: float) -> None:
@@ -294,7 +304,7 @@ class _Progress(NamedTuple):
     chunks_done: int
 
 
-def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, static: program.Static, shardings):
+def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, static: program.Static, mesh):
     """The static settings and arguments of one chunk's program call."""
     chunk_static = static._replace(num_draws=chunk.num_draws, steps_per_draw=chunk.steps_per_draw, recorded=chunk.recorded)
     carry = progress.carry
@@ -302,7 +312,7 @@ def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, stati
     if not chunk.recorded:
         chunk_static = chunk_static._replace(recording=Recording(), center_cache=False)
         carry, observe_data = carry._replace(accumulator=None), None
-    start = _offsets(progress.step, progress.draw if chunk.recorded else 0, shardings)
+    start = _offsets(progress.step, progress.draw if chunk.recorded else 0, mesh)
     return chunk_static, (carry, chain_keys, data, centers, variants, start, observe_data)
 
 
@@ -331,9 +341,11 @@ def _drive(plan: planning.Plan, group_index: int, group: planning.Group, bar, re
     num_chains = len(group.chains)
     chunk_plan = planning.chunks(config, len(group.centers) * len(group.variants) * num_chains * per_step_values * 4)
     resume, progress = _resume(plan, (group_index, group), inputs, chunk_plan, resume_dir, bar)
-    shardings = multihost.chain_shardings(num_chains)
+    mesh = multihost.run_mesh(num_chains)
+    piece = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[3:], x.dtype), inputs.carry.state.position)  # one chain's
+    static = static._replace(placement=multihost.placement(mesh, len(group.centers), len(group.variants), piece))
     chain_keys = plan.chain_keys[np.asarray(group.chains)]
-    carry, placed = _place(shardings, progress.carry, (chain_keys, plan.data, inputs.centers, inputs.variants, plan.observe_data))
+    carry, placed = _place(mesh, static, progress.carry, (chain_keys, plan.data, inputs.centers, inputs.variants, plan.observe_data))
     progress = progress._replace(carry=carry)
     compile_seconds = sampling_seconds = 0.0
     diverged_at = multihost.to_host(carry.diverged_at)
@@ -342,7 +354,7 @@ def _drive(plan: planning.Plan, group_index: int, group: planning.Group, bar, re
         if np.all(diverged_at >= 0):
             stopped_early = True
             break
-        chunk_static, args = _chunk_call(placed, progress, chunk, static, shardings)
+        chunk_static, args = _chunk_call(placed, progress, chunk, static, mesh)
         executable, seconds = program.compiled_chunk(args, chunk_static)
         compile_seconds += seconds
         _exclude_from_rate(bar, seconds)
@@ -420,7 +432,7 @@ def _assemble(plan: planning.Plan, groups: list[planning.Group], runs: list[_Gro
     for group, run in zip(groups, runs):
         host = _host_records(run.records, config.num_draws, recording, (len(group.centers), len(group.variants), len(group.chains)))
         group_diverged, accumulated = multihost.to_host((run.carry.diverged_at, run.carry.accumulator))
-        positions = multihost.addressable(run.carry.state.position)
+        positions = multihost.to_host(run.carry.state.position)
         chains = group.chains[:group.num_chains]
         for i in range(group.num_centers):
             for j in range(group.num_variants):
@@ -531,10 +543,15 @@ def run_chains(
     Returns:
         A ``ChainsResult`` with leading axes ``(K * V, num_chains)``, centre-major.
 
-    Several processes (after ``jax.distributed.initialize``): call ``run_chains`` in every process
-    with the same arguments (key, params, data). The chains are split over the devices of every
-    process (``slt_jax._src.multihost``) and every process returns the same, whole ``ChainsResult``.
+    Devices: the configurations, chains and parameter slices spread over the mesh set with
+    ``with jax.set_mesh(mesh):`` around the call (axes ``("config", "chain", "model")``, type
+    ``Auto``), or a default mesh over every device (``slt_jax._src.multihost``); the numbers do not
+    depend on it. Several processes (after ``jax.distributed.initialize``): call ``run_chains`` in
+    every process with the same arguments (key, params, data); every process returns the same,
+    whole ``ChainsResult``.
     """
+    if isinstance(config, SamplerConfig):
+        multihost.run_mesh(config.num_chains)  # a mesh set with jax.set_mesh is checked before anything compiles
     plan = planning.prepare(loss_fn, centers, data, config, key=key, masks=masks, grid=grid, recording=recording)
     _check_processes_agree(plan)
     groups = plan.schedule.groups

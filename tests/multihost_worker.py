@@ -102,7 +102,7 @@ def run(checkpoint_dir: str) -> dict:
     chi = sj.estimate_susceptibilities(loss_fn, w_star, data, CONFIG, key=KEY, probes=probes, components=components,
                                        include_full=False, progress=False)
     out["chi_per_chain"] = chi.chi_per_chain.tolist()
-    # 3 chains on 4 devices: not sharded, every process runs every chain.
+    # 3 chains on 4 devices: a config axis of 4 (the one configuration padded), with a warning.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         uneven = sj.estimate_llc(loss_fn, w_star, data, CONFIG.replace(num_chains=3), key=KEY, progress=False)

@@ -133,12 +133,14 @@ def test_checkpoints_are_written_once_by_process_0_and_resume_identically(runs):
                 np.testing.assert_array_equal(result[run][field], value, err_msg=f"{run} {field}")
 
 
-def test_chains_not_divisible_by_the_devices_run_whole_in_every_process_with_a_warning(runs):
+def test_chains_not_divisible_by_the_devices_spread_over_the_config_axis_with_a_warning(runs):
+    """3 chains on 4 devices: the default mesh puts every device on the config axis (one configuration,
+    padded to 4), so each device repeats the whole run, and the run says so."""
     results, _ = runs
     for result in results["two_processes"]:
         assert np.shape(result["uneven"]) == (3,)
-        [message] = [w for w in result["warnings"] if "not a multiple" in w]
-        assert "num_chains=3" in message and "4 devices of 2 processes" in message
+        [message] = [w for w in result["warnings"] if "repeating the work" in w]
+        assert "num_chains=3 on 4 devices" in message and "config=4, chain=1" in message
 
 
 def test_a_different_key_in_each_process_is_refused_before_compiling(runs):

@@ -2,7 +2,8 @@
 
 ``slt_jax.sampler.run_chains`` calls ``prepare``: validate the inputs, resolve every configuration's
 restriction and hyperparameters, split the configurations into compiled groups under the memory
-budget (``groups``), and only then make the passes over the data (L_n(w*) of every centre where the
+budget on each device of the mesh's config axis, padded to a multiple of that axis (``groups``,
+``pad_to_mesh``), and only then make the passes over the data (L_n(w*) of every centre where the
 estimate needs it, ``init_loss_source`` decides; the centre caches), so that a run that cannot fit is refused in seconds. ``chunks`` cuts a group's run
 into chunks of burn-in and recorded draws.
 
@@ -58,13 +59,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from slt_jax import kernels, restriction
-from slt_jax._src import program, validation
+from slt_jax._src import multihost, program, validation
 from slt_jax.config import NbetaConventionWarning, SamplerConfig
 from slt_jax.kernels import Hyperparameters, SGLDInfo
 from slt_jax._src.program import DrawContext, Recording, full_data_loss
 from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
-__all__ = ["Plan", "Group", "Schedule", "MemoryCount", "Variant", "Chunk", "prepare", "groups", "chunks", "memory_count",
+__all__ = ["Plan", "Group", "Schedule", "MemoryCount", "Variant", "Chunk", "prepare", "groups", "pad_to_mesh", "chunks", "memory_count",
            "configuration_bytes", "default_memory_budget", "example_draw", "observed_shapes", "BULK_NOISE_MAX_PARAMETERS",
            "init_loss_source", "check_full_pass_cost", "full_init_losses", "subsample_init_losses", "estimated_init_losses"]
 
@@ -643,6 +644,7 @@ def groups(plan: Plan) -> Schedule:
     configurations, or of one configuration's chains, or with its gradient over microbatches."""
     config = plan.config
     budget = config.memory_budget or default_memory_budget()
+    mesh = multihost.sizes(multihost.run_mesh(config.num_chains))
     by_layout: dict = {}
     for index, variant in enumerate(plan.variants):
         by_layout.setdefault(variant.restriction.layout, []).append(index)
@@ -663,7 +665,7 @@ def groups(plan: Plan) -> Schedule:
             out += [Group([c], [v], 1, 1, block, len(set(block)), microbatches)
                     for c in range(num_centers) for v in members for block in blocks]
             continue
-        capacity = room // per_config
+        capacity = room // per_config * mesh.config  # the budget is per device; the config axis splits a group
         variants_per_group = min(len(members), capacity)
         centers_per_group = max(1, min(num_centers, capacity // variants_per_group))
         for c0 in range(0, num_centers, centers_per_group):
@@ -675,7 +677,33 @@ def groups(plan: Plan) -> Schedule:
                     variant_block + [variant_block[-1]] * (variants_per_group - len(variant_block)),
                     len(center_block), len(variant_block), all_chains, config.num_chains, 1,
                 ))
-    return Schedule(out, largest, chain_block, most_microbatches, budget)
+    return Schedule(pad_to_mesh(out, mesh, config.num_chains), largest, chain_block, most_microbatches, budget)
+
+
+def pad_to_mesh(groups: list[Group], mesh: multihost.MeshSizes, num_chains: int) -> list[Group]:
+    """Every group with the axis that the mesh's config axis splits (``multihost.config_dim``: centres
+    or variants) padded by repetition to a multiple of its size (padded configurations are dropped on
+    assembly); warns when a whole device's share is padding (devices repeating others' work)."""
+    if mesh.config == 1:
+        return groups
+    out, idle = [], []
+    for group in groups:
+        dim = multihost.config_dim(len(group.centers), len(group.variants))
+        members = [group.centers, group.variants][dim]
+        members = members + [members[-1]] * (multihost.padded(len(members), mesh.config) - len(members))
+        real = [group.num_centers, group.num_variants][dim]
+        if len(members) - real >= len(members) // mesh.config:
+            idle.append(real)
+        out.append(group._replace(centers=members) if dim == 0 else group._replace(variants=members))
+    if idle:
+        warnings.warn(
+            f"{idle[0]} configuration(s) x num_chains={num_chains} on {mesh.config * mesh.chain * mesh.model} devices "
+            f"(mesh axes config={mesh.config}, chain={mesh.chain}, model={mesh.model}) leave devices repeating the "
+            "work of others. For every device to do its own work, make the configurations x chains a multiple of the "
+            "device count (e.g. num_chains a multiple of it).",
+            stacklevel=validation.external_stacklevel(),
+        )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

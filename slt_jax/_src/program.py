@@ -28,8 +28,8 @@ from slt_jax._src import validation
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax.types import Array, Batch, LossFn, Params, PRNGKey, PyTree
 
-__all__ = ["Accumulator", "DrawContext", "Recording", "Carry", "DrawRecord", "CenterInputs", "VariantInputs", "Offsets", "take_rows", "batched_mean", "example_losses", "full_data_loss",
-           "microbatched_mean", "compiled_chunk", "compile_count"]
+__all__ = ["Accumulator", "DrawContext", "Recording", "Carry", "DrawRecord", "CenterInputs", "VariantInputs", "Offsets", "Placement",
+           "take_rows", "batched_mean", "example_losses", "full_data_loss", "microbatched_mean", "compiled_chunk", "compile_count"]
 
 
 class Accumulator(NamedTuple):
@@ -240,6 +240,24 @@ class Static(NamedTuple):
     bulk_noise: bool
     noise: str  # the kind of increments, ``kernels.NOISES``
     microbatches: int = 1  # the minibatch gradient is accumulated over this many microbatches
+    placement: Placement | None = None  # where the group lives on a device mesh; None: one device
+
+
+class Placement(NamedTuple):
+    """Where a group's chains live on a device mesh (``slt_jax._src.multihost`` builds it).
+
+    Attributes:
+        center_axis, variant_axis, chain_axis: the mesh axis each ``vmap`` level of ``_chunk`` is
+            split over (its ``spmd_axis_name``), or None.
+        position: one ``NamedSharding`` per array of ONE chain's position (leaf order): the
+            parameter slicing over the model axis that every step keeps (``with_sharding_constraint``;
+            the vmaps add the leading axes), so that the loop's state stays sliced as placed.
+    """
+
+    center_axis: str | None
+    variant_axis: str | None
+    chain_axis: str | None
+    position: tuple
 
 
 class CenterInputs(NamedTuple):
@@ -301,6 +319,20 @@ def _observe(static: Static, at: CenterInputs, params: Params, info: SGLDInfo, b
     return at_center, observed, accumulated
 
 
+def _pin(placement: Placement | None, state: SGLDState) -> SGLDState:
+    """``state`` with its position (and second moment) kept on ``placement``'s parameter slicing."""
+    if placement is None:
+        return state
+
+    def pin(tree):
+        if tree is None:
+            return None
+        leaves, treedef = jax.tree.flatten(tree)
+        return treedef.unflatten([jax.lax.with_sharding_constraint(x, s) for x, s in zip(leaves, placement.position)])
+
+    return state._replace(position=pin(state.position), second_moment=pin(state.second_moment))
+
+
 def _step_inputs(chain_key: PRNGKey, position_center: Params, n: int, start: Offsets, static: Static):
     """Per-step noise (bulk, or None: drawn inside each step), minibatch indices and global step
     numbers, shaped ``(num_draws, steps_per_draw, ...)``; keyed ``fold_in(key, t)``, so chunking
@@ -336,6 +368,7 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs,
     def one_step(kernel, state, diverged_at, step_noise, step_indices, step):
         batch = data if static.batch_size == n else take_rows(data, step_indices)
         new_state, info = kernel(jax.random.fold_in(noise_key, step), state, batch, position_center, hyper, step_noise)
+        new_state = _pin(static.placement, new_state)
         diverged_at = jnp.where((diverged_at < 0) & ~jnp.isfinite(info.loss), step, diverged_at)
         return new_state, info, diverged_at, batch
 
@@ -377,13 +410,27 @@ def _chunk(carry, chain_keys, data, centers: CenterInputs, variants: VariantInpu
     def run(c, k, at, variant):
         return chain_chunk(c, k, data, at, variant, start, observe_data, static)
 
-    per_chain = jax.vmap(run, in_axes=(0, 0, None, None))
-    per_variant = jax.vmap(per_chain, in_axes=(0, None, None, 0))
-    per_center = jax.vmap(per_variant, in_axes=(0, None, 0, None))
+    # The vmapped axes are named after the mesh axes they are split over (for ``_pin``'s constraints).
+    placement = static.placement or Placement(None, None, None, ())
+    per_chain = jax.vmap(run, in_axes=(0, 0, None, None), spmd_axis_name=placement.chain_axis)
+    per_variant = jax.vmap(per_chain, in_axes=(0, None, None, 0), spmd_axis_name=placement.variant_axis)
+    per_center = jax.vmap(per_variant, in_axes=(0, None, 0, None), spmd_axis_name=placement.center_axis)
     return per_center(carry, chain_keys, centers, variants)
 
 
 _chunk_jit = jax.jit(_chunk, static_argnames=("static",), donate_argnums=(0,))
+
+
+def _jit_for(carry: Carry):
+    """The chunk program for ``carry``: on a mesh, its new carry keeps the carry's shardings (so the
+    next chunk calls the same executable, and the chains stay split as placed), the records where
+    XLA puts them."""
+    shardings = [getattr(x, "sharding", None) for x in jax.tree.leaves(carry)]
+    if not any(isinstance(s, jax.sharding.NamedSharding) for s in shardings):
+        return _chunk_jit
+    carry_shardings = jax.tree.unflatten(jax.tree.structure(carry), shardings)
+    return jax.jit(_chunk, static_argnames=("static",), donate_argnums=(0,), out_shardings=(carry_shardings, None))
+
 
 _COMPILE_COUNT = [0]
 # Executables by signature, least recently used first; bounded so that notebooks redefining their
@@ -411,10 +458,11 @@ def compiled_chunk(args, static: Static) -> tuple[Callable, float]:
         return _COMPILED[signature], 0.0
     start = time.perf_counter()
     # The non-partitionable threefry layout generates the same-quality bits about 2x faster on CPU;
-    # the noise is drawn per chain (the sharded axis is the vmapped key axis), so nothing needs the
-    # partitionable layout, and the stream is fixed by this choice, not by the device count.
+    # the noise is drawn per chain (the config and chain axes split the vmapped key axes; along a model
+    # axis the partitioner keeps the same bits), so nothing needs the partitionable layout, and the
+    # stream is fixed by this choice, not by the device count or the mesh.
     with jax.threefry_partitionable(False):
-        executable = _chunk_jit.lower(*args, static=static).compile()
+        executable = _jit_for(args[0]).lower(*args, static=static).compile()
     _COMPILE_COUNT[0] += 1
     _COMPILED[signature] = executable
     while len(_COMPILED) > _MAX_COMPILED:
