@@ -142,12 +142,12 @@ def test_a_one_device_mesh_runs_as_no_mesh():
 
 
 def test_groups_are_padded_to_the_config_axis_and_idle_devices_warned():
-    group = planning.Group([0], [0, 1, 2, 3, 4], 1, 5)
+    group = planning.Group([0], [0, 1, 2, 3, 4], 1, 5, [0, 1], 2, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         [padded] = planning.pad_to_mesh([group], multihost.MeshSizes(2, 2, 1), num_chains=2)
     assert padded.variants == [0, 1, 2, 3, 4, 4] and padded.centers == [0] and padded.num_variants == 5
-    checkpoints = planning.Group([0, 1, 2], [0], 3, 1)  # more centres than variants: the centres split
+    checkpoints = planning.Group([0, 1, 2], [0], 3, 1, [0, 1], 2, 1)  # more centres than variants: the centres split
     with pytest.warns(UserWarning, match=r"3 configuration\(s\) x num_chains=2 on 8 devices .* repeating"):
         [padded] = planning.pad_to_mesh([checkpoints], multihost.MeshSizes(4, 2, 1), num_chains=2)
     assert padded.centers == [0, 1, 2, 2] and padded.variants == [0]
