@@ -20,6 +20,7 @@ from helpers import linear_regression, standard_error
 
 import slt_jax as sj
 from slt_jax import kernels
+from slt_jax._src import planning
 from slt_jax.zoo import theory
 
 Z = 4.0
@@ -109,7 +110,7 @@ def test_bulk_and_in_step_rademacher_noise_give_identical_chains(monkeypatch):
                               num_steps_between_draws=2, noise="rademacher")
     run = lambda: sj.run_chains(loss_fn, [w_star], data, config, key=9, progress=False)
     bulk = run()
-    monkeypatch.setattr(sj.sampler, "_BULK_NOISE_MAX_PARAMETERS", 0)  # large-model path: drawn inside the step
+    monkeypatch.setattr(planning, "BULK_NOISE_MAX_PARAMETERS", 0)  # large-model path: drawn inside the step
     in_step = run()
     np.testing.assert_allclose(bulk.loss, in_step.loss, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(bulk.final_positions[0]), np.asarray(in_step.final_positions[0]), rtol=1e-5, atol=1e-6)

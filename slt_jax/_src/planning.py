@@ -101,9 +101,12 @@ def _available_ram() -> int:
         return 4 * 2**30
 
 
+@functools.cache
 def default_memory_budget() -> int:
     """Bytes one compiled group may use: half the accelerator's memory, or on a CPU host half the RAM
-    available now (``MemAvailable``; a quarter of the physical RAM where that is not known).
+    available at the first call in the process (``MemAvailable``; a quarter of the physical RAM where
+    that is not known). Measured once per process, so that every run of a process (a run and its
+    resumption, the runs of a sweep) plans its groups alike.
 
     On a 24 GiB machine with ~22 GiB available that is ~11 GiB: a Pythia-14M-shaped
     ``TransformerLM`` (7.6M parameters) runs 4 chains of batch 8 in one group.
