@@ -100,7 +100,7 @@ def run_size(size: str, args) -> dict:
     params, loss_fn = sj.from_nnx(model, "next_token")
     del model
     num_parameters = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    tokens = np.random.default_rng(0).integers(0, VOCAB, (args.n, args.context), dtype=np.int32)
+    tokens = {"inputs": np.random.default_rng(0).integers(0, VOCAB, (args.n, args.context), dtype=np.int32)}
     config = sj.SamplerConfig(step_size=1e-5, localization=100.0, num_chains=args.chains, num_draws=args.draws,
                               batch_size=args.batch)
     record = dict(size=size, parameters=num_parameters, shape=shape, vocab=VOCAB, context=args.context, n=args.n,
