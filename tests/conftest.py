@@ -34,3 +34,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_FILES or f"{item.path.name}::{item.name}" in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops every compiled program after each test module. The whole suite compiles thousands of
+    XLA programs in one process; each holds native code mappings, and the clean-clone CI run crashed
+    (SIGSEGV inside XLA's compiler) once a few hundred modules' worth had accumulated."""
+    yield
+    from slt_jax._src import planning, program
+
+    program._COMPILED.clear()
+    planning._ACTIVATION_BYTES.clear()
+    jax.clear_caches()
