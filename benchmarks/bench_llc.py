@@ -97,6 +97,23 @@ def _block(x):
     return jax.tree.map(lambda a: a.block_until_ready(), x)
 
 
+def floor_scan(value_and_grad, num_chains: int, num_steps: int):
+    """The floor program: a jitted scan of ``num_steps`` calls of the chain-vmapped ``value_and_grad``."""
+
+    @jax.jit
+    def scanned(p, b):
+        def body(carry, _):
+            p, total = carry
+            value, g = value_and_grad(p, b)
+            # A tiny dependent update keeps XLA from hoisting the gradient out of the loop, and the
+            # value is kept (summed) so that XLA cannot drop the loss computation either.
+            return (jax.tree.map(lambda a, d: a - 1e-12 * d, p, g), total + value), None
+
+        return jax.lax.scan(body, (p, jnp.zeros(num_chains)), None, length=num_steps)[0]
+
+    return scanned
+
+
 def measure_floor(loss_fn, params, data, batch_size, num_chains, repeats=100, per_chain_batches=False):
     """Seconds of one chain-vmapped value_and_grad of the mean minibatch loss: (per call, in a scan).
 
@@ -120,16 +137,7 @@ def measure_floor(loss_fn, params, data, batch_size, num_chains, repeats=100, pe
     _block(out)
     floor_call = (time.perf_counter() - start) / repeats
 
-    @jax.jit
-    def scanned(p, b):
-        def body(carry, _):
-            p, total = carry
-            value, g = value_and_grad(p, b)
-            # A tiny dependent update keeps XLA from hoisting the gradient out of the loop, and the
-            # value is kept (summed) so that XLA cannot drop the loss computation either.
-            return (jax.tree.map(lambda a, d: a - 1e-12 * d, p, g), total + value), None
-
-        return jax.lax.scan(body, (p, jnp.zeros(num_chains)), None, length=repeats)[0]
+    scanned = floor_scan(value_and_grad, num_chains, repeats)
 
     _block(scanned(stacked, batch))
     start = time.perf_counter()

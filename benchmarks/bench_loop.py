@@ -104,17 +104,7 @@ def floor_program(loss_fn, params, data, batch_size, num_chains, num_steps):
     batch = jax.tree.map(lambda x: jnp.stack([x[c * batch_size:(c + 1) * batch_size] for c in range(num_chains)]), data)
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_chains,) + p.shape) + 0.0, params)
     value_and_grad = jax.vmap(jax.value_and_grad(lambda p, b: jnp.mean(loss_fn(p, b))))
-
-    @jax.jit
-    def scanned(p, b):
-        def body(carry, _):
-            p, total = carry
-            value, g = value_and_grad(p, b)
-            return (jax.tree.map(lambda a, d: a - 1e-12 * d, p, g), total + value), None
-
-        return jax.lax.scan(body, (p, jnp.zeros(num_chains)), None, length=num_steps)[0]
-
-    return scanned, (stacked, batch)
+    return bench_llc.floor_scan(value_and_grad, num_chains, num_steps), (stacked, batch)
 
 
 def variant_list(quick: bool) -> list[tuple[str, tuple[int, int], dict]]:
