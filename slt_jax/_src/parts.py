@@ -119,8 +119,10 @@ def _join_chains(pieces: list[ChainsResult]) -> ChainsResult:
 
 def _join_tables(pieces: list[LLCTable]) -> LLCTable:
     first = pieces[0]
-    along = ("steps", "llc_mean", "llc_std", "llc_per_chain", "ess", "rhat", "diverged", "init_loss")
-    joined = {name: np.concatenate([np.asarray(getattr(p, name)) for p in pieces]) for name in along}
+    # Every field with a leading checkpoint axis (init_loss_stderr is None in tables saved before it existed).
+    along = ("steps", "llc_mean", "llc_std", "llc_per_chain", "ess", "rhat", "diverged", "init_loss", "init_loss_stderr")
+    joined = {name: np.concatenate([np.asarray(getattr(p, name)) for p in pieces]) for name in along
+              if getattr(first, name) is not None}
     return dataclasses.replace(first, **joined, chains=_join_chains([p.chains for p in pieces]))
 
 
