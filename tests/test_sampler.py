@@ -15,7 +15,7 @@ import pytest
 from helpers import linear_regression
 
 import slt_jax as sj
-from slt_jax._src import planning
+from slt_jax._src import planning, program
 
 EIGENVALUES = [1.0, 0.5, 0.1, 0.0]
 CONFIG = sj.SamplerConfig(step_size=1e-3, nbeta=200.0, localization=1.0, num_chains=4, num_draws=60, batch_size=50)
@@ -64,6 +64,49 @@ def test_bulk_and_in_step_noise_give_identical_chains(problem, monkeypatch):
     # The same draws; only XLA's fusion of the noise into the update differs (float32 rounding).
     np.testing.assert_allclose(bulk.loss, in_step.loss, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(bulk.final_positions[0]), np.asarray(in_step.final_positions[0]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("diagnostics_every,mala_every", [(1, 5), (4, 4), (3, 0), (2, 5)])
+def test_due_draws_placed_statically_give_the_branching_results(problem, monkeypatch, diagnostics_every, mala_every):
+    config = CONFIG.replace(num_draws=23, num_steps_between_draws=2, diagnostics_every=diagnostics_every, mala_every=mala_every)
+    monkeypatch.setattr(planning, "BULK_NOISE_MAX_PARAMETERS", 0)  # the large-model path places them statically
+    statics, compiled = [], program.compiled_chunk
+    monkeypatch.setattr(program, "compiled_chunk", lambda args, static: statics.append(static) or compiled(args, static))
+    periodic = _run(problem, config, key=5)
+    recorded = [s for s in statics if s.recorded]
+    assert recorded and all(s.periodic and s.aligned for s in recorded) == (mala_every in (0, diagnostics_every) or diagnostics_every == 1)
+    monkeypatch.setattr(program, "due_pattern", lambda d, m: None)  # every draw branches
+    branching = _run(problem, config, key=5)
+    # The same arithmetic, fused differently by XLA: float32 rounding only. MALA's acceptance is the
+    # exp of a difference of potentials of size nβ·L ~ 1e2, so its rounding is ~1e-5 relative.
+    for field, rtol in (("loss", 1e-6), ("grad_norm", 1e-6), ("noise_norm", 1e-6), ("distance", 1e-6),
+                        ("localization_norm", 1e-6), ("mala_acceptance", 1e-4)):
+        np.testing.assert_allclose(getattr(periodic, field), getattr(branching, field), rtol=rtol, atol=1e-7, equal_nan=True,
+                                   err_msg=field)
+    np.testing.assert_array_equal(np.isnan(periodic.mala_acceptance), np.isnan(branching.mala_acceptance))
+    np.testing.assert_array_equal(np.isnan(periodic.grad_norm), np.broadcast_to(np.arange(23) % diagnostics_every != 0, (1, 4, 23)))
+
+
+def test_periodic_chunks_start_on_due_draws():
+    config = CONFIG.replace(num_draws=500, mala_every=20)
+    assert {c.num_draws for c in planning.chunks(config, 4, periodic=True)} == {100}
+    assert {c.num_draws for c in planning.chunks(config, 4)} == {50}
+    assert [c.num_draws for c in planning.chunks(config.replace(num_draws=55), 4, periodic=True)] == [20, 20, 15]
+
+
+def test_periodic_scan_matches_a_scan_with_the_flag_per_index():
+    def body(total, x, due):
+        return total * 2 + x + (100 if due else 0), (x, jnp.asarray(due))
+
+    for length, period in [(23, 5), (20, 5), (3, 5), (7, 1)]:
+        xs = jnp.arange(length)
+        total, (seen, due) = program.periodic_scan(body, jnp.zeros((), jnp.int32), xs, length, period)
+        expected = 0
+        for i in range(length):
+            expected = expected * 2 + i + (100 if i % period == 0 else 0)
+        assert int(total) == expected
+        np.testing.assert_array_equal(seen, np.arange(length))
+        np.testing.assert_array_equal(due, np.arange(length) % period == 0)
 
 
 def test_chains_differ_and_key_objects_are_accepted(problem):

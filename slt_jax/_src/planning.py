@@ -25,8 +25,12 @@ every chain's buffers are alive at once:
 * transient in a step: the noise, the gradient, the drift, the new position and w - w* (5), the
   scaled noise kept for the diagnostics (1), RMSProp's per-coordinate step sizes (1), MALA's proposal
   gradient, potential gradients and step sizes (4, when ``mala_every``), the gradient summed over
-  microbatches (1, with microbatches), and a chunk's bulk noise (chunk steps, components of at
-  most ``BULK_NOISE_MAX_PARAMETERS`` coordinates only);
+  microbatches (1, with microbatches), and a chunk's bulk noise (chunk steps, components of at most
+  ``BULK_NOISE_MAX_PARAMETERS`` coordinates only);
+* where the draws due for MALA or sparse diagnostics are placed statically (``program.due_pattern``;
+  components of more than ``BULK_NOISE_MAX_PARAMETERS`` coordinates), one more copy of the full
+  parameters: measured +0 to +1.8 such copies over the branching program (MLPs, whole and sliced,
+  plain and RMSProp; a TransformerLM), so the count stays above XLA's;
 * XLA's temporary buffers of one restricted ``value_and_grad`` on a (micro)batch, from its compiled
   memory analysis, times 1.25 (inside the chunk program they measure 1.1-1.2x those of the function
   compiled alone): the activations the backward pass keeps, and the leaves the component samples
@@ -556,6 +560,8 @@ def memory_count(plan: Plan, layout: restriction.Layout, offsets: tuple, microba
     copies += _ADAPTIVE_COPIES if config.preconditioner_spec.adaptive else 0
     copies += _MALA_COPIES if config.mala_every else 0
     copies += _MICROBATCH_COPIES if microbatches > 1 else 0
+    periodic = layout.num_sampled > BULK_NOISE_MAX_PARAMETERS  # as ``sampler`` sets ``Static.periodic``
+    periodic = periodic and program.due_pattern(config.diagnostics_every, config.mala_every) is not None
     batch = jax.tree.map(lambda x: jnp.zeros((config.batch_size // microbatches,) + x.shape[1:], x.dtype), plan.data)
 
     def value_and_grad(position, batch):
@@ -565,7 +571,7 @@ def memory_count(plan: Plan, layout: restriction.Layout, offsets: tuple, microba
     shapes = tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(center))
     activations = _temp_bytes(("value_and_grad", plan.static.loss_fn, layout, shapes), value_and_grad,
                               restriction.extract(layout, offsets, center), batch) * _ACTIVATION_FACTOR
-    per_chain = (copies + _bulk_noise_steps(config, layout)) * piece + activations
+    per_chain = (copies + _bulk_noise_steps(config, layout)) * piece + activations + (_nbytes(center) if periodic else 0)
     observe = recording.observe
     if observe is not None:
         info, context = example_draw(plan, jax.tree.map(lambda x: jnp.zeros((config.batch_size,) + x.shape[1:], x.dtype), plan.data))
@@ -713,17 +719,30 @@ def pad_to_mesh(groups: list[Group], mesh: multihost.MeshSizes, num_chains: int)
 # chunks
 
 
-def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, requested: int | None) -> list[int]:
+def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, requested: int | None,
+                   period: int = 1) -> list[int]:
+    """Chunk lengths in draws: ``requested``, or about a tenth of the run within the noise budget,
+    preferring a length that divides the run (a remainder chunk is one more compilation) and, where
+    ``period`` > 1 and the run is that long, a multiple of ``period`` (so that every chunk starts on a
+    draw due for MALA and diagnostics: ``program.due_pattern``)."""
     if total_draws == 0:
         return []
     if requested is not None:
         size = requested
     else:
         size = max(1, math.ceil(total_draws / _TARGET_CHUNKS))
-        size = max(1, min(size, _NOISE_BUDGET_BYTES // max(1, per_step_bytes * steps_per_draw)))
-        # Prefer a size that divides the run: a remainder chunk is one more compilation.
-        divisors = [d for d in range(max(1, size // 2), size + 1) if total_draws % d == 0]
-        size = divisors[-1] if divisors else size
+        limit = max(1, _NOISE_BUDGET_BYTES // max(1, per_step_bytes * steps_per_draw))
+        size = min(size, limit)
+        candidates = []
+        if 1 < period <= min(limit, total_draws):
+            # Multiples of the period within a factor 2 of the target, those dividing the run first.
+            multiples = [m for m in range(period, min(limit, 2 * size, total_draws) + 1, period) if 2 * m >= size] or [period]
+            candidates = sorted(multiples, key=lambda m: (total_draws % m != 0, abs(math.log(m / size))))
+        if candidates:
+            size = candidates[0]
+        else:
+            divisors = [d for d in range(max(1, size // 2), size + 1) if total_draws % d == 0]
+            size = divisors[-1] if divisors else size
     lengths = [size] * (total_draws // size)
     if total_draws % size:
         lengths.append(total_draws % size)
@@ -743,10 +762,13 @@ class Chunk(NamedTuple):
         return self.num_draws * self.steps_per_draw
 
 
-def chunks(config: SamplerConfig, per_step_bytes: int) -> list[Chunk]:
-    """The chunks of a group's run: burn-in chunks first, then the recorded ones."""
+def chunks(config: SamplerConfig, per_step_bytes: int, periodic: bool = False) -> list[Chunk]:
+    """The chunks of a group's run: burn-in chunks first, then the recorded ones (of lengths that are
+    multiples of the MALA / diagnostics period where ``periodic``: ``program.Static.periodic``)."""
     burnin = _chunk_lengths(config.num_burnin, 1, per_step_bytes, config.chunk_draws)
-    draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws)
+    pattern = program.due_pattern(config.diagnostics_every, config.mala_every)
+    draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws,
+                           pattern[0] if pattern and periodic else 1)
     return [Chunk(length, 1, False) for length in burnin] + [Chunk(length, config.num_steps_between_draws, True) for length in draws]
 
 

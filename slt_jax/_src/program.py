@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from slt_jax import kernels, restriction
-from slt_jax._src import validation
+from slt_jax._src import rng, validation
 from slt_jax.kernels import Hyperparameters, Preconditioner, SGLDInfo, SGLDState
 from slt_jax.types import Array, Batch, LossFn, Params, PRNGKey, PyTree
 
@@ -241,6 +241,8 @@ class Static(NamedTuple):
     noise: str  # the kind of increments, ``kernels.NOISES``
     microbatches: int = 1  # the minibatch gradient is accumulated over this many microbatches
     placement: Placement | None = None  # where the group lives on a device mesh; None: one device
+    periodic: bool = False  # place the draws due for MALA and diagnostics statically (``due_pattern``)...
+    aligned: bool = False  # ...in this chunk, whose first draw is due
 
 
 class Placement(NamedTuple):
@@ -336,8 +338,8 @@ def _pin(placement: Placement | None, state: SGLDState) -> SGLDState:
 def _step_inputs(chain_key: PRNGKey, position_center: Params, n: int, start: Offsets, static: Static):
     """Per-step noise (bulk, or None: drawn inside each step), minibatch indices and global step
     numbers, shaped ``(num_draws, steps_per_draw, ...)``; keyed ``fold_in(key, t)``, so chunking
-    never changes the draws."""
-    noise_key, batch_key = jax.random.split(chain_key)
+    never changes the draws. A threefry key draws through ``rng.FAST_THREEFRY``: the same bits."""
+    noise_key, batch_key = jax.random.split(rng.fast(chain_key))
     num_steps = static.num_draws * static.steps_per_draw
     steps = start.step + jnp.arange(num_steps, dtype=jnp.int32)
     noise = None
@@ -377,17 +379,17 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs,
         state, _, diverged_at, _ = one_step(step_kernel, state, diverged_at, *inner_xs)
         return (state, diverged_at), None
 
-    def draw(carry: Carry, xs):
+    def draw(carry: Carry, xs, flags=None):
         draw_noise, draw_indices, draw_steps, draw_index = xs
         if not static.recorded:
             (state, diverged_at), _ = jax.lax.scan(inner, (carry.state, carry.diverged_at), (draw_noise, draw_indices, draw_steps))
             return Carry(state, carry.accumulator, diverged_at), None
-        # Diagnostics and MALA only on the draws due: the draw index is the same for every chain, so
-        # under vmap these stay real branches around the extra work (the step itself is unbranched).
-        due = lambda every: every == 1 or (draw_index % every == 0)
-        draw_kernel = lambda *args: kernel(
-            *args, diagnostics=due(static.diagnostics_every), mala=bool(static.mala_every) and due(static.mala_every)
-        )
+        if flags is None:
+            # Diagnostics and MALA only on the draws due: the draw index is the same for every chain,
+            # so under vmap these stay real branches around the extra work (the step is unbranched).
+            due = lambda every: every == 1 or (draw_index % every == 0)
+            flags = (due(static.diagnostics_every), bool(static.mala_every) and due(static.mala_every))
+        draw_kernel = lambda *args: kernel(*args, diagnostics=flags[0], mala=flags[1])
         first = (jax.tree.map(lambda x: x[0], draw_noise), draw_indices[0], draw_steps[0])
         new_state, info, diverged_at, batch = one_step(draw_kernel, carry.state, carry.diverged_at, *first)
         params = None
@@ -402,7 +404,61 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs,
         return Carry(new_state, accumulated, diverged_at), record
 
     draw_indices = start.draw + jnp.arange(static.num_draws, dtype=jnp.int32)
-    return jax.lax.scan(draw, carry, (noise, indices, steps, draw_indices))
+    xs = (noise, indices, steps, draw_indices)
+    pattern = due_pattern(static.diagnostics_every, static.mala_every)
+    if not (static.recorded and static.periodic and static.aligned and pattern):
+        return jax.lax.scan(draw, carry, xs)
+    period, due_flags, other_flags = pattern
+    return periodic_scan(lambda c, x, due: draw(c, x, due_flags if due else other_flags), carry, xs, static.num_draws, period)
+
+
+def due_pattern(diagnostics_every: int, mala_every: int) -> tuple[int, tuple, tuple] | None:
+    """``(period, flags of the due draws, flags of the others)`` where the draws due for diagnostics
+    and MALA are exactly every ``period``-th, so a chunk that starts on a due draw can place them
+    statically (``periodic_scan``) instead of branching on every draw; flags are ``(diagnostics,
+    mala)``. None where the two periods interleave otherwise (then ``lax.cond`` decides per draw).
+
+    The planner asks for it (``Static.periodic``) on chains of many coordinates, where a branch costs
+    more than the work it skips (measured on the bench_llc MLP, 270k parameters, two-point noise: floor
+    ratio 1.41-1.53 with the branch, 1.38 placed statically); on small ones the nested loops cost more
+    than the branch (the bench_llc DLN: 1.35-1.42 with it, 1.50-1.58 without; ``benchmarks/bench_loop.py``).
+    """
+    d, m = diagnostics_every, mala_every
+    if m == 0 and d == 1:
+        return None  # nothing is ever skipped: one kind of draw
+    if d == 1:
+        return m, (True, True), (True, False)
+    if m == 0:
+        return d, (True, False), (False, False)
+    if d == m:
+        return d, (True, True), (False, False)
+    return None
+
+
+def periodic_scan(body: Callable, carry, xs, length: int, period: int):
+    """``lax.scan`` of ``body(carry, x, due)`` over the ``length`` leading entries of ``xs``, with
+    ``due`` the static bool ``index % period == 0``: blocks of ``period`` (the due entry, then a scan
+    of the others), then the remainder. The records come out stacked in order, as ``lax.scan``'s."""
+    take = lambda tree, index: jax.tree.map(lambda x: x[index], tree)
+
+    def segment(carry, seg, count):
+        carry, head = body(carry, take(seg, 0), True)
+        head = jax.tree.map(lambda x: x[None], head)
+        if count == 1:
+            return carry, head
+        carry, tail = jax.lax.scan(lambda c, x: body(c, x, False), carry, take(seg, slice(1, None)))
+        return carry, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), head, tail)
+
+    blocks, remainder = divmod(length, period)
+    parts = []
+    if blocks:
+        blocked = jax.tree.map(lambda x: x[: blocks * period].reshape((blocks, period) + x.shape[1:]), xs)
+        carry, out = jax.lax.scan(lambda c, seg: segment(c, seg, period), carry, blocked)
+        parts.append(jax.tree.map(lambda x: x.reshape((blocks * period,) + x.shape[2:]), out))
+    if remainder:
+        carry, out = segment(carry, take(xs, slice(blocks * period, None)), remainder)
+        parts.append(out)
+    return carry, parts[0] if len(parts) == 1 else jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
 def _chunk(carry, chain_keys, data, centers: CenterInputs, variants: VariantInputs, start: Offsets, observe_data, *,
