@@ -11,15 +11,23 @@ on a shared machine, wall time measures the other jobs, CPU time measures the wo
 variants are interleaved ``--repeats`` times; the figures are the medians (and minima) of the
 per-repeat ratios.
 
-Variants (each one compile; a variant must give bitwise the same chunk outputs as the baseline,
+Variant sets (each variant one compile; whether its chunk outputs equal its reference bitwise is
 checked and recorded):
-  draw_unroll=k   ``lax.scan(..., unroll=k)`` on the scan over draws (with one step per draw, the
-                  bench_llc settings, this is the loop that runs every step);
-  step_unroll=k   the same on the inner scan over the steps between draws, on the workload with
-                  ``num_steps_between_draws=10`` (the only setting where that loop has more than one step).
+  --set unroll (default --out results/bench_loop.json; reference: unroll 1)
+    draw_unroll=k   ``lax.scan(..., unroll=k)`` on the scan over draws (with one step per draw, the
+                    bench_llc settings, this is the loop that runs every step);
+    step_unroll=k   the same on the inner scan over the steps between draws, on the workload with
+                    ``num_steps_between_draws=10`` (the only setting where that loop has more than one step).
+  --set sampler (default --out results/bench_loop_sampler.json; reference: the sampler as it is)
+    sampler             the sampler's chunk program with its defaults;
+    jax_threefry        the noise and minibatch indices drawn by JAX's threefry (its CPU lowering: a
+                        rolled loop) instead of ``slt_jax._src.rng``'s unrolled hash (the same bits);
+    branching           the draws due for MALA / diagnostics chosen by ``lax.cond`` on every draw
+                        (``program.due_pattern`` disabled) instead of placed statically;
+    rademacher          ``noise="rademacher"`` (other increments: no bitwise reference);
+    rademacher,branching.
 
-Usage: python benchmarks/bench_loop.py [--quick] [--workloads dln,mlp] [--repeats 7] [--out FILE]
-Default --out: benchmarks/results/bench_loop.json.
+Usage: python benchmarks/bench_loop.py [--quick] [--set unroll|sampler] [--workloads dln,mlp] [--repeats 7] [--out FILE]
 """
 
 from __future__ import annotations
@@ -33,9 +41,11 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_t
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import random  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from typing import NamedTuple  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -45,7 +55,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_llc  # noqa: E402
 
 import slt_jax as sj  # noqa: E402
-from slt_jax._src import program  # noqa: E402
+from slt_jax._src import program, rng  # noqa: E402
 
 
 UNROLLED: list[str] = []  # the loops the last capture traced with unroll > 1 (a check that the patch applied)
@@ -65,12 +75,17 @@ def unrolled_scan(draw_unroll: int, step_unroll: int):
     return scan, patched
 
 
-def capture_chunk(loss_fn, params, data, config, unroll=(1, 1)):
+def capture_chunk(loss_fn, params, data, config, unroll=(1, 1), patches=()):
     """(executable, inputs) of the first chunk program that ``estimate_llc`` compiles for ``config``,
-    its loops traced with ``unroll`` = (draw loop, step loop)."""
+    its loops traced with ``unroll`` = (draw loop, step loop), with ``patches`` (names of ``PATCHES``)
+    applied while it is traced."""
     captured = []
     original = program.compiled_chunk
     scan, patched = unrolled_scan(*unroll)
+    saved = [(module, name, getattr(module, name)) for patch in patches for module, name, _ in PATCHES[patch]]
+    for patch in patches:
+        for module, name, value in PATCHES[patch]:
+            setattr(module, name, value)
 
     def capturing(args, static):
         executable, seconds = original(args, static)
@@ -85,6 +100,8 @@ def capture_chunk(loss_fn, params, data, config, unroll=(1, 1)):
     finally:
         program.compiled_chunk = original
         jax.lax.scan = scan
+        for module, name, value in saved:
+            setattr(module, name, value)
     executable, args, static = captured[0]
     return executable, args, static.num_draws * static.steps_per_draw, result.chains.compile_seconds
 
@@ -107,34 +124,51 @@ def floor_program(loss_fn, params, data, batch_size, num_chains, num_steps):
     return bench_llc.floor_scan(value_and_grad, num_chains, num_steps), (stacked, batch)
 
 
-def variant_list(quick: bool) -> list[tuple[str, tuple[int, int], dict]]:
-    """(name, (draw unroll, step unroll), config changes)."""
+# Alternatives of the sampler's own choices, as (module, attribute, replacement) while tracing.
+PATCHES = {
+    "jax_threefry": [(rng, "fast", lambda key: key)],
+    "branching": [(program, "due_pattern", lambda diagnostics_every, mala_every: None)],
+}
+
+
+class Variant(NamedTuple):
+    name: str
+    unroll: tuple = (1, 1)  # (draw loop, step loop)
+    changes: dict = {}  # SamplerConfig changes
+    patches: tuple = ()  # names of PATCHES
+    reference: str | None = None  # the variant whose outputs it should equal bitwise
+
+
+def variant_list(which: str, quick: bool) -> list[Variant]:
+    if which == "sampler":
+        return [Variant("sampler", reference="sampler"), Variant("jax_threefry", patches=("jax_threefry",), reference="sampler"),
+                Variant("branching", patches=("branching",), reference="sampler"),
+                Variant("rademacher", changes={"noise": "rademacher"}),
+                Variant("rademacher,branching", changes={"noise": "rademacher"}, patches=("branching",), reference="rademacher")]
     ks = (1, 2, 4) if quick else (1, 2, 4, 8)
-    rows = [(f"draw_unroll={k}", (k, 1), {}) for k in ks]
-    rows += [(f"thin10,step_unroll={k}", (1, k), {"num_steps_between_draws": 10}) for k in ks]
+    rows = [Variant(f"draw_unroll={k}", (k, 1), reference="draw_unroll=1") for k in ks]
+    rows += [Variant(f"thin10,step_unroll={k}", (1, k), {"num_steps_between_draws": 10}, reference="thin10,step_unroll=1") for k in ks]
     return rows
 
 
-def run_workload(name: str, quick: bool, repeats: int) -> dict:
+def run_workload(name: str, quick: bool, repeats: int, which: str = "unroll") -> dict:
     loss_fn, params, data, config = {"dln": bench_llc.dln_workload, "mlp": bench_llc.mlp_workload}[name]()
     config = config.replace(num_draws=config.num_draws // (10 if quick else 1))
-    built = {}
-    for label, unroll, changes in variant_list(quick):
-        program._COMPILED.clear()  # the unroll setting is not part of the cached signature
+    built, variants = {}, variant_list(which, quick)
+    for variant in variants:
+        program._COMPILED.clear()  # neither the unroll setting nor a patch is part of the cached signature
         jax.clear_caches()
-        changed = config.replace(**changes)
-        if "num_steps_between_draws" in changes:
+        changed = config.replace(**variant.changes)
+        if "num_steps_between_draws" in variant.changes:
             changed = changed.replace(num_draws=max(2, config.num_draws // 10))
-        executable, args, steps, compile_seconds = capture_chunk(loss_fn, params, data, changed, unroll)
-        assert (max(unroll) > 1) == bool(UNROLLED), (label, UNROLLED)
+        executable, args, steps, compile_seconds = capture_chunk(loss_fn, params, data, changed, variant.unroll, variant.patches)
+        assert (max(variant.unroll) > 1) == bool(UNROLLED), (variant.name, UNROLLED)
         UNROLLED.clear()
-        built[label] = dict(executable=executable, args=args, steps=steps, compile_seconds=compile_seconds)
-        print(f"{name} {label}: compiled in {compile_seconds:.1f} s, {steps} steps per chunk", flush=True)
+        built[variant.name] = dict(executable=executable, args=args, steps=steps, compile_seconds=compile_seconds)
+        print(f"{name} {variant.name}: compiled in {compile_seconds:.1f} s, {steps} steps per chunk", flush=True)
     outputs = {label: jax.device_get(b["executable"](*_fresh(b["args"]))) for label, b in built.items()}
-    reference = {"thin10": outputs["thin10,step_unroll=1"], "": outputs["draw_unroll=1"]}
-    bitwise = {label: all(np.array_equal(a, b, equal_nan=True) for a, b in zip(
-        jax.tree.leaves(out), jax.tree.leaves(reference["thin10" if label.startswith("thin10") else ""])))
-        for label, out in outputs.items()}
+    bitwise = {v.name: None if v.reference is None else all(np.array_equal(a, b, equal_nan=True) for a, b in zip(
+        jax.tree.leaves(outputs[v.name]), jax.tree.leaves(outputs[v.reference]))) for v in variants}
     floors = {steps: floor_program(loss_fn, params, data, config.batch_size, config.num_chains, steps)
               for steps in {b["steps"] for b in built.values()}}
     for scanned, inputs in floors.values():
@@ -142,23 +176,29 @@ def run_workload(name: str, quick: bool, repeats: int) -> dict:
     ratios = {label: [] for label in built}
     per_step = {label: [] for label in built}
     floor_per_step = []
-    for _ in range(repeats):
+    order = list(built.items())
+    for repeat in range(repeats):
         floor_seconds = {steps: cpu_seconds(lambda: scanned(*inputs)) / steps for steps, (scanned, inputs) in floors.items()}
         floor_per_step.append(statistics.mean(floor_seconds.values()))
-        for label, b in built.items():
+        random.Random(repeat).shuffle(order)  # a fixed order would favour (or penalise) the same variants every time
+        for label, b in order:
             args = _fresh(b["args"])
             seconds = cpu_seconds(lambda: b["executable"](*args)) / b["steps"]
             per_step[label].append(seconds)
             ratios[label].append(seconds / floor_seconds[b["steps"]])
+    floor_min = min(floor_per_step)
     rows = [{"variant": label, "compile_seconds": b["compile_seconds"], "steps_per_chunk": b["steps"],
-             "bitwise_equal_to_unroll_1": bitwise[label],
+             "bitwise_equal_to_reference": bitwise[label],
              "cpu_ms_per_step_median": 1e3 * statistics.median(per_step[label]),
              "floor_ratio_median": statistics.median(ratios[label]), "floor_ratio_min": min(ratios[label]),
+             "ratio_of_minima": min(per_step[label]) / floor_min,
              "floor_ratios": ratios[label]} for label, b in built.items()]
     for row in rows:
-        print(f"  {row['variant']:<24} ratio median {row['floor_ratio_median']:.3f} (min {row['floor_ratio_min']:.3f}), "
-              f"{row['cpu_ms_per_step_median']:.3f} ms/step, bitwise {row['bitwise_equal_to_unroll_1']}", flush=True)
+        print(f"  {row['variant']:<24} ratio median {row['floor_ratio_median']:.3f} (min {row['floor_ratio_min']:.3f}, "
+              f"of minima {row['ratio_of_minima']:.3f}), "
+              f"{row['cpu_ms_per_step_median']:.3f} ms/step, bitwise {row['bitwise_equal_to_reference']}", flush=True)
     return {"workload": name, "config": config.to_dict(), "floor_cpu_ms_per_step_median": 1e3 * statistics.median(floor_per_step),
+            "floor_cpu_ms_per_step_min": 1e3 * floor_min,
             "variants": rows}
 
 
@@ -167,11 +207,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a tenth of the draws, unroll 1, 2, 4 only, 3 repeats")
     parser.add_argument("--workloads", default="dln,mlp")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_loop.json"))
+    parser.add_argument("--set", choices=["unroll", "sampler"], default="unroll", help="which variants (module docstring)")
+    parser.add_argument("--out", default=None, help="default: results/bench_loop.json (unroll), bench_loop_sampler.json (sampler)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = os.path.join(os.path.dirname(__file__), "results", "bench_loop.json" if args.set == "unroll" else "bench_loop_sampler.json")
     repeats = 3 if args.quick else args.repeats
     start = time.perf_counter()
-    results = [run_workload(name, args.quick, repeats) for name in args.workloads.split(",")]
+    results = [run_workload(name, args.quick, repeats, args.set) for name in args.workloads.split(",")]
     report = {"benchmark": "bench_loop", "command": " ".join(sys.argv), "quick": args.quick, "jax": jax.__version__,
               "backend": jax.default_backend(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
               "xla_flags": os.environ["XLA_FLAGS"], "timer": "time.process_time (one intra-op thread)",
