@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(sj.__file__).parent
 # private engine, ``zoo`` the instruments (models, tasks, closed forms): the sampler and the
 # estimators never import the zoo.
 LAYERS = [
-    "types", "_src.validation", "kernels", "restriction", "config", "_src.program", "_src.multihost",
+    "types", "_src.validation", "_src.rng", "kernels", "restriction", "config", "_src.program", "_src.multihost",
     "_src.checkpoint", "_src.planning", "sampler", "traces", "stats", "results", "_src.frontdoor", "plots", "masks", "adapters",
     "zoo.theory", "zoo.decoder", "zoo.pretrained", "zoo.models", "zoo.tasks", "zoo.gridworld", "training",
     "diagnostics", "calibration", "llc", "reliability", "susceptibility", "bif", "patterning", "development", "analysis",
