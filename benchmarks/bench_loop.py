@@ -25,6 +25,8 @@ checked and recorded):
     branching           the draws due for MALA / diagnostics chosen by ``lax.cond`` on every draw
                         (``program.due_pattern`` disabled) instead of placed statically;
     rademacher          ``noise="rademacher"`` (other increments: no bitwise reference);
+    rademacher,noise_read  the diagnostics' noise norm read from the signs instead of taken as
+                        sqrt(Σ ε_t) (``kernels.sgld_update(unit_noise=...)``);
     rademacher,branching.
 
 Usage: python benchmarks/bench_loop.py [--quick] [--set unroll|sampler] [--workloads dln,mlp] [--repeats 7] [--out FILE]
@@ -55,7 +57,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_llc  # noqa: E402
 
 import slt_jax as sj  # noqa: E402
+from slt_jax import kernels  # noqa: E402
 from slt_jax._src import program, rng  # noqa: E402
+
+_sgld_update = kernels.sgld_update
 
 
 UNROLLED: list[str] = []  # the loops the last capture traced with unroll > 1 (a check that the patch applied)
@@ -128,6 +133,7 @@ def floor_program(loss_fn, params, data, batch_size, num_chains, num_steps):
 PATCHES = {
     "jax_threefry": [(rng, "fast", lambda key: key)],
     "branching": [(program, "due_pattern", lambda diagnostics_every, mala_every: None)],
+    "noise_read": [(kernels, "sgld_update", lambda *args, unit_noise=False, **kwargs: _sgld_update(*args, **kwargs))],
 }
 
 
@@ -144,6 +150,7 @@ def variant_list(which: str, quick: bool) -> list[Variant]:
         return [Variant("sampler", reference="sampler"), Variant("jax_threefry", patches=("jax_threefry",), reference="sampler"),
                 Variant("branching", patches=("branching",), reference="sampler"),
                 Variant("rademacher", changes={"noise": "rademacher"}),
+                Variant("rademacher,noise_read", changes={"noise": "rademacher"}, patches=("noise_read",)),
                 Variant("rademacher,branching", changes={"noise": "rademacher"}, patches=("branching",), reference="rademacher")]
     ks = (1, 2, 4) if quick else (1, 2, 4, 8)
     rows = [Variant(f"draw_unroll={k}", (k, 1), reference="draw_unroll=1") for k in ks]

@@ -35,6 +35,20 @@ def test_sgld_update_matches_formula():
     assert int(state.count) == 1
 
 
+@pytest.mark.parametrize("sampler", ["sgld", "rmsprop_sgld"])
+def test_noise_norm_of_signs_is_taken_without_reading_them(sampler):
+    position = {"a": jnp.array([1.0, -2.0, 0.5]), "b": jnp.ones((2, 2))}
+    grad = jax.tree.map(lambda x: 0.3 * x - 0.1, position)
+    signs = kernels.tree_rademacher(jax.random.key(2), position)
+    pre = kernels.get_preconditioner(sampler)
+    hyper = kernels.hyperparameters(step_size=0.01, nbeta=50.0, localization=3.0)
+    state = kernels.init(position, pre)
+    read = kernels.sgld_update(state, jnp.zeros(()), grad, signs, position, hyper, pre)
+    closed = kernels.sgld_update(state, jnp.zeros(()), grad, signs, position, hyper, pre, unit_noise=True)
+    np.testing.assert_allclose(closed[1].noise_norm, read[1].noise_norm, rtol=1e-6)
+    chex.assert_trees_all_equal(closed[0].position, read[0].position)
+
+
 def test_rmsprop_devinterp_first_step_from_science():
     # docs/conventions.md §1: w=(3,4), g=(3,4), ε=1, nβ=2, γ=0, noise off, α=0.99 -> G=(2.5,2), w=(-4.5,-4).
     w = jnp.array([3.0, 4.0])
