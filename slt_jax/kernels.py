@@ -248,6 +248,7 @@ def sgld_update(
     )
     scaled_noise = jax.tree.map(lambda e, xi: jnp.sqrt(e) * xi, sizes, noise)
     new_position = jax.tree.map(lambda w, e, dr, xi: w - 0.5 * e * dr + xi, position, sizes, drift, scaled_noise)
+
     def noise_norm():
         if not unit_noise:
             return optax.tree.norm(scaled_noise)
@@ -322,8 +323,8 @@ def build_kernel(loss_fn: LossFn, *, preconditioner: str | Preconditioner = "sgl
 
     Returns:
         ``kernel(rng_key, state, batch, center, hyper, noise=None, *, diagnostics=True, mala=False)
-        -> (SGLDState, SGLDInfo)``. ``noise`` (mean 0, variance 1, like the position) replaces the
-        draw from ``rng_key``. ``diagnostics`` computes the ``SGLDInfo`` norms; ``mala`` also computes
+        -> (SGLDState, SGLDInfo)``. ``noise`` (mean 0, variance 1, like the position, of the kernel's
+        kind: the diagnostics take ±1 signs' norm without reading them) replaces the draw from ``rng_key``. ``diagnostics`` computes the ``SGLDInfo`` norms; ``mala`` also computes
         the MALA acceptance probability of a Gaussian proposal from the step's position (one more
         gradient, on the same batch): the step's own proposal under Gaussian noise; under
         ``"rademacher"`` noise a Gaussian proposal drawn for the diagnostic only (from

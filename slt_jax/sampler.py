@@ -224,8 +224,8 @@ def _group_inputs(plan: planning.Plan, group: planning.Group) -> _GroupInputs:
         accumulated = jax.tree.map(lead, recording.accumulator.init(example))
     carry = program.Carry(_start_state(plan, group, centers, offsets), accumulated, lead(jnp.array(-1, jnp.int32)))
     carry = jax.tree.map(jnp.array, carry)  # own buffers (the chunk program donates its carry)
-    small = layout.num_sampled <= planning.BULK_NOISE_MAX_PARAMETERS
-    static = plan.static._replace(layout=layout, bulk_noise=small, periodic=not small, microbatches=group.microbatches)
+    static = plan.static._replace(layout=layout, bulk_noise=layout.num_sampled <= planning.BULK_NOISE_MAX_PARAMETERS,
+                                  due_period=planning.due_period(plan.config, layout), microbatches=group.microbatches)
     return _GroupInputs(carry, program.CenterInputs(centers, init_losses, center_caches), program.VariantInputs(offsets, hyper),
                         static)
 
@@ -234,7 +234,7 @@ def _compiled_memory(plan: planning.Plan, group: planning.Group):
     """XLA's ``memory_analysis()`` of ``group``'s largest recorded chunk program, compiled as the run
     compiles it (unsharded): the measure the planner's ``memory_count`` is checked against."""
     inputs = _group_inputs(plan, group)
-    chunk = max((c for c in planning.chunks(plan.config, 1, inputs.static.periodic) if c.recorded), key=lambda c: c.num_draws)
+    chunk = max((c for c in planning.chunks(plan.config, 1, inputs.static.due_period) if c.recorded), key=lambda c: c.num_draws)
     chain_keys = plan.chain_keys[np.asarray(group.chains)]
     placed = (chain_keys, plan.data, inputs.centers, inputs.variants, plan.observe_data)
     chunk_static, args = _chunk_call(placed, _Progress(inputs.carry, [], 0, 0, 0), chunk, inputs.static, None)
@@ -306,8 +306,7 @@ class _Progress(NamedTuple):
 
 def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, static: program.Static, mesh):
     """The static settings and arguments of one chunk's program call."""
-    pattern = program.due_pattern(static.diagnostics_every, static.mala_every)
-    aligned = static.periodic and chunk.recorded and pattern is not None and progress.draw % pattern[0] == 0
+    aligned = chunk.recorded and static.due_period > 0 and progress.draw % static.due_period == 0
     chunk_static = static._replace(num_draws=chunk.num_draws, steps_per_draw=chunk.steps_per_draw, recorded=chunk.recorded,
                                    aligned=aligned)
     carry = progress.carry
@@ -342,7 +341,7 @@ def _drive(plan: planning.Plan, group_index: int, group: planning.Group, bar, re
     static = inputs.static
     per_step_values = static.layout.num_sampled if static.bulk_noise else config.batch_size
     num_chains = len(group.chains)
-    chunk_plan = planning.chunks(config, len(group.centers) * len(group.variants) * num_chains * per_step_values * 4, static.periodic)
+    chunk_plan = planning.chunks(config, len(group.centers) * len(group.variants) * num_chains * per_step_values * 4, static.due_period)
     resume, progress = _resume(plan, (group_index, group), inputs, chunk_plan, resume_dir, bar)
     mesh = multihost.run_mesh(num_chains)
     piece = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[3:], x.dtype), inputs.carry.state.position)  # one chain's

@@ -74,7 +74,7 @@ def test_due_draws_placed_statically_give_the_branching_results(problem, monkeyp
     monkeypatch.setattr(program, "compiled_chunk", lambda args, static: statics.append(static) or compiled(args, static))
     periodic = _run(problem, config, key=5)
     recorded = [s for s in statics if s.recorded]
-    assert recorded and all(s.periodic and s.aligned for s in recorded) == (mala_every in (0, diagnostics_every) or diagnostics_every == 1)
+    assert recorded and all(s.aligned for s in recorded) == (program.due_pattern(diagnostics_every, mala_every) is not None)
     monkeypatch.setattr(program, "due_pattern", lambda d, m: None)  # every draw branches
     branching = _run(problem, config, key=5)
     # The same arithmetic, fused differently by XLA: float32 rounding only. MALA's acceptance is the
@@ -89,9 +89,9 @@ def test_due_draws_placed_statically_give_the_branching_results(problem, monkeyp
 
 def test_periodic_chunks_start_on_due_draws():
     config = CONFIG.replace(num_draws=500, mala_every=20)
-    assert {c.num_draws for c in planning.chunks(config, 4, periodic=True)} == {100}
+    assert {c.num_draws for c in planning.chunks(config, 4, period=20)} == {100}
     assert {c.num_draws for c in planning.chunks(config, 4)} == {50}
-    assert [c.num_draws for c in planning.chunks(config.replace(num_draws=55), 4, periodic=True)] == [20, 20, 15]
+    assert [c.num_draws for c in planning.chunks(config.replace(num_draws=55), 4, period=20)] == [20, 20, 15]
 
 
 def test_periodic_scan_matches_a_scan_with_the_flag_per_index():

@@ -71,7 +71,7 @@ from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
 __all__ = ["Plan", "Group", "Schedule", "MemoryCount", "Variant", "Chunk", "prepare", "groups", "pad_to_mesh", "chunks", "memory_count",
            "configuration_bytes", "default_memory_budget", "example_draw", "observed_shapes", "BULK_NOISE_MAX_PARAMETERS",
-           "init_loss_source", "check_full_pass_cost", "full_init_losses", "subsample_init_losses", "estimated_init_losses"]
+           "due_period", "init_loss_source", "check_full_pass_cost", "full_init_losses", "subsample_init_losses", "estimated_init_losses"]
 
 # Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
 _NOISE_BUDGET_BYTES = 128 * 2**20
@@ -542,6 +542,14 @@ class MemoryCount(NamedTuple):
     shared: int
 
 
+def due_period(config: SamplerConfig, layout: restriction.Layout) -> int:
+    """Every how many draws the draws due for MALA and diagnostics come, where the chunk program
+    places them statically (``program.due_pattern``): on components of more than
+    ``BULK_NOISE_MAX_PARAMETERS`` coordinates; 0 where it branches on every draw instead."""
+    pattern = program.due_pattern(config.diagnostics_every, config.mala_every)
+    return pattern[0] if pattern is not None and layout.num_sampled > BULK_NOISE_MAX_PARAMETERS else 0
+
+
 def _bulk_noise_steps(config: SamplerConfig, layout: restriction.Layout) -> int:
     """Steps of noise a chain draws in bulk for one chunk (0 when it draws inside each step)."""
     if layout.num_sampled > BULK_NOISE_MAX_PARAMETERS:
@@ -560,8 +568,6 @@ def memory_count(plan: Plan, layout: restriction.Layout, offsets: tuple, microba
     copies += _ADAPTIVE_COPIES if config.preconditioner_spec.adaptive else 0
     copies += _MALA_COPIES if config.mala_every else 0
     copies += _MICROBATCH_COPIES if microbatches > 1 else 0
-    periodic = layout.num_sampled > BULK_NOISE_MAX_PARAMETERS  # as ``sampler`` sets ``Static.periodic``
-    periodic = periodic and program.due_pattern(config.diagnostics_every, config.mala_every) is not None
     batch = jax.tree.map(lambda x: jnp.zeros((config.batch_size // microbatches,) + x.shape[1:], x.dtype), plan.data)
 
     def value_and_grad(position, batch):
@@ -571,7 +577,7 @@ def memory_count(plan: Plan, layout: restriction.Layout, offsets: tuple, microba
     shapes = tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(center))
     activations = _temp_bytes(("value_and_grad", plan.static.loss_fn, layout, shapes), value_and_grad,
                               restriction.extract(layout, offsets, center), batch) * _ACTIVATION_FACTOR
-    per_chain = (copies + _bulk_noise_steps(config, layout)) * piece + activations + (_nbytes(center) if periodic else 0)
+    per_chain = (copies + _bulk_noise_steps(config, layout)) * piece + activations + (_nbytes(center) if due_period(config, layout) else 0)
     observe = recording.observe
     if observe is not None:
         info, context = example_draw(plan, jax.tree.map(lambda x: jnp.zeros((config.batch_size,) + x.shape[1:], x.dtype), plan.data))
@@ -762,13 +768,11 @@ class Chunk(NamedTuple):
         return self.num_draws * self.steps_per_draw
 
 
-def chunks(config: SamplerConfig, per_step_bytes: int, periodic: bool = False) -> list[Chunk]:
+def chunks(config: SamplerConfig, per_step_bytes: int, period: int = 0) -> list[Chunk]:
     """The chunks of a group's run: burn-in chunks first, then the recorded ones (of lengths that are
-    multiples of the MALA / diagnostics period where ``periodic``: ``program.Static.periodic``)."""
+    multiples of ``period`` where it is > 0 and the run that long: ``due_period``)."""
     burnin = _chunk_lengths(config.num_burnin, 1, per_step_bytes, config.chunk_draws)
-    pattern = program.due_pattern(config.diagnostics_every, config.mala_every)
-    draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws,
-                           pattern[0] if pattern and periodic else 1)
+    draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws, max(period, 1))
     return [Chunk(length, 1, False) for length in burnin] + [Chunk(length, config.num_steps_between_draws, True) for length in draws]
 
 

@@ -241,8 +241,8 @@ class Static(NamedTuple):
     noise: str  # the kind of increments, ``kernels.NOISES``
     microbatches: int = 1  # the minibatch gradient is accumulated over this many microbatches
     placement: Placement | None = None  # where the group lives on a device mesh; None: one device
-    periodic: bool = False  # place the draws due for MALA and diagnostics statically (``due_pattern``)...
-    aligned: bool = False  # ...in this chunk, whose first draw is due
+    due_period: int = 0  # >0: the draws due for MALA / diagnostics, every this many, are placed statically
+    aligned: bool = False  # ...in this chunk, whose first draw is due (``due_pattern``, ``periodic_scan``)
 
 
 class Placement(NamedTuple):
@@ -405,10 +405,9 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs,
 
     draw_indices = start.draw + jnp.arange(static.num_draws, dtype=jnp.int32)
     xs = (noise, indices, steps, draw_indices)
-    pattern = due_pattern(static.diagnostics_every, static.mala_every)
-    if not (static.recorded and static.periodic and static.aligned and pattern):
+    if not (static.recorded and static.aligned):
         return jax.lax.scan(draw, carry, xs)
-    period, due_flags, other_flags = pattern
+    period, due_flags, other_flags = due_pattern(static.diagnostics_every, static.mala_every)
     return periodic_scan(lambda c, x, due: draw(c, x, due_flags if due else other_flags), carry, xs, static.num_draws, period)
 
 
@@ -418,7 +417,7 @@ def due_pattern(diagnostics_every: int, mala_every: int) -> tuple[int, tuple, tu
     statically (``periodic_scan``) instead of branching on every draw; flags are ``(diagnostics,
     mala)``. None where the two periods interleave otherwise (then ``lax.cond`` decides per draw).
 
-    The planner asks for it (``Static.periodic``) on chains of many coordinates, where a branch costs
+    The planner asks for it (``planning.due_period``) on chains of many coordinates, where a branch costs
     more than the work it skips (measured on the bench_llc MLP, 270k parameters, two-point noise: floor
     ratio 1.41-1.53 with the branch, 1.38 placed statically); on small ones the nested loops cost more
     than the branch (the bench_llc DLN: 1.35-1.42 with it, 1.50-1.58 without; ``benchmarks/bench_loop.py``).
