@@ -30,10 +30,14 @@ Per model it runs ``estimate_llc`` twice, same key:
   published: the class's published ε.
 and records the estimate, λ, relative error, chains diverged, ESS, R-hat, ε, wall time (and the
 calibration's share). A summary per class gives the median and 90th percentile |relative error|
-and the failures (any chain diverged or a NaN estimate) for each method.
+and the failures (any chain diverged or a NaN estimate) for each method, the misses (|relative error| >
+10%), the silent misses (a miss whose health report names no finding), and for ``auto`` the
+calibration's chain-steps relative to the run's. ``--resummarize`` recomputes the summaries of
+``--out`` from its rows.
 
-CPU budget (2 cores, about an hour for ``--classes 1K,10K,100K``): ``--models`` sets the number of
-models per class (default 1K: 6, 10K: 2, 100K: 1; the committed 100K row ran with ``--num-chains 2``) and ``--max-params`` redraws architectures above a
+CPU budget (2 cores, about two hours for ``--classes 1K,10K,100K``): ``--models`` sets the number of
+models per class (default 1K: 12, 10K: 6, 100K: 2; the committed rows ran ``--classes 1K,10K --models 12,6``
+and ``--classes 100K --models 1 --num-chains 2``, each with ``--append``) and ``--max-params`` redraws architectures above a
 parameter cap (default: none for 1K/10K, 150,000 for 100K: the class's widest draws take tens of
 minutes per run here). 1M and larger are for accelerators (``--classes 1M,10M``).
 
@@ -67,9 +71,9 @@ import numpy as np
 import slt_jax as sj
 
 CLASSES = {
-    "1K": dict(layers=(2, 5), widths=(5, 50), n=10**5, step_size=5e-7, steps=10_000, models=6, max_params=None),
-    "10K": dict(layers=(2, 10), widths=(5, 100), n=10**5, step_size=5e-7, steps=10_000, models=2, max_params=None),
-    "100K": dict(layers=(2, 10), widths=(50, 500), n=10**6, step_size=1e-7, steps=50_000, models=1, max_params=150_000),
+    "1K": dict(layers=(2, 5), widths=(5, 50), n=10**5, step_size=5e-7, steps=10_000, models=12, max_params=None),
+    "10K": dict(layers=(2, 10), widths=(5, 100), n=10**5, step_size=5e-7, steps=10_000, models=6, max_params=None),
+    "100K": dict(layers=(2, 10), widths=(50, 500), n=10**6, step_size=1e-7, steps=50_000, models=2, max_params=150_000),
     "1M": dict(layers=(2, 20), widths=(100, 1000), n=10**6, step_size=5e-8, steps=50_000, models=4, max_params=None),
     "10M": dict(layers=(2, 20), widths=(500, 2000), n=10**6, step_size=2e-8, steps=50_000, models=2, max_params=None),
     "100M": dict(layers=(2, 40), widths=(500, 3000), n=10**6, step_size=2e-8, steps=50_000, models=1, max_params=None),
@@ -168,16 +172,31 @@ def run_one(model: dict, spec: dict, step_size, num_chains: int, steps: int, key
     )
     health = result.health
     row["health"] = dict(ok=health.ok, findings=[f.check for f in health.findings],
-                         drift=float(health.metrics.get("drift", float("nan"))), late_trend=float(health.metrics.get("late_trend", float("nan"))))
+                         drift=float(health.metrics.get("drift", float("nan"))), late_trend=float(health.metrics.get("late_trend", float("nan"))),
+                         relative_bias=float(health.metrics.get("relative_bias", float("nan"))))
     if calibration is not None:
         row["calibration"] = {k: calibration[k] for k in ("reason", "cost") if k in calibration}
     return row
 
 
+MISS = 0.10  # |relative error| above this is a miss; a miss whose health report names nothing is silent
+
+
 def summarize(rows: list[dict], method: str) -> dict:
     errors = np.array([abs(r[method]["relative_error"]) for r in rows], float)
     finite = errors[np.isfinite(errors)]
+    costs = [r[method]["calibration"]["cost"]["relative_chain_steps"] for r in rows
+             if "cost" in r[method].get("calibration", {})]
     return dict(
+        silent_misses=int(sum(abs(r[method]["relative_error"]) > MISS and r[method].get("health", {}).get("ok", False)
+                              for r in rows)),
+        misses=int(np.sum(finite > MISS)),
+        # runs whose own summary() flags the step-size bias (for auto: a calibration that passed it)
+        bias_flagged=int(sum("bias" in r[method].get("health", {}).get("findings", []) for r in rows)),
+        diverged_chains=int(sum(r[method]["diverged_chains"] for r in rows)),
+        calibration_relative_chain_steps_max=float(max(costs)) if costs else None,
+        calibration_seconds=float(sum(r[method]["calibration"]["cost"]["seconds"] for r in rows
+                                      if "cost" in r[method].get("calibration", {}))),
         models=len(rows),
         median_abs_relative_error=float(np.median(finite)) if finite.size else float("nan"),
         p90_abs_relative_error=float(np.percentile(finite, 90)) if finite.size else float("nan"),
@@ -207,7 +226,18 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one 1K model at a tenth of the steps")
     parser.add_argument("--append", action="store_true", help="keep the other classes already in --out (each class records its command)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_dln_scale.json"))
+    parser.add_argument("--resummarize", action="store_true", help="recompute the summaries of --out from its rows, run nothing")
     args = parser.parse_args()
+    if args.resummarize:
+        with open(args.out) as f:
+            out = json.load(f)
+        for class_name in out["summary"]:
+            rows = [m for m in out["models"] if m["size_class"] == class_name]
+            out["summary"][class_name] = {method: summarize(rows, method) for method in out["summary"][class_name]}
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+        _print_summary(out)
+        return
     classes = ["1K"] if args.quick else [c.strip() for c in args.classes.split(",") if c.strip()]
     unknown = [c for c in classes if c not in CLASSES]
     if unknown:
@@ -267,12 +297,19 @@ def main():
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             with open(args.out, "w") as f:
                 json.dump(out, f, indent=1)
+    _print_summary(out)
+    print(f"wrote {args.out} ({out['wall_seconds']:.0f}s)")
+
+
+def _print_summary(out: dict) -> None:
     for class_name, summary in out["summary"].items():
         for method, s in summary.items():
+            cost = s.get("calibration_relative_chain_steps_max")
             print(f"{class_name:>5} {method:>9}: median |rel err| {s['median_abs_relative_error']:.3f}, "
                   f"p90 {s['p90_abs_relative_error']:.3f}, failures {s['failures']}/{s['models']}, flagged {s['flagged']}, "
-                  f"{s['wall_seconds']:.0f}s")
-    print(f"wrote {args.out} ({out['wall_seconds']:.0f}s)")
+                  f"misses {s.get('misses')} (silent {s.get('silent_misses')}), diverged chains {s.get('diverged_chains')}, "
+                  + (f"calibration <= {cost:.2f}x the run's chain-steps, " if cost is not None else "")
+                  + f"{s['wall_seconds']:.0f}s")
 
 
 if __name__ == "__main__":

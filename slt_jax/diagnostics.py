@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import warnings
 
 import numpy as np
@@ -44,6 +45,7 @@ __all__ = [
     "summary",
     "negative_control",
     "ou_variance",
+    "mala_requirement",
 ]
 
 THRESHOLDS: dict[str, float] = {
@@ -58,7 +60,7 @@ THRESHOLDS: dict[str, float] = {
     "spike_fraction": 0.005,  # more spikes than this fraction of draws is a problem
     "below_minibatch": 0.5,  # draws below L(w*), minibatch-loss trace (with a negative LLC; noise gives up to ~0.5)
     "below_full": 0.1,  # draws below L(w*), full-data-loss trace (a local minimum gives 0)
-    "mala": 0.9,  # mean MALA acceptance below this: ε is far from the continuous dynamics
+    "mala": 0.9,  # mean MALA acceptance below this on 2 coordinates (mala_requirement scales it to d): ε too large
     "bias": 0.05,  # predicted relative step-size bias above this
     "noise": 0.2,  # standard error of the LLC above this fraction of it: the signal is buried in noise
     "dispersion": 1.5,  # chain means spread this many times more than their own (ESS-based) standard errors imply
@@ -413,6 +415,24 @@ def _sampler_findings(m: dict, t: dict, full_loss: bool) -> list[Finding]:
     return found
 
 
+def mala_requirement(threshold: float, num_coordinates: int) -> float:
+    """The MALA acceptance on ``num_coordinates`` coordinates that matches ``threshold`` on two.
+
+    For a Gaussian target the log acceptance ratio of one Langevin step is ~ N(-σ²/2, σ²) with σ²
+    proportional to the number of directions at a given per-direction step error (Roberts &
+    Rosenthal 1998), so the mean acceptance is 2Φ(-σ/2). A fixed threshold would force ε ∝ d^(-1/3)
+    on large models, while the LLC's step-size bias is a sum of per-direction terms, each set by the
+    per-direction error alone. So the threshold t stated for two coordinates becomes
+    2Φ(sqrt(d/2)·Φ⁻¹(t/2)) on d: 0.9 on 2, 0.66 on 24, 0.21 on 200, 0.005 on 1,000.
+
+    >>> from slt_jax.diagnostics import mala_requirement
+    >>> round(mala_requirement(0.9, 2), 3), round(mala_requirement(0.9, 24), 2)
+    (0.9, 0.66)
+    """
+    normal = statistics.NormalDist()
+    return 2.0 * normal.cdf(math.sqrt(max(num_coordinates, 1) / 2.0) * normal.inv_cdf(threshold / 2.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class HealthReport:
     """What ``summary`` returns; prints as a short human-readable report.
@@ -459,7 +479,8 @@ def summary(result, *, burnin_draws: int = 0, thresholds: dict | None = None) ->
             through its ``chains`` (one configuration) and ``loss_estimator``.
         burnin_draws: extra leading draws to ignore (the sampler's ``num_burnin`` steps are never
             recorded, so the default uses every draw).
-        thresholds: overrides of ``THRESHOLDS``.
+        thresholds: overrides of ``THRESHOLDS``. The ``"mala"`` threshold is scaled to the chains'
+            number of coordinates (``mala_requirement``), as ``calibrate`` does; an override is used as given.
 
     Returns:
         A ``HealthReport``; ``print(report)`` for the text, ``report.findings`` for the checks.
@@ -487,6 +508,8 @@ def summary(result, *, burnin_draws: int = 0, thresholds: dict | None = None) ->
         notes.append(f"L_n(w*) from a subsample of {chains.settings['init_loss']['examples']} examples: its standard "
                      f"error adds ±{init_error:.2g} to the LLC (included in its standard error, "
                      f"{metrics['llc_stderr']:.2g}).")
+    # The MALA threshold is stated for two coordinates; on d it is the calibration's (mala_requirement).
+    thresholds = {"mala": mala_requirement(THRESHOLDS["mala"], int(np.asarray(chains.num_sampled)[0])), **(thresholds or {})}
     found = problems(metrics, full_loss=result.loss_estimator == "full", thresholds=thresholds)
     order = {"error": 0, "warning": 1}
     found.sort(key=lambda f: order.get(f.severity, 2))

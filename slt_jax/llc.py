@@ -265,7 +265,7 @@ def _calibrate(loss_fn, admitted: frontdoor.Admission, data, key, single: bool, 
         loss_fn, admitted.checkpoints[-1], data, admitted.config, key=key, component=admitted.masks[0] if single else None,
         loss_estimator=loss_estimator, progress=progress,
     )
-    entry = {"reason": calibrated.reason, "step_sizes": calibrated.step_size.tolist()}
+    entry = {"reason": calibrated.reason, "step_sizes": calibrated.step_size.tolist(), "cost": calibrated.settings["cost"]}
     if not single:
         entry["checkpoint"] = int(admitted.steps[-1])
     return config, entry

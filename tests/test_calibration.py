@@ -17,7 +17,7 @@ from slt_jax.zoo import theory
 from issue5_problems import LOCALIZATION, NBETA, dln, dln_loss, exact_quadratic_loss, regression, regression_loss
 
 BIAS_TOLERANCE = 0.05  # calibrate's default
-# The calibration chains: 4 chains x 1000 recorded steps, the first half burn-in (calibrate's defaults).
+# The calibration chains: 4 chains x 1000 recorded steps, the first half burn-in (calibrate with budget=None).
 CONFIG = sj.SamplerConfig(step_size="auto", nbeta=NBETA, localization=LOCALIZATION, num_draws=1000, batch_size=8)
 
 
@@ -30,7 +30,8 @@ def _grid(a_max):
 def exact_calibration():
     params, data, h, _ = regression()
     a_max = NBETA * h.max() + LOCALIZATION
-    result = sj.calibrate(exact_quadratic_loss, params, data, CONFIG, key=0, step_sizes=_grid(a_max), progress=False)
+    result = sj.calibrate(exact_quadratic_loss, params, data, CONFIG, key=0, step_sizes=_grid(a_max), budget=None,
+                          progress=False)
     return result, h
 
 
@@ -72,9 +73,12 @@ def test_calibration_quotes_one_reference_figure_its_validated_schedule_and_cost
     assert recommended.num_draws == result.settings["validated_num_draws"]
     cost = result.settings["cost"]
     assert cost["seconds"] > cost["compile_seconds"] > 0
-    expected = result.step_size.size * CONFIG.num_chains * CONFIG.num_draws / (recommended.num_chains * recommended.num_steps)
+    # The run it serves: the config's chains and steps, plus the burn-in the choice needs beyond the config's.
+    run_chain_steps = CONFIG.num_chains * (CONFIG.num_steps + max(recommended.num_burnin - CONFIG.num_burnin, 0))
+    assert cost["run_chain_steps"] == run_chain_steps and cost["pilot_chain_steps"] == 0 and cost["budget"] is None
+    expected = result.step_size.size * CONFIG.num_chains * CONFIG.num_draws / run_chain_steps
     assert cost["relative_chain_steps"] == pytest.approx(expected)
-    assert f"{expected:.1f}x the chain-steps of one estimate" in result.reason
+    assert f"{expected:.2f}x the {run_chain_steps} chain-steps of the run." in result.reason
 
 
 def test_recommended_config_runs_estimate_llc(exact_calibration):
@@ -160,7 +164,8 @@ def test_calibrate_minibatch_regression_default_grid():
     """With minibatches the gradient noise dominates the bias: the chosen ε is smaller than the
     full-batch one, its predicted bias is within tolerance, and its discretization bias is too."""
     params, data, h, _ = regression()
-    result = sj.calibrate(regression_loss, params, data, CONFIG.replace(batch_size=20), key=1, num_step_sizes=12, progress=False)
+    result = sj.calibrate(regression_loss, params, data, CONFIG.replace(batch_size=20), key=1, num_step_sizes=12, budget=None,
+                          progress=False)
     chex.assert_shape(result.step_size, (12,))
     assert np.all(np.diff(result.step_size) > 0)
     chosen = result.recommended.step_size
@@ -182,7 +187,7 @@ def test_auto_step_size_on_deep_linear_network():
     widths, rank, n = (4, 3, 4), 1, 5000
     params, data, product_rank = dln(widths, rank, n)
     lam, _ = theory.dln_learning_coefficient(widths, product_rank)
-    config = sj.SamplerConfig(step_size="auto", localization=1.0, num_chains=8, num_burnin=1500, num_draws=2500,
+    config = sj.SamplerConfig(step_size="auto", localization=1.0, num_chains=8, num_burnin=2500, num_draws=2500,
                               batch_size=100)
     result = sj.estimate_llc(dln_loss, params, data, config, key=0, loss_estimator="paired", progress=False)
     calibration = result.chains.settings["calibration"]
@@ -311,8 +316,9 @@ def test_one_schedule_rule_for_calibrate_and_auto_step_size():
 def test_settings_grid_groups_by_nbeta_and_localization_with_step_sizes_ascending():
     params, data, _, _ = regression()
     axes = Axes(step_sizes=np.array([1e-3, 2e-3, 4e-3]), nbetas=np.array([10.0, 100.0]), localizations=np.array([1.0, 5.0]))
-    grid = settings_grid(Problem(regression_loss, params, data), CONFIG, axes, key=None, bias_tolerance=0.05)
+    grid, pilot_chain_steps = settings_grid(Problem(regression_loss, params, data), CONFIG, axes, key=None, bias_tolerance=0.05)
     chex.assert_shape(grid.step_size, (12,))
+    assert pilot_chain_steps == 0  # given step sizes: no pilot chains
     assert list(grid.groups()) == [(10.0, 1.0), (10.0, 5.0), (100.0, 1.0), (100.0, 5.0)]
     for g, members in enumerate(grid.groups().values()):
         assert members == [3 * g, 3 * g + 1, 3 * g + 2]
@@ -394,3 +400,52 @@ def test_calibration_result_summary_xarray_dataframe(exact_calibration):
     assert chains.num_configs == 1 and loss_estimator == "paired"
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.reason = "changed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 21: the calibration within the run's budget, the larger-step rule, and one MALA threshold.
+
+
+def test_default_calibration_costs_at_most_the_run():
+    """budget=1 (the default): pilot and grid chain-steps together <= the run's, and the settings
+    share what the pilots left: 4 chains each, as many steps as fit."""
+    params, data, _, _ = regression()
+    run = CONFIG.replace(num_burnin=9000, num_draws=1000)  # 4 chains x 10,000 steps
+    result = sj.calibrate(regression_loss, params, data, run, key=0, progress=False)
+    cost, schedule = result.settings["cost"], result.chains.config
+    assert cost["budget"] == 1.0 and cost["run_chain_steps"] == 40_000 and cost["pilot_chain_steps"] > 0
+    assert schedule.num_chains == 4 and result.step_size.size == 6
+    assert schedule.num_draws == min(2000, (40_000 - cost["pilot_chain_steps"]) // (6 * 4))
+    assert cost["calibration_chain_steps"] == cost["grid_chain_steps"] + cost["pilot_chain_steps"] <= 40_000
+    assert cost["relative_chain_steps"] <= 1.0 and "(budget 1x)" in result.reason
+    with pytest.raises(ValueError, match="budget"):
+        sj.calibrate(regression_loss, params, data, run, key=0, budget=0.0, progress=False)
+
+
+def test_travelled_bias_reads_the_gradient_norms_of_larger_steps():
+    """ε·max over ε' >= ε of bias(ε')/ε', per group; a divergent (NaN) setting is skipped."""
+    from slt_jax.calibration.judge import travelled_bias
+
+    grid = Grid(np.array([1.0, 2.0, 4.0, 8.0, 1.0, 2.0]), np.array([10.0] * 4 + [20.0] * 2), np.ones(6))
+    predicted = np.array([1.0, 4.0, 6.0, np.nan, 3.0, 2.0])
+    # group 10: bias/ε = 1, 2, 1.5, NaN -> running max from the top 2, 2, 1.5; group 20: 3, 1 -> 3, 1
+    np.testing.assert_allclose(travelled_bias(grid.step_size, grid.groups(), predicted), [2.0, 4.0, 6.0, np.nan, 3.0, 2.0])
+
+
+def test_calibration_and_summary_share_one_mala_threshold(exact_calibration):
+    """The rule's MALA threshold on d coordinates is diagnostics.mala_requirement(0.9, d), and a
+    run's summary() flags MALA against the same figure."""
+    result, _ = exact_calibration
+    d = int(result.chains.num_sampled[0])
+    required = sj.diagnostics.mala_requirement(0.9, d)
+    assert f"MALA acceptance >= {required:.3g}" in result.settings["rule"]
+    for i, acceptance in enumerate(result.metrics["mala_acceptance"]):
+        if np.isfinite(acceptance) and not result.diverged[i].any():
+            assert ("mala" in result.problems[i]) == (acceptance < required), (i, acceptance, required)
+    params, data, _, _ = regression()
+    index = int(np.argmin(np.abs(result.metrics["mala_acceptance"][:10] - required)))
+    run = sj.estimate_llc(exact_quadratic_loss, params, data, result.recommended.replace(
+        step_size=float(result.step_size[index]), num_burnin=0, num_draws=1000, mala_every=1), key=0, progress=False)
+    flagged = "mala" in [f.check for f in run.health.findings]
+    assert flagged == (run.health.metrics["mala_acceptance"] < required)
+    assert sj.diagnostics.mala_requirement(0.9, 2) == pytest.approx(0.9)

@@ -6,7 +6,9 @@ settings are configurations of one compiled program, grouped only under the conf
 nβ(L - L*) of ``slt_jax.traces.llc_draws``) and recommends one as a ``SamplerConfig``
 (``CalibrationResult.recommended``). ``auto_step_size`` (``estimate_llc(step_size="auto")``) is
 ``calibrate`` at the run's nβ and γ; both run the chains of ONE schedule rule,
-``calibration_schedule(config)``. The conventions are docs/conventions.md §4.
+``calibration_schedule(config, ...)``, within a budget: by default the calibration (pilot chains
+included) costs at most the chain-steps of the run it serves. The conventions are
+docs/conventions.md §4.
 
 The package, one concern per module: ``schedule`` (the calibration chains of a run's config),
 ``curvature`` (``default_step_sizes``: power iteration and pilot chains anchor the ε grid),
@@ -14,9 +16,14 @@ The package, one concern per module: ``schedule`` (the calibration chains of a r
 figures), ``result`` (``CalibrationResult``), ``driver`` (``calibrate``) and ``auto``.
 
 The rule (``RULE``). A setting is a CANDIDATE when no chain diverged, there are no loss spikes, at
-most half of the draws lie below L(w*), the mean MALA acceptance is >= ``mala_threshold`` (0.9) and
+most half of the draws lie below L(w*), the mean MALA acceptance is >= ``mala_threshold`` (0.9 on two
+coordinates, scaled to the d sampled by ``diagnostics.mala_requirement``: the acceptance of the same
+per-direction step error in d Gaussian directions, since the LLC's bias is a sum of per-direction terms
+while a fixed MALA threshold would force ε ∝ d^(-1/3)) and
 the predicted step-size bias (ε/8)·nβ²·E||g_B||² is <= ``bias_tolerance`` (5%) of the group's
-reference LLC. It is EQUILIBRATED when, in addition, the loss rose clearly above L(w*), levelled
+reference LLC, with E||g_B||² the largest measured at this or a larger step size of the group
+(``judge.travelled_bias``: the run travels further than its short calibration chains, and the
+larger steps show where it goes). It is EQUILIBRATED when, in addition, the loss rose clearly above L(w*), levelled
 off within the calibration burn-in (no significant trend afterwards) and the chains agree (split
 R-hat <= 1.1). The reference LLC of an (nβ, γ) group is the median bias-corrected LLC (LLC minus
 predicted bias) of its equilibrated settings. Among groups with a candidate and an equilibrated

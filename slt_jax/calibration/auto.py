@@ -29,8 +29,9 @@ def auto_step_size(
     """``estimate_llc`` with ``step_size="auto"``: calibrates ε at the config's nβ and γ.
 
     This is ``calibrate(config)`` with its defaults, so the calibration chains follow the same
-    schedule rule (``calibration_schedule``: the run's steps, at most 2000, all recorded, at least 2
-    chains, the run's burn-in fraction clipped to [0.2, 0.5]), with a key independent of the main
+    schedule rule (``calibration_schedule``: the run's steps, at most 2000, all recorded, 2 to 4
+    chains, the run's burn-in fraction clipped to [0.2, 0.5], pilot and grid chains together within
+    the run's chain-steps, ``budget=1``), with a key independent of the main
     run's (so the choice does not select on the main run's noise). Its chains use the ``"paired"``
     loss estimator whatever the main run's ``loss_estimator`` (which is only validated here): short
     chains need its control variate. Warns when the config's ``num_burnin`` is shorter than the

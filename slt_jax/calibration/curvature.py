@@ -1,7 +1,8 @@
 """The default step-size grid, anchored on the posterior's measured scales (power iteration and pilot chains).
 
-The top of the grid is the smaller of 1/a_max (a_max = nβ h_max + γ, h_max the top Hessian
-eigenvalue from power iteration over the component's coordinates) and twice the largest ε whose
+The top of the grid is the smaller of 2/a_max (a_max = nβ h_max + γ, h_max the top Hessian
+eigenvalue from power iteration over the component's coordinates; SGLD is stable below 4/a_max) and
+twice the largest ε whose
 gradient-noise bias (ε/8)·nβ²·E||g_B||² could stay within the tolerance of the largest possible LLC,
 d/2. Both scales are measured where the chains go (short pilot chains from w*), not only at w*: at a
 degenerate point the Hessian and gradient at w* vanish and the localizer alone would set the scale.
@@ -26,7 +27,7 @@ from slt_jax.restriction import Restriction, insert, restrict
 from slt_jax.sampler import Recording, run_chains
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
-__all__ = ["default_step_sizes", "PILOT_CHAINS", "PILOT_STEPS", "PILOT_ROUNDS"]
+__all__ = ["default_step_sizes", "step_size_grid", "PILOT_CHAINS", "PILOT_STEPS", "PILOT_ROUNDS", "CURVATURE_TOP"]
 
 # Pilot chains that measure the posterior's scales away from w* (where a degenerate loss has no
 # curvature): this many chains of this many steps, at most this many rounds.
@@ -34,6 +35,11 @@ PILOT_CHAINS = 4
 PILOT_STEPS = 200
 PILOT_ROUNDS = 5
 _NUM_GRADIENT_BATCHES = 8
+# The grid's top in units of 1/a_max. At ε a = 2 the stiffest direction's variance is 2x too large
+# (1/(1 - ε a/4)), but it is one direction of d: the LLC's step-size bias is the sum over directions
+# of ε a_i/8 (the predicted bias the rule caps), and chains that travel further level off sooner.
+# 1/a_max kept deep networks' chains far from equilibrium (issue 21).
+CURVATURE_TOP = 2.0
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "num_iterations"))
@@ -86,7 +92,7 @@ class _Anchor(NamedTuple):
         a_max = self.nbeta * top + self.localization
         if not a_max > 0:
             raise ValueError("the loss has no curvature at w* and localization is 0: pass step_sizes explicitly.")
-        largest = 1.0 / a_max
+        largest = CURVATURE_TOP / a_max
         if squared > 0 and self.nbeta > 0:
             bias_cap = 2.0 * 8.0 * self.bias_tolerance * (self.num_coordinates / 2.0) / (self.nbeta**2 * squared)
             largest = min(largest, bias_cap)
@@ -135,21 +141,24 @@ def _pilot_ends(probe: _Probe, pilot: _Pilot, step_size: float, attempt: int) ->
     ]
 
 
-def _refine(probe: _Probe, pilot: _Pilot, anchor: _Anchor, center: _Scales) -> tuple[float, float]:
-    """(top of the grid, E||g_B||²) after the pilot rounds: lower the top to the scales measured at
-    the pilot's end points until it changes by less than 2x; a diverging pilot divides it by 8."""
+def _refine(probe: _Probe, pilot: _Pilot, anchor: _Anchor, center: _Scales) -> tuple[float, float, int]:
+    """(top of the grid, E||g_B||², the pilots' chain-steps) after the pilot rounds: lower the top to
+    the scales measured at the pilot's end points until it changes by less than 2x; a diverging
+    pilot divides it by 8."""
     largest, squared, direction = anchor.largest_step(center.top, center.squared), center.squared, center.direction
+    chain_steps = 0
     for attempt in range(PILOT_ROUNDS):  # one compiled program: only the step size changes
-        ends = _pilot_ends(probe, pilot, largest / 4.0, attempt)
+        ends = _pilot_ends(probe, pilot, largest / 8.0, attempt)
+        chain_steps += PILOT_CHAINS * PILOT_STEPS
         if ends is None:
             largest /= 8.0
             continue
         top, squared, direction = _scales(probe, ends, direction, 10)
         measured = anchor.largest_step(max(top, center.top), squared)
         if measured >= largest / 2.0:
-            return min(largest, measured), squared
+            return min(largest, measured), squared, chain_steps
         largest = measured
-    return largest, squared
+    return largest, squared, chain_steps
 
 
 def _probe(loss_fn, data, n: int, batch_size: int, mask, rng: np.random.Generator) -> _Probe:
@@ -163,21 +172,21 @@ def _probe(loss_fn, data, n: int, batch_size: int, mask, rng: np.random.Generato
 def default_step_sizes(
     loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     component: Mask | None = None,
-    num_step_sizes: int = 10,
+    num_step_sizes: int = 6,
     bias_tolerance: float = 0.05,
 ) -> np.ndarray:
     """A factor-2 grid of step sizes, ascending, anchored on the posterior's measured scales.
 
     Uses the config's nβ (``nbeta_for(n)``), γ, ``batch_size`` and ``preconditioner``. The top of the
-    grid is the smaller of 1/a_max (a_max = nβ h_max + γ, h_max the top Hessian eigenvalue from power
-    iteration over the ``component``'s coordinates; at ε a_max = 1 the stiffest direction's variance is
-    33% too large) and twice the largest ε whose gradient-noise bias (ε/8)·nβ²·E||g_B||² could stay
+    grid is the smaller of ``CURVATURE_TOP``/a_max = 2/a_max (a_max = nβ h_max + γ, h_max the top Hessian
+    eigenvalue from power iteration over the ``component``'s coordinates; SGLD is stable below 4/a_max,
+    and at 2/a_max the stiffest direction's variance is 2x too large, one direction of d) and twice the largest ε whose gradient-noise bias (ε/8)·nβ²·E||g_B||² could stay
     within ``bias_tolerance`` of the largest possible LLC, d/2.
 
     Both scales are measured where the chains go, not only at w*: at a degenerate point (normal
     crossings w1^a w2^b, where the Hessian and gradient at w* vanish) the scales at w* are those of the
     localizer alone, orders of magnitude too loose. So ``PILOT_CHAINS`` short plain-SGLD pilot chains
-    (``PILOT_STEPS`` steps at a quarter of the current top, keys independent of the calibration's) are
+    (``PILOT_STEPS`` steps at an eighth of the current top, keys independent of the calibration's) are
     run from w*; h_max is the largest over w* and their end points, E||g_B||² the mean over the end
     points, and the top is lowered to the new value until it changes by less than 2x (at most
     ``PILOT_ROUNDS`` rounds; a pilot that diverges divides the top by 8). For a regular (quadratic)
@@ -186,8 +195,15 @@ def default_step_sizes(
     preconditioner scale.
 
     Returns:
-        ``(num_step_sizes,)`` ascending.
+        ``(num_step_sizes,)`` ascending. (``step_size_grid`` also returns the pilots' chain-steps.)
     """
+    return step_size_grid(loss_fn, params, data, config, key=key, component=component, num_step_sizes=num_step_sizes,
+                          bias_tolerance=bias_tolerance)[0]
+
+
+def step_size_grid(loss_fn, params, data, config, *, key, component=None, num_step_sizes: int = 6,
+                   bias_tolerance: float = 0.05) -> tuple[np.ndarray, int]:
+    """``(default_step_sizes(...), the pilot chains' chain-steps)``: what the grid cost to anchor."""
     n = validation.check_data(data)
     validation.check_params(params)
     check_config(config)
@@ -209,10 +225,10 @@ def default_step_sizes(
         ),
         params, data, jax.random.fold_in(key, 0x9170), restriction,
     )
-    largest, squared = _refine(probe, pilot, anchor, center)
+    largest, squared, pilot_chain_steps = _refine(probe, pilot, anchor, center)
     preconditioner = config.preconditioner_spec
     if preconditioner.adaptive:
         # RMSProp steps are ε / (sqrt(v) + eps) per coordinate, v ≈ E[g²] at the start: rescale the
         # grid so that the typical effective step matches the plain-SGLD anchor.
         largest *= math.sqrt(squared / restriction.num_sampled) + preconditioner.eps
-    return largest * 2.0 ** -np.arange(num_step_sizes)[::-1]
+    return largest * 2.0 ** -np.arange(num_step_sizes)[::-1], pilot_chain_steps

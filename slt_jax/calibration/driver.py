@@ -14,15 +14,17 @@ from slt_jax.calibration.judge import Recommendation, Rule, Verdict, judge, reco
 from slt_jax.calibration.result import CalibrationResult
 from slt_jax.calibration.schedule import calibration_schedule, check_fraction
 from slt_jax.config import SamplerConfig
+from slt_jax.restriction import restrict
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
 
 __all__ = ["calibrate"]
 
 
 def _rule(config: SamplerConfig, n: int, default_fraction: float, burnin_fraction, mala_threshold, bias_tolerance,
-          target_nbeta) -> Rule:
+          target_nbeta, num_coordinates: int) -> Rule:
     burnin_fraction = default_fraction if burnin_fraction is None else burnin_fraction
     rule = Rule(
+        num_coordinates=num_coordinates,
         burnin_fraction=check_fraction(burnin_fraction, "burnin_fraction", -1e-12, 0.9),
         mala_threshold=check_fraction(mala_threshold, "mala_threshold", 0.0, 1.0),
         bias_tolerance=check_fraction(bias_tolerance, "bias_tolerance", 0.0, 1.0),
@@ -57,6 +59,8 @@ class _Context(NamedTuple):
     burnin_draws: int
     loss_estimator: str
     step_size_grid: str
+    pilot_chain_steps: int
+    budget: float | None
 
 
 def _settings(run: GridRun, grid: Grid, choice: Recommendation, rule: Rule, context: _Context) -> tuple[str, dict]:
@@ -64,18 +68,19 @@ def _settings(run: GridRun, grid: Grid, choice: Recommendation, rule: Rule, cont
     config, schedule, burnin_draws = context.config, run.chains.config, context.burnin_draws
     seconds = time.perf_counter() - context.started
     grid_chain_steps = int(grid.size * schedule.num_chains * schedule.num_steps)
-    reason, estimate_chain_steps = choice.reason, 0
-    if choice.index >= 0:
-        # One estimate at the recommended config (``recommended``): its burn-in plus the validated draws.
-        estimate_chain_steps = int(config.num_chains * (choice.num_burnin + schedule.num_draws - burnin_draws))
-        reason += (
-            f" Cost: {seconds:.1f} s ({run.chains.compile_seconds:.1f} s compiling), {grid.size} settings x "
-            f"{schedule.num_chains} chains x {schedule.num_steps} steps = {grid_chain_steps / estimate_chain_steps:.1f}x "
-            f"the chain-steps of one estimate at the recommended config."
-        )
+    calibration_chain_steps = grid_chain_steps + context.pilot_chain_steps
+    # The run the calibration serves: the config's chains and schedule, with the burn-in the choice needs.
+    run_chain_steps = int(config.num_chains * (config.num_steps + max(choice.num_burnin - config.num_burnin, 0)))
+    relative = calibration_chain_steps / run_chain_steps
+    reason = choice.reason + (
+        f" Cost: {seconds:.1f} s ({run.chains.compile_seconds:.1f} s compiling); {grid.size} settings x "
+        f"{schedule.num_chains} chains x {schedule.num_steps} steps + {context.pilot_chain_steps} pilot chain-steps = "
+        f"{relative:.2f}x the {run_chain_steps} chain-steps of the run"
+        + ("" if context.budget is None else f" (budget {context.budget:g}x)") + "."
+    )
     cost = dict(seconds=seconds, compile_seconds=float(run.chains.compile_seconds), grid_chain_steps=grid_chain_steps,
-                estimate_chain_steps=estimate_chain_steps,
-                relative_chain_steps=grid_chain_steps / estimate_chain_steps if estimate_chain_steps else float("nan"))
+                pilot_chain_steps=int(context.pilot_chain_steps), calibration_chain_steps=calibration_chain_steps,
+                run_chain_steps=run_chain_steps, relative_chain_steps=relative, budget=context.budget)
     settings = dict(
         run.chains.settings, cost=cost, rule=rule.describe(), mala_threshold=rule.mala_threshold,
         bias_tolerance=rule.bias_tolerance, burnin_fraction=rule.burnin_fraction, loss_estimator=context.loss_estimator,
@@ -100,7 +105,8 @@ def calibrate(
     loss_fn: LossFn, params: Params, data: Batch, config: SamplerConfig, *, key: KeyLike,
     component: Mask | None = None,
     # the grid (calibration.grid.Axes)
-    step_sizes=None, nbetas=None, localizations=None, num_step_sizes: int = 10,
+    step_sizes=None, nbetas=None, localizations=None, num_step_sizes: int = 6,
+    budget: float | None = 1.0,
     # the judging rule (calibration.judge.Rule)
     burnin_fraction: float | None = None, mala_threshold: float = 0.9, bias_tolerance: float = 0.05,
     target_nbeta: float | None = None,
@@ -113,7 +119,8 @@ def calibrate(
         loss_fn, params, data, key, component: as for ``slt_jax.estimate_llc``.
         config: the run's ``SamplerConfig``. Its ``num_chains`` (at least 2), ``batch_size``,
             ``preconditioner``, ``weight_decay`` and ``memory_budget`` are the calibration chains';
-            their schedule is ``calibration_schedule(config)`` (short: at most 2000 recorded steps).
+            their schedule is ``calibration_schedule(config, num_settings, budget, pilots)`` (short: at
+            most 2000 recorded steps, and within the budget).
             Its ``step_size`` is not used (the grid's are); its ``nbeta`` and ``localization`` are the
             defaults of ``nbetas`` and ``localizations``.
         step_sizes: ε values (tried with every (nβ, γ)), or None for ``default_step_sizes`` per (nβ, γ).
@@ -121,10 +128,15 @@ def calibrate(
         localizations: γ values; None uses the config's.
         burnin_fraction: leading fraction of the calibration draws treated as burn-in by the metrics
             (default: the config's ``num_burnin / num_steps`` clipped to [0.2, 0.5], 0.5 without one).
-        mala_threshold: minimum mean MALA acceptance of a passing setting.
+        mala_threshold: minimum mean MALA acceptance of a passing setting on a two-coordinate
+            posterior; on d coordinates ``diagnostics.mala_requirement(mala_threshold, d)``.
         bias_tolerance: maximum predicted relative step-size bias of a passing setting.
         target_nbeta: the nβ to prefer (default: the config's, n / log n when None).
-        num_step_sizes: grid length when ``step_sizes`` is None.
+        num_step_sizes: grid length when ``step_sizes`` is None (factor-2 steps below the top).
+        budget: the calibration's chain-steps (pilot chains included) at most this multiple of the
+            run's (``config.num_chains x config.num_steps``): the settings share it, at most 4 chains
+            each and at least 200 steps per chain. None: ``min(num_steps, 2000)`` steps whatever
+            they cost. ``settings["cost"]`` reports both figures.
         loss_estimator: ``"paired"`` (default: L_B(w) - L_B(w*) + L_n(w*), which cancels the batch
             noise that otherwise swamps short chains; one extra forward pass per draw) or
             ``"minibatch"`` (``slt_jax.traces``).
@@ -146,21 +158,27 @@ def calibrate(
     started = time.perf_counter()
     n = validation.check_data(data)
     validation.check_params(params)
-    schedule, default_fraction = calibration_schedule(config)
-    rule = _rule(config, n, default_fraction, burnin_fraction, mala_threshold, bias_tolerance, target_nbeta)
+    _, default_fraction = calibration_schedule(config)
+    num_coordinates = restrict(validation.check_masks(component, params, name="component"), params).num_sampled
+    rule = _rule(config, n, default_fraction, burnin_fraction, mala_threshold, bias_tolerance, target_nbeta,
+                 num_coordinates)
     axes = _axes(config, n, step_sizes, nbetas, localizations, num_step_sizes)
     if loss_estimator not in ("paired", "minibatch"):
         raise ValueError(f"loss_estimator={loss_estimator!r}; use 'paired' or 'minibatch' for calibration.")
+    if budget is not None and not (np.ndim(budget) == 0 and budget > 0):
+        raise ValueError(f"budget={budget!r} must be a number > 0 (calibration chain-steps per run chain-step), or None.")
     key = validation.as_key(key)
 
     problem = Problem(loss_fn, params, data, component)
-    grid = settings_grid(problem, schedule, axes, key=key, bias_tolerance=rule.bias_tolerance)
+    grid, pilot_chain_steps = settings_grid(problem, config, axes, key=key, bias_tolerance=rule.bias_tolerance)
+    schedule, _ = calibration_schedule(config, num_settings=grid.size, budget=budget, spent_chain_steps=pilot_chain_steps)
     burnin_draws = int(rule.burnin_fraction * schedule.num_draws)
     run = run_grid(problem, schedule, grid, key=key, loss_estimator=loss_estimator, burnin_draws=burnin_draws, progress=progress)
     verdict = judge(run.metrics, run.llc_per_chain, grid, rule, adaptive=schedule.preconditioner_spec.adaptive)
     choice = recommend(grid, verdict, np.asarray(run.chains.diverged).any(axis=1), rule, burnin_draws)
     if choice.fallback:
         warnings.warn(choice.reason, RuntimeWarning, stacklevel=2)
-    context = _Context(config, started, burnin_draws, loss_estimator, "given" if step_sizes is not None else "default_step_sizes")
+    context = _Context(config, started, burnin_draws, loss_estimator, "given" if step_sizes is not None else "default_step_sizes",
+                       pilot_chain_steps, None if budget is None else float(budget))
     reason, settings = _settings(run, grid, choice, rule, context)
     return _result(run, grid, verdict, choice, reason, settings, context)

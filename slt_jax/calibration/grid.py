@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from slt_jax import diagnostics, traces
-from slt_jax.calibration.curvature import default_step_sizes
+from slt_jax.calibration.curvature import step_size_grid
 from slt_jax.config import SamplerConfig
 from slt_jax.sampler import ChainsResult, Recording, run_chains
 from slt_jax.types import Batch, LossFn, Mask, Params
@@ -36,7 +36,7 @@ class Axes(NamedTuple):
     step_sizes: np.ndarray | None
     nbetas: np.ndarray
     localizations: np.ndarray
-    num_step_sizes: int = 10
+    num_step_sizes: int = 6
 
 
 class Grid(NamedTuple):
@@ -68,19 +68,21 @@ class GridRun(NamedTuple):
     llc_per_chain: np.ndarray
 
 
-def settings_grid(problem: Problem, schedule: SamplerConfig, axes: Axes, *, key, bias_tolerance: float) -> Grid:
-    """Every (nβ, γ) of ``axes`` with its step sizes (given, or ``default_step_sizes`` at that nβ, γ)."""
-    rows = []
+def settings_grid(problem: Problem, config: SamplerConfig, axes: Axes, *, key, bias_tolerance: float) -> tuple[Grid, int]:
+    """(every (nβ, γ) of ``axes`` with its step sizes (given, or ``default_step_sizes`` at that nβ, γ),
+    the chain-steps of the pilot chains that anchored them); ``config`` is the run's."""
+    rows, pilot_chain_steps = [], 0
     for nbeta, localization in itertools.product(axes.nbetas, axes.localizations):
         step_sizes = axes.step_sizes
         if step_sizes is None:
-            step_sizes = default_step_sizes(
+            step_sizes, spent = step_size_grid(
                 problem.loss_fn, problem.params, problem.data,
-                schedule.replace(nbeta=float(nbeta), localization=float(localization)), key=key,
+                config.replace(nbeta=float(nbeta), localization=float(localization)), key=key,
                 component=problem.component, num_step_sizes=axes.num_step_sizes, bias_tolerance=bias_tolerance,
             )
+            pilot_chain_steps += spent
         rows += [(float(e), float(nbeta), float(localization)) for e in np.atleast_1d(step_sizes)]
-    return Grid(*(np.array(column) for column in zip(*rows)))
+    return Grid(*(np.array(column) for column in zip(*rows))), pilot_chain_steps
 
 
 def run_grid(problem: Problem, schedule: SamplerConfig, grid: Grid, *, key, loss_estimator: str, burnin_draws: int,

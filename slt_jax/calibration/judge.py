@@ -15,10 +15,11 @@ from slt_jax import diagnostics
 from slt_jax.calibration.grid import Grid
 
 __all__ = ["RULE", "REQUIRED", "EQUILIBRIUM", "Rule", "Verdict", "Recommendation", "judge", "recommend",
-           "empirical_bias", "too_slow"]
+           "empirical_bias", "too_slow", "travelled_bias"]
 
 RULE = (
-    "Candidates: no divergence, no spikes, <= 50% of draws below L(w*), MALA acceptance >= {mala:.2f} and predicted "
+    "Candidates: no divergence, no spikes, <= 50% of draws below L(w*), MALA acceptance >= {mala:.3g} ({reference:.2f} "
+    "on two coordinates, scaled to {dimension} as for Gaussian directions) and predicted "
     "step-size bias <= {bias:.0%} of the reference LLC. Among (nbeta, localization) groups with a candidate and a "
     "setting that levels off within the burn-in: nbeta closest to {target:.4g}, then the smallest localization, "
     "then the largest candidate step size, with a burn-in scaled by 1/step_size."
@@ -30,15 +31,22 @@ EQUILIBRIUM = ("divergence", "rise", "rhat", "plateau", "equilibration")
 
 
 class Rule(NamedTuple):
-    """The rule's parameters (validated by ``calibrate``)."""
+    """The rule's parameters (validated by ``calibrate``). ``mala_threshold`` is stated for two
+    coordinates; ``mala_required`` is its value on the ``num_coordinates`` sampled."""
 
     mala_threshold: float = 0.9
     bias_tolerance: float = 0.05
     burnin_fraction: float = 0.5
     target_nbeta: float = 1.0
+    num_coordinates: int = 2
+
+    @property
+    def mala_required(self) -> float:
+        return diagnostics.mala_requirement(self.mala_threshold, self.num_coordinates)
 
     def describe(self) -> str:
-        return RULE.format(mala=self.mala_threshold, bias=self.bias_tolerance, target=self.target_nbeta)
+        return RULE.format(mala=self.mala_required, reference=self.mala_threshold, dimension=self.num_coordinates,
+                           bias=self.bias_tolerance, target=self.target_nbeta)
 
 
 class Verdict(NamedTuple):
@@ -98,10 +106,32 @@ def too_slow(groups, llc_per_chain, predicted_bias, bias_tolerance) -> list[int]
     return slow
 
 
-def _reference_bias(metrics: dict, problems: list, groups: dict, equilibrated: np.ndarray, bias_tolerance: float):
-    """(metrics with ``reference_llc`` and ``relative_bias``, problems with ``bias`` re-judged): the
-    bias relative to the group's reference LLC (the median bias-corrected LLC of its equilibrated
-    settings), since the LLC of a step too small to level off is itself too low."""
+def travelled_bias(step_size: np.ndarray, groups: dict, predicted_bias: np.ndarray) -> np.ndarray:
+    """The predicted bias ε·max_{ε' >= ε} (bias(ε')/ε') over the group's settings at ε and above.
+
+    (ε/8)·nβ²·E||g_B||² reads the gradient norms where the chains went, and short calibration chains
+    have not gone as far as the run will: on deep linear networks E||g_B||² grew 1.5x between the
+    calibration's draws and the run's at the same ε. Settings with larger ε travelled further in the
+    same steps, so their E||g_B||² (bias/ε) is the better guess of what a longer run at ε sees.
+    Divergent settings (NaN) are skipped.
+    """
+    out = np.array(predicted_bias, float)
+    for members in groups.values():
+        members = np.array(members)
+        per_step = np.asarray(predicted_bias, float)[members] / step_size[members]
+        per_step = np.where(np.isfinite(per_step), per_step, -np.inf)
+        reach = np.maximum.accumulate(per_step[::-1])[::-1]  # max over this ε and the larger ones
+        out[members] = np.where(np.isfinite(out[members]) & np.isfinite(reach), step_size[members] * reach, out[members])
+    return out
+
+
+def _reference_bias(metrics: dict, problems: list, grid: Grid, equilibrated: np.ndarray, bias_tolerance: float):
+    """(metrics with ``reference_llc``, ``travelled_bias`` and ``relative_bias``, problems with
+    ``bias`` re-judged): the travelled bias (``travelled_bias``) relative to the group's reference LLC
+    (the median bias-corrected LLC of its equilibrated settings), since the LLC of a step too small to
+    level off is itself too low."""
+    groups = grid.groups()
+    travelled = travelled_bias(grid.step_size, groups, metrics["predicted_bias"])
     reference = np.full(len(problems), np.nan)
     for members in groups.values():
         members = np.array(members)
@@ -110,9 +140,9 @@ def _reference_bias(metrics: dict, problems: list, groups: dict, equilibrated: n
         if pool.size:
             reference[members] = np.median(metrics["llc_mean"][pool] - metrics["predicted_bias"][pool])
     with np.errstate(invalid="ignore"):
-        relative = metrics["predicted_bias"] / np.maximum(np.abs(reference), 1e-12)
+        relative = travelled / np.maximum(np.abs(reference), 1e-12)
         over = relative > bias_tolerance
-    metrics = dict(metrics, reference_llc=reference, relative_bias=relative)
+    metrics = dict(metrics, reference_llc=reference, travelled_bias=travelled, relative_bias=relative)
     problems = [[p for p in found if p != "bias"] + (["bias"] if too_large else []) for found, too_large in zip(problems, over)]
     return metrics, problems
 
@@ -127,7 +157,7 @@ def judge(metrics: dict, llc_per_chain: np.ndarray, grid: Grid, rule: Rule, *, a
     metrics = dict(metrics, empirical_bias=empirical_bias(grid.step_size, groups, llc_per_chain, metrics["llc_mean"]))
     if adaptive:
         metrics["relative_bias"] = metrics["empirical_bias"].copy()
-    thresholds = {"mala": rule.mala_threshold, "bias": rule.bias_tolerance}
+    thresholds = {"mala": rule.mala_required, "bias": rule.bias_tolerance}
     problems = []
     for i in range(grid.size):
         found = [f.check for f in diagnostics.problems({k: metrics[k][i] for k in metrics}, thresholds=thresholds)]
@@ -139,7 +169,7 @@ def judge(metrics: dict, llc_per_chain: np.ndarray, grid: Grid, rule: Rule, *, a
             problems[i].append("equilibration")
     equilibrated = np.array([not set(p) & set(EQUILIBRIUM) for p in problems])
     if not adaptive:
-        metrics, problems = _reference_bias(metrics, problems, groups, equilibrated, rule.bias_tolerance)
+        metrics, problems = _reference_bias(metrics, problems, grid, equilibrated, rule.bias_tolerance)
     passed = np.array([not set(p) & set(REQUIRED) for p in problems])
     return Verdict(metrics, problems, passed, equilibrated)
 
@@ -148,14 +178,14 @@ def _chosen_reason(grid: Grid, verdict: Verdict, choice: int, rule: Rule, levell
     m = {k: v[choice] for k, v in verdict.metrics.items()}
     if "reference_llc" in m:
         bias = (f"predicted step-size bias {m['relative_bias']:.1%} <= {rule.bias_tolerance:.0%} of the reference LLC "
-                f"{m['reference_llc']:.4g}; ")
+                f"{m['reference_llc']:.4g} (at the largest gradient norms of this or a larger step size); ")
     else:
         bias = f"empirical (Richardson) step-size bias {m['relative_bias']:.1%} <= {rule.bias_tolerance:.0%}; "
     reason = (
         f"Recommended step_size={grid.step_size[choice]:.3g}, nbeta={grid.nbeta[choice]:.4g}, "
         f"localization={grid.localization[choice]:.3g}: the largest step size with no divergence, no spikes, "
         f"{m['fraction_below']:.0%} of draws below L(w*), MALA acceptance {m['mala_acceptance']:.3f} >= "
-        f"{rule.mala_threshold} and " + bias + f"{levelled}."
+        f"{rule.mala_required:.3g} and " + bias + f"{levelled}."
     )
     if np.unique(grid.localization).size > 1:
         reason += " It is at the smallest localization whose chains level off."

@@ -11,7 +11,8 @@ import numpy as np
 
 from slt_jax.config import SamplerConfig
 
-__all__ = ["calibration_schedule", "MAX_CALIBRATION_DRAWS", "MIN_CALIBRATION_DRAWS", "CALIBRATION_MALA_EVERY"]
+__all__ = ["calibration_schedule", "MAX_CALIBRATION_DRAWS", "MIN_CALIBRATION_DRAWS", "MIN_BUDGET_DRAWS",
+           "MAX_BUDGET_CHAINS", "CALIBRATION_MALA_EVERY"]
 
 # Calibration chains are short: the config's steps, at most this many, all recorded (one step apart).
 MAX_CALIBRATION_DRAWS = 2000
@@ -20,6 +21,11 @@ MIN_CALIBRATION_DRAWS = 8
 CALIBRATION_MALA_EVERY = 10
 # The checks compare chains (R-hat, paired differences): a one-chain run is calibrated with two.
 MIN_CALIBRATION_CHAINS = 2
+# Under a budget (``calibrate(budget=...)``, 1.0 for ``step_size="auto"``): at most this many chains per
+# setting (longer chains show more of the approach to equilibrium than more chains do), and at least
+# this many steps per chain whatever the budget (below it the checks say little).
+MAX_BUDGET_CHAINS = 4
+MIN_BUDGET_DRAWS = 200
 
 
 def check_config(config) -> SamplerConfig:
@@ -39,7 +45,8 @@ def check_fraction(value, name: str, low: float, high: float) -> float:
     return float(value)
 
 
-def calibration_schedule(config: SamplerConfig) -> tuple[SamplerConfig, float]:
+def calibration_schedule(config: SamplerConfig, *, num_settings: int = 1, budget: float | None = None,
+                         spent_chain_steps: int = 0) -> tuple[SamplerConfig, float]:
     """The calibration chains' ``SamplerConfig`` and default burn-in fraction for a run's ``config``.
 
     The chains record every step (``num_burnin=0``, one step between draws) for the config's
@@ -49,12 +56,22 @@ def calibration_schedule(config: SamplerConfig) -> tuple[SamplerConfig, float]:
     At least 2 chains run (the checks compare chains); ``num_chains`` beyond that, ``batch_size``,
     ``preconditioner``, ``weight_decay`` and the rest are the config's.
 
+    With a ``budget`` (the calibration's chain-steps as a multiple of the run's, ``num_chains x
+    num_steps``; ``spent_chain_steps`` of it already went to pilot chains) the ``num_settings``
+    settings share what is left: at most ``MAX_BUDGET_CHAINS`` chains each, and as many steps as fit,
+    at least ``MIN_BUDGET_DRAWS`` (so a run shorter than that floor gets a calibration dearer than
+    itself; ``settings["cost"]`` says so).
+
     >>> import slt_jax as sj
     >>> run = sj.SamplerConfig(step_size="auto", localization=1.0, num_chains=1, num_burnin=1000,
     ...                        num_draws=3000, batch_size=100)
     >>> schedule, burnin_fraction = sj.calibration.calibration_schedule(run)
     >>> schedule.num_draws, schedule.num_burnin, schedule.num_chains, burnin_fraction
     (2000, 0, 2, 0.25)
+    >>> run = run.replace(num_chains=8, num_burnin=9000, num_draws=1000)      # 80,000 chain-steps
+    >>> schedule, _ = sj.calibration.calibration_schedule(run, num_settings=6, budget=1.0, spent_chain_steps=4000)
+    >>> schedule.num_chains, schedule.num_draws                                # 6 x 4 x 2000 <= 76,000
+    (4, 2000)
     """
     check_config(config)
     num_draws = min(config.num_steps, MAX_CALIBRATION_DRAWS)
@@ -63,10 +80,15 @@ def calibration_schedule(config: SamplerConfig) -> tuple[SamplerConfig, float]:
             f"num_draws={config.num_draws} (num_steps={config.num_steps}): calibration needs at least "
             f"{MIN_CALIBRATION_DRAWS} steps per chain; use num_draws >= 500."
         )
+    num_chains = max(config.num_chains, MIN_CALIBRATION_CHAINS)
+    if budget is not None:
+        num_chains = min(num_chains, MAX_BUDGET_CHAINS)
+        left = budget * config.num_chains * config.num_steps - spent_chain_steps
+        affordable = int(left // (max(int(num_settings), 1) * num_chains))
+        num_draws = min(num_draws, max(affordable, min(MIN_BUDGET_DRAWS, num_draws)))
     mala_every = min(config.mala_every, CALIBRATION_MALA_EVERY) or CALIBRATION_MALA_EVERY
     schedule = config.replace(
-        num_chains=max(config.num_chains, MIN_CALIBRATION_CHAINS), num_draws=num_draws, num_burnin=0,
-        num_steps_between_draws=1, mala_every=mala_every,
+        num_chains=num_chains, num_draws=num_draws, num_burnin=0, num_steps_between_draws=1, mala_every=mala_every,
     )
     burnin_fraction = float(np.clip(config.num_burnin / config.num_steps, 0.2, 0.5)) if config.num_burnin else 0.5
     return schedule, burnin_fraction
