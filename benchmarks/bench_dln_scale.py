@@ -37,7 +37,8 @@ calibration's chain-steps relative to the run's. ``--resummarize`` recomputes th
 
 CPU budget (2 cores, about two hours for ``--classes 1K,10K,100K``): ``--models`` sets the number of
 models per class (default 1K: 12, 10K: 6, 100K: 2; the committed rows ran ``--classes 1K,10K --models 12,6``
-and ``--classes 100K --models 1 --num-chains 2``, each with ``--append``) and ``--max-params`` redraws architectures above a
+and ``--classes 100K --models 1 --num-chains 2``, then ``--models 2 --start 1`` for the second 100K
+model, each with ``--append``) and ``--max-params`` redraws architectures above a
 parameter cap (default: none for 1K/10K, 150,000 for 100K: the class's widest draws take tens of
 minutes per run here). 1M and larger are for accelerators (``--classes 1M,10M``).
 
@@ -225,6 +226,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="one 1K model at a tenth of the steps")
     parser.add_argument("--append", action="store_true", help="keep the other classes already in --out (each class records its command)")
+    parser.add_argument("--start", type=int, default=0,
+                        help="with --append: keep this many models of each class from --out and run the rest")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_dln_scale.json"))
     parser.add_argument("--resummarize", action="store_true", help="recompute the summaries of --out from its rows, run nothing")
     args = parser.parse_args()
@@ -259,10 +262,14 @@ def main():
                       nbeta="n / log n", inputs="uniform[-10, 10]"),
         models=[], summary={}, commands={}, class_settings={},
     )
+    kept: dict = {}
+    earlier: dict = {}
     if args.append and os.path.exists(args.out):
         with open(args.out) as f:
             previous = json.load(f)
         out["models"] = [m for m in previous["models"] if m["size_class"] not in classes]
+        kept = {c: [m for m in previous["models"] if m["size_class"] == c and m["index"] < args.start] for c in classes}
+        earlier = {c: previous.get("commands", {}).get(c) for c in classes if kept[c]}
         out["summary"] = {c: s for c, s in previous["summary"].items() if c not in classes}
         out["commands"] = {c: s for c, s in previous.get("commands", {}).items() if c not in classes}
         # Each class keeps the settings it ran with (a class from a run that predates this field
@@ -273,8 +280,9 @@ def main():
     for class_name, count, cap in zip(classes, models, caps):
         spec = dict(CLASSES[class_name], max_params=cap)
         steps = max(int(spec["steps"] * steps_scale), 100)
-        rows = []
-        for index in range(count):
+        rows = list(kept.get(class_name, []))
+        out["models"] += rows
+        for index in range(len(rows), count):
             model = make_model(args.seed, list(CLASSES).index(class_name), index, spec)
             row = dict(size_class=class_name, index=index, widths=model["widths"], rank=model["rank"], num_params=model["num_params"],
                        n=spec["n"], steps=steps, true_llc=model["llc"], multiplicity=model["multiplicity"])
@@ -291,7 +299,7 @@ def main():
             del model
             # Written after every model, so a long run that is stopped keeps what it finished.
             out["summary"][class_name] = {method: summarize(rows, method) for method in methods}
-            out["commands"][class_name] = out["command"]
+            out["commands"][class_name] = (f"{earlier[class_name]} (models < {args.start}), then " if kept.get(class_name) else "") + out["command"]
             out["class_settings"][class_name] = dict(out["settings"], max_params=cap, steps=steps)
             out["wall_seconds"] = time.perf_counter() - started
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
