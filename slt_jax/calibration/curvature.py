@@ -178,10 +178,11 @@ def default_step_sizes(
     """A factor-2 grid of step sizes, ascending, anchored on the posterior's measured scales.
 
     Uses the config's nβ (``nbeta_for(n)``), γ, ``batch_size`` and ``preconditioner``. The top of the
-    grid is the smaller of ``CURVATURE_TOP``/a_max = 2/a_max (a_max = nβ h_max + γ, h_max the top Hessian
-    eigenvalue from power iteration over the ``component``'s coordinates; SGLD is stable below 4/a_max,
-    and at 2/a_max the stiffest direction's variance is 2x too large, one direction of d) and twice the largest ε whose gradient-noise bias (ε/8)·nβ²·E||g_B||² could stay
-    within ``bias_tolerance`` of the largest possible LLC, d/2.
+    grid is the smaller of ``CURVATURE_TOP``/a_max = 2/a_max (a_max = nβ h_max + γ, h_max the top
+    Hessian eigenvalue from power iteration over the ``component``'s coordinates; SGLD is stable below
+    4/a_max, and at 2/a_max the stiffest direction's variance is 2x too large, one direction of d)
+    and twice the largest ε whose gradient-noise bias (ε/8)·nβ²·E||g_B||² could stay within
+    ``bias_tolerance`` of the largest possible LLC, d/2.
 
     Both scales are measured where the chains go, not only at w*: at a degenerate point (normal
     crossings w1^a w2^b, where the Hessian and gradient at w* vanish) the scales at w* are those of the
