@@ -4,7 +4,9 @@ What is timed: the sampler's compiled chunk program itself (the executable ``est
 captured from ``slt_jax._src.program.compiled_chunk`` and called again on a copy of its inputs), and
 the floor: a jitted ``lax.scan`` over the same number of steps of ``value_and_grad`` of the mean
 minibatch loss, vmapped over the chains, each chain with its own batch (``bench_llc.measure_floor``'s
-``per_chain_batches`` floor). Ratio = chunk time / floor time for the same number of steps.
+``per_chain_batches`` floor). Ratio = chunk time / floor time for the same number of steps. Beside
+it, the fresh-batch floor (``fresh_floor_program``): the same scan over a new, pre-gathered
+minibatch each step (the issue's floor reuses one batch, which stays in cache).
 
 Timings use the process's CPU time (``time.process_time``) with XLA limited to one intra-op thread:
 on a shared machine, wall time measures the other jobs, CPU time measures the work. Floor and
@@ -129,6 +131,29 @@ def floor_program(loss_fn, params, data, batch_size, num_chains, num_steps):
     return bench_llc.floor_scan(value_and_grad, num_chains, num_steps), (stacked, batch)
 
 
+def fresh_floor_program(loss_fn, params, data, batch_size, num_chains, num_steps, seed=0):
+    """The floor with a fresh minibatch every step, as SGLD has: the same scan over pre-gathered
+    batches ``(num_steps, num_chains, batch_size, ...)`` (drawn with replacement, gathered before the
+    timed call). It is not the issue's floor: it tells how much of the gap to it is the cost of
+    reading a batch that is not already in cache, which any minibatch sampler pays."""
+    n = jax.tree.leaves(data)[0].shape[0]
+    rows = np.random.default_rng(seed).integers(0, n, (num_steps, num_chains, batch_size))
+    batches = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[rows]), data)
+    stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_chains,) + p.shape) + 0.0, params)
+    value_and_grad = jax.vmap(jax.value_and_grad(lambda p, b: jnp.mean(loss_fn(p, b))))
+
+    @jax.jit
+    def scanned(p, batches):
+        def body(carry, batch):
+            p, total = carry
+            value, g = value_and_grad(p, batch)
+            return (jax.tree.map(lambda a, d: a - 1e-12 * d, p, g), total + value), None
+
+        return jax.lax.scan(body, (p, jnp.zeros(num_chains)), batches)[0]
+
+    return scanned, (stacked, batches)
+
+
 # Alternatives of the sampler's own choices, as (module, attribute, replacement) while tracing.
 PATCHES = {
     "jax_threefry": [(rng, "fast", lambda key: key)],
@@ -181,34 +206,43 @@ def run_workload(name: str, quick: bool, repeats: int, which: str = "unroll") ->
         jax.tree.leaves(outputs[v.name]), jax.tree.leaves(outputs[v.reference]))) if comparable(v) else None for v in variants}
     floors = {steps: floor_program(loss_fn, params, data, config.batch_size, config.num_chains, steps)
               for steps in {b["steps"] for b in built.values()}}
-    for scanned, inputs in floors.values():
+    fresh_floors = {steps: fresh_floor_program(loss_fn, params, data, config.batch_size, config.num_chains, steps)
+                    for steps in floors}
+    for scanned, inputs in list(floors.values()) + list(fresh_floors.values()):
         jax.block_until_ready(scanned(*inputs))
     ratios = {label: [] for label in built}
+    fresh_ratios = {label: [] for label in built}
     per_step = {label: [] for label in built}
-    floor_per_step = []
+    floor_per_step, fresh_per_step = [], []
     order = list(built.items())
     for repeat in range(repeats):
         floor_seconds = {steps: cpu_seconds(lambda: scanned(*inputs)) / steps for steps, (scanned, inputs) in floors.items()}
+        fresh_seconds = {steps: cpu_seconds(lambda: scanned(*inputs)) / steps for steps, (scanned, inputs) in fresh_floors.items()}
         floor_per_step.append(statistics.mean(floor_seconds.values()))
+        fresh_per_step.append(statistics.mean(fresh_seconds.values()))
         random.Random(repeat).shuffle(order)  # a fixed order would favour (or penalise) the same variants every time
         for label, b in order:
             args = _fresh(b["args"])
             seconds = cpu_seconds(lambda: b["executable"](*args)) / b["steps"]
             per_step[label].append(seconds)
             ratios[label].append(seconds / floor_seconds[b["steps"]])
+            fresh_ratios[label].append(seconds / fresh_seconds[b["steps"]])
     floor_min = min(floor_per_step)
     rows = [{"variant": label, "compile_seconds": b["compile_seconds"], "steps_per_chunk": b["steps"],
              "bitwise_equal_to_reference": bitwise[label],
              "cpu_ms_per_step_median": 1e3 * statistics.median(per_step[label]),
              "floor_ratio_median": statistics.median(ratios[label]), "floor_ratio_min": min(ratios[label]),
              "ratio_of_minima": min(per_step[label]) / floor_min,
+             "fresh_floor_ratio_median": statistics.median(fresh_ratios[label]),
              "floor_ratios": ratios[label]} for label, b in built.items()]
     for row in rows:
         print(f"  {row['variant']:<24} ratio median {row['floor_ratio_median']:.3f} (min {row['floor_ratio_min']:.3f}, "
-              f"of minima {row['ratio_of_minima']:.3f}), "
+              f"of minima {row['ratio_of_minima']:.3f}; fresh-batch floor {row['fresh_floor_ratio_median']:.3f}), "
               f"{row['cpu_ms_per_step_median']:.3f} ms/step, bitwise {row['bitwise_equal_to_reference']}", flush=True)
     return {"workload": name, "config": config.to_dict(), "floor_cpu_ms_per_step_median": 1e3 * statistics.median(floor_per_step),
             "floor_cpu_ms_per_step_min": 1e3 * floor_min,
+            "fresh_floor_cpu_ms_per_step_median": 1e3 * statistics.median(fresh_per_step),
+            "fresh_floor_over_floor_median": statistics.median(f / g for f, g in zip(fresh_per_step, floor_per_step)),
             "variants": rows}
 
 
