@@ -70,7 +70,9 @@ Threads (issue 22, item 4): every runner runs once per thread setting of ``--thr
 default threads). ``0`` keeps each library's defaults (torch: ``torch.get_num_threads()``, recorded;
 XLA: its own thread pool); ``1`` limits every runner to ONE intra-op thread (torch.set_num_threads(1)
 and OMP/MKL_NUM_THREADS=1; XLA_FLAGS --xla_cpu_multi_thread_eigen=false
-intra_op_parallelism_threads=1); ``k`` gives both k. The statistics call (and so the LLC comparison)
+intra_op_parallelism_threads=1); ``k`` gives both k. With ``--cores`` (the default) slt_jax also runs
+once more at default threads with one JAX CPU device per core (``JAX_NUM_CPU_DEVICES``; its chains
+are then spread over the cores, with the same draws: row ``slt_jax_cores``). The statistics call (and so the LLC comparison)
 runs in one setting only, the one-thread setting if listed, else the first. On a shared 2-core
 machine, torch's 2 OpenMP threads spin-wait whenever another job holds a core: a torch MLP step
 measured 6 ms with one thread and 23-98 ms with two.
@@ -185,7 +187,7 @@ def run_slt_jax(workload: str, workdir: str, quick: bool, seed: int, stat_chains
             record["paired"] = pooled(llc_draws(result.chains, "paired")[0].mean(-1))
         calls.append(record)
     return {"settings": settings, "config": config.to_dict(), "calls": calls, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "jax": jax.__version__, "backend": jax.default_backend(), **process_record()}
+            "jax": jax.__version__, "backend": jax.default_backend(), "device_count": jax.device_count(), **process_record()}
 
 
 # ----------------------------------------------------------------------------- torch side
@@ -520,12 +522,17 @@ def thread_env(threads: int) -> dict:
             "XLA_FLAGS": xla.strip()}
 
 
-def spawn(runner: str, workload: str, workdir: str, args, threads: int, stat_chains: int) -> dict:
+def cores_env() -> dict:
+    """Environment giving JAX one CPU device per core, so that slt_jax spreads its chains over them."""
+    return {"JAX_NUM_CPU_DEVICES": str(os.cpu_count())}
+
+
+def spawn(runner: str, workload: str, workdir: str, args, threads: int, stat_chains: int, extra_env: dict | None = None) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--runner", runner, "--workloads", workload,
                "--workdir", workdir, "--seed", str(args.seed), "--threads", str(threads),
                "--stat-chains", str(stat_chains)] + (["--quick"] if args.quick else [])
     start = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "TQDM_DISABLE": "1", **thread_env(threads)})
+    subprocess.run(command, check=True, env={**os.environ, "TQDM_DISABLE": "1", **thread_env(threads), **(extra_env or {})})
     with open(os.path.join(workdir, f"{runner}_{workload}.json")) as f:
         record = json.load(f)
     record["process_seconds"] = time.perf_counter() - start  # imports and set-up included
@@ -553,8 +560,9 @@ def _threads_label(mode: int) -> str:
     return "default" if mode == 0 else str(mode)
 
 
-def timing_table(workload: str, by_mode: dict[int, dict]) -> dict:
-    """Cold and warm wall seconds per (runner, thread setting), and devinterp / slt_jax ratios."""
+def timing_table(workload: str, by_mode: dict[int, dict], cores: dict | None = None) -> dict:
+    """Cold and warm wall seconds per (runner, thread setting), and devinterp / slt_jax ratios;
+    ``cores``: the slt_jax record with one JAX CPU device per core (``--cores``), at default threads."""
     rows = []
     for mode, records in by_mode.items():
         runs = {"slt_jax": records["slt_jax"]["calls"], "devinterp": records["devinterp"]["calls"]}
@@ -564,14 +572,18 @@ def timing_table(workload: str, by_mode: dict[int, dict]) -> dict:
             rows.append({"runner": name, "threads": _threads_label(mode),
                          "threads_used": records[runner].get("threads", records[runner].get("xla_flags") or "XLA default"),
                          "cold_seconds": calls[0]["wall_seconds"], "warm_seconds": calls[1]["wall_seconds"]})
+    if cores is not None:
+        rows.append({"runner": "slt_jax_cores", "threads": "default", "threads_used": f"XLA default, {cores['device_count']} CPU devices",
+                     "cold_seconds": cores["calls"][0]["wall_seconds"], "warm_seconds": cores["calls"][1]["wall_seconds"]})
     wall = {(row["runner"], row["threads"]): row for row in rows}
     ratios = {}
     labels = [_threads_label(mode) for mode in by_mode]
+    slt_columns = [("slt_jax", label) for label in labels] + ([("slt_jax_cores", "default")] if cores is not None else [])
     for dev in labels:
-        for slt in labels:
-            d, s = wall[("devinterp", dev)], wall[("slt_jax", slt)]
-            ratios[f"devinterp[{dev}]/slt_jax[{slt}]"] = {"cold": d["cold_seconds"] / s["cold_seconds"],
-                                                          "warm": d["warm_seconds"] / s["warm_seconds"]}
+        for slt_runner, slt in slt_columns:
+            d, s = wall[("devinterp", dev)], wall[(slt_runner, slt)]
+            name = f"devinterp[{dev}]/slt_jax[{slt}]" if slt_runner == "slt_jax" else f"devinterp[{dev}]/slt_jax_cores"
+            ratios[name] = {"cold": d["cold_seconds"] / s["cold_seconds"], "warm": d["warm_seconds"] / s["warm_seconds"]}
     return {"workload": workload, "rows": rows, "time_ratio_devinterp_over_slt_jax": ratios}
 
 
@@ -650,6 +662,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", default="0,1",
                         help="thread settings, comma-separated: intra-op threads per library, 0 = library defaults (default 0,1)")
+    parser.add_argument("--cores", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time slt_jax with one JAX CPU device per core (JAX_NUM_CPU_DEVICES, default threads): "
+                             "its chains then run on every core (default on; needs the 0 thread setting)")
     parser.add_argument("--out", default=None, help="default results/bench_vs_devinterp.json (_lm.json for lm alone; _quick.json with --quick)")
     parser.add_argument("--runner", choices=sorted(set(RUNNERS) | set(LM_RUNNERS)), help=argparse.SUPPRESS)  # internal: one subprocess
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -693,9 +708,14 @@ def main():
                 os.makedirs(folder, exist_ok=True)
                 by_mode[mode] = {runner: spawn(runner, workload, folder, args, mode, args.stat_chains if mode == stat_mode else 0)
                                  for runner in RUNNERS}
+            cores = None
+            if args.cores and 0 in modes:
+                folder = os.path.join(workdir, "cores")
+                os.makedirs(folder, exist_ok=True)
+                cores = spawn("slt_jax", workload, folder, args, 0, 0, cores_env())
             rows.append(summarize(workload, by_mode[stat_mode]))
             rows[-1]["threads"] = _threads_label(stat_mode)
-            tables.append(timing_table(workload, by_mode))
+            tables.append(timing_table(workload, by_mode, cores))
             print_summary(rows[-1])
             print_timing_table(tables[-1])
     report = {

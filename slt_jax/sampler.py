@@ -237,7 +237,8 @@ def _compiled_memory(plan: planning.Plan, group: planning.Group):
     chunk = max((c for c in planning.chunks(plan.config, 1, inputs.static.due_period) if c.recorded), key=lambda c: c.num_draws)
     chain_keys = plan.chain_keys[np.asarray(group.chains)]
     placed = (chain_keys, plan.data, inputs.centers, inputs.variants, plan.observe_data)
-    chunk_static, args = _chunk_call(placed, _Progress(inputs.carry, [], 0, 0, 0), chunk, inputs.static, None)
+    progress = _Progress(inputs.carry, [], 0, 0, 0)
+    chunk_static, args = _chunk_call(placed, progress, chunk, inputs.static, _offsets(progress, [chunk], None)[0])
     return program.compiled_chunk(args, chunk_static)[0].memory_analysis()
 
 
@@ -280,10 +281,15 @@ def _place(mesh, static: program.Static, carry: program.Carry, inputs: tuple) ->
     return carry, (spread(chain_keys, ("chain",)), spread(data), centers, spread(variants, lead[1:2]), spread(observe_data))
 
 
-def _offsets(step: int, draw: int, mesh) -> program.Offsets:
-    """A chunk's step and draw offsets, int32 scalars (whole on every device beside placed inputs)."""
-    offsets = program.Offsets(jnp.asarray(step, jnp.int32), jnp.asarray(draw, jnp.int32))
-    return offsets if mesh is None else multihost.spread(mesh, offsets)
+def _offsets(progress: "_Progress", chunks: list, mesh) -> list:
+    """Every remaining chunk's step and draw offsets, int32 scalars (whole on every device beside
+    placed inputs), placed in one transfer: per chunk, the host's share of a small model's chunk."""
+    step, draw, offsets = progress.step, progress.draw, []
+    for chunk in chunks:
+        offsets.append(program.Offsets(np.int32(step), np.int32(draw if chunk.recorded else 0)))
+        step += chunk.num_steps
+        draw += chunk.num_draws if chunk.recorded else 0
+    return jax.device_put(offsets) if mesh is None else multihost.spread(mesh, offsets)
 
 
 def _exclude_from_rate(bar, seconds: float) -> None:
@@ -304,8 +310,8 @@ class _Progress(NamedTuple):
     chunks_done: int
 
 
-def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, static: program.Static, mesh):
-    """The static settings and arguments of one chunk's program call."""
+def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, static: program.Static, start: program.Offsets):
+    """The static settings and arguments of one chunk's program call (``start``: its offsets)."""
     aligned = chunk.recorded and static.due_period > 0 and progress.draw % static.due_period == 0
     chunk_static = static._replace(num_draws=chunk.num_draws, steps_per_draw=chunk.steps_per_draw, recorded=chunk.recorded,
                                    aligned=aligned)
@@ -314,7 +320,6 @@ def _chunk_call(inputs: tuple, progress: _Progress, chunk: planning.Chunk, stati
     if not chunk.recorded:
         chunk_static = chunk_static._replace(recording=Recording(), center_cache=False)
         carry, observe_data = carry._replace(accumulator=None), None
-    start = _offsets(progress.step, progress.draw if chunk.recorded else 0, mesh)
     return chunk_static, (carry, chain_keys, data, centers, variants, start, observe_data)
 
 
@@ -352,12 +357,19 @@ def _drive(plan: planning.Plan, group_index: int, group: planning.Group, bar, re
     compile_seconds = sampling_seconds = 0.0
     diverged_at = multihost.to_host(carry.diverged_at)
     stopped_early = False
-    for index, chunk in enumerate(chunk_plan[progress.chunks_done:], start=progress.chunks_done):
+    remaining = chunk_plan[progress.chunks_done:]
+    starts = _offsets(progress, remaining, mesh)
+    executables = {}  # a group's chunks of one kind share arguments' shapes and shardings: no signature to recompute
+    for index, (chunk, start) in enumerate(zip(remaining, starts), start=progress.chunks_done):
         if np.all(diverged_at >= 0):
             stopped_early = True
             break
-        chunk_static, args = _chunk_call(placed, progress, chunk, static, mesh)
-        executable, seconds = program.compiled_chunk(args, chunk_static)
+        chunk_static, args = _chunk_call(placed, progress, chunk, static, start)
+        if chunk_static in executables:
+            executable, seconds = executables[chunk_static], 0.0
+        else:
+            executable, seconds = program.compiled_chunk(args, chunk_static)
+            executables[chunk_static] = executable
         compile_seconds += seconds
         _exclude_from_rate(bar, seconds)
         start = time.perf_counter()

@@ -184,6 +184,8 @@ def place(tree: PyTree, sharding: NamedSharding | PyTree) -> PyTree:
     """
     if isinstance(sharding, NamedSharding):
         sharding = jax.tree.map(lambda _: sharding, tree)
+    if all(where.is_fully_addressable for where in jax.tree.leaves(sharding)):
+        return jax.device_put(tree, sharding)  # one batched transfer (one process's devices)
 
     def one(x, where):
         if where.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
