@@ -97,19 +97,20 @@ def _block(x):
     return jax.tree.map(lambda a: a.block_until_ready(), x)
 
 
-def floor_scan(value_and_grad, num_chains: int, num_steps: int):
-    """The floor program: a jitted scan of ``num_steps`` calls of the chain-vmapped ``value_and_grad``."""
+def floor_scan(value_and_grad, num_chains: int, num_steps: int, per_step_batches: bool = False):
+    """The floor program: a jitted scan of ``num_steps`` calls of the chain-vmapped ``value_and_grad``,
+    on one batch ``b``, or (``per_step_batches``) on ``b[t]`` at step t."""
 
     @jax.jit
     def scanned(p, b):
-        def body(carry, _):
+        def body(carry, batch):
             p, total = carry
-            value, g = value_and_grad(p, b)
+            value, g = value_and_grad(p, b if batch is None else batch)
             # A tiny dependent update keeps XLA from hoisting the gradient out of the loop, and the
             # value is kept (summed) so that XLA cannot drop the loss computation either.
             return (jax.tree.map(lambda a, d: a - 1e-12 * d, p, g), total + value), None
 
-        return jax.lax.scan(body, (p, jnp.zeros(num_chains)), None, length=num_steps)[0]
+        return jax.lax.scan(body, (p, jnp.zeros(num_chains)), b if per_step_batches else None, length=num_steps)[0]
 
     return scanned
 

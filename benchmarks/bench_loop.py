@@ -141,16 +141,7 @@ def fresh_floor_program(loss_fn, params, data, batch_size, num_chains, num_steps
     batches = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[rows]), data)
     stacked = jax.tree.map(lambda p: jnp.broadcast_to(p, (num_chains,) + p.shape) + 0.0, params)
     value_and_grad = jax.vmap(jax.value_and_grad(lambda p, b: jnp.mean(loss_fn(p, b))))
-
-    @jax.jit
-    def scanned(p, batches):
-        def body(carry, batch):
-            p, total = carry
-            value, g = value_and_grad(p, batch)
-            return (jax.tree.map(lambda a, d: a - 1e-12 * d, p, g), total + value), None
-
-        return jax.lax.scan(body, (p, jnp.zeros(num_chains)), batches)[0]
-
+    scanned = bench_llc.floor_scan(value_and_grad, num_chains, num_steps, per_step_batches=True)
     return scanned, (stacked, batches)
 
 
