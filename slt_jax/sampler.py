@@ -358,18 +358,12 @@ def _drive(plan: planning.Plan, group_index: int, group: planning.Group, bar, re
     diverged_at = multihost.to_host(carry.diverged_at)
     stopped_early = False
     remaining = chunk_plan[progress.chunks_done:]
-    starts = _offsets(progress, remaining, mesh)
-    executables = {}  # a group's chunks of one kind share arguments' shapes and shardings: no signature to recompute
-    for index, (chunk, start) in enumerate(zip(remaining, starts), start=progress.chunks_done):
+    for index, (chunk, offsets) in enumerate(zip(remaining, _offsets(progress, remaining, mesh)), start=progress.chunks_done):
         if np.all(diverged_at >= 0):
             stopped_early = True
             break
-        chunk_static, args = _chunk_call(placed, progress, chunk, static, start)
-        if chunk_static in executables:
-            executable, seconds = executables[chunk_static], 0.0
-        else:
-            executable, seconds = program.compiled_chunk(args, chunk_static)
-            executables[chunk_static] = executable
+        chunk_static, args = _chunk_call(placed, progress, chunk, static, offsets)
+        executable, seconds = program.compiled_chunk(args, chunk_static)
         compile_seconds += seconds
         _exclude_from_rate(bar, seconds)
         start = time.perf_counter()

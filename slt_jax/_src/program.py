@@ -501,7 +501,9 @@ def compile_count() -> int:
 
 def _signature(args, static: Static) -> tuple:
     leaves, treedef = jax.tree.flatten(args)
-    shapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x))), str(getattr(x, "sharding", None))) for x in leaves)
+    # Shardings are hashable and compare by mesh and spec; their str() costs more than the call on a
+    # small model's chunk.
+    shapes = tuple((np.shape(x), str(getattr(x, "dtype", type(x))), getattr(x, "sharding", None)) for x in leaves)
     return (treedef, shapes, static)
 
 
