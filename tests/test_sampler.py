@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from types import SimpleNamespace
 
 import chex
 import jax
@@ -15,7 +16,8 @@ import pytest
 from helpers import linear_regression
 
 import slt_jax as sj
-from slt_jax._src import planning, program
+from slt_jax import kernels
+from slt_jax._src import planning, program, rng
 
 EIGENVALUES = [1.0, 0.5, 0.1, 0.0]
 CONFIG = sj.SamplerConfig(step_size=1e-3, nbeta=200.0, localization=1.0, num_chains=4, num_draws=60, batch_size=50)
@@ -488,3 +490,21 @@ def test_progress_rate_and_eta_exclude_compilation(problem, monkeypatch):
     assert elapsed <= wall - 0.9 * out.compile_seconds
     _, _, elapsed, wall = bar.seen[-1]
     assert elapsed <= wall - 0.9 * out.compile_seconds
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
+def test_step_draws_are_keyed_by_chain_and_global_step(noise):
+    # The chunk's draws, made once for all chains in the scans' (draw, chain, step) layout, are each
+    # chain's fold_in(key half, t) draws: chunking and stacking never change them.
+    static = SimpleNamespace(num_draws=3, steps_per_draw=2, bulk_noise=True, noise=noise, batch_size=5)
+    chain_keys = jax.random.split(jax.random.key(7), 4)
+    like = {"a": jax.ShapeDtypeStruct((2, 3), jnp.float32), "b": jax.ShapeDtypeStruct((5,), jnp.float32)}
+    start = program.Offsets(jnp.int32(40), jnp.int32(20))
+    draws = program.step_draws(chain_keys, like, 1000, start, static)
+    assert draws.noise.shape == (3, 4, 2, 11) and draws.rows.shape == (3, 4, 2, 5)
+    for c in (0, 3):
+        noise_key, batch_key = jax.random.split(rng.fast(chain_keys[c]))
+        for d, s in ((0, 0), (2, 1)):
+            t = 40 + 2 * d + s
+            np.testing.assert_array_equal(draws.noise[d, c, s], kernels.flat_noise(noise, jax.random.fold_in(noise_key, t), 11))
+            np.testing.assert_array_equal(draws.rows[d, c, s], jax.random.randint(jax.random.fold_in(batch_key, t), (5,), 0, 1000))

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 import numpy as np
 
 from slt_jax import kernels, restriction
@@ -335,27 +337,48 @@ def _pin(placement: Placement | None, state: SGLDState) -> SGLDState:
     return state._replace(position=pin(state.position), second_moment=pin(state.second_moment))
 
 
-def _step_inputs(chain_key: PRNGKey, position_center: Params, n: int, start: Offsets, static: Static):
-    """Per-step noise (bulk, or None: drawn inside each step), minibatch indices and global step
-    numbers, shaped ``(num_draws, steps_per_draw, ...)``; keyed ``fold_in(key, t)``, so chunking
-    never changes the draws. A threefry key draws through ``rng.FAST_THREEFRY``: the same bits."""
-    noise_key, batch_key = jax.random.split(rng.fast(chain_key))
-    num_steps = static.num_draws * static.steps_per_draw
-    steps = start.step + jnp.arange(num_steps, dtype=jnp.int32)
+def chunk_steps(start: Offsets, static: Static) -> Array:
+    """The chunk's global step numbers, ``(num_draws, steps_per_draw)`` int32."""
+    steps = start.step + jnp.arange(static.num_draws * static.steps_per_draw, dtype=jnp.int32)
+    return steps.reshape(static.num_draws, static.steps_per_draw)
+
+
+class StepDraws(NamedTuple):
+    """A chunk's random draws for the chains of a group, keyed ``fold_in(key, t)`` by global step t
+    (so chunking never changes them) from the halves of ``split(fast(chain_key))``, step-major:
+    ``(num_draws, chains, steps_per_draw, ...)``, the layout the chunk's scans read."""
+
+    noise_keys: PRNGKey  # (chains,): the noise drawn inside each step (when not in bulk)
+    noise: Array | None  # (num_draws, chains, steps_per_draw, size) ``kernels.flat_noise``; None: drawn in the step
+    rows: Array  # (num_draws, chains, steps_per_draw, batch_size) int32 minibatch rows; batch_size 0: full batch
+
+
+def step_draws(chain_keys: PRNGKey, noise_like: Params, n: int, start: Offsets, static: Static) -> StepDraws:
+    """The chunk's ``StepDraws`` for ``chain_keys`` (chains,); ``noise_like``: one chain's position's
+    shapes and dtypes (``jax.ShapeDtypeStruct`` leaves)."""
+    noise_keys, batch_keys = jax.vmap(lambda key: jax.random.split(rng.fast(key)), out_axes=1)(chain_keys)
+
+    def per_step(keys, draw):  # draw(fold_in(key, t)) for every (draw, chain, step of the draw)
+        over_steps = jax.vmap(lambda t, key: draw(jax.random.fold_in(key, t)), in_axes=(0, None))
+        over_chains = jax.vmap(over_steps, in_axes=(None, 0))
+        return jax.vmap(over_chains, in_axes=(0, None))(chunk_steps(start, static), keys)
+
     noise = None
-    if static.bulk_noise:
-        noise = jax.vmap(lambda t: kernels.tree_noise(static.noise, jax.random.fold_in(noise_key, t), position_center))(steps)
-    if static.batch_size == n:
-        indices = jnp.zeros((num_steps, 0), jnp.int32)  # full batch: every step sees all the data
+    if static.bulk_noise:  # flat (``kernels.flat_noise``); each step unravels its own
+        leaves = jax.tree.leaves(noise_like)
+        size, dtype = sum(math.prod(x.shape) for x in leaves), jnp.result_type(*(x.dtype for x in leaves))
+        noise = per_step(noise_keys, lambda key: kernels.flat_noise(static.noise, key, size, dtype))
+    if static.batch_size == n:  # full batch: every step sees all the data
+        rows = jnp.zeros((static.num_draws, chain_keys.shape[0], static.steps_per_draw, 0), jnp.int32)
     else:
-        indices = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(batch_key, t), (static.batch_size,), 0, n))(steps)
-    reshape = lambda x: x.reshape((static.num_draws, static.steps_per_draw) + x.shape[1:])
-    return noise_key, jax.tree.map(reshape, (noise, indices, steps))
+        rows = per_step(batch_keys, lambda key: jax.random.randint(key, (static.batch_size,), 0, n))
+    return StepDraws(noise_keys, noise, rows)
 
 
-def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs, variant: VariantInputs, start: Offsets,
+def chain_chunk(carry: Carry, draws: StepDraws, data: Batch, at: CenterInputs, variant: VariantInputs, start: Offsets,
                 observe_data: PyTree, static: Static):
-    """Runs ``num_draws * steps_per_draw`` steps of ONE chain of ONE configuration."""
+    """Runs ``num_draws * steps_per_draw`` steps of ONE chain of ONE configuration with its ``draws``
+    (``step_draws`` of one chain: the chain axis taken out)."""
     n = jax.tree.leaves(data)[0].shape[0]
     layout, offsets, hyper = static.layout, variant.offsets, variant.hyper
     position_center = restriction.extract(layout, offsets, at.center)
@@ -365,10 +388,14 @@ def chain_chunk(carry: Carry, chain_key: PRNGKey, data: Batch, at: CenterInputs,
     kernel = kernels.build_kernel(lambda position, batch: restricted(position, batch, (at.center, offsets)),
                                   preconditioner=static.preconditioner, noise=static.noise)
     step_kernel = lambda *args: kernel(*args, diagnostics=False)
-    noise_key, (noise, indices, steps) = _step_inputs(chain_key, position_center, n, start, static)
+    noise_key, noise, indices = draws
+    steps = chunk_steps(start, static)
+    unravel = ravel_pytree(position_center)[1]
 
     def one_step(kernel, state, diverged_at, step_noise, step_indices, step):
         batch = data if static.batch_size == n else take_rows(data, step_indices)
+        if step_noise is not None:  # a flat bulk draw
+            step_noise = unravel(step_noise)
         new_state, info = kernel(jax.random.fold_in(noise_key, step), state, batch, position_center, hyper, step_noise)
         new_state = _pin(static.placement, new_state)
         diverged_at = jnp.where((diverged_at < 0) & ~jnp.isfinite(info.loss), step, diverged_at)
@@ -462,15 +489,29 @@ def periodic_scan(body: Callable, carry, xs, length: int, period: int):
 
 def _chunk(carry, chain_keys, data, centers: CenterInputs, variants: VariantInputs, start: Offsets, observe_data, *,
            static: Static):
-    def run(c, k, at, variant):
-        return chain_chunk(c, k, data, at, variant, start, observe_data, static)
+    # A chain's draws depend on its key alone: every centre and variant of the chain takes the same
+    # noise and the same minibatch rows. They are drawn once per chain, step-major (the layout the
+    # scans read: no transposed copy of them). The rows are broadcast over the centre and variant
+    # axes, so that the minibatch carries every vmapped axis the position carries: JAX then batches
+    # the gradient's products over the same axes on both operands. Rows shared by those axes left
+    # them as free dimensions of the products, which XLA:CPU met with transposed copies of the
+    # activations (two of the four weight-gradient products of the benchmark DLN, five with three
+    # variants; README, "Speed").
+    n = jax.tree.leaves(data)[0].shape[0]
+    noise_like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[3:], x.dtype), carry.state.position)
+    draws = step_draws(chain_keys, noise_like, n, start, static)
+    draws = draws._replace(rows=jnp.broadcast_to(draws.rows, carry.diverged_at.shape[:2] + draws.rows.shape))
+
+    def run(c, d, at, variant):
+        return chain_chunk(c, d, data, at, variant, start, observe_data, static)
 
     # The vmapped axes are named after the mesh axes they are split over (for ``_pin``'s constraints).
     placement = static.placement or Placement(None, None, None, ())
-    per_chain = jax.vmap(run, in_axes=(0, 0, None, None), spmd_axis_name=placement.chain_axis)
-    per_variant = jax.vmap(per_chain, in_axes=(0, None, None, 0), spmd_axis_name=placement.variant_axis)
-    per_center = jax.vmap(per_variant, in_axes=(0, None, 0, None), spmd_axis_name=placement.center_axis)
-    return per_center(carry, chain_keys, centers, variants)
+    shared = StepDraws(None, None, 0)  # per centre / variant: only the broadcast rows have the axis
+    per_chain = jax.vmap(run, in_axes=(0, StepDraws(0, 1, 1), None, None), spmd_axis_name=placement.chain_axis)
+    per_variant = jax.vmap(per_chain, in_axes=(0, shared, None, 0), spmd_axis_name=placement.variant_axis)
+    per_center = jax.vmap(per_variant, in_axes=(0, shared, 0, None), spmd_axis_name=placement.center_axis)
+    return per_center(carry, draws, centers, variants)
 
 
 _chunk_jit = jax.jit(_chunk, static_argnames=("static",), donate_argnums=(0,))
