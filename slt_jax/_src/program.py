@@ -496,7 +496,7 @@ def _chunk(carry, chain_keys, data, centers: CenterInputs, variants: VariantInpu
     # the gradient's products over the same axes on both operands. Rows shared by those axes left
     # them as free dimensions of the products, which XLA:CPU met with transposed copies of the
     # activations (two of the four weight-gradient products of the benchmark DLN, five with three
-    # variants; README, "Speed").
+    # variants; README, "Tests and benchmarks").
     n = jax.tree.leaves(data)[0].shape[0]
     noise_like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[3:], x.dtype), carry.state.position)
     draws = step_draws(chain_keys, noise_like, n, start, static)
