@@ -7,6 +7,7 @@ that budget and records the trace of nβ (L_B(w_t) - L_n(w*)) in windows, so tha
 and whether it levels off, and at what value, for each sampler:
 
   sgld:      plain SGLD (``slt_jax.run_chains``) at the given ε;
+  lm:        plain SGLD with ``scheme="leimkuhler-matthews"`` (docs/conventions.md §1) at the given ε;
   rmsprop:   RMSProp-SGLD (``slt_jax.run_chains``, ``Preconditioner("rmsprop_sgld", 0.99, 1e-4, 1, True)``: eps 1e-4, as in
              docs/conventions.md §4);
   layerwise: SGLD with a constant per-layer step size ε_l = c / a_l, a_l = nβ h_l + γ and h_l the top
@@ -106,11 +107,11 @@ def layerwise_losses(model: dict, nbeta: float, gamma: float, c: float, steps: i
 
 
 def library_losses(model: dict, nbeta: float, gamma: float, sampler: str, step_size: float, steps: int, key, num_chains: int):
-    preconditioner = "sgld" if sampler == "sgld" else sj.Preconditioner("rmsprop_sgld", 0.99, 1e-4, 1.0, True)
+    preconditioner = "sgld" if sampler in ("sgld", "lm") else sj.Preconditioner("rmsprop_sgld", 0.99, 1e-4, 1.0, True)
     config = sj.SamplerConfig(
         step_size=step_size, localization=gamma, nbeta=nbeta, batch_size=scale.BATCH_SIZE,
         num_chains=num_chains, num_burnin=0, num_draws=steps // EVERY, num_steps_between_draws=EVERY, mala_every=0,
-        diagnostics_every=100, preconditioner=preconditioner,
+        diagnostics_every=100, preconditioner=preconditioner, scheme="leimkuhler-matthews" if sampler == "lm" else "euler",
     )
     chains = sj.run_chains(scale.loss_fn, [model["params"]], model["data"], config, key=key, progress=False)
     settings = dict(preconditioner=config.to_dict()["preconditioner"], diverged=[bool(d) for d in np.asarray(chains.diverged)[0]])
@@ -127,8 +128,8 @@ def run(spec: str, num_chains: int, windows: int, seed: int) -> dict:
     gamma = float(fields[5]) if len(fields) == 6 else scale.LOCALIZATION
     if class_name not in scale.CLASSES:
         raise SystemExit(f"--runs: class {class_name!r}; choose from {list(scale.CLASSES)}")
-    if sampler not in ("sgld", "rmsprop", "layerwise"):
-        raise SystemExit(f"--runs: sampler {sampler!r}; use sgld, rmsprop or layerwise")
+    if sampler not in ("sgld", "lm", "rmsprop", "layerwise"):
+        raise SystemExit(f"--runs: sampler {sampler!r}; use sgld, lm, rmsprop or layerwise")
     class_spec = dict(scale.CLASSES[class_name])
     model = scale.make_model(seed, list(scale.CLASSES).index(class_name), index, class_spec)
     nbeta = sj.default_nbeta(class_spec["n"])

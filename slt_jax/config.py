@@ -27,7 +27,7 @@ import pathlib
 import jax
 import numpy as np
 
-from slt_jax.kernels import Preconditioner, check_compute_dtype, check_noise, get_preconditioner
+from slt_jax.kernels import Preconditioner, check_compute_dtype, check_noise, check_scheme, get_preconditioner
 from slt_jax._src.validation import check_positive_int
 
 __all__ = ["SamplerConfig", "default_nbeta", "batch_nbeta", "NbetaConventionWarning", "check_names", "unknown_names",
@@ -159,6 +159,12 @@ class SamplerConfig:
         noise: ``"gaussian"`` (ξ ~ N(0, I)) or ``"rademacher"`` (independent ±1 increments, the
             simplified weak Euler scheme: the same stationary mean and covariance on a quadratic,
             cheaper to draw; docs/conventions.md §1, "Two-point noise").
+        scheme: ``"euler"`` (Euler-Maruyama, the update of docs/conventions.md §1, as in devinterp)
+            or ``"leimkuhler-matthews"``: the noise term uses the mean of this step's increment and
+            the last one's (one more carried vector per chain); its step-size bias is second order in ε (exact on a
+            quadratic with full batches), so the figures of ``step_size="auto"`` and the health
+            report's predicted bias, which are Euler's, bound it from above (docs/conventions.md §1,
+            "The Leimkuhler-Matthews scheme").
         init_loss_examples: L_n(w*) from a subsample of this many examples (at least 2; a fixed,
             uniform draw without replacement, seeded by the run's key, the same at every centre),
             where the estimate needs L_n(w*) (``loss_estimator="minibatch"`` or ``"full"``,
@@ -184,6 +190,7 @@ class SamplerConfig:
     memory_budget: int | None = None
     compute_dtype: str = "float32"
     noise: str = "gaussian"
+    scheme: str = "euler"
     init_loss_examples: int | None = None
 
     def __post_init__(self):
@@ -205,6 +212,7 @@ class SamplerConfig:
                 set_(name, check_positive_int(getattr(self, name), name, minimum))
         check_compute_dtype(self.compute_dtype)
         check_noise(self.noise)
+        check_scheme(self.scheme)
         preconditioner = get_preconditioner(self.preconditioner)
         # Store the name when it is a named default, so the config prints and serialises simply.
         set_("preconditioner", preconditioner.name if preconditioner == get_preconditioner(preconditioner.name) else preconditioner)

@@ -12,7 +12,14 @@ with ε_t = ε for plain SGLD and ε_t = ε / (sqrt(v̂_t) + eps) for RMSProp-SG
 statistics v are fed by the loss gradient g only (never by the localization term); the moment and its
 bias correction are optax's (``optax.tree.update_moment_per_elem_norm``, ``optax.tree.bias_correction``).
 The increments ξ are standard normal by default, or independent ±1 signs (``noise="rademacher"``, the
-simplified weak Euler scheme: same mean and covariance). ``mixed_precision`` wraps a loss so that its
+simplified weak Euler scheme: same mean and covariance).
+
+That is the Euler-Maruyama step (``scheme="euler"``, the default, as in devinterp). With
+``scheme="leimkuhler-matthews"`` the noise term is sqrt(ε_t) ⊙ (ξ_t + ξ_{t-1}) / 2, the mean of this
+step's increment and the previous one's (Leimkuhler & Matthews 2013, the BAOAB limit method): one
+gradient and one draw per step as before, one more position-sized vector carried, and on a quadratic
+potential with full batches the stationary covariance is exactly the target's at every stable ε
+(Euler's is (A(I - εA/4))⁻¹); elsewhere its step-size bias is second order in ε. ``mixed_precision`` wraps a loss so that its
 forward and backward passes run in bfloat16 while its values, the chain and every statistic stay float32.
 
 The position is whatever the chain moves: the whole params pytree, or only a component's coordinates
@@ -53,6 +60,7 @@ __all__ = [
     "potential",
     "mala_log_acceptance",
     "NOISES",
+    "SCHEMES",
     "tree_normal",
     "tree_rademacher",
     "tree_noise",
@@ -137,11 +145,14 @@ class SGLDState(NamedTuple):
         position: the coordinates the chain moves (a params pytree, possibly with ``None`` leaves).
         second_moment: RMSProp's running mean of g² (like the position), or ``None`` for plain SGLD.
         count: the number of steps taken, int32 scalar.
+        previous_noise: the last step's increments ξ (like the position; zeros before the first
+            step) under ``scheme="leimkuhler-matthews"``, else ``None``.
     """
 
     position: Params
     second_moment: PyTree | None
     count: Array
+    previous_noise: Params | None
 
 
 class SGLDInfo(NamedTuple):
@@ -186,14 +197,15 @@ def mean_loss(loss_fn: LossFn, params: Params, batch: Batch) -> Array:
     return jnp.mean(loss_fn(params, batch))
 
 
-def init(position: Params, preconditioner: str | Preconditioner = "sgld") -> SGLDState:
+def init(position: Params, preconditioner: str | Preconditioner = "sgld", scheme: str = "euler") -> SGLDState:
     """Initial state at ``position`` (usually w*, or a component's piece of it)."""
     preconditioner = get_preconditioner(preconditioner)
     if preconditioner.adaptive:
         second_moment = optax.tree.full_like(position, preconditioner.initial_second_moment)
     else:
         second_moment = None
-    return SGLDState(position, second_moment, jnp.zeros((), jnp.int32))
+    previous_noise = optax.tree.zeros_like(position) if check_scheme(scheme) == "leimkuhler-matthews" else None
+    return SGLDState(position, second_moment, jnp.zeros((), jnp.int32), previous_noise)
 
 
 def step_sizes(preconditioner: Preconditioner, state: SGLDState, grad: Params, step_size: Array):
@@ -229,6 +241,8 @@ def sgld_update(
         loss: L_B(w_t), scalar.
         grad: ∇L_B(w_t), like the position.
         noise: ξ_t, mean 0 and variance 1 per coordinate (N(0, I), or ±1 signs), like the position.
+            A state that carries ``previous_noise`` (``scheme="leimkuhler-matthews"``) steps with
+            (ξ_t + ξ_{t-1}) / 2 and keeps ξ_t for the next step.
         center: w* restricted to the chain's coordinates, like the position.
         hyper: the hyperparameters (scalars).
         preconditioner: the static preconditioner description.
@@ -247,7 +261,11 @@ def sgld_update(
     drift = jax.tree.map(
         lambda g, d, w: hyper.nbeta * g + hyper.localization * d + hyper.weight_decay * w, grad, displacement, position
     )
-    scaled_noise = jax.tree.map(lambda e, xi: jnp.sqrt(e) * xi, sizes, noise)
+    increments = noise
+    if state.previous_noise is not None:  # Leimkuhler-Matthews: the mean of this and the last increment
+        increments = jax.tree.map(lambda now, before: 0.5 * (now + before), noise, state.previous_noise)
+        unit_noise = False
+    scaled_noise = jax.tree.map(lambda e, xi: jnp.sqrt(e) * xi, sizes, increments)
     new_position = jax.tree.map(lambda w, e, dr, xi: w - 0.5 * e * dr + xi, position, sizes, drift, scaled_noise)
 
     def noise_norm():
@@ -264,7 +282,8 @@ def sgld_update(
 
     grad_norm, localization_norm, noise_norm, distance = _when(diagnostics, norms, (_NAN,) * 4)
     info = SGLDInfo(loss.astype(jnp.float32), grad_norm, localization_norm, noise_norm, distance, _NAN)
-    return SGLDState(new_position, second_moment, state.count + 1), info
+    previous_noise = None if state.previous_noise is None else noise
+    return SGLDState(new_position, second_moment, state.count + 1, previous_noise), info
 
 
 def potential(loss: Array, position: Params, center: Params, hyper: Hyperparameters) -> Array:
@@ -324,11 +343,12 @@ def build_kernel(loss_fn: LossFn, *, preconditioner: str | Preconditioner = "sgl
 
     Returns:
         ``kernel(rng_key, state, batch, center, hyper, noise=None, *, diagnostics=True, mala=False)
-        -> (SGLDState, SGLDInfo)``. ``noise`` (mean 0, variance 1, like the position, of the kernel's
+        -> (SGLDState, SGLDInfo)``; the scheme is the state's (``init(..., scheme=...)``). ``noise`` (mean 0, variance 1, like the position, of the kernel's
         kind: the diagnostics take ±1 signs' norm without reading them) replaces the draw from ``rng_key``. ``diagnostics`` computes the ``SGLDInfo`` norms; ``mala`` also computes
         the MALA acceptance probability of a Gaussian proposal from the step's position (one more
-        gradient, on the same batch): the step's own proposal under Gaussian noise; under
-        ``"rademacher"`` noise a Gaussian proposal drawn for the diagnostic only (from
+        gradient, on the same batch): the step's own proposal under Gaussian noise and the Euler
+        scheme; otherwise (two-point noise, or the Leimkuhler-Matthews step, whose increment is not
+        drawn afresh from the state) a Gaussian Euler proposal drawn for the diagnostic only (from
         ``fold_in(rng_key, 1)``; the chain does not take it), so it still measures how far ε is from
         the continuous dynamics at the states the chain visits (docs/conventions.md §4). Either flag
         may be a traced bool scalar: only the extra work then sits in a ``lax.cond``.
@@ -358,9 +378,11 @@ def build_kernel(loss_fn: LossFn, *, preconditioner: str | Preconditioner = "sgl
         def acceptance():
             sizes = _per_leaf(step_sizes(preconditioner, state, grad, hyper.step_size)[0], state.position)
             proposal = new_state.position
-            if noise_kind != "gaussian":  # MALA's proposal density is Gaussian: propose with Gaussian noise
+            if noise_kind != "gaussian" or state.previous_noise is not None:
+                # MALA's proposal density is that of a Gaussian Euler step: propose one for the diagnostic
                 gaussian = tree_normal(jax.random.fold_in(rng_key, 1), state.position)
-                proposal = sgld_update(state, loss, grad, gaussian, center, hyper, preconditioner, False)[0].position
+                euler = state._replace(previous_noise=None)
+                proposal = sgld_update(euler, loss, grad, gaussian, center, hyper, preconditioner, False)[0].position
             proposal_loss, proposal_grad = value_and_grad(proposal, batch)
             log_accept = mala_log_acceptance(
                 state.position,
@@ -407,6 +429,16 @@ def flat_noise(kind: str, rng_key: PRNGKey, size: int, dtype=jnp.float32) -> Arr
 
 
 NOISES = ("gaussian", "rademacher")
+SCHEMES = ("euler", "leimkuhler-matthews")
+
+
+def check_scheme(scheme) -> str:
+    """``scheme`` if it names an SGLD discretisation (``SCHEMES``), else a ``ValueError`` naming the fix."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme={scheme!r} is not an SGLD discretisation; use 'euler' (the default, Euler-Maruyama "
+                         "as in devinterp) or 'leimkuhler-matthews' (step-size bias second order in ε, exact on a "
+                         "quadratic with full batches; docs/conventions.md §1).")
+    return scheme
 
 
 def check_noise(noise) -> str:

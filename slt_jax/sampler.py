@@ -199,10 +199,11 @@ def _start_state(plan: planning.Plan, group: planning.Group, centers: Params, of
     layout = plan.variants[group.variants[0]].restriction.layout
     num_k, num_v, num_c = len(group.centers), len(group.variants), len(group.chains)
     start = jax.vmap(lambda c: jax.vmap(lambda o: restriction.extract(layout, o, c), axis_size=num_v)(offsets))(centers)
-    state = kernels.init(start, plan.config.preconditioner_spec)
+    state = kernels.init(start, plan.config.preconditioner_spec, plan.config.scheme)
     per_chain = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x[:, :, None], (num_k, num_v, num_c) + x.shape[2:]), tree)
     return SGLDState(per_chain(state.position), per_chain(state.second_moment),
-                     jnp.broadcast_to(state.count, (num_k, num_v, num_c) + jnp.shape(state.count)))
+                     jnp.broadcast_to(state.count, (num_k, num_v, num_c) + jnp.shape(state.count)),
+                     per_chain(state.previous_noise))
 
 
 def _group_inputs(plan: planning.Plan, group: planning.Group) -> _GroupInputs:
@@ -274,7 +275,7 @@ def _place(mesh, static: program.Static, carry: program.Carry, inputs: tuple) ->
     lead = (where.center_axis, where.variant_axis, where.chain_axis)
     spread = functools.partial(multihost.spread, mesh)
     state = SGLDState(spread(carry.state.position, lead, params=True), spread(carry.state.second_moment, lead, params=True),
-                      spread(carry.state.count, lead))
+                      spread(carry.state.count, lead), spread(carry.state.previous_noise, lead, params=True))
     carry = program.Carry(state, spread(carry.accumulator, lead), spread(carry.diverged_at, lead))
     centers = program.CenterInputs(spread(centers.center, lead[:1], params=True), spread(centers.init_loss, lead[:1]),
                                    spread(centers.center_cache, lead[:1]))

@@ -87,6 +87,11 @@ def _estimates() -> dict:
                            key=KEY, progress=False, loss_estimator="paired")
     out["wide_llc"] = wide.llc_per_chain.tolist()
     out["wide_placement"] = [_placement(run) for run in RUNS]
+    # The Leimkuhler-Matthews state carries the last increments, sliced over the model axis like the position.
+    wide_lm = sj.estimate_llc(wide_loss, wide_params, wide_data,
+                              CONFIG.replace(step_size=1e-5, nbeta=20.0, localization=100.0, scheme="leimkuhler-matthews"),
+                              key=KEY, progress=False, loss_estimator="paired")
+    out["wide_lm_llc"] = wide_lm.llc_per_chain.tolist()
     return out
 
 

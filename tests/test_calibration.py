@@ -224,6 +224,42 @@ def test_auto_step_size_on_normal_crossing_table(exponents, nbeta):
     assert abs(result.llc_mean - reference) < 4 * stderr + 1.5 * BIAS_TOLERANCE * reference, (result.llc_mean, stderr)
 
 
+# Issue 21: at a normal crossing the pilot chains sometimes stay near w*, where the gradients vanish,
+# and anchor the grid far too high. Measured (auto, this test's settings, keys 3-8, 24 runs): 9 first
+# grids had no passing setting and the fallback chose their largest non-divergent ε: on key 6 the grid
+# ran 9.8e-4 to 3.1e-2, every setting failed the bias check (8.6% to 138%), and the fallback's ε =
+# 0.0156 read +67% with 28 of 32 chains diverged. Such a grid is now extended below itself once.
+def test_grid_that_fails_only_for_large_steps_is_extended_downward():
+    from slt_jax.calibration.driver import _lower_grid
+
+    grid = Grid(np.array([1e-3, 2e-3, 4e-3]), np.full(3, 100.0), np.ones(3))
+    metrics = {"relative_bias": np.array([0.2, 0.4, np.nan])}
+    verdict = Verdict(metrics, [["bias"], ["bias", "mala"], ["divergence"]], np.zeros(3, bool), np.ones(3, bool))
+    lower = _lower_grid(grid, verdict, np.array([False, False, True]), Rule(), 4)
+    # top = 1e-3 x 0.05 / 0.2, then factors of 2 below, at the grid's nβ and γ
+    np.testing.assert_allclose(lower.step_size, 2.5e-4 * 2.0 ** -np.arange(4)[::-1])
+    assert set(lower.nbeta) == {100.0} and set(lower.localization) == {1.0}
+    # a setting that fails for another reason (here, levelling off) is not fixed by smaller steps
+    slow = verdict._replace(problems=[["equilibration"], ["bias"], ["divergence"]])
+    assert _lower_grid(grid, slow, np.array([False, False, True]), Rule(), 4) is None
+    two_groups = grid._replace(nbeta=np.array([10.0, 100.0, 100.0]))
+    assert _lower_grid(two_groups, verdict, np.array([False, False, True]), Rule(), 4) is None
+
+
+def test_auto_step_size_extends_a_grid_anchored_too_high_at_a_normal_crossing():
+    loss_fn = lambda w, batch: w[0] ** 2 * w[1] ** 2
+    config = sj.SamplerConfig(step_size="auto", nbeta=100.0, localization=1.0, num_chains=32, num_draws=2000,
+                              num_steps_between_draws=10, num_burnin=2000, batch_size=1, mala_every=0)
+    result = sj.estimate_llc(loss_fn, jnp.zeros(2), jnp.zeros((1, 1)), config, key=6, progress=False)
+    calibration = result.chains.settings["calibration"]
+    assert calibration["reason"].startswith("The first grid (0.000977 to 0.0312) had no passing setting")
+    assert "Recommended" in calibration["reason"] and not result.diverged.any()
+    assert max(calibration["step_sizes"]) < 0.000977
+    stderr = result.llc_std / np.sqrt(32)
+    reference = theory.NORMAL_CROSSING_REFERENCE[(1, 1)][100.0]
+    assert abs(result.llc_mean - reference) < 4 * stderr + 1.5 * BIAS_TOLERANCE * reference, (result.llc_mean, stderr)
+
+
 def test_calibrate_validates_arguments_before_compiling():
     params, data, _, _ = regression()
     common = dict(key=0, progress=False)

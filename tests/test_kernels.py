@@ -151,3 +151,49 @@ def test_rmsprop_uses_optax_moment_helpers():
 def test_unknown_preconditioner_is_rejected():
     with pytest.raises(ValueError, match="preconditioner='adam'"):
         kernels.get_preconditioner("adam")
+
+
+def test_leimkuhler_matthews_steps_with_the_mean_of_two_increments():
+    # scheme="leimkuhler-matthews": w_{t+1} = w_t - (ε/2)∇U + sqrt(ε)(ξ_t + ξ_{t-1})/2, ξ_{-1} = 0.
+    w = jnp.array([1.0, -2.0, 0.5])
+    center = jnp.zeros(3)
+    g = jnp.array([0.3, 0.1, -0.2])
+    xi0, xi1 = jnp.array([0.7, -1.1, 0.2]), jnp.array([-0.4, 0.9, 1.3])
+    hyper = kernels.hyperparameters(step_size=0.01, nbeta=50.0, localization=3.0)
+    pre = kernels.get_preconditioner("sgld")
+    state = kernels.init(w, pre, "leimkuhler-matthews")
+    chex.assert_trees_all_equal(state.previous_noise, jnp.zeros(3))
+    assert kernels.init(w, pre).previous_noise is None  # the Euler step carries nothing more
+    first, info = kernels.sgld_update(state, jnp.zeros(()), g, xi0, center, hyper, pre)
+    drift = lambda x: 50.0 * g + 3.0 * (x - center)
+    expected = w - 0.005 * drift(w) + 0.1 * 0.5 * xi0
+    np.testing.assert_allclose(first.position, expected, rtol=1e-6)
+    np.testing.assert_allclose(first.previous_noise, xi0)
+    np.testing.assert_allclose(info.noise_norm, np.linalg.norm(0.05 * xi0), rtol=1e-6)
+    second, _ = kernels.sgld_update(first, jnp.zeros(()), g, xi1, center, hyper, pre)
+    np.testing.assert_allclose(second.position, expected - 0.005 * drift(expected) + 0.1 * 0.5 * (xi0 + xi1), rtol=1e-6)
+    # Two-point signs: the noise norm is read (the mean of two signs is 0 or ±1, not always 1).
+    signs = jnp.array([1.0, -1.0, 1.0])
+    lm = kernels.sgld_update(first, jnp.zeros(()), g, signs, center, hyper, pre, unit_noise=True)[1]
+    np.testing.assert_allclose(lm.noise_norm, np.linalg.norm(0.05 * (xi0 + signs)), rtol=1e-6)
+
+
+def test_leimkuhler_matthews_mala_diagnostic_proposes_a_gaussian_euler_step():
+    # The LM step's increment is not drawn afresh from the state, so the MALA diagnostic proposes a
+    # Gaussian Euler step from fold_in(key, 1) instead, as for two-point noise.
+    loss_fn = lambda w, batch: 0.5 * jnp.sum((batch - w[None]) ** 2, axis=-1)
+    hyper = kernels.hyperparameters(1e-2, 10.0, 1.0)
+    batch = jnp.zeros((4, 3))
+    kernel = kernels.build_kernel(loss_fn)
+    state = kernels.init(jnp.ones(3), "sgld", "leimkuhler-matthews")._replace(previous_noise=jnp.full(3, 5.0))
+    lm = kernel(jax.random.key(1), state, batch, jnp.zeros(3), hyper, mala=True)[1].mala_acceptance
+    # The same Gaussian proposal, taken by hand from an Euler state with the diagnostic's key.
+    euler = kernels.init(jnp.ones(3))
+    noise = kernels.tree_normal(jax.random.fold_in(jax.random.key(1), 1), euler.position)
+    by_hand = kernel(jax.random.key(1), euler, batch, jnp.zeros(3), hyper, noise, mala=True)[1].mala_acceptance
+    np.testing.assert_allclose(lm, by_hand, rtol=1e-6)
+
+
+def test_unknown_scheme_is_rejected_naming_the_choices():
+    with pytest.raises(ValueError, match="scheme='heun'.*'euler'.*'leimkuhler-matthews'"):
+        kernels.init(jnp.zeros(2), "sgld", "heun")

@@ -69,7 +69,7 @@ def test_every_layout_gives_the_numbers_of_one_device(runs):
     for name, layout in layouts:
         result = runs[name][layout]
         assert result["compiles"] == reference["compiles"], (name, layout)  # the second chunk reuses the first's program
-        for field in ("llc", "loss", "chi_per_chain", "wide_llc"):
+        for field in ("llc", "loss", "chi_per_chain", "wide_llc", "wide_lm_llc"):
             np.testing.assert_allclose(np.array(result[field]), np.array(reference[field]), rtol=1e-5, atol=1e-6,
                                        err_msg=f"{name} {layout} {field}")
 

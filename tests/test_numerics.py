@@ -61,19 +61,24 @@ def test_bad_noise_and_compute_dtype_names_raise_when_the_config_is_built():
         sj.SamplerConfig(**base, compute_dtype="float16")
     with pytest.raises(ValueError, match="noise="):
         kernels.build_kernel(lambda w, b: w, noise="uniform")
+    with pytest.raises(ValueError, match=r"scheme='lm'.*'euler'.*'leimkuhler-matthews'"):
+        sj.SamplerConfig(**base, scheme="lm")
     assert sj.compile_count() == before
 
 
 def test_config_with_both_options_round_trips():
     config = sj.SamplerConfig(step_size=1e-3, localization=1.0, num_draws=10, batch_size=10, compute_dtype="bfloat16",
-                              noise="rademacher")
+                              noise="rademacher", scheme="leimkuhler-matthews")
     assert sj.SamplerConfig.from_dict(config.to_dict()) == config
     assert config.to_dict()["compute_dtype"] == "bfloat16" and config.to_dict()["noise"] == "rademacher"
-    assert sj.SamplerConfig(step_size=1e-3, localization=1.0, num_draws=10, batch_size=10).noise == "gaussian"
+    assert config.to_dict()["scheme"] == "leimkuhler-matthews"
+    default = sj.SamplerConfig(step_size=1e-3, localization=1.0, num_draws=10, batch_size=10)
+    assert default.noise == "gaussian" and default.scheme == "euler"
 
 
-def _stationary_moments(noise: str, key: int):
-    """Full-batch SGLD on L - L* = ½ δᵀHδ: each chain's time-averaged mean and covariance of δ."""
+def _stationary_moments(noise: str, key: int, scheme: str = "euler"):
+    """Full-batch SGLD on L - L* = ½ δᵀHδ: each chain's time-averaged mean and covariance of δ, and
+    the scheme's exact stationary covariance."""
     h = jnp.asarray([[1.0, 0.3], [0.3, 0.5]])
     loss_fn = lambda w, batch: 0.5 * (w @ h @ w) * jnp.ones(batch.shape[0])
     nbeta, gamma, eps, steps, chains = 20.0, 1.0, 0.02, 20000, 16
@@ -86,22 +91,31 @@ def _stationary_moments(noise: str, key: int):
                               diagnostics=False)
             return state, state.position
 
-        return jax.lax.scan(step, kernels.init(jnp.zeros(2)), jnp.arange(steps))[1][steps // 10:]
+        return jax.lax.scan(step, kernels.init(jnp.zeros(2), "sgld", scheme), jnp.arange(steps))[1][steps // 10:]
 
     draws = np.asarray(jax.jit(jax.vmap(chain))(jax.random.split(jax.random.key(key), chains)), np.float64)
     a = nbeta * np.asarray(h, np.float64) + gamma * np.eye(2)
-    exact = np.linalg.inv(a @ (np.eye(2) - eps * a / 4))  # docs/conventions.md §2
+    # Euler: (A(I - εA/4))⁻¹ (docs/conventions.md §2); Leimkuhler-Matthews: A⁻¹, the target's, at any stable ε.
+    exact = np.linalg.inv(a @ (np.eye(2) - eps * a / 4)) if scheme == "euler" else np.linalg.inv(a)
     means = draws.mean(axis=1)
     covariances = np.einsum("cti,ctj->cij", draws, draws) / draws.shape[1]
     return means, covariances, exact
 
 
-@pytest.mark.parametrize("noise", ["gaussian", "rademacher"])
-def test_stationary_mean_and_covariance_of_a_quadratic_are_exact_for_either_noise(noise):
-    means, covariances, exact = _stationary_moments(noise, key=0)
+# ε = 0.02 against a_max = 23.8: Euler's stationary variance along the stiffest direction is 13.5% above
+# the target's, the Leimkuhler-Matthews step's is the target's (either noise: only the increments'
+# mean, variance and independence enter).
+@pytest.mark.parametrize("noise,scheme", [("gaussian", "euler"), ("rademacher", "euler"),
+                                          ("gaussian", "leimkuhler-matthews"), ("rademacher", "leimkuhler-matthews")])
+def test_stationary_mean_and_covariance_of_a_quadratic_are_exact_for_either_noise(noise, scheme):
+    means, covariances, exact = _stationary_moments(noise, key=0, scheme=scheme)
     se = lambda x: x.std(axis=0, ddof=1) / np.sqrt(x.shape[0])
     assert np.all(np.abs(means.mean(axis=0)) < Z * se(means)), (means.mean(axis=0), se(means))
     assert np.all(np.abs(covariances.mean(axis=0) - exact) < Z * se(covariances)), (covariances.mean(axis=0), exact)
+    if scheme == "leimkuhler-matthews":  # and the Euler value is resolved as wrong for this scheme
+        a = 20.0 * np.asarray([[1.0, 0.3], [0.3, 0.5]]) + np.eye(2)
+        euler = np.linalg.inv(a @ (np.eye(2) - 0.02 * a / 4))
+        assert np.abs(covariances.mean(axis=0) - euler).max() > Z * se(covariances).max()
 
 
 def test_bulk_and_in_step_rademacher_noise_give_identical_chains(monkeypatch):
@@ -250,3 +264,19 @@ def test_observables_evaluate_probes_and_phi_through_the_runs_wrapper():
             np.testing.assert_array_equal(values["probes"], wrapped(w_star, data))
     # float32's spacing at 1000 is 6.1e-5: within one spacing with the run's wrapper, more than two without.
     assert abs(phi["bfloat16"]) < 5e-5 and abs(phi["float32"]) > 1.5e-4, phi
+
+
+def test_leimkuhler_matthews_chains_do_not_depend_on_chunks_or_where_the_noise_is_drawn(monkeypatch):
+    # The last increments travel in the chain state across chunk boundaries and both noise paths.
+    loss_fn, w_star, data = linear_regression(EIGENVALUES, n=200)
+    config = sj.SamplerConfig(step_size=1e-3, nbeta=200.0, localization=1.0, num_chains=4, num_draws=30, batch_size=50,
+                              num_steps_between_draws=2, num_burnin=6, scheme="leimkuhler-matthews")
+    run = lambda c: sj.run_chains(loss_fn, [w_star], data, c, key=9, progress=False)
+    whole = run(config.replace(chunk_draws=30))
+    chunked = run(config.replace(chunk_draws=7))
+    np.testing.assert_allclose(chunked.loss, whole.loss, rtol=1e-6, atol=1e-7)
+    monkeypatch.setattr(planning, "BULK_NOISE_MAX_PARAMETERS", 0)  # large-model path: drawn inside the step
+    in_step = run(config.replace(chunk_draws=7))
+    np.testing.assert_allclose(in_step.loss, whole.loss, rtol=1e-6, atol=1e-7)
+    euler = run(config.replace(scheme="euler"))
+    assert np.abs(euler.loss - whole.loss).max() > 1e-4  # the scheme changed the chain

@@ -241,6 +241,7 @@ class Static(NamedTuple):
     center_cache: bool  # the loss at w* on a batch is gathered from per-example losses at w*
     bulk_noise: bool
     noise: str  # the kind of increments, ``kernels.NOISES``
+    scheme: str = "euler"  # the discretisation, ``kernels.SCHEMES`` (the carried state follows it)
     microbatches: int = 1  # the minibatch gradient is accumulated over this many microbatches
     placement: Placement | None = None  # where the group lives on a device mesh; None: one device
     due_period: int = 0  # >0: the draws due for MALA / diagnostics, every this many, are placed statically
@@ -324,7 +325,7 @@ def _observe(static: Static, at: CenterInputs, params: Params, info: SGLDInfo, b
 
 
 def _pin(placement: Placement | None, state: SGLDState) -> SGLDState:
-    """``state`` with its position (and second moment) kept on ``placement``'s parameter slicing."""
+    """``state`` with its position (and second moment, previous noise) kept on ``placement``'s parameter slicing."""
     if placement is None:
         return state
 
@@ -334,7 +335,8 @@ def _pin(placement: Placement | None, state: SGLDState) -> SGLDState:
         leaves, treedef = jax.tree.flatten(tree)
         return treedef.unflatten([jax.lax.with_sharding_constraint(x, s) for x, s in zip(leaves, placement.position)])
 
-    return state._replace(position=pin(state.position), second_moment=pin(state.second_moment))
+    return state._replace(position=pin(state.position), second_moment=pin(state.second_moment),
+                          previous_noise=pin(state.previous_noise))
 
 
 def chunk_steps(start: Offsets, static: Static) -> Array:

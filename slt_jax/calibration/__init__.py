@@ -54,7 +54,15 @@ A divergent setting is never recommended. When no setting passes, the recommenda
 non-divergent setting with the fewest failed candidate checks (bias, MALA, spikes, draws below
 L(w*)), then the fewest failed equilibrium checks, then the largest step size: the checks that
 fail at small ε are equilibrium checks, and a smaller ε only moves the chains less far from w*. A
-warning names what failed.
+warning names what failed. Before falling back, a default grid (one (nβ, γ) group, ``step_sizes``
+not given) whose every setting diverged or failed a check that a smaller ε fixes (bias, MALA) is
+extended once below itself: the pilot chains anchored it too high (at a degenerate point they can
+stay where the gradients vanish). The new grid's top is the smallest ε times tolerance / its predicted
+bias (at most half of it), factors of 2 below; it runs and is judged as the first grid was, its
+chain-steps add to the cost, and the reason begins by saying so.
+
+Under ``scheme="leimkuhler-matthews"`` the same rule applies with the same (Euler) predicted bias,
+an upper bound on that scheme's (docs/conventions.md §1).
 """
 
 from .auto import auto_step_size

@@ -6,6 +6,7 @@ import time
 import warnings
 from typing import NamedTuple
 
+import jax
 import numpy as np
 
 from slt_jax._src import validation
@@ -49,6 +50,28 @@ def _axes(config: SamplerConfig, n: int, step_sizes, nbetas, localizations, num_
                                                   fix="Or pass None for an automatic grid.")
         step_sizes = np.sort(np.atleast_1d(step_sizes))
     return Axes(step_sizes, np.atleast_1d(nbetas), np.atleast_1d(localizations), num_step_sizes)
+
+
+# Checks that a smaller step size fixes: a grid whose every setting fails one of them (or diverged) sits
+# too high, and a default grid is extended downward once (``_lower_grid``).
+_STEP_TOO_LARGE = ("bias", "mala")
+
+
+def _lower_grid(grid: Grid, verdict: Verdict, divergent: np.ndarray, rule: Rule, num_step_sizes: int) -> Grid | None:
+    """A factor-2 grid below ``grid`` when every setting of its one (nβ, γ) group diverged or failed a
+    check that a smaller ε fixes (``_STEP_TOO_LARGE``), else None. Its top is the smallest ε times
+    tolerance / predicted bias of that setting (the bias is first order in ε), at most half of it."""
+    if len(grid.groups()) != 1:
+        return None
+    failing = [divergent[i] or bool(set(verdict.problems[i]) & set(_STEP_TOO_LARGE)) for i in range(grid.size)]
+    if not all(failing):
+        return None
+    smallest = int(np.argmin(grid.step_size))
+    bias = verdict.metrics["relative_bias"][smallest]
+    shrink = 0.5 if not np.isfinite(bias) or bias <= 0 else min(0.5, rule.bias_tolerance / bias)
+    top = grid.step_size[smallest] * max(shrink, 2.0 ** -num_step_sizes)
+    step_size = top * 2.0 ** -np.arange(num_step_sizes)[::-1]
+    return Grid(step_size, np.full(num_step_sizes, grid.nbeta[0]), np.full(num_step_sizes, grid.localization[0]))
 
 
 class _Context(NamedTuple):
@@ -175,7 +198,24 @@ def calibrate(
     burnin_draws = int(rule.burnin_fraction * schedule.num_draws)
     run = run_grid(problem, schedule, grid, key=key, loss_estimator=loss_estimator, burnin_draws=burnin_draws, progress=progress)
     verdict = judge(run.metrics, run.llc_per_chain, grid, rule, adaptive=schedule.preconditioner_spec.adaptive)
-    choice = recommend(grid, verdict, np.asarray(run.chains.diverged).any(axis=1), rule, burnin_draws)
+    divergent = np.asarray(run.chains.diverged).any(axis=1)
+    choice = recommend(grid, verdict, divergent, rule, burnin_draws)
+    lower = _lower_grid(grid, verdict, divergent, rule, axes.num_step_sizes) if choice.fallback and step_sizes is None else None
+    extended = ""
+    if lower is not None:  # the pilot chains misjudged the scales (a degenerate point): once more, lower
+        first = grid
+        pilot_chain_steps += int(grid.size * schedule.num_chains * schedule.num_steps)
+        grid = lower
+        schedule, _ = calibration_schedule(config, num_settings=grid.size, budget=budget, spent_chain_steps=pilot_chain_steps)
+        burnin_draws = int(rule.burnin_fraction * schedule.num_draws)
+        run = run_grid(problem, schedule, grid, key=jax.random.fold_in(key, 1), loss_estimator=loss_estimator,
+                       burnin_draws=burnin_draws, progress=progress)
+        verdict = judge(run.metrics, run.llc_per_chain, grid, rule, adaptive=schedule.preconditioner_spec.adaptive)
+        choice = recommend(grid, verdict, np.asarray(run.chains.diverged).any(axis=1), rule, burnin_draws)
+        extended = (f"The first grid ({first.step_size.min():.3g} to {first.step_size.max():.3g}) had no passing setting: every "
+                    f"one diverged or failed the bias or MALA check, so the grid was extended below it (its chain-steps "
+                    f"count among the pilot chain-steps). ")
+        choice = choice._replace(reason=extended + choice.reason)
     if choice.fallback:
         warnings.warn(choice.reason, RuntimeWarning, stacklevel=2)
     context = _Context(config, started, burnin_draws, loss_estimator, "given" if step_sizes is not None else "default_step_sizes",
