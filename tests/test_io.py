@@ -247,10 +247,12 @@ def test_to_arviz_inference_data(llc_result, grid_chains):
     np.testing.assert_array_equal(sj.to_arviz(grid_chains, configuration=3).posterior["loss"].values, grid_chains.loss[3])
 
 
-def test_resume_equals_uninterrupted_bitwise(tmp_path, monkeypatch):
+# The Leimkuhler-Matthews state carries the last increments across the saved carry.
+@pytest.mark.parametrize("scheme", ["euler", "leimkuhler-matthews"])
+def test_resume_equals_uninterrupted_bitwise(tmp_path, monkeypatch, scheme):
     """``estimate_llc(..., resume_dir=d)`` interrupted, then resumed, ends bitwise identical."""
     params, data, _, _ = regression()
-    config = CONFIG.replace(num_draws=60, num_burnin=20, chunk_draws=10)
+    config = CONFIG.replace(num_draws=60, num_burnin=20, chunk_draws=10, scheme=scheme)
     run = lambda **kwargs: sj.estimate_llc(regression_loss_dict, {"w": params}, data, config, key=3, progress=False, **kwargs)
     reference = run()
     original = checkpoint.RunCheckpoint.save
