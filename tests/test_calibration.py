@@ -225,10 +225,10 @@ def test_auto_step_size_on_normal_crossing_table(exponents, nbeta):
 
 
 # Issue 21: at a normal crossing the pilot chains sometimes stay near w*, where the gradients vanish,
-# and anchor the grid far too high. Measured (auto, this test's settings, keys 3-8, 24 runs): 9 first
-# grids had no passing setting and the fallback chose their largest non-divergent ε: on key 6 the grid
-# ran 9.8e-4 to 3.1e-2, every setting failed the bias check (8.6% to 138%), and the fallback's ε =
-# 0.0156 read +67% with 28 of 32 chains diverged. Such a grid is now extended below itself once.
+# and anchor the grid far too high. Measured (auto, the normal-crossing table's settings, keys 3-8,
+# 24 runs): 9 ended in a fallback, 5 of them on grids whose every setting diverged or failed the bias
+# check; on key 6 the grid ran 9.8e-4 to 3.1e-2 (bias 8.6% to 138%) and the fallback's ε = 0.0156
+# read +67% with 28 of 32 chains diverged. Such a grid is now extended below itself once.
 def test_grid_that_fails_only_for_large_steps_is_extended_downward():
     from slt_jax.calibration.driver import _lower_grid
 
