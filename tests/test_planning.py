@@ -174,7 +174,7 @@ def _mlp_loss(params, batch):
     return jnp.mean((hidden - batch["y"]) ** 2, axis=-1)
 
 
-@pytest.mark.parametrize("component", ["whole", "slice", "rmsprop", "transformer"])
+@pytest.mark.parametrize("component", ["whole", "slice", "rmsprop", "transformer", "leimkuhler-matthews"])
 def test_memory_count_is_within_30_percent_above_xla(component):
     """The planner's bytes for a group vs XLA's memory analysis of the compiled chunk program
     (argument + output + temp - alias: the buffers live during a call), on a ~1M-parameter MLP and
@@ -190,7 +190,8 @@ def test_memory_count_is_within_30_percent_above_xla(component):
         data = {"inputs": jnp.asarray(rng.integers(0, 2048, (32, 64)), jnp.int32)}
     config = sj.SamplerConfig(step_size=1e-6, nbeta=10.0, localization=1.0, num_chains=2, num_draws=4,
                               batch_size=8 if component == "transformer" else 32, memory_budget=2**40,
-                              preconditioner="rmsprop_sgld" if component == "rmsprop" else "sgld")
+                              preconditioner="rmsprop_sgld" if component == "rmsprop" else "sgld",
+                              scheme="leimkuhler-matthews" if component == "leimkuhler-matthews" else "euler")
     masks = None
     if component == "slice":
         mask = jax.tree.map(lambda x: np.zeros(x.shape, bool), params)

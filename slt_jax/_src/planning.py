@@ -20,11 +20,12 @@ Memory count (``memory_count``), in copies of the component's coordinates ``P`` 
 its component; the whole model for an unrestricted chain). Per chain, since chains are vmapped and
 every chain's buffers are alive at once:
 
-* carried: the position (1; the carry is donated, so the chunk's input and output alias), and
-  RMSProp's second moment;
+* carried: the position (1; the carry is donated, so the chunk's input and output alias),
+  RMSProp's second moment, and the Leimkuhler-Matthews scheme's last increments (with the new ones
+  it materialises: 5, measured);
 * transient in a step: the noise, the gradient, the drift, the new position and w - w* (5), the
   scaled noise kept for the diagnostics (1), RMSProp's per-coordinate step sizes (1), MALA's proposal
-  gradient, potential gradients and step sizes (4, when ``mala_every``), the gradient summed over
+  gradient and the two potential gradients (3, when ``mala_every``; the log q ratio is one fused pass), the gradient summed over
   microbatches (1, with microbatches), and a chunk's bulk noise (chunk steps, components of at most
   ``BULK_NOISE_MAX_PARAMETERS`` coordinates only);
 * where the draws due for MALA or sparse diagnostics are placed statically (``program.due_pattern``;
@@ -526,9 +527,11 @@ _CARRIED_COPIES = 1  # the position (the scan carry; donated, so input and outpu
 _STEP_COPIES = 5  # transient in a step: noise, gradient, drift, new position, displacement from w*
 _ADAPTIVE_COPIES = 2  # RMSProp: its second moment (carried) and the per-coordinate step sizes
 _DIAGNOSTICS_COPIES = 1  # the scaled noise kept for its norm on recorded draws
-_MALA_COPIES = 4  # the proposal's gradient and the two potential gradients, the step sizes
+_MALA_COPIES = 3  # the proposal's gradient and the two potential gradients (the log q ratio is one fused pass)
 _MICROBATCH_COPIES = 1  # the gradient summed over microbatches
-_SCHEME_COPIES = 1  # Leimkuhler-Matthews: the last step's increments (carried)
+# Leimkuhler-Matthews: the last step's increments (carried), and the new ones materialised to be carried
+# (Euler's draw is fused into the update): XLA's buffers of a 1M-parameter MLP grew by 5 copies per chain.
+_SCHEME_COPIES = 5
 # XLA's temporary buffers of a value_and_grad inside the vmapped chunk program exceed those of the
 # same value_and_grad compiled alone: measured 1.10-1.18x on TransformerLMs of 1M and 7.6M parameters
 # (the chunk's scatter-add of the embedding gradient and the logits are not fused into its outputs).
