@@ -161,10 +161,10 @@ class SamplerConfig:
             cheaper to draw; docs/conventions.md §1, "Two-point noise").
         scheme: ``"euler"`` (Euler-Maruyama, the update of docs/conventions.md §1, as in devinterp)
             or ``"leimkuhler-matthews"``: the noise term uses the mean of this step's increment and
-            the last one's (the last increments are carried: more memory per chain); its step-size bias is second order in ε (exact on a
-            quadratic with full batches), so the figures of ``step_size="auto"`` and the health
-            report's predicted bias, which are Euler's, bound it from above (docs/conventions.md §1,
-            "The Leimkuhler-Matthews scheme").
+            the last one's (the last increments are carried: more memory per chain); its step-size
+            bias is second order in ε (exact on a quadratic with full batches), so the figures of
+            ``step_size="auto"`` and the health report's predicted bias, which are Euler's, bound it
+            from above (docs/conventions.md §1, "The Leimkuhler-Matthews scheme").
         init_loss_examples: L_n(w*) from a subsample of this many examples (at least 2; a fixed,
             uniform draw without replacement, seeded by the run's key, the same at every centre),
             where the estimate needs L_n(w*) (``loss_estimator="minibatch"`` or ``"full"``,

@@ -17,10 +17,12 @@ simplified weak Euler scheme: same mean and covariance).
 That is the Euler-Maruyama step (``scheme="euler"``, the default, as in devinterp). With
 ``scheme="leimkuhler-matthews"`` the noise term is sqrt(ε_t) ⊙ (ξ_t + ξ_{t-1}) / 2, the mean of this
 step's increment and the previous one's (Leimkuhler & Matthews 2013, the BAOAB limit method): one
-gradient and one draw per step as before, one more position-sized vector carried, and on a quadratic
+gradient and one draw per step as before, the last draw carried in the state, and on a quadratic
 potential with full batches the stationary covariance is exactly the target's at every stable ε
-(Euler's is (A(I - εA/4))⁻¹); elsewhere its step-size bias is second order in ε. ``mixed_precision`` wraps a loss so that its
-forward and backward passes run in bfloat16 while its values, the chain and every statistic stay float32.
+(Euler's is (A(I - εA/4))⁻¹); elsewhere its step-size bias is second order in ε.
+
+``mixed_precision`` wraps a loss so that its forward and backward passes run in bfloat16 while its
+values, the chain and every statistic stay float32.
 
 The position is whatever the chain moves: the whole params pytree, or only a component's coordinates
 (``slt_jax.restriction``: the loss then puts them in place in w*). A coordinate the chain does not
@@ -341,10 +343,12 @@ def build_kernel(loss_fn: LossFn, *, preconditioner: str | Preconditioner = "sgl
 
     Returns:
         ``kernel(rng_key, state, batch, center, hyper, noise=None, *, diagnostics=True, mala=False)
-        -> (SGLDState, SGLDInfo)``; the scheme is the state's (``init(..., scheme=...)``). ``noise`` (mean 0, variance 1, like the position, of the kernel's
-        kind: the diagnostics take ±1 signs' norm without reading them) replaces the draw from ``rng_key``. ``diagnostics`` computes the ``SGLDInfo`` norms; ``mala`` also computes
-        the MALA acceptance probability of a Gaussian proposal from the step's position (one more
-        gradient, on the same batch): the step's own proposal under Gaussian noise and the Euler
+        -> (SGLDState, SGLDInfo)``; the scheme is the state's (``init(..., scheme=...)``). ``noise``
+        (mean 0, variance 1, like the position, of the kernel's kind: the diagnostics take ±1 signs'
+        norm without reading them) replaces the draw from ``rng_key``. ``diagnostics`` computes the
+        ``SGLDInfo`` norms; ``mala`` also computes the MALA acceptance probability of a Gaussian
+        proposal from the step's position (one more gradient, on the same batch): the step's own
+        proposal under Gaussian noise and the Euler
         scheme; otherwise (two-point noise, or the Leimkuhler-Matthews step, whose increment is not
         drawn afresh from the state) a Gaussian Euler proposal drawn for the diagnostic only (from
         ``fold_in(rng_key, 1)``; the chain does not take it), so it still measures how far ε is from

@@ -25,8 +25,8 @@ every chain's buffers are alive at once:
   it materialises: 5, measured);
 * transient in a step: the noise, the gradient, the drift, the new position and w - w* (5), the
   scaled noise kept for the diagnostics (1), RMSProp's per-coordinate step sizes (1), MALA's proposal
-  gradient and the two potential gradients (3, when ``mala_every``; the log q ratio is one fused pass), the gradient summed over
-  microbatches (1, with microbatches), and a chunk's bulk noise (chunk steps, components of at most
+  gradient and the two potential gradients (3, when ``mala_every``; the log q ratio is one fused
+  pass), the gradient summed over microbatches (1, with microbatches), and a chunk's bulk noise (chunk steps, components of at most
   ``BULK_NOISE_MAX_PARAMETERS`` coordinates only);
 * where the draws due for MALA or sparse diagnostics are placed statically (``program.due_pattern``;
   components of more than ``BULK_NOISE_MAX_PARAMETERS`` coordinates), one more copy of the full
@@ -454,7 +454,6 @@ def prepare(loss_fn: LossFn, centers: Sequence[Params], data: Batch, config: Sam
         loss_fn=loss_fn, layout=None, preconditioner=config.preconditioner_spec, batch_size=config.batch_size,
         num_draws=0, steps_per_draw=1, recorded=True, recording=recording.compiled_part(), mala_every=config.mala_every,
         diagnostics_every=config.diagnostics_every, center_cache=False, bulk_noise=False, noise=config.noise,
-        scheme=config.scheme,
     )
     chain_keys = jax.random.split(validation.as_key(key), config.num_chains)
     observe_data = jax.tree.map(jnp.asarray, recording.observe_data)

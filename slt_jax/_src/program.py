@@ -241,7 +241,6 @@ class Static(NamedTuple):
     center_cache: bool  # the loss at w* on a batch is gathered from per-example losses at w*
     bulk_noise: bool
     noise: str  # the kind of increments, ``kernels.NOISES``
-    scheme: str = "euler"  # the discretisation, ``kernels.SCHEMES`` (the carried state follows it)
     microbatches: int = 1  # the minibatch gradient is accumulated over this many microbatches
     placement: Placement | None = None  # where the group lives on a device mesh; None: one device
     due_period: int = 0  # >0: the draws due for MALA / diagnostics, every this many, are placed statically

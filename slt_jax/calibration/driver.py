@@ -74,6 +74,29 @@ def _lower_grid(grid: Grid, verdict: Verdict, divergent: np.ndarray, rule: Rule,
     return Grid(step_size, np.full(num_step_sizes, grid.nbeta[0]), np.full(num_step_sizes, grid.localization[0]))
 
 
+class _Trial(NamedTuple):
+    """One grid's calibration chains, run and judged: its schedule, burn-in draws, run, verdict,
+    which settings diverged and the recommendation."""
+
+    schedule: SamplerConfig
+    burnin_draws: int
+    run: GridRun
+    verdict: Verdict
+    divergent: np.ndarray
+    choice: Recommendation
+
+
+def _trial(problem: Problem, config: SamplerConfig, grid: Grid, rule: Rule, budget, spent_chain_steps: int, key,
+           loss_estimator: str, progress: bool) -> _Trial:
+    """Runs ``grid`` within what is left of the budget, judges it and recommends a setting."""
+    schedule, _ = calibration_schedule(config, num_settings=grid.size, budget=budget, spent_chain_steps=spent_chain_steps)
+    burnin_draws = int(rule.burnin_fraction * schedule.num_draws)
+    run = run_grid(problem, schedule, grid, key=key, loss_estimator=loss_estimator, burnin_draws=burnin_draws, progress=progress)
+    verdict = judge(run.metrics, run.llc_per_chain, grid, rule, adaptive=schedule.preconditioner_spec.adaptive)
+    divergent = np.asarray(run.chains.diverged).any(axis=1)
+    return _Trial(schedule, burnin_draws, run, verdict, divergent, recommend(grid, verdict, divergent, rule, burnin_draws))
+
+
 class _Context(NamedTuple):
     """What the result records about the call besides the grid and its verdict."""
 
@@ -194,28 +217,19 @@ def calibrate(
 
     problem = Problem(loss_fn, params, data, component)
     grid, pilot_chain_steps = settings_grid(problem, config, axes, key=key, bias_tolerance=rule.bias_tolerance)
-    schedule, _ = calibration_schedule(config, num_settings=grid.size, budget=budget, spent_chain_steps=pilot_chain_steps)
-    burnin_draws = int(rule.burnin_fraction * schedule.num_draws)
-    run = run_grid(problem, schedule, grid, key=key, loss_estimator=loss_estimator, burnin_draws=burnin_draws, progress=progress)
-    verdict = judge(run.metrics, run.llc_per_chain, grid, rule, adaptive=schedule.preconditioner_spec.adaptive)
-    divergent = np.asarray(run.chains.diverged).any(axis=1)
-    choice = recommend(grid, verdict, divergent, rule, burnin_draws)
-    lower = _lower_grid(grid, verdict, divergent, rule, axes.num_step_sizes) if choice.fallback and step_sizes is None else None
-    extended = ""
+    trial = _trial(problem, config, grid, rule, budget, pilot_chain_steps, key, loss_estimator, progress)
+    lower = None
+    if trial.choice.fallback and step_sizes is None:
+        lower = _lower_grid(grid, trial.verdict, trial.divergent, rule, axes.num_step_sizes)
     if lower is not None:  # the pilot chains misjudged the scales (a degenerate point): once more, lower
-        first = grid
-        pilot_chain_steps += int(grid.size * schedule.num_chains * schedule.num_steps)
-        grid = lower
-        schedule, _ = calibration_schedule(config, num_settings=grid.size, budget=budget, spent_chain_steps=pilot_chain_steps)
-        burnin_draws = int(rule.burnin_fraction * schedule.num_draws)
-        run = run_grid(problem, schedule, grid, key=jax.random.fold_in(key, 1), loss_estimator=loss_estimator,
-                       burnin_draws=burnin_draws, progress=progress)
-        verdict = judge(run.metrics, run.llc_per_chain, grid, rule, adaptive=schedule.preconditioner_spec.adaptive)
-        choice = recommend(grid, verdict, np.asarray(run.chains.diverged).any(axis=1), rule, burnin_draws)
+        pilot_chain_steps += int(grid.size * trial.schedule.num_chains * trial.schedule.num_steps)
+        first, grid = grid, lower
+        trial = _trial(problem, config, grid, rule, budget, pilot_chain_steps, jax.random.fold_in(key, 1), loss_estimator, progress)
         extended = (f"The first grid ({first.step_size.min():.3g} to {first.step_size.max():.3g}) had no passing setting: every "
                     f"one diverged or failed the bias or MALA check, so the grid was extended below it (its chain-steps "
                     f"count among the pilot chain-steps). ")
-        choice = choice._replace(reason=extended + choice.reason)
+        trial = trial._replace(choice=trial.choice._replace(reason=extended + trial.choice.reason))
+    run, verdict, choice, burnin_draws = trial.run, trial.verdict, trial.choice, trial.burnin_draws
     if choice.fallback:
         warnings.warn(choice.reason, RuntimeWarning, stacklevel=2)
     context = _Context(config, started, burnin_draws, loss_estimator, "given" if step_sizes is not None else "default_step_sizes",
