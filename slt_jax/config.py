@@ -143,10 +143,12 @@ class SamplerConfig:
         mala_every: MALA acceptance every this many draws (0 = never; one extra gradient each).
         diagnostics_every: gradient / noise / localization norms every this many draws (NaN
             between); 1 records them at every draw.
-        chunk_draws: draws per compiled chunk (None: about a tenth of the run; on chains of more
-            than 65,536 coordinates a multiple of ``mala_every`` where the run is that long, so
-            that the draws due for MALA sit at fixed places in every chunk). Chunks are where
-            progress, divergence and checkpoints are checked; results do not depend on it.
+        chunk_draws: draws per compiled chunk (None: about a tenth of the run, but at least 1e11
+            FLOPs of gradient work, about a second of a 2-core CPU, so that a chunk's fixed cost
+            stays small; on chains of more than 65,536 coordinates a multiple of ``mala_every``
+            where the run is that long, so that the draws due for MALA sit at fixed places in every
+            chunk). Chunks are where progress, divergence and checkpoints are checked; results do
+            not depend on it.
         memory_budget: bytes one compiled group of configurations may use (None: half of the
             accelerator's memory, or half the available RAM on a CPU host; see
             ``slt_jax._src.planning.default_memory_budget``). A configuration whose chains do not

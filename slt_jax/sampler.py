@@ -231,11 +231,19 @@ def _group_inputs(plan: planning.Plan, group: planning.Group) -> _GroupInputs:
                         static)
 
 
+def _flops_per_step(plan: planning.Plan, group: planning.Group, static: program.Static) -> float:
+    """The group's gradient FLOPs per step (``planning.chunks``: the least work of a chunk)."""
+    offsets = plan.variants[group.variants[0]].restriction.offsets
+    per_chain = planning.step_flops(plan, static.layout, offsets, group.microbatches)
+    return per_chain * len(group.centers) * len(group.variants) * len(group.chains)
+
+
 def _compiled_memory(plan: planning.Plan, group: planning.Group):
     """XLA's ``memory_analysis()`` of ``group``'s largest recorded chunk program, compiled as the run
     compiles it (unsharded): the measure the planner's ``memory_count`` is checked against."""
     inputs = _group_inputs(plan, group)
-    chunk = max((c for c in planning.chunks(plan.config, 1, inputs.static.due_period) if c.recorded), key=lambda c: c.num_draws)
+    chunk_plan = planning.chunks(plan.config, 1, inputs.static.due_period, _flops_per_step(plan, group, inputs.static))
+    chunk = max((c for c in chunk_plan if c.recorded), key=lambda c: c.num_draws)
     chain_keys = plan.chain_keys[np.asarray(group.chains)]
     placed = (chain_keys, plan.data, inputs.centers, inputs.variants, plan.observe_data)
     progress = _Progress(inputs.carry, [], 0, 0, 0)
@@ -347,7 +355,8 @@ def _drive(plan: planning.Plan, group_index: int, group: planning.Group, bar, re
     static = inputs.static
     per_step_values = static.layout.num_sampled if static.bulk_noise else config.batch_size
     num_chains = len(group.chains)
-    chunk_plan = planning.chunks(config, len(group.centers) * len(group.variants) * num_chains * per_step_values * 4, static.due_period)
+    chunk_plan = planning.chunks(config, len(group.centers) * len(group.variants) * num_chains * per_step_values * 4, static.due_period,
+                                 _flops_per_step(plan, group, static))
     resume, progress = _resume(plan, (group_index, group), inputs, chunk_plan, resume_dir, bar)
     mesh = multihost.run_mesh(num_chains)
     piece = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[3:], x.dtype), inputs.carry.state.position)  # one chain's

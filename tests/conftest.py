@@ -45,5 +45,5 @@ def _release_compiled_programs():
     from slt_jax._src import planning, program
 
     program._COMPILED.clear()
-    planning._ACTIVATION_BYTES.clear()
+    planning._COMPILED_COSTS.clear()
     jax.clear_caches()

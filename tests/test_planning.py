@@ -178,7 +178,8 @@ def _mlp_loss(params, batch):
 def test_memory_count_is_within_30_percent_above_xla(component):
     """The planner's bytes for a group vs XLA's memory analysis of the compiled chunk program
     (argument + output + temp - alias: the buffers live during a call), on a ~1M-parameter MLP and
-    a ~1M-parameter TransformerLM (whose activations dominate)."""
+    a ~1M-parameter TransformerLM (whose activations dominate). The run is one chunk of 4 draws (a
+    due draw, then a scan of three: the layout of every longer chunk)."""
     params, loss_fn = _mlp([64, 1000, 1000, 16]), _mlp_loss
     rng = np.random.default_rng(1)
     data = {"x": jnp.asarray(rng.normal(size=(256, 64)), jnp.float32), "y": jnp.asarray(rng.normal(size=(256, 16)), jnp.float32)}

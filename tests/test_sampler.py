@@ -1,6 +1,7 @@
 """Sampler behaviour: determinism, configurations, groups, sharding, compilation, divergence, validation."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -94,6 +95,41 @@ def test_periodic_chunks_start_on_due_draws():
     assert {c.num_draws for c in planning.chunks(config, 4, period=20)} == {100}
     assert {c.num_draws for c in planning.chunks(config, 4)} == {50}
     assert [c.num_draws for c in planning.chunks(config.replace(num_draws=55), 4, period=20)] == [20, 20, 15]
+
+
+def test_chunks_carry_at_least_the_least_gradient_work():
+    # bench_llc's MLP: 4 chains x 311 MFLOP per gradient, 200 draws; 10 chunks of 20 would pay the
+    # chunk's fixed cost (its fresh temporary buffers) every 20 steps (planning, "Chunk lengths").
+    config = CONFIG.replace(num_draws=200, mala_every=20)
+    per_step = 4 * 3.11e8
+    least = math.ceil(planning.CHUNK_MIN_FLOPS / per_step)
+    lengths = [c.num_draws for c in planning.chunks(config, 4, period=20, flops_per_step=per_step)]
+    assert lengths == [100, 100] and min(lengths) >= least
+    assert [c.num_draws for c in planning.chunks(config, 4, period=20)] == [20] * 10  # no cost analysis: a tenth
+    # A run shorter than the least work is one chunk; burn-in chunks follow the same rule.
+    assert [c.num_draws for c in planning.chunks(config.replace(num_draws=60, num_burnin=30), 4, 20, per_step)] == [30, 60]
+    # Thinned draws: the least counts steps.
+    thinned = planning.chunks(config.replace(num_steps_between_draws=10), 4, period=20, flops_per_step=per_step)
+    assert all(c.num_steps >= least for c in thinned) and sum(c.num_draws for c in thinned) == 200
+    # Expensive steps keep about a tenth of the run.
+    assert {c.num_draws for c in planning.chunks(config, 4, period=20, flops_per_step=1e12)} == {20}
+
+
+@pytest.mark.parametrize("noise_in_step", [False, True])
+def test_a_run_of_cheap_steps_is_one_chunk(problem, monkeypatch, noise_in_step):
+    # The sampler gives the planner the chains' gradient FLOPs (XLA's cost analysis), whether they
+    # draw their noise in bulk or inside the step (forced here for the 4-coordinate regression);
+    # its steps are so cheap that the whole run is one chunk, where a tenth of it was the rule.
+    seen = []
+    original = planning.chunks
+    monkeypatch.setattr(planning, "chunks", lambda *args: seen.append(original(*args) + [args[3]]) or seen[-1][:-1])
+    if noise_in_step:
+        monkeypatch.setattr(planning, "BULK_NOISE_MAX_PARAMETERS", 1)
+    result = _run(problem, CONFIG.replace(num_draws=40, num_burnin=20))
+    flops = seen[-1][-1]
+    assert 0 < flops < planning.CHUNK_MIN_FLOPS / 60  # a gradient of 50 examples x 4 coordinates, 4 chains
+    assert [(c.num_draws, c.recorded) for c in seen[-1][:-1]] == [(20, False), (40, True)]
+    assert not result.diverged.any()
 
 
 def test_periodic_scan_matches_a_scan_with_the_flag_per_index():
@@ -230,10 +266,12 @@ def test_partial_divergence_is_reported_excluded_and_warned():
 def test_absurd_step_size_diverges_every_chain_and_raises_with_the_result(problem):
     loss_fn, w_star, data = problem
     with pytest.raises(sj.DivergenceError, match="reduce step_size") as info:
-        sj.estimate_llc(loss_fn, w_star, data, CONFIG.replace(step_size=10.0, num_draws=500), key=0, progress=False)
+        sj.estimate_llc(loss_fn, w_star, data, CONFIG.replace(step_size=10.0, num_draws=500, chunk_draws=50), key=0,
+                        progress=False)
     result = info.value.result
     assert result.diverged.all() and np.isnan(result.llc_mean)
-    # Detected early: the run stops at the first chunk boundary after every chain diverged.
+    # Detected early: the run stops at the first chunk boundary after every chain diverged (by
+    # default this cheap run would be one chunk: planning.CHUNK_MIN_FLOPS).
     assert result.chains.settings["stopped_early"]
 
 
@@ -482,7 +520,7 @@ def test_progress_rate_and_eta_exclude_compilation(problem, monkeypatch):
     monkeypatch.setattr(sj.sampler, "tqdm", RecordingBar)
     loss_fn, w_star, data = problem
     fresh = lambda w, batch: loss_fn(w, batch) * 1.0  # a new function: the chunk program compiles
-    out = sj.run_chains(fresh, [w_star], data, CONFIG, key=0, progress="timed")
+    out = sj.run_chains(fresh, [w_star], data, CONFIG.replace(chunk_draws=6), key=0, progress="timed")
     [bar] = bars
     assert bar.desc == "timed" and out.compile_seconds > 0 and len(bar.seen) == 10
     steps, rate, elapsed, wall = bar.seen[0]

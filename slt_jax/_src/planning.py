@@ -4,8 +4,18 @@
 restriction and hyperparameters, split the configurations into compiled groups under the memory
 budget on each device of the mesh's config axis, padded to a multiple of that axis (``groups``,
 ``pad_to_mesh``), and only then make the passes over the data (L_n(w*) of every centre where the
-estimate needs it, ``init_loss_source`` decides; the centre caches), so that a run that cannot fit is refused in seconds. ``chunks`` cuts a group's run
-into chunks of burn-in and recorded draws.
+estimate needs it, ``init_loss_source`` decides; the centre caches), so that a run that cannot fit is
+refused in seconds. ``chunks`` cuts a group's run into chunks of burn-in and recorded draws.
+
+Chunk lengths (``chunks``). A chunk is one call of the compiled chunk program: progress, divergence
+and checkpoints are checked between chunks, and each call has a fixed cost (a host sync, dispatch and
+the program's temporary buffers, which XLA:CPU allocates afresh at every call: above glibc's 32 MiB
+mmap threshold every page of them is faulted in again). Chunks are about a tenth of the run, but no
+shorter than ``CHUNK_MIN_FLOPS`` of gradient work (``step_flops``, from XLA's cost analysis of the
+compiled ``value_and_grad``) and within the noise budget where a chunk's noise is drawn in bulk.
+Measured on the bench_llc MLP (270k parameters, 4 chains x 200 draws, 2 CPU cores): each chunk's
+65 MB of temporaries cost about 16,500 page faults; 10 chunks of 20 draws took 5.3 s of CPU time
+(2.8 s wall), 2 chunks of 100 4.8 s (2.5 s), medians of 8 interleaved runs.
 
 Memory plan (``groups``). Each restriction layout is one compiled program. Its configurations
 (centre x variant, all ``num_chains`` chains each) are packed into groups of the same shape under
@@ -30,8 +40,10 @@ every chain's buffers are alive at once:
   ``BULK_NOISE_MAX_PARAMETERS`` coordinates only);
 * where the draws due for MALA or sparse diagnostics are placed statically (``program.due_pattern``;
   components of more than ``BULK_NOISE_MAX_PARAMETERS`` coordinates), one more copy of the full
-  parameters: measured +0 to +1.8 such copies over the branching program (MLPs, whole and sliced,
-  plain and RMSProp; a TransformerLM), so the count stays above XLA's;
+  parameters, and the due draw's own step buffers (5, beside the scan's; they share space with the
+  activations, so only what exceeds them counts): measured in chunks of 4 and 20 draws on a
+  1M-parameter MLP (plain, RMSProp, Leimkuhler-Matthews: 4.1-4.4 copies beyond the rest) and a
+  TransformerLM (none). Chunks of one draw, which have no scan, measured 2.6 copies fewer;
 * XLA's temporary buffers of one restricted ``value_and_grad`` on a (micro)batch, from its compiled
   memory analysis, times 1.25 (inside the chunk program they measure 1.1-1.2x those of the function
   compiled alone): the activations the backward pass keeps, and the leaves the component samples
@@ -72,12 +84,15 @@ from slt_jax.types import Array, Batch, KeyLike, LossFn, Mask, Params, PyTree
 
 __all__ = ["Plan", "Group", "Schedule", "MemoryCount", "Variant", "Chunk", "prepare", "groups", "pad_to_mesh", "chunks", "memory_count",
            "configuration_bytes", "default_memory_budget", "example_draw", "observed_shapes", "BULK_NOISE_MAX_PARAMETERS",
-           "due_period", "init_loss_source", "check_full_pass_cost", "full_init_losses", "subsample_init_losses", "estimated_init_losses"]
+           "due_period", "step_flops", "CHUNK_MIN_FLOPS", "init_loss_source", "check_full_pass_cost", "full_init_losses", "subsample_init_losses", "estimated_init_losses"]
 
 # Memory allowed for one chunk's pre-generated noise (bytes); bounds the chunk length.
 _NOISE_BUDGET_BYTES = 128 * 2**20
 # Target number of chunks for progress reporting and early divergence detection.
 _TARGET_CHUNKS = 10
+# The least gradient work (FLOPs) of a chunk of a chain that draws its noise inside the step (module
+# docstring, "Chunk lengths"): about a second of a 2-core CPU, so a chunk's fixed cost stays a few percent.
+CHUNK_MIN_FLOPS = 1e11
 _HYPERPARAMETERS = Hyperparameters._fields
 # Noise for chains of up to this many coordinates is drawn in bulk for a whole chunk (many tiny RNG
 # calls cost several times a small model's gradient); above it, inside each step, where the bulk
@@ -132,29 +147,43 @@ def _nbytes(tree) -> int:
     return sum(int(np.prod(np.shape(x))) * np.dtype(getattr(x, "dtype", np.float32)).itemsize for x in jax.tree.leaves(tree))
 
 
-# Memory analyses by signature, least recently used first; bounded (each key holds a loss function,
+# Compiled costs by signature, least recently used first; bounded (each key holds a loss function,
 # and notebooks that redefine theirs would otherwise keep every old one alive).
-_ACTIVATION_BYTES: collections.OrderedDict = collections.OrderedDict()
-_MAX_ACTIVATION_ENTRIES = 128
+_COMPILED_COSTS: collections.OrderedDict = collections.OrderedDict()
+_MAX_COMPILED_COSTS = 128
 
 
-def _temp_bytes(identity, function, *args) -> int:
-    """XLA's temporary-buffer size of ``function(*args)``, compiled once per ``identity`` (what the
-    function computes, e.g. ``(loss_fn, layout)``: ``function`` itself is a fresh closure each call)
-    and argument signature."""
+class CompiledCost(NamedTuple):
+    """XLA's figures for one compiled function: its temporary buffers (bytes) and FLOPs (0 where the
+    backend has no analysis)."""
+
+    temp_bytes: int
+    flops: float
+
+
+def _compiled_cost(identity, function, *args) -> CompiledCost:
+    """``CompiledCost`` of ``function(*args)``, compiled once per ``identity`` (what the function
+    computes, e.g. ``(loss_fn, layout)``: ``function`` itself is a fresh closure each call) and
+    argument signature."""
     signature = (identity, jax.tree.structure(args), tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(args)))
-    if signature in _ACTIVATION_BYTES:
-        _ACTIVATION_BYTES.move_to_end(signature)
-        return _ACTIVATION_BYTES[signature]
+    if signature in _COMPILED_COSTS:
+        _COMPILED_COSTS.move_to_end(signature)
+        return _COMPILED_COSTS[signature]
     try:
-        analysis = jax.jit(function).lower(*args).compile().memory_analysis()
-        size = int(getattr(analysis, "temp_size_in_bytes", 0) or 0)
+        compiled = jax.jit(function).lower(*args).compile()
+        size = int(getattr(compiled.memory_analysis(), "temp_size_in_bytes", 0) or 0)
     except Exception:  # pragma: no cover - backends without memory analysis
-        size = 0
-    _ACTIVATION_BYTES[signature] = size
-    while len(_ACTIVATION_BYTES) > _MAX_ACTIVATION_ENTRIES:
-        _ACTIVATION_BYTES.popitem(last=False)
-    return size
+        compiled, size = None, 0
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops", 0.0))
+    except Exception:  # pragma: no cover - backends without cost analysis
+        flops = 0.0
+    _COMPILED_COSTS[signature] = CompiledCost(size, max(flops, 0.0))
+    while len(_COMPILED_COSTS) > _MAX_COMPILED_COSTS:
+        _COMPILED_COSTS.popitem(last=False)
+    return _COMPILED_COSTS[signature]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,6 +564,12 @@ _SCHEME_COPIES = 5
 # same value_and_grad compiled alone: measured 1.10-1.18x on TransformerLMs of 1M and 7.6M parameters
 # (the chunk's scatter-add of the embedding gradient and the logits are not fused into its outputs).
 _ACTIVATION_FACTOR = 1.25
+# Where the due draws are placed statically, the due draw (its step and MALA's extra work) runs before the
+# scan of the others, and XLA keeps its step's buffers apart from the scan's: measured on a 1M-parameter
+# MLP in chunks of 2 and 20 draws, 4.1-4.4 copies per chain beyond the rest of the count (plain, RMSProp,
+# Leimkuhler-Matthews). They share space with the activations (a TransformerLM, whose activations are
+# larger, shows none), so they count only beyond them.
+_DUE_DRAW_COPIES = 5
 
 
 class MemoryCount(NamedTuple):
@@ -554,13 +589,35 @@ def due_period(config: SamplerConfig, layout: restriction.Layout) -> int:
     return pattern[0] if pattern is not None and layout.num_sampled > BULK_NOISE_MAX_PARAMETERS else 0
 
 
-def _bulk_noise_steps(config: SamplerConfig, layout: restriction.Layout) -> int:
-    """Steps of noise a chain draws in bulk for one chunk (0 when it draws inside each step)."""
+def _bulk_noise_steps(config: SamplerConfig, layout: restriction.Layout, flops: float) -> int:
+    """Steps of noise a chain draws in bulk for one chunk (0 when it draws inside each step): the
+    longest chunk ``chunks`` can cut for a group of one chain of ``flops`` per gradient (more chains
+    make chunks no longer), within the noise budget of one chain."""
     if layout.num_sampled > BULK_NOISE_MAX_PARAMETERS:
         return 0
-    longest = max(math.ceil(config.num_draws / _TARGET_CHUNKS) * config.num_steps_between_draws,
-                  math.ceil(config.num_burnin / _TARGET_CHUNKS))
+    per_step_bytes = layout.num_sampled * 4
+    longest = max([c.num_steps for c in chunks(config, per_step_bytes, 0, flops)] or [1])
     return max(1, longest)
+
+
+def _gradient_cost(plan: Plan, layout: restriction.Layout, offsets: tuple, microbatches: int = 1) -> CompiledCost:
+    """``CompiledCost`` of one chain's restricted ``value_and_grad`` on a (micro)batch."""
+    center = plan.centers[0]
+    batch = jax.tree.map(lambda x: jnp.zeros((plan.config.batch_size // microbatches,) + x.shape[1:], x.dtype), plan.data)
+
+    def value_and_grad(position, batch):
+        loss = lambda p: kernels.mean_loss(plan.static.loss_fn, restriction.insert(layout, offsets, center, p), batch)
+        return jax.value_and_grad(loss)(position)
+
+    shapes = tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(center))
+    return _compiled_cost(("value_and_grad", plan.static.loss_fn, layout, shapes), value_and_grad,
+                          restriction.extract(layout, offsets, center), batch)
+
+
+def step_flops(plan: Plan, layout: restriction.Layout, offsets: tuple, microbatches: int = 1) -> float:
+    """FLOPs of one chain's gradient step (XLA's cost analysis of the compiled ``value_and_grad``,
+    summed over microbatches); 0 where the backend has no cost analysis."""
+    return microbatches * _gradient_cost(plan, layout, offsets, microbatches).flops
 
 
 def memory_count(plan: Plan, layout: restriction.Layout, offsets: tuple, microbatches: int = 1) -> MemoryCount:
@@ -573,21 +630,17 @@ def memory_count(plan: Plan, layout: restriction.Layout, offsets: tuple, microba
     copies += _MALA_COPIES if config.mala_every else 0
     copies += _MICROBATCH_COPIES if microbatches > 1 else 0
     copies += _SCHEME_COPIES if config.scheme == "leimkuhler-matthews" else 0
-    batch = jax.tree.map(lambda x: jnp.zeros((config.batch_size // microbatches,) + x.shape[1:], x.dtype), plan.data)
-
-    def value_and_grad(position, batch):
-        loss = lambda p: kernels.mean_loss(plan.static.loss_fn, restriction.insert(layout, offsets, center, p), batch)
-        return jax.value_and_grad(loss)(position)
-
-    shapes = tuple((np.shape(x), str(x.dtype)) for x in jax.tree.leaves(center))
-    activations = _temp_bytes(("value_and_grad", plan.static.loss_fn, layout, shapes), value_and_grad,
-                              restriction.extract(layout, offsets, center), batch) * _ACTIVATION_FACTOR
-    per_chain = (copies + _bulk_noise_steps(config, layout)) * piece + activations + (_nbytes(center) if due_period(config, layout) else 0)
+    gradient = _gradient_cost(plan, layout, offsets, microbatches)
+    activations = gradient.temp_bytes * _ACTIVATION_FACTOR
+    per_chain = (copies + _bulk_noise_steps(config, layout, microbatches * gradient.flops)) * piece + activations
+    if due_period(config, layout):
+        per_chain += _nbytes(center) + max(0, _DUE_DRAW_COPIES * piece - activations)
     observe = recording.observe
     if observe is not None:
         info, context = example_draw(plan, jax.tree.map(lambda x: jnp.zeros((config.batch_size,) + x.shape[1:], x.dtype), plan.data))
         values = jax.eval_shape(observe, center, info, context)
-        per_chain += _temp_bytes(("observe", observe), lambda p, i, c: observe(p, i, c), center, info, context) + 2 * _nbytes(values)
+        observe_cost = _compiled_cost(("observe", observe), lambda p, i, c: observe(p, i, c), center, info, context)
+        per_chain += observe_cost.temp_bytes + 2 * _nbytes(values)
         if recording.accumulator is not None:
             example = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), values)
             per_chain += 2 * _nbytes(jax.eval_shape(recording.accumulator.init, example))
@@ -731,24 +784,24 @@ def pad_to_mesh(groups: list[Group], mesh: multihost.MeshSizes, num_chains: int)
 
 
 def _chunk_lengths(total_draws: int, steps_per_draw: int, per_step_bytes: int, requested: int | None,
-                   period: int = 1) -> list[int]:
-    """Chunk lengths in draws: ``requested``, or about a tenth of the run within the noise budget,
-    preferring a length that divides the run (a remainder chunk is one more compilation) and, where
-    ``period`` > 1 and the run is that long, a multiple of ``period`` (so that every chunk starts on a
-    draw due for MALA and diagnostics: ``program.due_pattern``)."""
+                   period: int = 1, least: int = 1) -> list[int]:
+    """Chunk lengths in draws: ``requested``, or about a tenth of the run and at least ``least`` draws
+    within the noise budget, preferring a length that divides the run (a remainder chunk is one more
+    compilation) and, where ``period`` > 1 and the run is that long, a multiple of ``period`` (so that
+    every chunk starts on a draw due for MALA and diagnostics: ``program.due_pattern``)."""
     if total_draws == 0:
         return []
     if requested is not None:
         size = requested
     else:
-        size = max(1, math.ceil(total_draws / _TARGET_CHUNKS))
+        size = min(total_draws, max(1, math.ceil(total_draws / _TARGET_CHUNKS), least))
         limit = max(1, _NOISE_BUDGET_BYTES // max(1, per_step_bytes * steps_per_draw))
         size = min(size, limit)
         candidates = []
         if 1 < period <= min(limit, total_draws):
             # Multiples of the period within a factor 2 of the target, those dividing the run first.
             multiples = [m for m in range(period, min(limit, 2 * size, total_draws) + 1, period) if 2 * m >= size] or [period]
-            candidates = sorted(multiples, key=lambda m: (total_draws % m != 0, abs(math.log(m / size))))
+            candidates = sorted(multiples, key=lambda m: (total_draws % m != 0, m < least, abs(math.log(m / size))))
         if candidates:
             size = candidates[0]
         else:
@@ -773,11 +826,13 @@ class Chunk(NamedTuple):
         return self.num_draws * self.steps_per_draw
 
 
-def chunks(config: SamplerConfig, per_step_bytes: int, period: int = 0) -> list[Chunk]:
+def chunks(config: SamplerConfig, per_step_bytes: int, period: int = 0, flops_per_step: float = 0.0) -> list[Chunk]:
     """The chunks of a group's run: burn-in chunks first, then the recorded ones (of lengths that are
-    multiples of ``period`` where it is > 0 and the run that long: ``due_period``)."""
-    burnin = _chunk_lengths(config.num_burnin, 1, per_step_bytes, config.chunk_draws)
-    draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws, max(period, 1))
+    multiples of ``period`` where it is > 0 and the run that long: ``due_period``), each of at least
+    ``CHUNK_MIN_FLOPS`` where ``flops_per_step`` (the group's gradient FLOPs per step: ``step_flops``
+    times its chains) is given (module docstring, "Chunk lengths")."""
+    least = math.ceil(CHUNK_MIN_FLOPS / flops_per_step) if flops_per_step > 0 else 1
+    burnin = _chunk_lengths(config.num_burnin, 1, per_step_bytes, config.chunk_draws, least=least)
+    draws = _chunk_lengths(config.num_draws, config.num_steps_between_draws, per_step_bytes, config.chunk_draws, max(period, 1),
+                           least=math.ceil(least / config.num_steps_between_draws))
     return [Chunk(length, 1, False) for length in burnin] + [Chunk(length, config.num_steps_between_draws, True) for length in draws]
-
-
