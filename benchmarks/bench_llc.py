@@ -19,14 +19,16 @@ Variants (separate rows, each ``estimate_llc`` with one change from the baseline
   prng=IMPL: ``key=jax.random.key(seed, impl=IMPL)`` for IMPL in threefry2x32, rbg, unsafe_rbg;
   diagnostics_every=D, mala_every=M: for D in (1, 10) and M in (20, 0);
   scheme=leimkuhler-matthews: ``SamplerConfig(scheme="leimkuhler-matthews")`` (also alone beside the
-  baseline with ``--variants scheme``).
+  baseline with ``--variants scheme``);
+  noise=rademacher: ``SamplerConfig(noise="rademacher")``, two-point increments (also alone beside the
+  baseline with ``--variants noise``).
 Timings on a shared machine drift between runs, so the floor and every variant are measured
 interleaved, ``--repeats`` times (each repeat: floors, then every variant once, against that repeat's
 floors), and the medians of the paired ratios are reported. Every variant is run once first to
 compile (its compile time is reported; the timed repeats reuse the executable).
 
 Usage (any backend; JAX picks the device):
-  python benchmarks/bench_llc.py [--quick] [--workloads dln,mlp] [--variants all|baseline|scheme] [--out FILE]
+  python benchmarks/bench_llc.py [--quick] [--workloads dln,mlp] [--variants all|baseline|scheme|noise] [--out FILE]
 Default ``--out``: benchmarks/results/bench_llc.json.
 """
 
@@ -153,6 +155,8 @@ def variants(which: str) -> list[tuple[str, dict, str | None]]:
     rows = [("baseline", {}, None)]
     if which in ("all", "scheme"):
         rows += [("scheme=leimkuhler-matthews", {"scheme": "leimkuhler-matthews"}, None)]
+    if which in ("all", "noise"):
+        rows += [("noise=rademacher", {"noise": "rademacher"}, None)]
     if which == "all":
         rows += [(f"prng={impl}", {}, impl) for impl in ("threefry2x32", "rbg", "unsafe_rbg")]
         rows += [
@@ -235,8 +239,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a tenth of the draws (smoke test)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "bench_llc.json"))
     parser.add_argument("--workloads", default="dln,mlp")
-    parser.add_argument("--variants", choices=["all", "baseline", "scheme"], default="all",
-                        help="baseline only, baseline and the Leimkuhler-Matthews scheme, or every variant row")
+    parser.add_argument("--variants", choices=["all", "baseline", "scheme", "noise"], default="all",
+                        help="baseline only, baseline and the Leimkuhler-Matthews scheme, baseline and two-point noise, "
+                             "or every variant row")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions (--quick: 2)")
     args = parser.parse_args()
     records = []
