@@ -90,8 +90,8 @@ __all__ = ["Plan", "Group", "Schedule", "MemoryCount", "Variant", "Chunk", "prep
 _NOISE_BUDGET_BYTES = 128 * 2**20
 # Target number of chunks for progress reporting and early divergence detection.
 _TARGET_CHUNKS = 10
-# The least gradient work (FLOPs) of a chunk of a chain that draws its noise inside the step (module
-# docstring, "Chunk lengths"): about a second of a 2-core CPU, so a chunk's fixed cost stays a few percent.
+# The least gradient work (FLOPs) of a chunk (module docstring, "Chunk lengths"): about a second of a
+# 2-core CPU, so that a chunk's fixed cost stays a few percent of it.
 CHUNK_MIN_FLOPS = 1e11
 _HYPERPARAMETERS = Hyperparameters._fields
 # Noise for chains of up to this many coordinates is drawn in bulk for a whole chunk (many tiny RNG
