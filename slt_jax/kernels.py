@@ -348,12 +348,12 @@ def build_kernel(loss_fn: LossFn, *, preconditioner: str | Preconditioner = "sgl
         norm without reading them) replaces the draw from ``rng_key``. ``diagnostics`` computes the
         ``SGLDInfo`` norms; ``mala`` also computes the MALA acceptance probability of a Gaussian
         proposal from the step's position (one more gradient, on the same batch): the step's own
-        proposal under Gaussian noise and the Euler
-        scheme; otherwise (two-point noise, or the Leimkuhler-Matthews step, whose increment is not
-        drawn afresh from the state) a Gaussian Euler proposal drawn for the diagnostic only (from
-        ``fold_in(rng_key, 1)``; the chain does not take it), so it still measures how far ε is from
-        the continuous dynamics at the states the chain visits (docs/conventions.md §4). Either flag
-        may be a traced bool scalar: only the extra work then sits in a ``lax.cond``.
+        proposal under Gaussian noise and the Euler scheme; otherwise (two-point noise, or the
+        Leimkuhler-Matthews step, whose increment is not drawn afresh from the state) a Gaussian
+        Euler proposal drawn for the diagnostic only (from ``fold_in(rng_key, 1)``; the chain does
+        not take it), so it still measures how far ε is from the continuous dynamics at the states
+        the chain visits (docs/conventions.md §4). Either flag may be a traced bool scalar: only the
+        extra work then sits in a ``lax.cond``.
 
     >>> import jax, jax.numpy as jnp
     >>> import slt_jax as sj
