@@ -33,7 +33,9 @@ calibration's share). A summary per class gives the median and 90th percentile |
 and the failures (any chain diverged or a NaN estimate) for each method, the misses (|relative error| >
 10%), the silent misses (a miss whose health report names no finding), and for ``auto`` the
 calibration's chain-steps relative to the run's. ``--resummarize`` recomputes the summaries of
-``--out`` from its rows.
+``--out`` from its rows (the methods its summaries list). The committed ``auto`` rows are this version's
+calibration (the Leimkuhler-Matthews step where the config names no scheme, rerun with
+``--methods auto``); the previous version's Euler rows are kept beside them as ``auto_euler``.
 
 CPU budget (2 cores, about two hours for ``--classes 1K,10K,100K``): ``--models`` sets the number of
 models per class (default 1K: 12, 10K: 6, 100K: 2; the committed rows ran ``--classes 1K,10K --models 12,6``

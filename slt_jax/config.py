@@ -166,7 +166,11 @@ class SamplerConfig:
             the last one's (the last increments are carried: more memory per chain); its step-size
             bias is second order in ε (exact on a quadratic with full batches), so the figures of
             ``step_size="auto"`` and the health report's predicted bias, which are Euler's, bound it
-            from above (docs/conventions.md §1, "The Leimkuhler-Matthews scheme").
+            from above (docs/conventions.md §1, "The Leimkuhler-Matthews scheme"). None (the
+            default): not chosen by the user. A run at a given ``step_size`` then takes Euler's step
+            (``update_scheme``), and a calibration (``step_size="auto"``, ``calibrate``) takes
+            Leimkuhler-Matthews and records it in the config it recommends: at degenerate points
+            Euler's first-order bias gave auto's estimates a sign (docs/conventions.md §4).
         init_loss_examples: L_n(w*) from a subsample of this many examples (at least 2; a fixed,
             uniform draw without replacement, seeded by the run's key, the same at every centre),
             where the estimate needs L_n(w*) (``loss_estimator="minibatch"`` or ``"full"``,
@@ -192,7 +196,7 @@ class SamplerConfig:
     memory_budget: int | None = None
     compute_dtype: str = "float32"
     noise: str = "gaussian"
-    scheme: str = "euler"
+    scheme: str | None = None
     init_loss_examples: int | None = None
 
     def __post_init__(self):
@@ -214,12 +218,18 @@ class SamplerConfig:
                 set_(name, check_positive_int(getattr(self, name), name, minimum))
         check_compute_dtype(self.compute_dtype)
         check_noise(self.noise)
-        check_scheme(self.scheme)
+        if self.scheme is not None:
+            check_scheme(self.scheme)
         preconditioner = get_preconditioner(self.preconditioner)
         # Store the name when it is a named default, so the config prints and serialises simply.
         set_("preconditioner", preconditioner.name if preconditioner == get_preconditioner(preconditioner.name) else preconditioner)
 
     # -- derived values ---------------------------------------------------------------------
+
+    @property
+    def update_scheme(self) -> str:
+        """The scheme the chains step with: ``scheme``, or ``"euler"`` where it is None."""
+        return self.scheme or "euler"
 
     @property
     def preconditioner_spec(self) -> Preconditioner:

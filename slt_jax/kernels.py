@@ -14,7 +14,8 @@ bias correction are optax's (``optax.tree.update_moment_per_elem_norm``, ``optax
 The increments ξ are standard normal by default, or independent ±1 signs (``noise="rademacher"``, the
 simplified weak Euler scheme: same mean and covariance).
 
-That is the Euler-Maruyama step (``scheme="euler"``, the default, as in devinterp). With
+That is the Euler-Maruyama step (``scheme="euler"``, as in devinterp; a run at a given ε takes it unless
+the config names another, a calibration takes the other). With
 ``scheme="leimkuhler-matthews"`` the noise term is sqrt(ε_t) ⊙ (ξ_t + ξ_{t-1}) / 2, the mean of this
 step's increment and the previous one's (Leimkuhler & Matthews 2013, the BAOAB limit method): one
 gradient and one draw per step as before, the last draw carried in the state, and on a quadratic
@@ -437,9 +438,10 @@ SCHEMES = ("euler", "leimkuhler-matthews")
 def check_scheme(scheme) -> str:
     """``scheme`` if it names an SGLD discretisation (``SCHEMES``), else a ``ValueError`` naming the fix."""
     if scheme not in SCHEMES:
-        raise ValueError(f"scheme={scheme!r} is not an SGLD discretisation; use 'euler' (the default, Euler-Maruyama "
-                         "as in devinterp) or 'leimkuhler-matthews' (step-size bias second order in ε, exact on a "
-                         "quadratic with full batches; docs/conventions.md §1).")
+        raise ValueError(f"scheme={scheme!r} is not an SGLD discretisation; use 'euler' (Euler-Maruyama, as in "
+                         "devinterp) or 'leimkuhler-matthews' (step-size bias second order in ε, exact on a quadratic "
+                         "with full batches; docs/conventions.md §1); a SamplerConfig also takes None (the default: "
+                         "Euler at a given step size, Leimkuhler-Matthews in a calibration).")
     return scheme
 
 

@@ -199,7 +199,7 @@ def _start_state(plan: planning.Plan, group: planning.Group, centers: Params, of
     layout = plan.variants[group.variants[0]].restriction.layout
     num_k, num_v, num_c = len(group.centers), len(group.variants), len(group.chains)
     start = jax.vmap(lambda c: jax.vmap(lambda o: restriction.extract(layout, o, c), axis_size=num_v)(offsets))(centers)
-    state = kernels.init(start, plan.config.preconditioner_spec, plan.config.scheme)
+    state = kernels.init(start, plan.config.preconditioner_spec, plan.config.update_scheme)
     per_chain = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x[:, :, None], (num_k, num_v, num_c) + x.shape[2:]), tree)
     return SGLDState(per_chain(state.position), per_chain(state.second_moment),
                      jnp.broadcast_to(state.count, (num_k, num_v, num_c) + jnp.shape(state.count)),

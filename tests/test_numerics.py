@@ -73,7 +73,8 @@ def test_config_with_both_options_round_trips():
     assert config.to_dict()["compute_dtype"] == "bfloat16" and config.to_dict()["noise"] == "rademacher"
     assert config.to_dict()["scheme"] == "leimkuhler-matthews"
     default = sj.SamplerConfig(step_size=1e-3, localization=1.0, num_draws=10, batch_size=10)
-    assert default.noise == "gaussian" and default.scheme == "euler"
+    assert default.noise == "gaussian" and default.scheme is None and default.update_scheme == "euler"
+    assert sj.SamplerConfig.from_dict(default.to_dict()) == default
 
 
 def _stationary_moments(noise: str, key: int, scheme: str = "euler"):

@@ -629,7 +629,7 @@ def memory_count(plan: Plan, layout: restriction.Layout, offsets: tuple, microba
     copies += _ADAPTIVE_COPIES if config.preconditioner_spec.adaptive else 0
     copies += _MALA_COPIES if config.mala_every else 0
     copies += _MICROBATCH_COPIES if microbatches > 1 else 0
-    copies += _SCHEME_COPIES if config.scheme == "leimkuhler-matthews" else 0
+    copies += _SCHEME_COPIES if config.update_scheme == "leimkuhler-matthews" else 0
     gradient = _gradient_cost(plan, layout, offsets, microbatches)
     activations = gradient.temp_bytes * _ACTIVATION_FACTOR
     per_chain = (copies + _bulk_noise_steps(config, layout, microbatches * gradient.flops)) * piece + activations

@@ -38,7 +38,8 @@ def auto_step_size(
     burn-in the chosen step size needs (``recommended.num_burnin``).
 
     Returns:
-        ``(config.replace(step_size=chosen), CalibrationResult)``. Raises ``DivergenceError`` when
+        ``(config.replace(step_size=chosen, scheme=the calibration's), CalibrationResult)``: the scheme is
+        the config's, or ``"leimkuhler-matthews"`` where it names none (``calibrate``). Raises ``DivergenceError`` when
         every calibration setting diverged.
     """
     traces.estimator_options(loss_estimator)
@@ -56,4 +57,4 @@ def auto_step_size(
             RuntimeWarning,
             stacklevel=3,
         )
-    return config.replace(step_size=chosen.step_size), result
+    return config.replace(step_size=chosen.step_size, scheme=chosen.scheme), result

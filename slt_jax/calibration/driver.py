@@ -13,7 +13,7 @@ from slt_jax._src import validation
 from slt_jax.calibration.grid import Axes, Grid, GridRun, Problem, run_grid, settings_grid
 from slt_jax.calibration.judge import Recommendation, Rule, Verdict, judge, recommend
 from slt_jax.calibration.result import CalibrationResult
-from slt_jax.calibration.schedule import calibration_schedule, check_fraction
+from slt_jax.calibration.schedule import CALIBRATION_SCHEME, calibration_schedule, check_fraction
 from slt_jax.config import SamplerConfig
 from slt_jax.restriction import restrict
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
@@ -164,7 +164,8 @@ def calibrate(
     Args:
         loss_fn, params, data, key, component: as for ``slt_jax.estimate_llc``.
         config: the run's ``SamplerConfig``. Its ``num_chains`` (at least 2), ``batch_size``,
-            ``preconditioner``, ``weight_decay`` and ``memory_budget`` are the calibration chains';
+            ``preconditioner``, ``scheme`` (None: ``"leimkuhler-matthews"``, which the recommended
+            config then names), ``weight_decay`` and ``memory_budget`` are the calibration chains';
             their schedule is ``calibration_schedule(config, num_settings, budget, pilots)`` (short: at
             most 2000 recorded steps, and within the budget).
             Its ``step_size`` is not used (the grid's are); its ``nbeta`` and ``localization`` are the
@@ -204,7 +205,10 @@ def calibrate(
     started = time.perf_counter()
     n = validation.check_data(data)
     validation.check_params(params)
-    _, default_fraction = calibration_schedule(config)
+    _, default_fraction = calibration_schedule(config)  # validates config
+    scheme_chosen = config.scheme is None
+    if scheme_chosen:
+        config = config.replace(scheme=CALIBRATION_SCHEME)
     num_coordinates = restrict(validation.check_masks(component, params, name="component"), params).num_sampled
     rule = _rule(config, n, default_fraction, burnin_fraction, mala_threshold, bias_tolerance, target_nbeta,
                  num_coordinates)
@@ -235,4 +239,7 @@ def calibrate(
     context = _Context(config, started, burnin_draws, loss_estimator, "given" if step_sizes is not None else "default_step_sizes",
                        pilot_chain_steps, None if budget is None else float(budget))
     reason, settings = _settings(run, grid, choice, rule, context)
+    if scheme_chosen:
+        reason += (f" Scheme: {CALIBRATION_SCHEME} (the config named none): its step-size bias is second order in ε, "
+                   "so the bias figures above, Euler's, bound it from above (docs/conventions.md §1, §4).")
     return _result(run, grid, verdict, choice, reason, settings, context)

@@ -12,7 +12,7 @@ import numpy as np
 from slt_jax.config import SamplerConfig
 
 __all__ = ["calibration_schedule", "MAX_CALIBRATION_DRAWS", "MIN_CALIBRATION_DRAWS", "MIN_BUDGET_DRAWS",
-           "MAX_BUDGET_CHAINS", "CALIBRATION_MALA_EVERY"]
+           "MAX_BUDGET_CHAINS", "CALIBRATION_MALA_EVERY", "CALIBRATION_SCHEME"]
 
 # Calibration chains are short: the config's steps, at most this many, all recorded (one step apart).
 MAX_CALIBRATION_DRAWS = 2000
@@ -26,6 +26,10 @@ MIN_CALIBRATION_CHAINS = 2
 # this many steps per chain whatever the budget (below it the checks say little).
 MAX_BUDGET_CHAINS = 4
 MIN_BUDGET_DRAWS = 200
+# The scheme of calibration chains whose config names none, which the recommended config then names
+# (docs/conventions.md §4): with Euler's step, the first-order step-size bias gave auto's estimates
+# at degenerate points a sign.
+CALIBRATION_SCHEME = "leimkuhler-matthews"
 
 
 def check_config(config) -> SamplerConfig:
@@ -54,7 +58,8 @@ def calibration_schedule(config: SamplerConfig, *, num_settings: int = 1, budget
     calibration chains); the leading ``num_burnin / num_steps`` of them, clipped to [0.2, 0.5]
     (0.5 without burn-in), count as burn-in. MALA acceptance is taken at least every 10 draws.
     At least 2 chains run (the checks compare chains); ``num_chains`` beyond that, ``batch_size``,
-    ``preconditioner``, ``weight_decay`` and the rest are the config's.
+    ``preconditioner``, ``weight_decay`` and the rest are the config's. The ``scheme`` is the config's,
+    or ``CALIBRATION_SCHEME`` (Leimkuhler-Matthews) where it names none.
 
     With a ``budget`` (the calibration's chain-steps as a multiple of the run's, ``num_chains x
     num_steps``; ``spent_chain_steps`` of it already went to pilot chains) the ``num_settings``
@@ -89,6 +94,7 @@ def calibration_schedule(config: SamplerConfig, *, num_settings: int = 1, budget
     mala_every = min(config.mala_every, CALIBRATION_MALA_EVERY) or CALIBRATION_MALA_EVERY
     schedule = config.replace(
         num_chains=num_chains, num_draws=num_draws, num_burnin=0, num_steps_between_draws=1, mala_every=mala_every,
+        scheme=config.scheme or CALIBRATION_SCHEME,
     )
     burnin_fraction = float(np.clip(config.num_burnin / config.num_steps, 0.2, 0.5)) if config.num_burnin else 0.5
     return schedule, burnin_fraction
