@@ -309,7 +309,8 @@ def test_calibration_schedule_of_a_long_run():
     assert schedule.mala_every == 10 and schedule.num_chains == 8 and schedule.batch_size == 8
     assert burnin_fraction == 0.2  # 3000 / 23000, clipped to [0.2, 0.5]
     # the scheme the config leaves open is the calibration's
-    assert sj.calibration.calibration_schedule(CONFIG) == (CONFIG.replace(mala_every=10, scheme="leimkuhler-matthews"), 0.5)
+    open_scheme = CONFIG.replace(mala_every=10, scheme="leimkuhler-matthews")
+    assert sj.calibration.calibration_schedule(CONFIG) == (open_scheme, 0.5)
     named = CONFIG.replace(scheme="euler")
     assert sj.calibration.calibration_schedule(named) == (named.replace(mala_every=10), 0.5)
 

@@ -38,9 +38,9 @@ def auto_step_size(
     burn-in the chosen step size needs (``recommended.num_burnin``).
 
     Returns:
-        ``(config.replace(step_size=chosen, scheme=the calibration's), CalibrationResult)``: the scheme is
-        the config's, or ``"leimkuhler-matthews"`` where it names none (``calibrate``). Raises ``DivergenceError`` when
-        every calibration setting diverged.
+        ``(config.replace(step_size=chosen, scheme=the calibration's), CalibrationResult)``: the
+        scheme is the config's, or ``"leimkuhler-matthews"`` where it names none (``calibrate``).
+        Raises ``DivergenceError`` when every calibration setting diverged.
     """
     traces.estimator_options(loss_estimator)
     calibration_key = jax.random.fold_in(validation.as_key(key), _CALIBRATION_KEY)
