@@ -252,7 +252,8 @@ def test_llc_table_with_auto_step_size_calibrates_once_and_reuses_it():
     calibration = table.chains.settings["calibration"]
     assert calibration["checkpoint"] == 10 and "Recommended" in calibration["reason"]
     chosen = table.chains.config.step_size
-    assert chosen in calibration["step_sizes"] and table.chains.config.replace(step_size="auto") == config
+    assert chosen in calibration["step_sizes"] and table.chains.config.scheme == "leimkuhler-matthews"
+    assert table.chains.config.replace(step_size="auto", scheme=None) == config  # the calibration's choices
     np.testing.assert_array_equal(table.chains.hyperparameters.step_size, chosen)  # one setting, every cell
     # ... and equals calibrating the last checkpoint by hand, then running the table with its step size.
     by_hand = sj.estimate_llc(loss_fn, w_star, data, config, key=0, progress=False)
