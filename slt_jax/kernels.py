@@ -14,8 +14,8 @@ bias correction are optax's (``optax.tree.update_moment_per_elem_norm``, ``optax
 The increments ξ are standard normal by default, or independent ±1 signs (``noise="rademacher"``, the
 simplified weak Euler scheme: same mean and covariance).
 
-That is the Euler-Maruyama step (``scheme="euler"``, as in devinterp; a run at a given ε takes it unless
-the config names another, a calibration takes the other). With
+That is the Euler-Maruyama step (``scheme="euler"``, as in devinterp; a run at a given ε takes it
+where the config names no scheme, a calibration takes Leimkuhler-Matthews). With
 ``scheme="leimkuhler-matthews"`` the noise term is sqrt(ε_t) ⊙ (ξ_t + ξ_{t-1}) / 2, the mean of this
 step's increment and the previous one's (Leimkuhler & Matthews 2013, the BAOAB limit method): one
 gradient and one draw per step as before, the last draw carried in the state, and on a quadratic

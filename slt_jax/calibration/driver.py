@@ -13,7 +13,7 @@ from slt_jax._src import validation
 from slt_jax.calibration.grid import Axes, Grid, GridRun, Problem, run_grid, settings_grid
 from slt_jax.calibration.judge import Recommendation, Rule, Verdict, judge, recommend
 from slt_jax.calibration.result import CalibrationResult
-from slt_jax.calibration.schedule import CALIBRATION_SCHEME, calibration_schedule, check_fraction
+from slt_jax.calibration.schedule import calibration_schedule, check_fraction
 from slt_jax.config import SamplerConfig
 from slt_jax.restriction import restrict
 from slt_jax.types import Batch, KeyLike, LossFn, Mask, Params
@@ -205,10 +205,9 @@ def calibrate(
     started = time.perf_counter()
     n = validation.check_data(data)
     validation.check_params(params)
-    _, default_fraction = calibration_schedule(config)  # validates config
+    schedule, default_fraction = calibration_schedule(config)  # validates config
     scheme_chosen = config.scheme is None
-    if scheme_chosen:
-        config = config.replace(scheme=CALIBRATION_SCHEME)
+    config = config.replace(scheme=schedule.scheme)  # the one place that resolves it
     num_coordinates = restrict(validation.check_masks(component, params, name="component"), params).num_sampled
     rule = _rule(config, n, default_fraction, burnin_fraction, mala_threshold, bias_tolerance, target_nbeta,
                  num_coordinates)
@@ -240,6 +239,6 @@ def calibrate(
                        pilot_chain_steps, None if budget is None else float(budget))
     reason, settings = _settings(run, grid, choice, rule, context)
     if scheme_chosen:
-        reason += (f" Scheme: {CALIBRATION_SCHEME} (the config named none): its step-size bias is second order in ε, "
+        reason += (f" Scheme: {config.scheme} (the config named none): its step-size bias is second order in ε, "
                    "so the bias figures above, Euler's, bound it from above (docs/conventions.md §1, §4).")
     return _result(run, grid, verdict, choice, reason, settings, context)
